@@ -1,0 +1,260 @@
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <systemd/sd-daemon.h>
+
+#include "config.h"
+#include "log.h"
+#include "loop.h"
+#include "proxy.h"
+#include "run.h"
+#include "supervisor.h"
+
+#define DRAIN_LIMIT_NS (30 * NSEC_PER_SEC)
+
+struct run {
+        struct loop loop;
+        struct supervisor *sup;
+        struct proxy *proxy;
+        struct serve_config *cfg;
+        const char *file;
+        const char *host_override;
+        int port_override;
+        int sfd;
+        struct signalfd_siginfo si;
+        struct loop_op op_signal;
+        bool reload, stop, force;
+        uint64_t drain_deadline;
+};
+
+static void usage(FILE *f) {
+        fprintf(f,
+                "Usage: serve run [OPTIONS] FILE\n"
+                "\n"
+                "Serves the applications in FILE (the apps.yaml format: Ray Serve's config schema)\n"
+                "in the foreground: an HTTP proxy, the router and one process per replica.\n"
+                "\n"
+                "Options:\n"
+                "  --http-host HOST   Listen address (overrides http_options.host; default 0.0.0.0)\n"
+                "  --http-port PORT   Listen port (overrides http_options.port; default 8000)\n"
+                "  -h, --help         Show this help\n"
+                "\n"
+                "Signals: SIGHUP re-reads FILE (an invalid file is logged and the running config\n"
+                "keeps serving); SIGINT/SIGTERM stop accepting, finish in-flight requests and exit 0.\n"
+                "\n"
+                "Environment:\n"
+                "  SERVE_APP_PATH      Colon-separated directories searched for MODULE.so\n"
+                "  SERVE_REPLICA_BIN   The serve-replica program (default: next to serve, then\n"
+                "                      " LIBEXECDIR "/serve-replica)\n"
+                "  SERVE_LOG_LEVEL     debug, info (default), warning or error\n");
+}
+
+static char *find_replica_bin(void) {
+        const char *env = getenv("SERVE_REPLICA_BIN");
+        char exe[PATH_MAX], *p;
+        ssize_t n;
+
+        if (env && *env)
+                return strdup(env);
+        n = readlink("/proc/self/exe", exe, sizeof exe - 32);
+        if (n > 0) {
+                exe[n] = 0;
+                p = strrchr(exe, '/');
+                if (p) {
+                        strcpy(p + 1, "serve-replica");
+                        if (access(exe, X_OK) == 0)
+                                return strdup(exe);
+                }
+        }
+        return strdup(LIBEXECDIR "/serve-replica");
+}
+
+static void proxy_options_from(const struct run *rn, const struct serve_config *c, struct proxy_options *o) {
+        *o = (struct proxy_options){
+                .host = rn->host_override ? rn->host_override : c->http.host,
+                .port = rn->port_override > 0 ? rn->port_override : c->http.port,
+                .listen_fd = -1,
+                .max_body = c->http.max_request_body_bytes,
+                .header_timeout_s = c->http.header_timeout_s,
+                .keep_alive_timeout_s = c->http.keep_alive_timeout_s,
+                .request_timeout_s = c->http.request_timeout_s,
+                .max_connections = c->http.max_connections,
+        };
+}
+
+static void on_signal(struct loop_op *op, int res, unsigned flags) {
+        struct run *rn = (struct run *)((char *)op - offsetof(struct run, op_signal));
+
+        if (res == (int)sizeof rn->si) {
+                switch (rn->si.ssi_signo) {
+                case SIGHUP:
+                        rn->reload = true;
+                        break;
+                case SIGINT:
+                case SIGTERM:
+                        if (rn->stop)
+                                rn->force = true; /* a second signal: stop now */
+                        rn->stop = true;
+                        break;
+                }
+        }
+        struct io_uring_sqe *sqe = loop_sqe(&rn->loop, &rn->op_signal);
+        io_uring_prep_read(sqe, rn->sfd, &rn->si, sizeof rn->si, 0);
+}
+
+static void do_reload(struct run *rn) {
+        struct serve_config *cfg = NULL;
+        char *err = NULL;
+        int r;
+
+        sd_notify(0, "RELOADING=1");
+        log_info("reloading %s", rn->file);
+        r = config_load_file(rn->file, &cfg, &err);
+        if (r >= 0)
+                r = supervisor_apply(rn->sup, cfg, &err);
+        if (r < 0) {
+                log_error("reload failed, still serving the previous config: %s", err ? err : strerror(-r));
+                free(err);
+                config_free(cfg);
+                sd_notify(0, "READY=1\nSTATUS=reload failed; serving the previous config");
+                return;
+        }
+        struct proxy_options po;
+        proxy_options_from(rn, cfg, &po);
+        proxy_update_options(rn->proxy, &po);
+        config_free(rn->cfg);
+        rn->cfg = cfg;
+        log_info("reloaded %s: %zu application(s)", rn->file, cfg->n_apps);
+        sd_notify(0, "READY=1\nSTATUS=serving");
+}
+
+int serve_run(int argc, char **argv) {
+        static const struct option opts[] = {
+                { "http-host", required_argument, NULL, 'H' },
+                { "http-port", required_argument, NULL, 'P' },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        struct run rn = { .sfd = -1 };
+        _cleanup_free_ char *replica_bin = NULL;
+        char *err = NULL;
+        sigset_t mask;
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
+                switch (c) {
+                case 'H':
+                        rn.host_override = optarg;
+                        break;
+                case 'P': {
+                        char *end;
+                        long v = strtol(optarg, &end, 10);
+                        if (*end || v < 1 || v > 65535) {
+                                fprintf(stderr, "serve run: --http-port must be 1..65535, got '%s'\n", optarg);
+                                return 2;
+                        }
+                        rn.port_override = (int)v;
+                        break;
+                }
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return 2;
+                }
+        }
+        if (optind != argc - 1) {
+                fprintf(stderr, "serve run: expected exactly one FILE\n\n");
+                usage(stderr);
+                return 2;
+        }
+        rn.file = argv[optind];
+
+        r = config_load_file(rn.file, &rn.cfg, &err);
+        if (r < 0) {
+                fprintf(stderr, "serve run: %s\n", err ? err : strerror(-r));
+                free(err);
+                return 1;
+        }
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGHUP);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        rn.sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+
+        r = loop_init(&rn.loop, 1024);
+        if (r < 0) {
+                log_error_errno(r, "Cannot set up io_uring: %m");
+                return 1;
+        }
+        replica_bin = find_replica_bin();
+        r = supervisor_new(&rn.loop, router_get(), replica_bin, &rn.sup);
+        if (r < 0)
+                return 1;
+        r = supervisor_apply(rn.sup, rn.cfg, &err);
+        if (r < 0) {
+                fprintf(stderr, "serve run: %s\n", err ? err : strerror(-r));
+                free(err);
+                return 1;
+        }
+        struct proxy_options po;
+        proxy_options_from(&rn, rn.cfg, &po);
+        r = proxy_new(&rn.loop, router_get(), &po, &rn.proxy);
+        if (r < 0)
+                return 1;
+        rn.op_signal.cb = on_signal;
+        on_signal(&rn.op_signal, 0, 0); /* arms the signalfd read */
+        log_info("serving %zu application(s) from %s on http://%s:%d", rn.cfg->n_apps, rn.file, po.host, po.port);
+        sd_notify(0, "READY=1\nSTATUS=serving");
+
+        for (;;) {
+                uint64_t now = now_ns(), t1, t2, timeout;
+
+                t1 = supervisor_tick(rn.sup, now);
+                t2 = proxy_tick(rn.proxy, now);
+                timeout = MIN(t1, t2);
+                if (timeout == 0)
+                        timeout = 1;
+                if (!supervisor_prepare_sleep(rn.sup))
+                        timeout = 0;
+                r = loop_run_once(&rn.loop, timeout);
+                supervisor_awake(rn.sup);
+                if (r < 0) {
+                        log_error_errno(r, "event loop failed: %m");
+                        break;
+                }
+                if (rn.reload && !rn.stop) {
+                        rn.reload = false;
+                        do_reload(&rn);
+                }
+                if (rn.stop && !rn.drain_deadline) {
+                        log_info("stopping: finishing in-flight requests");
+                        sd_notify(0, "STOPPING=1");
+                        proxy_stop_accepting(rn.proxy);
+                        rn.drain_deadline = now + DRAIN_LIMIT_NS;
+                }
+                if (rn.drain_deadline) {
+                        static bool replicas_stopping;
+                        if (!replicas_stopping && (supervisor_busy(rn.sup) == 0 || now > rn.drain_deadline || rn.force)) {
+                                supervisor_stop_all(rn.sup);
+                                replicas_stopping = true;
+                        }
+                        if (replicas_stopping && supervisor_all_exited(rn.sup))
+                                break;
+                        if (rn.force || now > rn.drain_deadline + 10 * NSEC_PER_SEC) {
+                                log_warning("replicas did not stop in time");
+                                break;
+                        }
+                }
+        }
+        log_info("stopped");
+        return 0;
+}

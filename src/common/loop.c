@@ -1,0 +1,61 @@
+#include <errno.h>
+
+#include "log.h"
+#include "loop.h"
+#include "macros.h"
+
+int loop_init(struct loop *l, unsigned entries) {
+        struct io_uring_params p = {
+                /* One thread owns the ring: let the kernel skip cross-thread wakeups. */
+                .flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE,
+                .cq_entries = entries * 4,
+        };
+        int r = io_uring_queue_init_params(entries, &l->ring, &p);
+        if (r < 0) { /* older kernels: no COOP_TASKRUN */
+                struct io_uring_params q = { .flags = IORING_SETUP_CQSIZE, .cq_entries = entries * 4 };
+                r = io_uring_queue_init_params(entries, &l->ring, &q);
+        }
+        return r;
+}
+
+void loop_free(struct loop *l) { io_uring_queue_exit(&l->ring); }
+
+struct io_uring_sqe *loop_sqe(struct loop *l, struct loop_op *op) {
+        struct io_uring_sqe *sqe;
+
+        while (!(sqe = io_uring_get_sqe(&l->ring)))
+                io_uring_submit(&l->ring);
+        io_uring_sqe_set_data(sqe, op);
+        return sqe;
+}
+
+int loop_run_once(struct loop *l, uint64_t timeout_ns) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {
+                .tv_sec = (long long)(timeout_ns / 1000000000ull),
+                .tv_nsec = (long long)(timeout_ns % 1000000000ull),
+        };
+        unsigned head, n = 0;
+        int r;
+
+        if (timeout_ns == 0)
+                r = io_uring_submit(&l->ring);
+        else
+                r = io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1, &ts, NULL);
+        if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN)
+                return r;
+
+        /* Callbacks may queue new submissions and even complete synchronously; we only look at
+         * what is in the CQ now and advance once per batch. */
+        io_uring_for_each_cqe(&l->ring, head, cqe) {
+                struct loop_op *op = io_uring_cqe_get_data(cqe);
+                int res = cqe->res;
+                unsigned flags = cqe->flags;
+
+                n++;
+                if (op && op->cb)
+                        op->cb(op, res, flags);
+        }
+        io_uring_cq_advance(&l->ring, n);
+        return (int)n;
+}

@@ -1,0 +1,128 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/stat.h>
+
+#include "macros.h"
+#include "util.h"
+
+uint64_t now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+int fd_nonblock(int fd, bool nonblock) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+                return -errno;
+        fl = nonblock ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+        return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
+}
+
+int read_file(const char *path, size_t max, char **ret, size_t *ret_len) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        _cleanup_free_ char *data = NULL;
+        struct stat st;
+        size_t len = 0;
+
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if ((uint64_t)st.st_size > max)
+                return -EFBIG;
+        data = malloc(max + 1 < (size_t)st.st_size + 4096 ? max + 1 : (size_t)st.st_size + 4096);
+        if (!data)
+                return -ENOMEM;
+        size_t cap = max + 1 < (size_t)st.st_size + 4096 ? max + 1 : (size_t)st.st_size + 4096;
+        for (;;) {
+                if (len + 1 >= cap) {
+                        if (cap > max)
+                                return -EFBIG;
+                        size_t ncap = MIN(cap * 2, max + 1);
+                        char *n = realloc(data, ncap);
+                        if (!n)
+                                return -ENOMEM;
+                        data = n;
+                        cap = ncap;
+                }
+                ssize_t k = read(fd, data + len, cap - 1 - len);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        break;
+                len += (size_t)k;
+        }
+        data[len] = 0;
+        *ret = TAKE_PTR(data);
+        if (ret_len)
+                *ret_len = len;
+        return 0;
+}
+
+int buf_reserve(struct buf *b, size_t extra, size_t limit) {
+        if (extra > limit || b->len > limit - extra)
+                return -ENOBUFS;
+        if (b->len + extra <= b->cap)
+                return 0;
+        size_t ncap = b->cap ? b->cap : 256;
+        while (ncap < b->len + extra)
+                ncap *= 2;
+        if (ncap > limit)
+                ncap = limit;
+        char *n = realloc(b->data, ncap);
+        if (!n)
+                return -ENOMEM;
+        b->data = n;
+        b->cap = ncap;
+        return 0;
+}
+
+int buf_append(struct buf *b, const void *data, size_t len, size_t limit) {
+        int r = buf_reserve(b, len, limit);
+        if (r < 0)
+                return r;
+        if (len)
+                memcpy(b->data + b->len, data, len);
+        b->len += len;
+        return 0;
+}
+
+int buf_printf(struct buf *b, size_t limit, const char *fmt, ...) {
+        va_list ap;
+        int n, r;
+
+        va_start(ap, fmt);
+        n = vsnprintf(NULL, 0, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+                return -EINVAL;
+        r = buf_reserve(b, (size_t)n + 1, limit);
+        if (r < 0)
+                return r;
+        va_start(ap, fmt);
+        vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+        b->len += (size_t)n;
+        return 0;
+}
+
+void buf_consume(struct buf *b, size_t n) {
+        if (n >= b->len) {
+                b->len = 0;
+                return;
+        }
+        memmove(b->data, b->data + n, b->len - n);
+        b->len -= n;
+}
+
+void buf_free(struct buf *b) {
+        free(b->data);
+        b->data = NULL;
+        b->len = b->cap = 0;
+}

@@ -1,0 +1,56 @@
+/* Time, file descriptor and string helpers shared by the daemons. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define NSEC_PER_SEC 1000000000ull
+#define NSEC_PER_MSEC 1000000ull
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t now_ns(void);
+static inline uint64_t sec_to_ns(double s) { return s <= 0 ? 0 : (uint64_t)(s * 1e9); }
+
+/* Sets O_NONBLOCK. Returns 0 or -errno. */
+int fd_nonblock(int fd, bool nonblock);
+
+/* Reads a whole file (at most max bytes, NUL-terminated). Returns 0, -EFBIG, or -errno. */
+int read_file(const char *path, size_t max, char **ret, size_t *ret_len);
+
+/* Growable byte buffer with a hard cap. */
+struct buf {
+        char *data;
+        size_t len, cap;
+};
+/* Ensures room for `extra` more bytes, never growing past `limit` total. Returns 0, -ENOBUFS
+ * (over limit) or -ENOMEM. */
+int buf_reserve(struct buf *b, size_t extra, size_t limit);
+int buf_append(struct buf *b, const void *data, size_t len, size_t limit);
+int buf_printf(struct buf *b, size_t limit, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Drops the first n bytes. */
+void buf_consume(struct buf *b, size_t n);
+void buf_free(struct buf *b);
+
+/* Intrusive doubly linked list. */
+struct list {
+        struct list *prev, *next;
+};
+static inline void list_init(struct list *l) { l->prev = l->next = l; }
+static inline bool list_empty(const struct list *l) { return l->next == l; }
+static inline void list_add_tail(struct list *head, struct list *n) {
+        n->prev = head->prev;
+        n->next = head;
+        head->prev->next = n;
+        head->prev = n;
+}
+static inline void list_del(struct list *n) {
+        n->prev->next = n->next;
+        n->next->prev = n->prev;
+        n->prev = n->next = n;
+}
+#define list_entry(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define list_first(head, type, member) list_entry((head)->next, type, member)
+#define list_for_each_safe(pos, tmp, head) \
+        for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head); (pos) = (tmp), (tmp) = (pos)->next)

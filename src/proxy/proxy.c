@@ -1,0 +1,841 @@
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+
+#include "log.h"
+#include "proxy.h"
+#include "upstream.h"
+
+#define BUF_GROUP 1
+#define BUF_COUNT 256u            /* provided receive buffers, shared by all connections */
+#define BUF_SIZE (16u * 1024)
+#define PIPELINE_SOFT_LIMIT (64u * 1024) /* buffered bytes of later requests before we stop reading */
+#define OUT_LIMIT (1ull << 31)   /* response bytes a slow client may leave unread */
+
+enum conn_state {
+        CONN_IDLE,     /* between requests */
+        CONN_HEAD,     /* reading a request head */
+        CONN_BODY,     /* reading a request body */
+        CONN_UPSTREAM, /* request queued or at a replica; pipelined input waits */
+};
+
+struct conn {
+        struct loop_op op_recv, op_send, op_close;
+        struct proxy *p;
+        int fd;
+        enum conn_state state;
+        unsigned refs;              /* io_uring operations in flight */
+        bool recv_armed, sending, closing, close_after_write, response_begun, keep_alive, continue_sent;
+
+        struct buf in;              /* received, unprocessed bytes (head + body of the request) */
+        size_t parse_prev;
+
+        /* The request being read: head length, framing, body progress. */
+        size_t head_len;
+        enum http_body_kind body_kind;
+        uint64_t content_length;
+        struct http_chunked chunked;
+        size_t raw_off;             /* chunked: first undecoded byte */
+        uint64_t body_have;         /* decoded body bytes, stored at in.data + head_len */
+        const struct route *route;
+
+        struct upreq *cur;          /* queued or in flight */
+
+        struct buf out, pending;    /* out: being sent (never moved meanwhile); pending: next */
+
+        uint64_t deadline_ns;
+        struct list tlink;          /* p->idle_list or p->active_list */
+        struct list link;           /* p->conns */
+};
+
+struct proxy {
+        struct loop *loop;
+        struct router *router;
+        struct proxy_options opts;
+        struct http_limits limits;
+        int listen_fd;
+        struct loop_op op_accept;
+        bool accept_armed, accepting, draining;
+        struct io_uring_buf_ring *br;
+        uint8_t *bufs;
+        unsigned n_conns;
+        struct list conns;
+        struct list idle_list, active_list, req_list;
+        struct http_request scratch;
+};
+
+static struct proxy *the_proxy; /* one per process: upstream.c reaches connections through u->conn */
+
+static void conn_process(struct conn *c);
+static void conn_close(struct conn *c);
+static void conn_flush(struct conn *c);
+static void arm_recv(struct conn *c);
+
+/* ---- timers: FIFO lists, since every deadline in one list has the same duration ---- */
+
+static void timer_set(struct conn *c, struct list *lst, double seconds) {
+        list_del(&c->tlink);
+        if (seconds <= 0)
+                return;
+        c->deadline_ns = now_ns() + sec_to_ns(seconds);
+        list_add_tail(lst, &c->tlink);
+}
+
+static void timer_clear(struct conn *c) { list_del(&c->tlink); }
+
+/* ---- output ---- */
+
+static struct buf *out_buf(struct conn *c) { return c->sending ? &c->pending : &c->out; }
+
+static void respond_simple(struct conn *c, int status, const char *body, bool close_conn) {
+        struct buf *o = out_buf(c);
+        const char *extra = status == 503 ? "Retry-After: 1\r\n" : "";
+        size_t blen = strlen(body);
+
+        if (close_conn || c->p->draining)
+                c->keep_alive = false;
+        (void)buf_printf(o, OUT_LIMIT,
+                         "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\n%s%s\r\n%s",
+                         status, http_status_reason(status), blen, extra, c->keep_alive ? "" : "Connection: close\r\n",
+                         body);
+        if (!c->keep_alive)
+                c->close_after_write = true;
+        conn_flush(c);
+}
+
+static void respond_error(struct conn *c, int status, bool close_conn) {
+        char body[128];
+        snprintf(body, sizeof body, "%d %s\n", status, http_status_reason(status));
+        respond_simple(c, status, body, close_conn);
+}
+
+static void on_send(struct loop_op *op, int res, unsigned flags) {
+        struct conn *c = list_entry(op, struct conn, op_send) ;
+
+        c->refs--;
+        c->sending = false;
+        if (res < 0 || c->closing) {
+                if (!c->closing)
+                        conn_close(c);
+                else if (c->refs == 0)
+                        conn_close(c); /* finishes freeing */
+                return;
+        }
+        buf_consume(&c->out, (size_t)res);
+        if (c->out.len == 0) {
+                struct buf t = c->out;
+                c->out = c->pending;
+                c->pending = t;
+                c->pending.len = 0;
+        }
+        conn_flush(c);
+}
+
+static void conn_flush(struct conn *c) {
+        struct io_uring_sqe *sqe;
+
+        if (c->closing || c->sending)
+                return;
+        if (c->out.len == 0 && c->pending.len) {
+                struct buf t = c->out;
+                c->out = c->pending;
+                c->pending = t;
+                c->pending.len = 0;
+        }
+        if (c->out.len == 0) {
+                if (c->close_after_write)
+                        conn_close(c);
+                else if (c->out.cap > BUF_SIZE) {
+                        buf_free(&c->out);
+                        buf_free(&c->pending);
+                }
+                return;
+        }
+        sqe = loop_sqe(c->p->loop, &c->op_send);
+        io_uring_prep_send(sqe, c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
+        c->sending = true;
+        c->refs++;
+}
+
+/* ---- connection lifetime ---- */
+
+static void conn_free(struct conn *c) {
+        struct proxy *p = c->p;
+
+        list_del(&c->link);
+        timer_clear(c);
+        buf_free(&c->in);
+        buf_free(&c->out);
+        buf_free(&c->pending);
+        p->n_conns--;
+        free(c);
+}
+
+static void on_close(struct loop_op *op, int res, unsigned flags) {
+        struct conn *c = list_entry(op, struct conn, op_close);
+        c->refs--;
+        c->fd = -1;
+        if (c->refs == 0)
+                conn_free(c);
+}
+
+static void detach_request(struct conn *c) {
+        struct upreq *u = c->cur;
+
+        if (!u)
+                return;
+        c->cur = NULL;
+        list_del(&u->tlink);
+        if (u->state == UPREQ_QUEUED) {
+                router_unqueue(u);
+                upreq_free(u);
+        } else
+                upstream_cancel(u); /* the replica learns it is cancelled; u lives until it answers */
+}
+
+static void conn_close(struct conn *c) {
+        struct io_uring_sqe *sqe;
+
+        if (c->closing) {
+                if (c->refs == 0 && c->fd < 0)
+                        conn_free(c);
+                return;
+        }
+        c->closing = true;
+        detach_request(c);
+        timer_clear(c);
+        if (c->recv_armed) {
+                sqe = loop_sqe(c->p->loop, NULL);
+                io_uring_prep_cancel(sqe, &c->op_recv, 0);
+        }
+        if (c->sending) {
+                sqe = loop_sqe(c->p->loop, NULL);
+                io_uring_prep_cancel(sqe, &c->op_send, 0);
+        }
+        /* The fd is closed by io_uring after the cancels (linked ordering is not needed: close
+         * fails pending operations on the socket). */
+        sqe = loop_sqe(c->p->loop, &c->op_close);
+        io_uring_prep_close(sqe, c->fd);
+        c->refs++;
+}
+
+/* ---- input ---- */
+
+static void return_buffer(struct proxy *p, unsigned bid) {
+        io_uring_buf_ring_add(p->br, p->bufs + (size_t)bid * BUF_SIZE, BUF_SIZE, (unsigned short)bid,
+                              io_uring_buf_ring_mask(BUF_COUNT), 0);
+        io_uring_buf_ring_advance(p->br, 1);
+}
+
+static size_t input_limit(const struct conn *c) {
+        const struct proxy *p = c->p;
+        switch (c->state) {
+        case CONN_BODY:
+                /* chunked framing costs at most a few bytes per data byte; bound it generously */
+                return c->head_len + p->opts.max_body + p->opts.max_body / 4 + 65536;
+        case CONN_UPSTREAM:
+                return PIPELINE_SOFT_LIMIT * 4;
+        default:
+                return p->limits.max_head + PIPELINE_SOFT_LIMIT;
+        }
+}
+
+static void on_recv(struct loop_op *op, int res, unsigned flags) {
+        struct conn *c = list_entry(op, struct conn, op_recv);
+        struct proxy *p = c->p;
+
+        if (!(flags & IORING_CQE_F_MORE)) {
+                c->recv_armed = false;
+                c->refs--;
+        }
+        if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+                unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+                int r = c->closing ? 0 : buf_append(&c->in, p->bufs + (size_t)bid * BUF_SIZE, (size_t)res, input_limit(c));
+                return_buffer(p, bid);
+                if (c->closing) {
+                        if (c->refs == 0)
+                                conn_close(c);
+                        return;
+                }
+                if (r < 0) {
+                        /* More buffered input than any request may have: answer by state. */
+                        if (c->state == CONN_BODY)
+                                respond_error(c, 413, true);
+                        else
+                                conn_close(c);
+                        return;
+                }
+                conn_process(c);
+        } else if (res == 0 || (res < 0 && res != -ENOBUFS && res != -ECANCELED)) {
+                /* EOF or error: the client is gone; a request it left behind is cancelled. */
+                if (!c->closing)
+                        conn_close(c);
+                else if (c->refs == 0)
+                        conn_close(c);
+                return;
+        }
+        if (c->closing) {
+                if (c->refs == 0)
+                        conn_close(c);
+                return;
+        }
+        if (!c->recv_armed && (c->state != CONN_UPSTREAM || c->in.len < PIPELINE_SOFT_LIMIT))
+                arm_recv(c);
+}
+
+static void arm_recv(struct conn *c) {
+        struct io_uring_sqe *sqe;
+
+        if (c->recv_armed || c->closing)
+                return;
+        sqe = loop_sqe(c->p->loop, &c->op_recv);
+        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = BUF_GROUP;
+        c->recv_armed = true;
+        c->refs++;
+}
+
+/* ---- built-in routes ---- */
+
+static bool builtin(struct conn *c, const struct http_request *q) {
+        struct proxy *p = c->p;
+
+        if (q->path_len == 10 && memcmp(q->path, "/-/healthz", 10) == 0) {
+                if (p->draining)
+                        respond_simple(c, 503, "draining\n", false);
+                else
+                        respond_simple(c, 200, "success", false);
+                return true;
+        }
+        if (q->path_len == 9 && memcmp(q->path, "/-/routes", 9) == 0) {
+                struct buf b = {};
+                (void)buf_append(&b, "{", 1, SIZE_MAX);
+                for (size_t i = 0; i < p->router->n_routes; i++) {
+                        const struct route *rt = &p->router->routes[i];
+                        (void)buf_printf(&b, SIZE_MAX, "%s\"%s\":\"%s\"", i ? "," : "", rt->prefix, rt->app);
+                }
+                (void)buf_append(&b, "}", 2, SIZE_MAX); /* includes the NUL */
+                struct buf *o = out_buf(c);
+                (void)buf_printf(o, OUT_LIMIT,
+                                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n%s",
+                                 b.len - 1, c->keep_alive ? "" : "Connection: close\r\n", b.data);
+                if (!c->keep_alive)
+                        c->close_after_write = true;
+                buf_free(&b);
+                conn_flush(c);
+                return true;
+        }
+        return false;
+}
+
+/* The request head is complete: check it, route it, set up body reading. Returns false when
+ * the connection was answered and must not read this request further. */
+static bool head_complete(struct conn *c, const struct http_request *q) {
+        struct proxy *p = c->p;
+
+        c->head_len = q->head_len;
+        c->body_kind = q->body_kind;
+        c->content_length = q->content_length;
+        c->keep_alive = q->keep_alive && !p->draining;
+        c->body_have = 0;
+        c->raw_off = q->head_len;
+        c->continue_sent = false;
+        memset(&c->chunked, 0, sizeof c->chunked);
+
+        if (q->body_kind == HTTP_BODY_NONE && builtin(c, q)) {
+                buf_consume(&c->in, q->head_len);
+                c->parse_prev = 0;
+                c->state = CONN_IDLE;
+                return false;
+        }
+        c->route = router_match(p->router, q->path, q->path_len);
+        if (!c->route || !c->route->ingress) {
+                /* Unread bodies would be taken for the next request: close instead. */
+                respond_error(c, 404, q->body_kind != HTTP_BODY_NONE);
+                if (q->body_kind == HTTP_BODY_NONE) {
+                        buf_consume(&c->in, q->head_len);
+                        c->state = CONN_IDLE;
+                }
+                return false;
+        }
+        if (q->body_kind == HTTP_BODY_LENGTH && q->content_length > p->opts.max_body) {
+                respond_error(c, 413, true); /* before buffering any of it */
+                return false;
+        }
+        if (q->expect_continue && q->body_kind != HTTP_BODY_NONE && q->minor_version == 1) {
+                (void)buf_append(out_buf(c), "HTTP/1.1 100 Continue\r\n\r\n", 25, OUT_LIMIT);
+                conn_flush(c);
+        }
+        c->state = CONN_BODY;
+        return true;
+}
+
+/* Reads body bytes from c->in. Returns 1 when the body is complete, 0 for more, < 0 (status). */
+static int body_progress(struct conn *c) {
+        if (c->body_kind == HTTP_BODY_NONE)
+                return 1;
+        if (c->body_kind == HTTP_BODY_LENGTH) {
+                c->body_have = MIN((uint64_t)(c->in.len - c->head_len), c->content_length);
+                return c->body_have == c->content_length;
+        }
+        for (;;) {
+                size_t out_len = 0;
+                bool done = false;
+                char *src = c->in.data + c->raw_off;
+                ssize_t n = http_chunked_decode(&c->chunked, src, c->in.len - c->raw_off, src,
+                                                c->p->opts.max_body, &out_len, &done);
+                if (n < 0)
+                        return (int)n;
+                /* Move the decoded bytes down next to the body decoded so far. */
+                memmove(c->in.data + c->head_len + c->body_have, src, out_len);
+                c->body_have += out_len;
+                c->raw_off += (size_t)n;
+                if (done)
+                        return 1;
+                if (n == 0 || c->raw_off == c->in.len)
+                        return 0;
+        }
+}
+
+/* Bytes of c->in that belong to the current request. */
+static size_t request_end(const struct conn *c) {
+        return c->body_kind == HTTP_BODY_CHUNKED ? c->raw_off : c->head_len + c->body_have;
+}
+
+void upreq_free(struct upreq *u) {
+        if (!u)
+                return;
+        list_del(&u->tlink);
+        free(u->raw);
+        free(u);
+}
+
+/* The whole request is in c->in: hand it to the router. */
+static void request_complete(struct conn *c) {
+        struct proxy *p = c->p;
+        struct upreq *u;
+        size_t end = request_end(c), plen;
+        int r;
+
+        u = calloc(1, sizeof *u);
+        if (!u) {
+                respond_error(c, 503, true);
+                return;
+        }
+        list_init(&u->link);
+        list_init(&u->tlink);
+        /* The request's bytes move to the upreq; later pipelined bytes start a new buffer. */
+        if (c->in.len > end) {
+                struct buf rest = {};
+                if (buf_append(&rest, c->in.data + end, c->in.len - end, SIZE_MAX) < 0) {
+                        free(u);
+                        respond_error(c, 503, true);
+                        return;
+                }
+                u->raw = c->in.data;
+                c->in = rest;
+        } else {
+                u->raw = c->in.data;
+                c->in = (struct buf){};
+        }
+        c->parse_prev = 0;
+        /* Re-parse the head from its final home (the buffer may have moved while the body came). */
+        r = http_parse_request(u->raw, c->head_len, 0, &p->limits, &u->req);
+        if (r <= 0) { /* cannot happen: it parsed before */
+                upreq_free(u);
+                respond_error(c, 400, true);
+                return;
+        }
+        u->body = u->raw + c->head_len;
+        u->body_len = c->body_have;
+        u->dep = c->route->ingress;
+        plen = c->route->prefix_len;
+        if (plen == 1 || (c->route->prefix[plen - 1] == '/' && plen > 1)) /* "/" or "/x/" keep the slash */
+                plen--;
+        u->path = u->req.path + plen;
+        u->path_len = u->req.path_len - plen;
+        if (u->path_len == 0) {
+                u->path = "/";
+                u->path_len = 1;
+        }
+        u->conn = c;
+        c->cur = u;
+        c->state = CONN_UPSTREAM;
+        c->response_begun = false;
+        timer_clear(c);
+        if (p->opts.request_timeout_s > 0) {
+                u->deadline_ns = now_ns() + sec_to_ns(p->opts.request_timeout_s);
+                list_add_tail(&p->req_list, &u->tlink);
+        }
+        r = router_submit(p->router, u);
+        if (r < 0) {
+                c->cur = NULL;
+                upreq_free(u);
+                c->state = CONN_IDLE;
+                respond_simple(c, 503, r == -EBUSY ? "queue full: too many requests waiting for this deployment\n"
+                                                   : "no replicas for this deployment\n", false);
+                if (!c->closing && !c->close_after_write)
+                        conn_process(c);
+        }
+}
+
+static void conn_process(struct conn *c) {
+        struct proxy *p = c->p;
+
+        while (!c->closing && !c->close_after_write) {
+                if (c->state == CONN_UPSTREAM)
+                        return;
+                if (c->state == CONN_IDLE || c->state == CONN_HEAD) {
+                        int r;
+                        if (c->in.len == 0) {
+                                if (c->state == CONN_IDLE && c->tlink.next == &c->tlink)
+                                        timer_set(c, &p->idle_list, p->opts.keep_alive_timeout_s);
+                                if (c->in.cap > BUF_SIZE)
+                                        buf_free(&c->in);
+                                break;
+                        }
+                        r = http_parse_request(c->in.data, c->in.len, c->parse_prev, &p->limits, &p->scratch);
+                        if (r == 0) {
+                                if (c->state == CONN_IDLE) {
+                                        c->state = CONN_HEAD;
+                                        timer_set(c, &p->active_list, p->opts.header_timeout_s);
+                                }
+                                c->parse_prev = c->in.len;
+                                break;
+                        }
+                        if (r < 0) {
+                                respond_error(c, -r, true);
+                                return;
+                        }
+                        c->parse_prev = 0;
+                        if (c->state == CONN_IDLE)
+                                timer_set(c, &p->active_list, p->opts.header_timeout_s);
+                        if (!head_complete(c, &p->scratch))
+                                continue;
+                }
+                if (c->state == CONN_BODY) {
+                        int r = body_progress(c);
+                        if (r < 0) {
+                                respond_error(c, -r, true);
+                                return;
+                        }
+                        if (r == 0) {
+                                timer_set(c, &p->active_list, p->opts.header_timeout_s);
+                                break;
+                        }
+                        request_complete(c);
+                }
+        }
+        if (!c->closing && !c->recv_armed && (c->state != CONN_UPSTREAM || c->in.len < PIPELINE_SOFT_LIMIT))
+                arm_recv(c);
+}
+
+/* ---- responses from upstream ---- */
+
+void proxy_response_begin(struct upreq *u, int status, const char *headers, size_t headers_len, uint64_t body_len) {
+        struct conn *c = u->conn;
+        struct buf *o = out_buf(c);
+
+        if (c->p->draining)
+                c->keep_alive = false;
+        (void)buf_printf(o, OUT_LIMIT, "HTTP/1.1 %d %s\r\nContent-Length: %llu\r\n", status, http_status_reason(status),
+                         (unsigned long long)body_len);
+        (void)buf_append(o, headers, headers_len, OUT_LIMIT);
+        (void)buf_append(o, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n", c->keep_alive ? 2 : 21, OUT_LIMIT);
+        c->response_begun = true;
+        conn_flush(c);
+}
+
+void proxy_response_body(struct upreq *u, const void *data, size_t len) {
+        struct conn *c = u->conn;
+
+        if (buf_append(out_buf(c), data, len, OUT_LIMIT) < 0) {
+                conn_close(c); /* the client does not read: give up on it */
+                return;
+        }
+        conn_flush(c);
+}
+
+static void conn_request_done(struct conn *c) {
+        c->cur = NULL;
+        c->state = CONN_IDLE;
+        if (!c->keep_alive)
+                c->close_after_write = true;
+        conn_flush(c);
+        if (!c->closing)
+                conn_process(c);
+}
+
+void proxy_response_end(struct upreq *u) {
+        struct conn *c = u->conn;
+
+        upreq_free(u);
+        if (c)
+                conn_request_done(c);
+}
+
+void proxy_upreq_fail(struct upreq *u, int status, const char *why) {
+        struct conn *c = u->conn;
+
+        log_debug("request %s: %d (%s)", u->dep ? u->dep->name : "?", status, why);
+        upreq_free(u);
+        if (!c)
+                return;
+        c->cur = NULL;
+        if (c->response_begun) {
+                conn_close(c); /* half a response went out: closing is the only honest signal */
+                return;
+        }
+        char body[256];
+        snprintf(body, sizeof body, "%d %s: %s\n", status, http_status_reason(status), why);
+        c->state = CONN_IDLE;
+        respond_simple(c, status, body, false);
+        if (!c->closing && !c->close_after_write)
+                conn_process(c);
+}
+
+/* ---- accept ---- */
+
+static void arm_accept(struct proxy *p) {
+        struct io_uring_sqe *sqe = loop_sqe(p->loop, &p->op_accept);
+        io_uring_prep_multishot_accept(sqe, p->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        p->accept_armed = true;
+}
+
+static void on_accept(struct loop_op *op, int res, unsigned flags) {
+        struct proxy *p = list_entry(op, struct proxy, op_accept);
+        struct conn *c;
+        int one = 1;
+
+        if (!(flags & IORING_CQE_F_MORE)) {
+                p->accept_armed = false;
+                if (p->accepting && p->listen_fd >= 0)
+                        arm_accept(p);
+        }
+        if (res < 0) {
+                if (res != -ECANCELED)
+                        log_warning_errno(res, "accept failed: %m");
+                return;
+        }
+        if (!p->accepting || (int)p->n_conns >= p->opts.max_connections) {
+                if (p->accepting)
+                        log_warning("connection limit (%d) reached, refusing a connection", p->opts.max_connections);
+                close(res);
+                return;
+        }
+        c = calloc(1, sizeof *c);
+        if (!c) {
+                close(res);
+                return;
+        }
+        (void)setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        c->p = p;
+        c->fd = res;
+        c->op_recv.cb = on_recv;
+        c->op_send.cb = on_send;
+        c->op_close.cb = on_close;
+        c->keep_alive = true;
+        list_init(&c->tlink);
+        list_add_tail(&p->conns, &c->link);
+        p->n_conns++;
+        timer_set(c, &p->idle_list, p->opts.keep_alive_timeout_s);
+        arm_recv(c);
+}
+
+/* ---- setup ---- */
+
+static int listen_on(const char *host, int port) {
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+        struct addrinfo *ai = NULL;
+        char portstr[16];
+        int fd = -1, one = 1, r;
+
+        snprintf(portstr, sizeof portstr, "%d", port);
+        r = getaddrinfo(host, portstr, &hints, &ai);
+        if (r != 0) {
+                log_error("Cannot resolve listen address %s: %s", host, gai_strerror(r));
+                return -EINVAL;
+        }
+        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+                r = -errno;
+                goto out;
+        }
+        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
+                r = -errno;
+                log_error_errno(r, "Cannot listen on %s:%d: %m", host, port);
+                close(fd);
+                fd = -1;
+                goto out;
+        }
+        r = fd;
+out:
+        freeaddrinfo(ai);
+        return r;
+}
+
+static void apply_options(struct proxy *p, const struct proxy_options *o) {
+        p->opts = *o;
+        p->opts.host = NULL;
+        p->limits = (struct http_limits){
+                .max_request_line = o->max_request_line ? o->max_request_line : 8192,
+                .max_head = o->max_head ? o->max_head : 65536,
+                .max_headers = HTTP_MAX_HEADERS,
+        };
+        if (p->opts.max_connections <= 0)
+                p->opts.max_connections = 16384;
+}
+
+void proxy_update_options(struct proxy *p, const struct proxy_options *opts) { apply_options(p, opts); }
+
+int proxy_new(struct loop *loop, struct router *router, const struct proxy_options *opts, struct proxy **ret) {
+        struct proxy *p;
+        int r;
+
+        p = calloc(1, sizeof *p);
+        if (!p)
+                return -ENOMEM;
+        p->loop = loop;
+        p->router = router;
+        apply_options(p, opts);
+        list_init(&p->conns);
+        list_init(&p->idle_list);
+        list_init(&p->active_list);
+        list_init(&p->req_list);
+        p->op_accept.cb = on_accept;
+
+        p->bufs = mmap(NULL, (size_t)BUF_COUNT * BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p->bufs == MAP_FAILED) {
+                free(p);
+                return -ENOMEM;
+        }
+        p->br = mmap(NULL, BUF_COUNT * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p->br == MAP_FAILED) {
+                munmap(p->bufs, (size_t)BUF_COUNT * BUF_SIZE);
+                free(p);
+                return -ENOMEM;
+        }
+        io_uring_buf_ring_init(p->br);
+        struct io_uring_buf_reg reg = { .ring_addr = (unsigned long)p->br, .ring_entries = BUF_COUNT, .bgid = BUF_GROUP };
+        r = io_uring_register_buf_ring(&loop->ring, &reg, 0);
+        if (r < 0) {
+                log_error_errno(r, "io_uring provided buffer rings are not available: %m");
+                proxy_free(p);
+                return r;
+        }
+        for (unsigned i = 0; i < BUF_COUNT; i++)
+                io_uring_buf_ring_add(p->br, p->bufs + (size_t)i * BUF_SIZE, BUF_SIZE, (unsigned short)i,
+                                      io_uring_buf_ring_mask(BUF_COUNT), (int)i);
+        io_uring_buf_ring_advance(p->br, BUF_COUNT);
+
+        p->listen_fd = opts->listen_fd >= 0 ? opts->listen_fd : listen_on(opts->host, opts->port);
+        if (p->listen_fd < 0) {
+                r = p->listen_fd;
+                p->listen_fd = -1;
+                proxy_free(p);
+                return r;
+        }
+        p->accepting = true;
+        arm_accept(p);
+        the_proxy = p;
+        *ret = p;
+        return 0;
+}
+
+void proxy_free(struct proxy *p) {
+        if (!p)
+                return;
+        if (p->listen_fd >= 0)
+                close(p->listen_fd);
+        if (p->br && p->br != MAP_FAILED)
+                munmap(p->br, BUF_COUNT * sizeof(struct io_uring_buf));
+        if (p->bufs && p->bufs != MAP_FAILED)
+                munmap(p->bufs, (size_t)BUF_COUNT * BUF_SIZE);
+        if (the_proxy == p)
+                the_proxy = NULL;
+        free(p);
+}
+
+void proxy_set_draining(struct proxy *p) { p->draining = true; }
+
+void proxy_stop_accepting(struct proxy *p) {
+        struct list *pos, *tmp;
+
+        p->draining = true;
+        if (p->accepting) {
+                p->accepting = false;
+                if (p->accept_armed) {
+                        struct io_uring_sqe *sqe = loop_sqe(p->loop, NULL);
+                        io_uring_prep_cancel(sqe, &p->op_accept, 0);
+                }
+                close(p->listen_fd);
+                p->listen_fd = -1;
+        }
+        list_for_each_safe(pos, tmp, &p->conns) {
+                struct conn *c = list_entry(pos, struct conn, link);
+                if (c->state == CONN_IDLE && c->in.len == 0 && !c->sending && !c->closing)
+                        conn_close(c);
+        }
+}
+
+unsigned proxy_connections(const struct proxy *p) { return p->n_conns; }
+
+uint64_t proxy_tick(struct proxy *p, uint64_t now) {
+        uint64_t next = 100 * NSEC_PER_MSEC;
+        struct list *lists[] = { &p->idle_list, &p->active_list };
+
+        for (size_t i = 0; i < ELEMENTSOF(lists); i++) {
+                while (!list_empty(lists[i])) {
+                        struct conn *c = list_first(lists[i], struct conn, tlink);
+                        if (c->deadline_ns > now) {
+                                next = MIN(next, c->deadline_ns - now);
+                                break;
+                        }
+                        /* A client still reading a response is not idle. */
+                        if (c->sending) {
+                                timer_set(c, &p->active_list, p->opts.header_timeout_s > 0 ? p->opts.header_timeout_s : 10);
+                                continue;
+                        }
+                        /* Header/idle timeouts just close (a 408 would race with a new request). */
+                        timer_clear(c);
+                        conn_close(c);
+                }
+        }
+        while (!list_empty(&p->req_list)) {
+                struct upreq *u = list_first(&p->req_list, struct upreq, tlink);
+                struct conn *c = u->conn;
+
+                if (u->deadline_ns > now) {
+                        next = MIN(next, u->deadline_ns - now);
+                        break;
+                }
+                list_del(&u->tlink);
+                if (u->state == UPREQ_QUEUED) {
+                        router_unqueue(u);
+                        proxy_upreq_fail(u, 504, "request_timeout_s passed while queued");
+                        continue;
+                }
+                /* At a replica: the client gets 504 now; the replica sees the cancellation. */
+                upstream_cancel(u);
+                if (c) {
+                        c->cur = NULL;
+                        if (c->response_begun)
+                                conn_close(c);
+                        else {
+                                c->state = CONN_IDLE;
+                                respond_simple(c, 504, "504 Gateway Timeout: request_timeout_s passed\n", false);
+                                if (!c->closing && !c->close_after_write)
+                                        conn_process(c);
+                        }
+                }
+        }
+        return next;
+}

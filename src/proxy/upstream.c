@@ -1,0 +1,403 @@
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "proto.h"
+#include "proxy.h"
+#include "upstream.h"
+
+/* Scratch space for one record copied out of a response ring before it is parsed (a replica
+ * can keep writing to shared memory while we read: never parse in place). One proxy thread. */
+static uint8_t *scratch;
+static size_t scratch_cap;
+
+int upstream_init(struct replica *rep, uint32_t max_ongoing) {
+        rep->slots = calloc(max_ongoing, sizeof(*rep->slots));
+        if (!rep->slots)
+                return -ENOMEM;
+        rep->n_slots = max_ongoing;
+        list_init(&rep->backlog);
+        return 0;
+}
+
+void upstream_free(struct replica *rep) {
+        free(rep->slots);
+        rep->slots = NULL;
+        rep->n_slots = 0;
+}
+
+static bool hop_by_hop(const struct http_header *h) {
+        static const char *const names[] = { "connection", "keep-alive", "transfer-encoding", "te",
+                                             "upgrade", "trailer", "proxy-connection" };
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                if (h->name_len == strlen(names[i]) && strncasecmp(h->name, names[i], h->name_len) == 0)
+                        return true;
+        return false;
+}
+
+static void ring_bell(struct replica *rep, struct ring *r) {
+        if (ring_publish(r))
+                (void)doorbell_ring(r == &rep->seg.req ? rep->seg.req_bell : rep->seg.resp_bell);
+}
+
+/* Tries to allocate a record of header_len + up to want body bytes; shrinks the body part when
+ * the ring is short of space. Returns the body bytes that fit (>= 0) with *ret_p set, or -EAGAIN. */
+static ssize_t alloc_chunked(struct ring *r, uint16_t type, size_t header_len, uint64_t want, void **ret_p) {
+        uint64_t maxp = ring_max_payload(r);
+        uint64_t chunk = MIN(want, maxp - header_len);
+
+        for (int tries = 0; tries < 4; tries++) {
+                uint32_t free_b = ring_free_space(r);
+                if (free_b < header_len + 2 * RING_HDR_SIZE)
+                        return -EAGAIN;
+                chunk = MIN(chunk, free_b - header_len - 2 * RING_HDR_SIZE);
+                if (chunk == 0 && want > 0 && tries > 0)
+                        return -EAGAIN;
+                if (ring_alloc(r, type, 0, (uint32_t)(header_len + chunk), ret_p) == 0)
+                        return (ssize_t)chunk;
+                chunk /= 2; /* the free space is split by the end of the data area */
+        }
+        return -EAGAIN;
+}
+
+static int send_start(struct replica *rep, struct upreq *u) {
+        const struct http_request *q = &u->req;
+        size_t hdr_bytes = 0, fixed;
+        uint32_t n_headers = 0;
+        uint8_t *p;
+        void *mem;
+        ssize_t chunk;
+
+        for (size_t i = 0; i < q->n_headers; i++) {
+                if (hop_by_hop(&q->headers[i]))
+                        continue;
+                hdr_bytes += sizeof(struct proto_header) + q->headers[i].name_len + q->headers[i].value_len;
+                n_headers++;
+        }
+        fixed = sizeof(struct proto_req_start) + q->method_len + u->path_len + q->query_len + hdr_bytes;
+        chunk = alloc_chunked(&rep->seg.req, PROTO_REQ_START, fixed, u->body_len, &mem);
+        if (chunk < 0)
+                return (int)chunk;
+
+        struct proto_req_start s = {
+                .req_id = u->id,
+                .handler = 0,
+                .method_len = (uint32_t)q->method_len,
+                .path_len = (uint32_t)u->path_len,
+                .query_len = (uint32_t)q->query_len,
+                .has_query = q->query != NULL,
+                .n_headers = n_headers,
+                .headers_len = (uint32_t)hdr_bytes,
+                .chunk_len = (uint32_t)chunk,
+                .body_len = u->body_len,
+        };
+        p = mem;
+        memcpy(p, &s, sizeof s);
+        p += sizeof s;
+        memcpy(p, q->method, q->method_len);
+        p += q->method_len;
+        memcpy(p, u->path, u->path_len);
+        p += u->path_len;
+        if (q->query_len)
+                memcpy(p, q->query, q->query_len);
+        p += q->query_len;
+        for (size_t i = 0; i < q->n_headers; i++) {
+                const struct http_header *h = &q->headers[i];
+                struct proto_header ph = { (uint32_t)h->name_len, (uint32_t)h->value_len };
+                if (hop_by_hop(h))
+                        continue;
+                memcpy(p, &ph, sizeof ph);
+                p += sizeof ph;
+                memcpy(p, h->name, h->name_len);
+                p += h->name_len;
+                memcpy(p, h->value, h->value_len);
+                p += h->value_len;
+        }
+        if (chunk)
+                memcpy(p, u->body, (size_t)chunk);
+        u->body_sent = (uint64_t)chunk;
+        u->start_sent = true;
+        return 0;
+}
+
+static int send_body(struct replica *rep, struct upreq *u) {
+        while (u->body_sent < u->body_len) {
+                void *mem;
+                ssize_t chunk = alloc_chunked(&rep->seg.req, PROTO_REQ_BODY, sizeof(struct proto_body),
+                                              u->body_len - u->body_sent, &mem);
+                if (chunk <= 0)
+                        return -EAGAIN;
+                struct proto_body b = { .req_id = u->id, .len = (uint32_t)chunk };
+                memcpy(mem, &b, sizeof b);
+                memcpy((uint8_t *)mem + sizeof b, u->body + u->body_sent, (size_t)chunk);
+                u->body_sent += (uint64_t)chunk;
+        }
+        return 0;
+}
+
+static int send_cancel(struct replica *rep, struct upreq *u) {
+        void *mem;
+        int r = ring_alloc(&rep->seg.req, PROTO_REQ_CANCEL, 0, sizeof(struct proto_cancel), &mem);
+        if (r < 0)
+                return r;
+        struct proto_cancel c = { .req_id = u->id };
+        memcpy(mem, &c, sizeof c);
+        return 0;
+}
+
+/* Pushes what it can of u. Returns 0 when the whole request (and a pending cancel) is in the
+ * ring, -EAGAIN otherwise. */
+static int push(struct replica *rep, struct upreq *u) {
+        int r;
+
+        if (!u->start_sent && (r = send_start(rep, u)) < 0)
+                return r;
+        if ((r = send_body(rep, u)) < 0)
+                return r;
+        if (u->cancelled && send_cancel(rep, u) < 0)
+                return -EAGAIN;
+        return 0;
+}
+
+void upstream_send(struct replica *rep, struct upreq *u) {
+        uint32_t slot;
+
+        for (slot = 0; slot < rep->n_slots && rep->slots[slot]; slot++)
+                ;
+        /* The router only assigns to replicas with ongoing < n_slots. */
+        if (slot == rep->n_slots) {
+                proxy_upreq_fail(u, 503, "no free slot");
+                return;
+        }
+        rep->generation++;
+        u->rep = rep;
+        u->slot = slot;
+        u->id = ((uint64_t)rep->generation << 32) | slot;
+        rep->slots[slot] = u;
+        rep->ongoing++;
+        if (list_empty(&rep->backlog) && push(rep, u) == 0) {
+                u->state = UPREQ_SENT;
+        } else {
+                u->state = UPREQ_SENDING;
+                list_add_tail(&rep->backlog, &u->link);
+        }
+        ring_bell(rep, &rep->seg.req);
+}
+
+bool upstream_flush(struct replica *rep) {
+        struct list *pos, *tmp;
+        bool pushed = false;
+
+        list_for_each_safe(pos, tmp, &rep->backlog) {
+                struct upreq *u = list_entry(pos, struct upreq, link);
+                if (push(rep, u) < 0)
+                        break;
+                list_del(&u->link);
+                u->state = UPREQ_SENT;
+                pushed = true;
+        }
+        if (pushed)
+                ring_bell(rep, &rep->seg.req);
+        return !list_empty(&rep->backlog);
+}
+
+void upstream_cancel(struct upreq *u) {
+        struct replica *rep = u->rep;
+
+        u->conn = NULL;
+        if (u->cancelled)
+                return;
+        u->cancelled = true;
+        if (u->state == UPREQ_SENDING)
+                return; /* push() sends the cancel after the rest of the body */
+        if (send_cancel(rep, u) < 0) {
+                /* No room now: queue it behind the backlog (already fully sent: push() only
+                 * adds the cancel record). */
+                u->state = UPREQ_SENDING;
+                list_add_tail(&rep->backlog, &u->link);
+                return;
+        }
+        ring_bell(rep, &rep->seg.req);
+}
+
+static void slot_release(struct replica *rep, struct upreq *u) {
+        rep->slots[u->slot] = NULL;
+        rep->ongoing--;
+        u->rep = NULL;
+}
+
+/* A token character (RFC 9110). */
+static bool is_tchar(uint8_t c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static bool forbidden_response_header(const uint8_t *n, size_t len) {
+        static const char *const names[] = { "content-length", "transfer-encoding", "connection" };
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                if (len == strlen(names[i]) && strncasecmp((const char *)n, names[i], len) == 0)
+                        return true;
+        return false;
+}
+
+/* Validates the header block of a RESP_START and renders it as "Name: value\r\n" lines. */
+static int render_headers(const uint8_t *p, uint32_t len, uint32_t n, struct buf *out) {
+        const uint8_t *end = p + len;
+
+        for (uint32_t i = 0; i < n; i++) {
+                struct proto_header h;
+                if ((size_t)(end - p) < sizeof h)
+                        return -EBADMSG;
+                memcpy(&h, p, sizeof h);
+                p += sizeof h;
+                if (h.name_len == 0 || h.name_len > (size_t)(end - p) || h.value_len > (size_t)(end - p) - h.name_len)
+                        return -EBADMSG;
+                for (uint32_t k = 0; k < h.name_len; k++)
+                        if (!is_tchar(p[k]))
+                                return -EBADMSG;
+                if (forbidden_response_header(p, h.name_len))
+                        return -EBADMSG;
+                for (uint32_t k = 0; k < h.value_len; k++) {
+                        uint8_t c = p[h.name_len + k];
+                        if ((c < 0x20 && c != '\t') || c == 0x7f)
+                                return -EBADMSG; /* CR/LF would let a replica split the response */
+                }
+                if (buf_append(out, p, h.name_len, SIZE_MAX) < 0 || buf_append(out, ": ", 2, SIZE_MAX) < 0 ||
+                    buf_append(out, p + h.name_len, h.value_len, SIZE_MAX) < 0 ||
+                    buf_append(out, "\r\n", 2, SIZE_MAX) < 0)
+                        return -ENOMEM;
+                p += h.name_len + h.value_len;
+        }
+        return p == end ? 0 : -EBADMSG;
+}
+
+static struct upreq *lookup(struct replica *rep, uint64_t id) {
+        uint32_t slot = (uint32_t)id;
+        struct upreq *u;
+
+        if (slot >= rep->n_slots)
+                return NULL;
+        u = rep->slots[slot];
+        if (!u || u->id != id)
+                return NULL;
+        return u;
+}
+
+/* The response of u is complete. */
+static void finish(struct replica *rep, struct upreq *u) {
+        slot_release(rep, u);
+        if (u->conn)
+                proxy_response_end(u);
+        else
+                upreq_free(u);
+}
+
+static int on_resp_start(struct replica *rep, const uint8_t *p, uint32_t len) {
+        struct proto_resp_start s;
+        struct upreq *u;
+        _cleanup_(buf_free) struct buf hdrs = {};
+
+        if (len < sizeof s)
+                return -EBADMSG;
+        memcpy(&s, p, sizeof s);
+        if (s.status < 200 || s.status > 599 || s.n_headers > PROTO_MAX_RESP_HEADERS ||
+            s.headers_len > PROTO_MAX_HEADER_BYTES || s.body_len > PROTO_MAX_RESP_BODY ||
+            (uint64_t)s.headers_len + s.chunk_len != len - sizeof s || s.chunk_len > s.body_len)
+                return -EBADMSG;
+        u = lookup(rep, s.req_id);
+        /* A response before the whole request was sent is only legitimate for a cancelled one. */
+        if (!u || u->state == UPREQ_RESPONDING || (u->state != UPREQ_SENT && !u->cancelled))
+                return -EBADMSG;
+        if (render_headers(p + sizeof s, s.headers_len, s.n_headers, &hdrs) < 0)
+                return -EBADMSG;
+        if (u->state == UPREQ_SENDING)
+                list_del(&u->link);
+        u->state = UPREQ_RESPONDING;
+        u->resp_body_len = s.body_len;
+        u->resp_received = s.chunk_len;
+        if (u->conn) {
+                proxy_response_begin(u, (int)s.status, hdrs.data, hdrs.len, s.body_len);
+                if (s.chunk_len && u->conn)
+                        proxy_response_body(u, p + sizeof s + s.headers_len, s.chunk_len);
+        }
+        if (u->resp_received == u->resp_body_len) {
+                finish(rep, u);
+                return 1;
+        }
+        return 0;
+}
+
+static int on_resp_body(struct replica *rep, const uint8_t *p, uint32_t len) {
+        struct proto_body b;
+        struct upreq *u;
+
+        if (len < sizeof b)
+                return -EBADMSG;
+        memcpy(&b, p, sizeof b);
+        if (b.len != len - sizeof b)
+                return -EBADMSG;
+        u = lookup(rep, b.req_id);
+        if (!u || u->state != UPREQ_RESPONDING || b.len > u->resp_body_len - u->resp_received)
+                return -EBADMSG;
+        u->resp_received += b.len;
+        if (u->conn && b.len)
+                proxy_response_body(u, p + sizeof b, b.len);
+        if (u->resp_received == u->resp_body_len) {
+                finish(rep, u);
+                return 1;
+        }
+        return 0;
+}
+
+int upstream_poll(struct replica *rep) {
+        struct ring_record rec;
+        int r, done = 0;
+
+        for (;;) {
+                r = ring_next(&rep->seg.resp, &rec);
+                if (r == 0)
+                        break;
+                if (r < 0)
+                        return -EBADMSG;
+                if (rec.len > scratch_cap) {
+                        uint8_t *n = realloc(scratch, rec.len);
+                        if (!n)
+                                return -ENOMEM;
+                        scratch = n;
+                        scratch_cap = rec.len;
+                }
+                memcpy(scratch, rec.payload, rec.len);
+                switch (rec.type) {
+                case PROTO_RESP_START:
+                        r = on_resp_start(rep, scratch, rec.len);
+                        break;
+                case PROTO_RESP_BODY:
+                        r = on_resp_body(rep, scratch, rec.len);
+                        break;
+                default:
+                        r = -EBADMSG;
+                }
+                if (r < 0) {
+                        ring_release(&rep->seg.resp);
+                        return r;
+                }
+                done += r;
+                /* Give space back early so a replica with a large response keeps going. */
+                ring_release(&rep->seg.resp);
+        }
+        return done;
+}
+
+void upstream_fail_all(struct replica *rep, int status, const char *why) {
+        for (uint32_t i = 0; i < rep->n_slots; i++) {
+                struct upreq *u = rep->slots[i];
+                if (!u)
+                        continue;
+                if (u->state == UPREQ_SENDING)
+                        list_del(&u->link);
+                slot_release(rep, u);
+                proxy_upreq_fail(u, status, why);
+        }
+        list_init(&rep->backlog);
+}

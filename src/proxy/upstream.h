@@ -1,0 +1,29 @@
+/* The proxy's side of a replica's rings: puts requests into the request ring (in chunks, as
+ * space allows), reads and validates everything the replica writes into the response ring,
+ * and matches responses to in-flight requests. Everything read from a replica is untrusted. */
+#pragma once
+
+#include "router.h"
+
+/* Allocates the in-flight table of a replica (max_ongoing entries). Returns 0 or -ENOMEM. */
+int upstream_init(struct replica *rep, uint32_t max_ongoing);
+void upstream_free(struct replica *rep);
+
+/* Assigns u to rep (a free slot must exist: rep->ongoing < rep->n_slots) and starts sending it. */
+void upstream_send(struct replica *rep, struct upreq *u);
+
+/* Continues sending requests that did not fit into the ring. Returns true when some remain. */
+bool upstream_flush(struct replica *rep);
+
+/* Reads every complete record of the response ring and delivers it. Returns the number of
+ * responses completed (>= 0), or -EBADMSG when the replica wrote something invalid: the caller
+ * kills it (its in-flight requests are answered 502 by upstream_fail_all()). */
+int upstream_poll(struct replica *rep);
+
+/* The client no longer waits for u (timeout or disconnect): tell the replica, keep the slot
+ * until its response arrives (the replica is still busy with it). */
+void upstream_cancel(struct upreq *u);
+
+/* Answers every request assigned to rep with `status` (502 crash, 504 hang) and empties the
+ * in-flight table. */
+void upstream_fail_all(struct replica *rep, int status, const char *why);

@@ -1,0 +1,1081 @@
+/* The replica process. One thread (the dispatcher, main) reads the request ring and the control
+ * socket; complete requests go to a pool of max_ongoing_requests handler threads, which answer
+ * through the response ring (one producer: they take turns under send_lock); a health thread
+ * writes the heartbeat and runs check_health.
+ *
+ * Every request received gets exactly one complete response, because the proxy matches
+ * responses against its in-flight table: cancelled ones get 499, rejected ones 503. The proxy is
+ * trusted but still checked: a record that makes no sense ends the process (exit 2), since
+ * guessing would desynchronize the two sides. */
+
+#include <cjson/cJSON.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <time.h>
+
+#include "log.h"
+#include "macros.h"
+#include "module.h"
+#include "replica.h"
+#include "sdk-internal.h"
+#include "shm/proto.h"
+#include "shm/segment.h"
+#include "util.h"
+
+#define REPLICA_MAX_THREADS 1024
+#define REPLICA_MAX_BODY PROTO_MAX_RESP_BODY
+#define REPLICA_MAX_LIST 1024 /* deployments per app, handlers per deployment */
+#define REPLICA_DEFAULT_MAX_ONGOING 5
+#define REPLICA_DEFAULT_HEALTH_PERIOD_S 10.0
+#define REPLICA_DEFAULT_GRACEFUL_S 20.0
+#define REPLICA_HEARTBEAT_NS (100 * NSEC_PER_MSEC)
+#define REPLICA_RECORD_BATCH 256 /* records between looks at the control socket */
+
+struct replica {
+        int ctl_fd;
+        int sig_fd;
+        struct segment seg;
+        const struct serve_deployment *dep;
+        size_t n_handlers;
+        struct serve_ctx ctx;
+        unsigned max_ongoing;
+        double health_period_s;
+
+        /* Guards everything down to `stopping`. */
+        pthread_mutex_t lock;
+        pthread_cond_t cond;                 /* queue non-empty, or stopping */
+        struct serve_request **table;        /* received, not yet answered */
+        size_t n_table, table_cap;
+        struct serve_request *queue_head, *queue_tail;
+        size_t outstanding;                  /* received, response not completely sent */
+        bool draining;                       /* new requests get 503 */
+        bool stopping;                       /* handler threads exit when the queue is empty */
+
+        pthread_mutex_t send_lock;           /* makes the handler threads one ring producer */
+
+        pthread_t *workers;
+        size_t n_workers;
+        pthread_t health;
+        bool health_started;
+        /* Set by main before joining the health thread (release), polled there (acquire). */
+        _Atomic bool exiting;
+        /* Set by main once init succeeded (release); the health thread only runs check_health
+         * after it (acquire). */
+        _Atomic bool ready;
+
+        uint64_t drain_deadline;
+        int exit_status;
+};
+
+/* ---- loading and validating the module ---- */
+
+static int errorf(int r, char **ret_error, const char *fmt, ...) _printf_(3, 4);
+static int errorf(int r, char **ret_error, const char *fmt, ...) {
+        va_list ap;
+        if (ret_error) {
+                char *m = NULL;
+                va_start(ap, fmt);
+                if (vasprintf(&m, fmt, ap) < 0)
+                        m = NULL;
+                va_end(ap);
+                *ret_error = m;
+        }
+        return r;
+}
+
+static size_t handler_count(const struct serve_deployment *d) {
+        size_t n = 0;
+        while (n < REPLICA_MAX_LIST && (d->handlers[n].name || d->handlers[n].fn))
+                n++;
+        return n;
+}
+
+int replica_app_validate(const struct serve_application *app, const char *where, char **ret_error) {
+        bool ingress_found = false;
+        size_t n;
+
+        if (app->abi_version != SERVE_ABI_VERSION)
+                return errorf(-EINVAL, ret_error, "%s: abi_version %u, this serve supports %u",
+                              where, app->abi_version, SERVE_ABI_VERSION);
+        if (!app->ingress)
+                return errorf(-EINVAL, ret_error, "%s: no ingress deployment", where);
+        if (!app->deployments || !app->deployments[0])
+                return errorf(-EINVAL, ret_error, "%s: no deployments", where);
+
+        for (n = 0; n < REPLICA_MAX_LIST && app->deployments[n]; n++) {
+                const struct serve_deployment *d = app->deployments[n];
+
+                if (d->abi_version != SERVE_ABI_VERSION)
+                        return errorf(-EINVAL, ret_error,
+                                      "%s: deployment #%zu: abi_version %u, this serve supports %u",
+                                      where, n, d->abi_version, SERVE_ABI_VERSION);
+                if (!d->name || !*d->name)
+                        return errorf(-EINVAL, ret_error, "%s: deployment #%zu has no name", where, n);
+                for (size_t j = 0; j < n; j++)
+                        if (streq(app->deployments[j]->name, d->name))
+                                return errorf(-EINVAL, ret_error,
+                                              "%s: deployment name '%s' is used twice", where,
+                                              d->name);
+                if (!d->handlers || !d->handlers[0].name)
+                        return errorf(-EINVAL, ret_error, "%s: deployment '%s' has no handlers",
+                                      where, d->name);
+                size_t h = handler_count(d);
+                if (h >= REPLICA_MAX_LIST)
+                        return errorf(-EINVAL, ret_error,
+                                      "%s: deployment '%s': handlers not terminated by { NULL, NULL }",
+                                      where, d->name);
+                for (size_t j = 0; j < h; j++)
+                        if (!d->handlers[j].name || !*d->handlers[j].name || !d->handlers[j].fn)
+                                return errorf(-EINVAL, ret_error,
+                                              "%s: deployment '%s': handler #%zu needs a name and a function",
+                                              where, d->name, j);
+                if (d == app->ingress)
+                        ingress_found = true;
+        }
+        if (n >= REPLICA_MAX_LIST)
+                return errorf(-EINVAL, ret_error, "%s: deployments not NULL-terminated", where);
+        if (!ingress_found)
+                return errorf(-EINVAL, ret_error,
+                              "%s: ingress '%s' is not listed among the deployments", where,
+                              app->ingress->name ? app->ingress->name : "(unnamed)");
+        return 0;
+}
+
+/* dlopens path and finds and validates symbol. The handle stays open for the process's life. */
+static int app_load(const char *path, const char *symbol, const struct serve_application **ret_app,
+                    char **ret_error) {
+        _cleanup_free_ char *where = NULL;
+        void *dl, *sym;
+        int r;
+
+        dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (!dl)
+                return errorf(-ENOEXEC, ret_error, "%s", dlerror());
+        dlerror();
+        sym = dlsym(dl, symbol);
+        if (!sym) {
+                dlclose(dl);
+                return errorf(-ENOENT, ret_error, "%s: symbol '%s' not found", path, symbol);
+        }
+        if (asprintf(&where, "%s: symbol '%s'", path, symbol) < 0) {
+                where = NULL;
+                dlclose(dl);
+                return -ENOMEM;
+        }
+        r = replica_app_validate(sym, where, ret_error);
+        if (r < 0) {
+                dlclose(dl);
+                return r;
+        }
+        *ret_app = sym;
+        return 0;
+}
+
+/* ---- --describe ---- */
+
+static cJSON *deployment_to_json(const struct serve_deployment *d) {
+        const struct serve_deployment_options *o = &d->defaults;
+        cJSON *j = cJSON_CreateObject(), *handlers, *defaults;
+
+        if (!j)
+                return NULL;
+        if (!cJSON_AddStringToObject(j, "name", d->name) ||
+            !(handlers = cJSON_AddArrayToObject(j, "handlers")) ||
+            !(defaults = cJSON_AddObjectToObject(j, "defaults")))
+                goto fail;
+        for (size_t i = 0; d->handlers[i].name; i++) {
+                cJSON *s = cJSON_CreateString(d->handlers[i].name);
+                if (!s || !cJSON_AddItemToArray(handlers, s)) {
+                        cJSON_Delete(s);
+                        goto fail;
+                }
+        }
+        if (!cJSON_AddNumberToObject(defaults, "num_replicas", o->num_replicas) ||
+            !cJSON_AddNumberToObject(defaults, "max_ongoing_requests", o->max_ongoing_requests) ||
+            !cJSON_AddNumberToObject(defaults, "max_queued_requests", o->max_queued_requests) ||
+            !cJSON_AddNumberToObject(defaults, "health_check_period_s", o->health_check_period_s) ||
+            !cJSON_AddNumberToObject(defaults, "health_check_timeout_s", o->health_check_timeout_s) ||
+            !cJSON_AddNumberToObject(defaults, "graceful_shutdown_timeout_s",
+                                     o->graceful_shutdown_timeout_s) ||
+            !cJSON_AddNumberToObject(defaults, "num_cpus", o->num_cpus) ||
+            !cJSON_AddNumberToObject(defaults, "num_gpus", o->num_gpus))
+                goto fail;
+        return j;
+fail:
+        cJSON_Delete(j);
+        return NULL;
+}
+
+int replica_describe(const char *import_path, const char *working_dir, FILE *out, char **ret_error) {
+        _cleanup_free_ char *path = NULL, *symbol = NULL, *text = NULL;
+        const struct serve_application *app;
+        cJSON *j = NULL, *deps;
+        int r;
+
+        r = module_resolve(import_path, working_dir, &path, &symbol, ret_error);
+        if (r < 0)
+                return r;
+        r = app_load(path, symbol, &app, ret_error);
+        if (r < 0)
+                return r;
+
+        j = cJSON_CreateObject();
+        if (!j || !cJSON_AddStringToObject(j, "module", path) ||
+            !cJSON_AddStringToObject(j, "symbol", symbol) ||
+            !cJSON_AddStringToObject(j, "ingress", app->ingress->name) ||
+            !(deps = cJSON_AddArrayToObject(j, "deployments")))
+                goto oom;
+        for (size_t i = 0; app->deployments[i]; i++) {
+                cJSON *d = deployment_to_json(app->deployments[i]);
+                if (!d || !cJSON_AddItemToArray(deps, d)) {
+                        cJSON_Delete(d);
+                        goto oom;
+                }
+        }
+        text = cJSON_PrintUnformatted(j);
+        cJSON_Delete(j);
+        if (!text)
+                return errorf(-ENOMEM, ret_error, "out of memory");
+        fprintf(out, "%s\n", text);
+        return 0;
+oom:
+        cJSON_Delete(j);
+        return errorf(-ENOMEM, ret_error, "out of memory");
+}
+
+/* ---- control socket ---- */
+
+/* Sends {"type":TYPE} or {"type":TYPE,"message":MESSAGE}. SOCK_SEQPACKET sends each message
+ * whole, so threads may send concurrently. */
+static int ctl_send(struct replica *rep, const char *type, const char *message) {
+        _cleanup_free_ char *text = NULL;
+        cJSON *j = cJSON_CreateObject();
+        int r;
+
+        if (!j || !cJSON_AddStringToObject(j, "type", type) ||
+            (message && !cJSON_AddStringToObject(j, "message", message))) {
+                cJSON_Delete(j);
+                return log_error_errno(-ENOMEM, "Failed to build '%s' message: %m", type);
+        }
+        text = cJSON_PrintUnformatted(j);
+        cJSON_Delete(j);
+        if (!text)
+                return log_error_errno(-ENOMEM, "Failed to build '%s' message: %m", type);
+        r = unix_send_fds(rep->ctl_fd, text, strlen(text), NULL, 0);
+        if (r < 0)
+                return log_error_errno(r, "Failed to send '%s' to the supervisor: %m", type);
+        return 0;
+}
+
+/* A JSON-text field: a string is taken as the JSON text itself, any other value is
+ * re-serialized (so both "{\"a\":1}" and {"a":1} work). NULL when absent or null. */
+static char *json_text(const cJSON *o, const char *key, int *ret_r) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        char *s;
+
+        *ret_r = 0;
+        if (!v || cJSON_IsNull(v))
+                return NULL;
+        s = cJSON_IsString(v) ? strdup(v->valuestring) : cJSON_PrintUnformatted(v);
+        if (!s)
+                *ret_r = -ENOMEM;
+        return s;
+}
+
+static const char *json_string(const cJSON *o, const char *key) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static double json_number(const cJSON *o, const char *key, double dflt) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+/* Reports a failed start and ends the process: the supervisor replaces the replica. */
+_noreturn_ static void start_failed(struct replica *rep, const char *message) {
+        log_error("Replica start failed: %s", message);
+        ctl_send(rep, "error", message);
+        _exit(1);
+}
+
+/* ---- the response path ---- */
+
+_noreturn_ static void peer_broken(int r, const char *what) {
+        log_error_errno(r, "%s: %m; the proxy is broken, exiting", what);
+        _exit(2);
+}
+
+static void publish(struct replica *rep) {
+        if (ring_publish(&rep->seg.resp)) {
+                int r = doorbell_ring(rep->seg.resp_bell);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to ring the response doorbell: %m, ignoring");
+        }
+}
+
+/* Reserves a response record, waiting for the proxy to free space. Called with send_lock held:
+ * a response's records stay contiguous in the ring. */
+static void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len) {
+        long backoff_ns = 10 * 1000;
+        void *p;
+
+        for (;;) {
+                int r = ring_alloc(&rep->seg.resp, type, 0, len, &p);
+                if (r == 0)
+                        return p;
+                if (r != -EAGAIN)
+                        peer_broken(r, "Failed to reserve a response record");
+                /* Everything allocated so far must be visible, or the proxy never frees space. */
+                publish(rep);
+                nanosleep(&(struct timespec) { .tv_nsec = backoff_ns }, NULL);
+                backoff_ns = MIN(backoff_ns * 2, 1000 * 1000L);
+        }
+}
+
+static void response_internal_error(struct serve_response *resp) {
+        serve_response_clear(resp);
+        resp->status = 500;
+        serve_response_write(resp, "internal error\n", strlen("internal error\n"));
+}
+
+/* Frames resp as RESP_START + RESP_BODY records and publishes them. */
+static void send_response(struct replica *rep, uint64_t id, struct serve_response *resp) {
+        uint32_t max = ring_max_payload(&rep->seg.resp);
+        size_t fixed = sizeof(struct proto_resp_start);
+
+        if (fixed + resp->headers_bytes >= max) {
+                log_error("Response headers (%zu bytes) do not fit in one ring record (%u bytes), answering 500",
+                          resp->headers_bytes, max);
+                response_internal_error(resp);
+        }
+
+        size_t first = MIN(resp->body_len, max - fixed - resp->headers_bytes);
+        size_t len = fixed + resp->headers_bytes + first;
+
+        pthread_mutex_lock(&rep->send_lock);
+        uint8_t *p = resp_alloc(rep, PROTO_RESP_START, (uint32_t) len);
+        struct proto_resp_start st = {
+                .req_id = id,
+                .status = (uint32_t) resp->status,
+                .n_headers = (uint32_t) resp->n_headers,
+                .headers_len = (uint32_t) resp->headers_bytes,
+                .chunk_len = (uint32_t) first,
+                .body_len = resp->body_len,
+        };
+        memcpy(p, &st, sizeof st);
+        p += sizeof st;
+        for (size_t i = 0; i < resp->n_headers; i++) {
+                struct proto_header h = {
+                        .name_len = (uint32_t) strlen(resp->headers[i].name),
+                        .value_len = (uint32_t) strlen(resp->headers[i].value),
+                };
+                memcpy(p, &h, sizeof h);
+                p += sizeof h;
+                memcpy(p, resp->headers[i].name, h.name_len);
+                p += h.name_len;
+                memcpy(p, resp->headers[i].value, h.value_len);
+                p += h.value_len;
+        }
+        if (first > 0)
+                memcpy(p, resp->body, first);
+        publish(rep);
+
+        for (size_t off = first; off < resp->body_len;) {
+                size_t n = MIN(resp->body_len - off, max - sizeof(struct proto_body));
+                struct proto_body b = { .req_id = id, .len = (uint32_t) n };
+                uint8_t *q = resp_alloc(rep, PROTO_RESP_BODY, (uint32_t) (sizeof b + n));
+                memcpy(q, &b, sizeof b);
+                memcpy(q + sizeof b, resp->body + off, n);
+                /* Publishing per chunk lets the proxy stream a large body while we copy. */
+                publish(rep);
+                off += n;
+        }
+        pthread_mutex_unlock(&rep->send_lock);
+}
+
+/* ---- the in-flight table (rep->lock held) ---- */
+
+static struct serve_request *table_find(struct replica *rep, uint64_t id) {
+        for (size_t i = 0; i < rep->n_table; i++)
+                if (rep->table[i]->id == id)
+                        return rep->table[i];
+        return NULL;
+}
+
+static void table_remove(struct replica *rep, struct serve_request *req) {
+        for (size_t i = 0; i < rep->n_table; i++)
+                if (rep->table[i] == req) {
+                        rep->table[i] = rep->table[--rep->n_table];
+                        return;
+                }
+}
+
+static void enqueue(struct replica *rep, struct serve_request *req) {
+        req->state = SERVE_REQUEST_QUEUED;
+        req->next = NULL;
+        if (rep->queue_tail)
+                rep->queue_tail->next = req;
+        else
+                rep->queue_head = req;
+        rep->queue_tail = req;
+        pthread_cond_signal(&rep->cond);
+}
+
+/* ---- handler threads ---- */
+
+static void run_request(struct replica *rep, struct serve_request *req, struct serve_response *resp) {
+        if (req->reject_status) {
+                resp->status = req->reject_status;
+                if (req->reject_status == 503)
+                        serve_response_write(resp, "replica stopping\n", strlen("replica stopping\n"));
+                return;
+        }
+        /* A request cancelled before it started is not run at all. */
+        if (serve_request_cancelled(req)) {
+                resp->status = 499;
+                return;
+        }
+        if (req->handler >= rep->n_handlers) {
+                log_error("Request for handler #%u, but deployment has %zu handlers, answering 500",
+                          req->handler, rep->n_handlers);
+                response_internal_error(resp);
+                return;
+        }
+
+        const struct serve_handler *h = &rep->dep->handlers[req->handler];
+        int r = h->fn(&rep->ctx, req, resp);
+        if (r < 0 && resp->status < 400) {
+                log_warning_errno(r, "Handler %s failed for %s %s: %m", h->name, req->method, req->path);
+                response_internal_error(resp);
+        }
+        /* The proxy drops the response of a cancelled request: do not ship its body. */
+        if (serve_request_cancelled(req)) {
+                serve_response_clear(resp);
+                resp->status = 499;
+        }
+}
+
+static void *worker_main(void *userdata) {
+        struct replica *rep = userdata;
+
+        log_set_context(rep->ctx.app, rep->ctx.deployment, rep->ctx.replica_id);
+        for (;;) {
+                struct serve_request *req;
+                struct serve_response resp;
+
+                pthread_mutex_lock(&rep->lock);
+                while (!rep->queue_head && !rep->stopping)
+                        pthread_cond_wait(&rep->cond, &rep->lock);
+                req = rep->queue_head;
+                if (!req) {
+                        pthread_mutex_unlock(&rep->lock);
+                        return NULL;
+                }
+                rep->queue_head = req->next;
+                if (!rep->queue_head)
+                        rep->queue_tail = NULL;
+                req->state = SERVE_REQUEST_RUNNING;
+                pthread_mutex_unlock(&rep->lock);
+
+                serve_response_init(&resp);
+                run_request(rep, req, &resp);
+
+                /* Out of the table before the response is visible: the proxy may reuse the id,
+                 * and a late cancel for it must find nothing. */
+                pthread_mutex_lock(&rep->lock);
+                table_remove(rep, req);
+                pthread_mutex_unlock(&rep->lock);
+
+                send_response(rep, req->id, &resp);
+                serve_response_clear(&resp);
+                serve_request_free(req);
+
+                pthread_mutex_lock(&rep->lock);
+                rep->outstanding--;
+                pthread_mutex_unlock(&rep->lock);
+        }
+}
+
+/* ---- health thread ---- */
+
+static void *health_main(void *userdata) {
+        struct replica *rep = userdata;
+        uint64_t period = sec_to_ns(rep->health_period_s);
+        uint64_t next_check = now_ns() + period;
+
+        log_set_context(rep->ctx.app, rep->ctx.deployment, rep->ctx.replica_id);
+        /* Pairs with the release store in replica_finish(). */
+        while (!atomic_load_explicit(&rep->exiting, memory_order_acquire)) {
+                uint64_t now = now_ns();
+
+                /* Relaxed: the supervisor only compares it with its clock; no data hangs on it. */
+                atomic_store_explicit(&rep->seg.ctl->heartbeat_ns, now, memory_order_relaxed);
+
+                /* Pairs with the release store after init in replica_run(). */
+                if (now >= next_check && atomic_load_explicit(&rep->ready, memory_order_acquire)) {
+                        if (rep->dep->check_health) {
+                                int r = rep->dep->check_health(&rep->ctx);
+                                if (r != 0) {
+                                        _cleanup_free_ char *e = serve_ctx_take_error(&rep->ctx);
+                                        char generic[64];
+                                        snprintf(generic, sizeof generic, "check_health returned %d", r);
+                                        log_warning("Unhealthy: %s", e ? e : generic);
+                                        ctl_send(rep, "unhealthy", e ? e : generic);
+                                }
+                        }
+                        next_check = now_ns() + period;
+                }
+                nanosleep(&(struct timespec) { .tv_nsec = REPLICA_HEARTBEAT_NS }, NULL);
+        }
+        return NULL;
+}
+
+/* ---- request ring (dispatcher) ---- */
+
+_noreturn_ static void bad_record(const char *why) {
+        log_error("Invalid request record from the proxy: %s; exiting", why);
+        _exit(2);
+}
+
+static void on_req_start(struct replica *rep, const uint8_t *p, uint32_t len) {
+        struct proto_req_start st;
+
+        if (len < sizeof st)
+                bad_record("short REQ_START");
+        memcpy(&st, p, sizeof st);
+        uint64_t var = (uint64_t) st.method_len + st.path_len + st.query_len + st.headers_len +
+                       st.chunk_len;
+        if (var != len - sizeof st)
+                bad_record("REQ_START lengths do not add up");
+        if (st.method_len == 0 || st.chunk_len > st.body_len || st.body_len > REPLICA_MAX_BODY ||
+            st.n_headers > st.headers_len / sizeof(struct proto_header))
+                bad_record("REQ_START fields out of range");
+
+        _cleanup_free_ struct serve_request *req = calloc(1, sizeof *req);
+        if (!req)
+                goto oom;
+        /* Header names and values lose their proto_header, gain two NULs. */
+        size_t strings_len = (size_t) st.method_len + st.path_len + st.query_len + 3 +
+                             st.headers_len - (size_t) st.n_headers * sizeof(struct proto_header) +
+                             2 * (size_t) st.n_headers;
+        char *s = malloc(strings_len);
+        struct serve_req_header *hdrs = calloc(MAX(st.n_headers, 1u), sizeof *hdrs);
+        if (!s || !hdrs) {
+                free(s);
+                free(hdrs);
+                goto oom;
+        }
+        req->strings = s;
+        req->headers = hdrs;
+        req->n_headers = st.n_headers;
+
+        p += sizeof st;
+        req->method = s;
+        memcpy(s, p, st.method_len), s += st.method_len, *s++ = '\0', p += st.method_len;
+        req->path = s;
+        memcpy(s, p, st.path_len), s += st.path_len, *s++ = '\0', p += st.path_len;
+        req->query = s;
+        memcpy(s, p, st.query_len), s += st.query_len, *s++ = '\0', p += st.query_len;
+
+        size_t off = 0;
+        for (uint32_t i = 0; i < st.n_headers; i++) {
+                struct proto_header h;
+                if (st.headers_len - off < sizeof h)
+                        goto bad_headers;
+                memcpy(&h, p + off, sizeof h);
+                off += sizeof h;
+                if ((uint64_t) h.name_len + h.value_len > st.headers_len - off)
+                        goto bad_headers;
+                hdrs[i].name = s;
+                memcpy(s, p + off, h.name_len), s += h.name_len, *s++ = '\0', off += h.name_len;
+                hdrs[i].value = s;
+                memcpy(s, p + off, h.value_len), s += h.value_len, *s++ = '\0', off += h.value_len;
+        }
+        if (off != st.headers_len)
+                goto bad_headers;
+        p += st.headers_len;
+
+        req->id = st.req_id;
+        req->handler = st.handler;
+        req->body_len = st.body_len;
+        req->body = malloc(st.body_len + 1);
+        if (req->body) {
+                memcpy(req->body, p, st.chunk_len);
+                req->body[st.body_len] = '\0';
+        } else {
+                /* Answer 503 once the rest of the body went by; the replica survives. */
+                log_warning("Out of memory for a %llu-byte request body, answering 503",
+                            (unsigned long long) st.body_len);
+                req->reject_status = 503;
+        }
+        req->body_received = st.chunk_len;
+
+        pthread_mutex_lock(&rep->lock);
+        if (table_find(rep, req->id)) {
+                pthread_mutex_unlock(&rep->lock);
+                bad_record("REQ_START for a request id already in flight");
+        }
+        if (rep->n_table >= rep->table_cap) {
+                pthread_mutex_unlock(&rep->lock);
+                bad_record("more requests in flight than max_ongoing_requests allows");
+        }
+        if (rep->draining && !req->reject_status)
+                req->reject_status = 503;
+        req->state = SERVE_REQUEST_ASSEMBLING;
+        rep->table[rep->n_table++] = req;
+        rep->outstanding++;
+        if (req->body_received == req->body_len)
+                enqueue(rep, req);
+        TAKE_PTR(req);
+        pthread_mutex_unlock(&rep->lock);
+        return;
+
+bad_headers:
+        serve_request_free(TAKE_PTR(req));
+        bad_record("REQ_START headers malformed");
+oom:
+        /* Without memory we cannot even queue an answer: the supervisor restarts us. */
+        log_error("Out of memory for a request; exiting");
+        _exit(2);
+}
+
+static void on_req_body(struct replica *rep, const uint8_t *p, uint32_t len) {
+        struct proto_body b;
+        struct serve_request *req;
+
+        if (len < sizeof b)
+                bad_record("short REQ_BODY");
+        memcpy(&b, p, sizeof b);
+        if (b.len != len - sizeof b)
+                bad_record("REQ_BODY length does not match its record");
+
+        pthread_mutex_lock(&rep->lock);
+        req = table_find(rep, b.req_id);
+        pthread_mutex_unlock(&rep->lock);
+        /* A body chunk after a cancel of a half-received request: it was answered already. */
+        if (!req || req->state != SERVE_REQUEST_ASSEMBLING) {
+                log_debug("Body chunk for request %llu which is not receiving, ignoring",
+                          (unsigned long long) b.req_id);
+                return;
+        }
+        /* Only the dispatcher touches an assembling request: no lock needed for the copy. */
+        if (b.len > req->body_len - req->body_received)
+                bad_record("REQ_BODY beyond the announced body length");
+        if (req->body)
+                memcpy(req->body + req->body_received, p + sizeof b, b.len);
+        req->body_received += b.len;
+
+        if (req->body_received == req->body_len) {
+                pthread_mutex_lock(&rep->lock);
+                enqueue(rep, req);
+                pthread_mutex_unlock(&rep->lock);
+        }
+}
+
+static void on_req_cancel(struct replica *rep, const uint8_t *p, uint32_t len) {
+        struct proto_cancel c;
+        struct serve_request *req;
+
+        if (len < sizeof c)
+                bad_record("short REQ_CANCEL");
+        memcpy(&c, p, sizeof c);
+
+        pthread_mutex_lock(&rep->lock);
+        req = table_find(rep, c.req_id);
+        if (req) {
+                /* Pairs with the acquire load in serve_request_cancelled(). */
+                atomic_store_explicit(&req->cancelled, true, memory_order_release);
+                /* The rest of its body will never come: answer it now (499). */
+                if (req->state == SERVE_REQUEST_ASSEMBLING)
+                        enqueue(rep, req);
+        }
+        pthread_mutex_unlock(&rep->lock);
+}
+
+/* Reads up to REPLICA_RECORD_BATCH records. Returns 1 when more may be waiting, 0 when the
+ * ring is empty. */
+static int drain_ring(struct replica *rep) {
+        struct ring_record rec;
+
+        for (unsigned n = 0; n < REPLICA_RECORD_BATCH; n++) {
+                int r = ring_next(&rep->seg.req, &rec);
+                if (r < 0)
+                        peer_broken(r, "Failed to read the request ring");
+                if (r == 0)
+                        return 0;
+                switch (rec.type) {
+                case PROTO_REQ_START:
+                        on_req_start(rep, rec.payload, rec.len);
+                        break;
+                case PROTO_REQ_BODY:
+                        on_req_body(rep, rec.payload, rec.len);
+                        break;
+                case PROTO_REQ_CANCEL:
+                        on_req_cancel(rep, rec.payload, rec.len);
+                        break;
+                default:
+                        bad_record("unknown record type");
+                }
+                /* Every record is copied out: hand its space back right away, so a large body
+                 * streams through a small ring. */
+                ring_release(&rep->seg.req);
+        }
+        return 1;
+}
+
+/* ---- lifecycle ---- */
+
+static void begin_drain(struct replica *rep, double timeout_s, int exit_status) {
+        uint64_t deadline = now_ns() + sec_to_ns(timeout_s);
+
+        if (exit_status > rep->exit_status)
+                rep->exit_status = exit_status;
+        pthread_mutex_lock(&rep->lock);
+        if (rep->draining) {
+                pthread_mutex_unlock(&rep->lock);
+                rep->drain_deadline = MIN(rep->drain_deadline, deadline);
+                return;
+        }
+        rep->draining = true;
+        pthread_mutex_unlock(&rep->lock);
+        rep->drain_deadline = deadline;
+        /* Release: pairs with the supervisor's acquire load of replica_state. */
+        atomic_store_explicit(&rep->seg.ctl->replica_state, SEGMENT_STATE_DRAINING, memory_order_release);
+        log_info("Stopping: waiting up to %.1fs for requests in flight", timeout_s);
+}
+
+_noreturn_ static void replica_finish(struct replica *rep, bool all_done) {
+        /* Pairs with the acquire load in health_main(). */
+        atomic_store_explicit(&rep->exiting, true, memory_order_release);
+        if (rep->health_started)
+                pthread_join(rep->health, NULL);
+
+        if (!all_done) {
+                /* destroy() would race with the handlers still running. */
+                log_warning("Requests still running at the shutdown deadline; exiting without destroy()");
+                _exit(rep->exit_status);
+        }
+
+        pthread_mutex_lock(&rep->lock);
+        rep->stopping = true;
+        pthread_cond_broadcast(&rep->cond);
+        pthread_mutex_unlock(&rep->lock);
+        for (size_t i = 0; i < rep->n_workers; i++)
+                pthread_join(rep->workers[i], NULL);
+
+        if (rep->dep->destroy)
+                rep->dep->destroy(&rep->ctx);
+        log_info("Replica stopped");
+        fflush(NULL);
+        _exit(rep->exit_status);
+}
+
+static void on_reconfigure(struct replica *rep, const cJSON *msg) {
+        _cleanup_free_ char *uc = NULL, *e = NULL;
+        int r;
+
+        uc = json_text(msg, "user_config", &r);
+        if (r < 0) {
+                ctl_send(rep, "error", "out of memory");
+                begin_drain(rep, REPLICA_DEFAULT_GRACEFUL_S, 1);
+                return;
+        }
+        if (!rep->dep->reconfigure) {
+                if (!uc) {
+                        ctl_send(rep, "reconfigured", NULL);
+                        return;
+                }
+                r = -EOPNOTSUPP;
+                if (asprintf(&e, "deployment '%s' has no reconfigure() but user_config is set",
+                             rep->dep->name) < 0)
+                        e = NULL;
+        } else {
+                r = rep->dep->reconfigure(&rep->ctx, uc);
+                if (r == 0) {
+                        log_info("Reconfigured");
+                        ctl_send(rep, "reconfigured", NULL);
+                        return;
+                }
+                e = serve_ctx_take_error(&rep->ctx);
+                if (!e && asprintf(&e, "reconfigure failed: %s",
+                                   r < 0 ? strerror(-r) : "non-zero return") < 0)
+                        e = NULL;
+        }
+        log_error("Reconfigure failed: %s", e ? e : "out of memory");
+        ctl_send(rep, "error", e ? e : "reconfigure failed");
+        /* proto.h: after an error the replica exits; finish what is in flight first. */
+        begin_drain(rep, rep->dep->defaults.graceful_shutdown_timeout_s > 0
+                                 ? rep->dep->defaults.graceful_shutdown_timeout_s
+                                 : REPLICA_DEFAULT_GRACEFUL_S, 1);
+}
+
+static void on_control(struct replica *rep, char *buf) {
+        ssize_t n = unix_recv_fds(rep->ctl_fd, buf, PROTO_CTL_MAX, NULL, 0, NULL);
+        cJSON *msg;
+        const char *type;
+
+        if (n == 0 || n == -ECONNRESET) {
+                log_info("Supervisor went away; exiting");
+                _exit(1);
+        }
+        if (n < 0) {
+                log_warning_errno((int) n, "Failed to read a control message: %m, ignoring");
+                return;
+        }
+        buf[n] = '\0';
+        msg = cJSON_ParseWithLength(buf, (size_t) n);
+        type = json_string(msg, "type");
+        if (!type)
+                log_warning("Invalid control message, ignoring");
+        else if (streq(type, "stop"))
+                begin_drain(rep, json_number(msg, "timeout_s", REPLICA_DEFAULT_GRACEFUL_S), 0);
+        else if (streq(type, "reconfigure"))
+                on_reconfigure(rep, msg);
+        else
+                log_warning("Unknown control message '%s', ignoring", type);
+        cJSON_Delete(msg);
+}
+
+static void on_signal(struct replica *rep) {
+        struct signalfd_siginfo si;
+
+        if (read(rep->sig_fd, &si, sizeof si) != sizeof si)
+                return;
+        log_info("Received %s", strsignal((int) si.ssi_signo));
+        begin_drain(rep, rep->dep->defaults.graceful_shutdown_timeout_s > 0
+                                 ? rep->dep->defaults.graceful_shutdown_timeout_s
+                                 : REPLICA_DEFAULT_GRACEFUL_S, 0);
+}
+
+_noreturn_ static void serve_loop(struct replica *rep, char *ctl_buf) {
+        struct pollfd pfd[3] = {
+                { .fd = rep->seg.req_bell, .events = POLLIN },
+                { .fd = rep->ctl_fd, .events = POLLIN },
+                { .fd = rep->sig_fd, .events = POLLIN },
+        };
+
+        for (;;) {
+                bool more = drain_ring(rep) > 0;
+                bool draining;
+                int timeout;
+
+                pthread_mutex_lock(&rep->lock);
+                draining = rep->draining;
+                size_t outstanding = rep->outstanding;
+                pthread_mutex_unlock(&rep->lock);
+                if (draining && outstanding == 0)
+                        replica_finish(rep, true);
+                if (draining && now_ns() >= rep->drain_deadline)
+                        replica_finish(rep, false);
+                /* While draining, look at the in-flight count every 10 ms. */
+                timeout = more ? 0 : draining ? 10 : -1;
+
+                bool sleeping = !more && ring_consumer_prepare_sleep(&rep->seg.req);
+                if (!more && !sleeping)
+                        timeout = 0; /* a record arrived meanwhile */
+                int r = poll(pfd, ELEMENTSOF(pfd), timeout);
+                if (sleeping)
+                        ring_consumer_awake(&rep->seg.req);
+                if (r < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        log_error_errno(errno, "poll() failed: %m");
+                        _exit(1);
+                }
+                if (pfd[0].revents & POLLIN) {
+                        uint64_t v;
+                        /* Resets the eventfd; EAGAIN (already reset) is fine. */
+                        (void) !read(rep->seg.req_bell, &v, sizeof v);
+                }
+                if (pfd[1].revents)
+                        on_control(rep, ctl_buf);
+                if (pfd[2].revents & POLLIN)
+                        on_signal(rep);
+        }
+}
+
+static int start_threads(struct replica *rep) {
+        int r;
+
+        rep->workers = calloc(rep->max_ongoing, sizeof *rep->workers);
+        if (!rep->workers)
+                return -ENOMEM;
+        for (; rep->n_workers < rep->max_ongoing; rep->n_workers++) {
+                r = -pthread_create(&rep->workers[rep->n_workers], NULL, worker_main, rep);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int replica_run(int control_fd) {
+        static struct replica rep_storage; /* threads use it until _exit */
+        struct replica *rep = &rep_storage;
+        _cleanup_free_ char *buf = NULL, *path = NULL, *symbol = NULL, *error = NULL,
+                            *args = NULL, *user_config = NULL;
+        const struct serve_application *app;
+        int fds[3] = { -1, -1, -1 };
+        size_t n_fds = 0;
+        sigset_t mask;
+        cJSON *msg;
+        ssize_t n;
+        int r;
+
+        *rep = (struct replica) { .ctl_fd = control_fd, .sig_fd = -1 };
+        pthread_mutex_init(&rep->lock, NULL);
+        pthread_cond_init(&rep->cond, NULL);
+        pthread_mutex_init(&rep->send_lock, NULL);
+        if (serve_ctx_init(&rep->ctx) < 0)
+                return 1;
+
+        /* Die with the supervisor. If it died before this call, the control socket reads EOF
+         * below (getppid() == 1 would misfire where the supervisor itself is PID 1). */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+                log_warning_errno(errno, "PR_SET_PDEATHSIG failed: %m, ignoring");
+
+        /* Signals are read from a signalfd by the main loop; blocked here, before any thread
+         * exists, so every thread inherits the mask. */
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        pthread_sigmask(SIG_BLOCK, &mask, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        rep->sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+        if (rep->sig_fd < 0)
+                return log_error_errno(errno, "signalfd() failed: %m"), 1;
+
+        buf = malloc(PROTO_CTL_MAX + 1);
+        if (!buf)
+                return log_error_errno(ENOMEM, "Out of memory"), 1;
+        n = unix_recv_fds(control_fd, buf, PROTO_CTL_MAX, fds, 3, &n_fds);
+        if (n == 0)
+                return log_error("Supervisor closed the control socket before start"), 1;
+        if (n < 0)
+                return log_error_errno((int) n, "Failed to receive the start message: %m"), 1;
+        if (n_fds != 3) {
+                for (size_t i = 0; i < n_fds; i++)
+                        close(fds[i]);
+                start_failed(rep, "start message without its 3 file descriptors");
+        }
+        buf[n] = '\0';
+
+        msg = cJSON_ParseWithLength(buf, (size_t) n);
+        const char *type = json_string(msg, "type");
+        if (!type || !streq(type, "start")) {
+                cJSON_Delete(msg);
+                start_failed(rep, "first control message is not 'start'");
+        }
+        const char *s_app = json_string(msg, "app"), *s_dep = json_string(msg, "deployment"),
+                   *s_replica = json_string(msg, "replica"), *s_module = json_string(msg, "module"),
+                   *s_symbol = json_string(msg, "symbol"), *s_import = json_string(msg, "import_path");
+        double max_ongoing = json_number(msg, "max_ongoing_requests", 0);
+        double health_period = json_number(msg, "health_check_period_s", 0);
+        int r_args, r_uc;
+        args = json_text(msg, "args", &r_args);
+        user_config = json_text(msg, "user_config", &r_uc);
+
+        rep->ctx.app = strdup(s_app ? s_app : "default");
+        rep->ctx.deployment = s_dep ? strdup(s_dep) : NULL;
+        rep->ctx.replica_id = strdup(s_replica ? s_replica : "0");
+        if (!rep->ctx.app || !rep->ctx.replica_id || (s_dep && !rep->ctx.deployment) || r_args < 0 ||
+            r_uc < 0 || (s_module && !(path = strdup(s_module))) ||
+            (s_symbol && !(symbol = strdup(s_symbol)))) {
+                cJSON_Delete(msg);
+                start_failed(rep, "out of memory");
+        }
+        cJSON_Delete(msg);
+        log_set_context(rep->ctx.app, rep->ctx.deployment, rep->ctx.replica_id);
+        if (!rep->ctx.deployment)
+                start_failed(rep, "start message names no deployment");
+
+        r = segment_attach(fds[0], fds[1], fds[2], &rep->seg);
+        if (r < 0) {
+                char m[128];
+                snprintf(m, sizeof m, "cannot attach the shared segment: %s", strerror(-r));
+                start_failed(rep, m);
+        }
+
+        /* The supervisor normally resolved the module already (--describe); fall back to
+         * import_path for callers that only have that. */
+        if (!path || !symbol) {
+                free(path);
+                free(symbol);
+                path = symbol = NULL;
+                if (!s_import)
+                        start_failed(rep, "start message has neither module/symbol nor import_path");
+                r = module_resolve(s_import, NULL, &path, &symbol, &error);
+                if (r < 0)
+                        start_failed(rep, error ? error : "cannot resolve import_path");
+        }
+        r = app_load(path, symbol, &app, &error);
+        if (r < 0)
+                start_failed(rep, error ? error : "cannot load the module");
+        for (size_t i = 0; app->deployments[i]; i++)
+                if (streq(app->deployments[i]->name, rep->ctx.deployment))
+                        rep->dep = app->deployments[i];
+        if (!rep->dep) {
+                char m[512];
+                snprintf(m, sizeof m, "%s: symbol '%s' has no deployment '%s'", path, symbol,
+                         rep->ctx.deployment);
+                start_failed(rep, m);
+        }
+        rep->n_handlers = handler_count(rep->dep);
+
+        if (max_ongoing < 1)
+                max_ongoing = rep->dep->defaults.max_ongoing_requests > 0
+                                      ? rep->dep->defaults.max_ongoing_requests
+                                      : REPLICA_DEFAULT_MAX_ONGOING;
+        rep->max_ongoing = (unsigned) MIN(max_ongoing, (double) REPLICA_MAX_THREADS);
+        if (!(health_period > 0))
+                health_period = rep->dep->defaults.health_check_period_s > 0
+                                        ? rep->dep->defaults.health_check_period_s
+                                        : REPLICA_DEFAULT_HEALTH_PERIOD_S;
+        rep->health_period_s = health_period;
+        /* The proxy keeps at most max_ongoing in flight; the slack covers a response that is
+         * still being framed when the proxy already sent the next request. */
+        rep->table_cap = 2 * (size_t) rep->max_ongoing + 16;
+        rep->table = calloc(rep->table_cap, sizeof *rep->table);
+        if (!rep->table)
+                start_failed(rep, "out of memory");
+
+        /* The heartbeat runs during a slow init too, so the supervisor can tell slow from dead. */
+        r = -pthread_create(&rep->health, NULL, health_main, rep);
+        if (r < 0)
+                start_failed(rep, "cannot start the health thread");
+        rep->health_started = true;
+
+        r = rep->dep->init ? rep->dep->init(&rep->ctx, args ? args : "{}", user_config) : 0;
+        if (r != 0) {
+                _cleanup_free_ char *e = serve_ctx_take_error(&rep->ctx);
+                char m[256];
+                if (!e)
+                        snprintf(m, sizeof m, "init of deployment '%s' failed: %s", rep->ctx.deployment,
+                                 r < 0 ? strerror(-r) : "non-zero return");
+                start_failed(rep, e ? e : m);
+        }
+
+        r = start_threads(rep);
+        if (r < 0)
+                start_failed(rep, "cannot start the handler threads");
+        /* Pairs with the acquire load in health_main(). */
+        atomic_store_explicit(&rep->ready, true, memory_order_release);
+        /* Release: pairs with the supervisor's acquire load of replica_state. */
+        atomic_store_explicit(&rep->seg.ctl->replica_state, SEGMENT_STATE_READY, memory_order_release);
+        if (ctl_send(rep, "ready", NULL) < 0)
+                _exit(1);
+        log_info("Replica ready: %zu handler thread(s), ring %u bytes", rep->n_workers,
+                 rep->seg.ring_size);
+
+        serve_loop(rep, buf);
+}

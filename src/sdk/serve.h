@@ -1,0 +1,132 @@
+/* serve.h — write a deployment in C.
+ *
+ * A deployment is a `struct serve_deployment` in a shared object; an application is a
+ * `struct serve_application` exported under a symbol (conventionally `app`) that names the
+ * ingress deployment and every deployment it binds. `import_path: libfoo.so:app` in apps.yaml
+ * points at it. Each replica is its own process: `init` runs once in it, then handlers run on
+ * `max_ongoing_requests` threads at once, so a handler must be thread-safe with respect to the
+ * state it shares through serve_ctx_state().
+ *
+ *   static int echo(serve_ctx *ctx, const serve_request *req, serve_response *resp) {
+ *           size_t n;
+ *           const void *body = serve_request_body(req, &n);
+ *           serve_response_write(resp, body, n);
+ *           return 0;
+ *   }
+ *   static const struct serve_handler handlers[] = { { "__call__", echo }, { NULL, NULL } };
+ *   static const struct serve_deployment Echo = { SERVE_ABI_VERSION, "Echo", .handlers = handlers };
+ *   SERVE_APPLICATION(app, &Echo, &Echo);   // ingress, then every deployment
+ *
+ * Build: cc -shared -fPIC -o libecho.so echo.c $(pkg-config --cflags --libs serve) */
+#ifndef SERVE_H
+#define SERVE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SERVE_ABI_VERSION 1u
+
+typedef struct serve_ctx serve_ctx;           /* one per replica */
+typedef struct serve_request serve_request;   /* valid during the handler call only */
+typedef struct serve_response serve_response;
+
+/* A request handler. Return 0 after filling resp (status defaults to 200), or a negative errno
+ * for an internal error: the client gets 500 unless the handler already set a status >= 400. */
+typedef int (*serve_handler_fn)(serve_ctx *ctx, const serve_request *req, serve_response *resp);
+
+struct serve_handler {
+        const char *name;   /* "__call__" (or the first handler) receives HTTP traffic */
+        serve_handler_fn fn;
+};
+
+/* Defaults in code; apps.yaml overrides each one it sets. 0 means "use the system default". */
+struct serve_deployment_options {
+        int num_replicas;            /* default 1 */
+        int max_ongoing_requests;    /* default 5 */
+        int max_queued_requests;     /* default -1 (unbounded); write SERVE_UNBOUNDED */
+        double health_check_period_s;    /* default 10 */
+        double health_check_timeout_s;   /* default 30 */
+        double graceful_shutdown_timeout_s; /* default 20 */
+        double num_cpus;             /* default 1 */
+        double num_gpus;             /* default 0 */
+};
+#define SERVE_UNBOUNDED (-1)
+
+struct serve_deployment {
+        uint32_t abi_version;        /* SERVE_ABI_VERSION */
+        const char *name;
+        /* Runs once per replica before any request. args: the application's `args` as JSON
+         * text ("{}" when none); user_config: JSON text or NULL. Return 0, or a negative errno
+         * (and optionally serve_ctx_set_error()) to fail the replica start. */
+        int (*init)(serve_ctx *ctx, const char *args_json, const char *user_config_json);
+        const struct serve_handler *handlers; /* terminated by { NULL, NULL } */
+        /* Optional: a new user_config without restarting the replica. */
+        int (*reconfigure)(serve_ctx *ctx, const char *user_config_json);
+        /* Optional: called every health_check_period_s; non-zero = unhealthy (replaced). */
+        int (*check_health)(serve_ctx *ctx);
+        /* Optional: runs once when the replica stops, after in-flight requests finished. */
+        void (*destroy)(serve_ctx *ctx);
+        struct serve_deployment_options defaults;
+};
+
+struct serve_application {
+        uint32_t abi_version;        /* SERVE_ABI_VERSION */
+        const struct serve_deployment *ingress;
+        const struct serve_deployment *const *deployments; /* NULL-terminated, ingress included */
+};
+
+/* Declares `const struct serve_application SYMBOL` with the given ingress and deployments. */
+#define SERVE_APPLICATION(symbol, ingress_, ...)                                                   \
+        static const struct serve_deployment *const symbol##_deployments_[] = { __VA_ARGS__, NULL }; \
+        __attribute__((visibility("default"))) const struct serve_application symbol = {           \
+                SERVE_ABI_VERSION, (ingress_), symbol##_deployments_ }
+
+/* ---- the replica context ---- */
+void serve_ctx_set_state(serve_ctx *ctx, void *state); /* your per-replica state */
+void *serve_ctx_state(const serve_ctx *ctx);
+const char *serve_ctx_deployment(const serve_ctx *ctx);
+const char *serve_ctx_app(const serve_ctx *ctx);
+const char *serve_ctx_replica_id(const serve_ctx *ctx);
+/* A message reported with a failing init/reconfigure/check_health (copied). */
+void serve_ctx_set_error(serve_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Logs through the replica's logger (journald fields SERVE_APP/DEPLOYMENT/REPLICA).
+ * level: syslog priority (3 error .. 7 debug). */
+void serve_log(serve_ctx *ctx, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- the request ---- */
+const char *serve_request_method(const serve_request *req);   /* "GET", ... */
+const char *serve_request_path(const serve_request *req);     /* after route_prefix, starts with '/' */
+const char *serve_request_query(const serve_request *req);    /* without '?'; "" when none */
+/* Query parameter value (URL-decoded, copied into buf, NUL-terminated); returns its length,
+ * or -1 when absent or longer than cap-1. */
+int serve_request_query_param(const serve_request *req, const char *name, char *buf, size_t cap);
+/* Case-insensitive header lookup; NULL when absent. */
+const char *serve_request_header(const serve_request *req, const char *name);
+size_t serve_request_header_count(const serve_request *req);
+/* The i-th header; returns false past the end. */
+bool serve_request_header_at(const serve_request *req, size_t i, const char **ret_name, const char **ret_value);
+/* The whole body (NUL-terminated for convenience; *ret_len excludes it). */
+const void *serve_request_body(const serve_request *req, size_t *ret_len);
+/* True once the client went away or request_timeout_s passed: stop work, any response is
+ * dropped. Cheap (one atomic load): poll it in long loops. */
+bool serve_request_cancelled(const serve_request *req);
+
+/* ---- the response ---- */
+void serve_response_set_status(serve_response *resp, int status); /* 100..599 */
+/* Adds a header (name: token chars; value: no CR/LF). Content-Length and Connection are the
+ * proxy's. Returns 0 or -EINVAL. */
+int serve_response_add_header(serve_response *resp, const char *name, const char *value);
+/* Appends body bytes. Returns 0 or -ENOMEM / -EFBIG (over 1 GiB). */
+int serve_response_write(serve_response *resp, const void *data, size_t len);
+int serve_response_printf(serve_response *resp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#ifdef __cplusplus
+}
+#endif
+#endif
