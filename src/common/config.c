@@ -66,7 +66,8 @@ static void node_free(struct node *n) {
 
 /* ---- messages ------------------------------------------------------------------------------ */
 
-static int vfail_at(struct parser *p, int line, int column, const char *fmt, va_list ap) {
+_printf_(4, 0) static int vfail_at(struct parser *p, int line, int column, const char *fmt,
+                                   va_list ap) {
         _cleanup_free_ char *msg = NULL;
 
         if (vasprintf(&msg, fmt, ap) < 0)
@@ -987,7 +988,8 @@ static int parse_autoscaling(struct parser *p, const struct node *v, struct auto
                                  a->min_replicas, a->max_replicas);
                 } else {
                         saved = path_push(p, ".min_replicas");
-                        r = fail(p, s.min, "must not exceed max_replicas (%d, the default); set max_replicas too",
+                        r = fail(p, s.min, "must not exceed max_replicas (%d, the default); "
+                                 "set max_replicas too",
                                  a->max_replicas);
                 }
                 path_pop(p, saved);
@@ -1189,7 +1191,8 @@ static int check_route_prefix(struct parser *p, const struct node *v, const char
                 return fail(p, v, "must not end with '/' (except \"/\" itself), got %s", DESCRIBE(v));
         for (const char *c = s; *c; c++)
                 if ((unsigned char) *c <= 0x20 || *c == 0x7f || strchr("{}?#", *c))
-                        return fail(p, v, "must not contain spaces, control characters, '{', '}', '?' or '#', got %s",
+                        return fail(p, v, "must not contain spaces, control characters, "
+                                    "'{', '}', '?' or '#', got %s",
                                     DESCRIBE(v));
         return 0;
 }
@@ -1321,7 +1324,8 @@ static int parse_app(struct parser *p, const struct node *v, struct serve_config
                 if (app->route_prefix && streq_ptr(o->route_prefix, app->route_prefix)) {
                         saved = path_push(p, ".route_prefix");
                         r = fail(p, s.route_prefix ?: v,
-                                 "duplicate route_prefix \"%s\"%s (also used by application \"%s\" at line %d)",
+                                 "duplicate route_prefix \"%s\"%s "
+                                 "(also used by application \"%s\" at line %d)",
                                  app->route_prefix, s.route_prefix ? "" : " (the default)", o->name,
                                  o->line);
                         goto out;
@@ -1420,7 +1424,8 @@ int config_parse(const char *name, const char *text, size_t len, struct serve_co
         if (!root || is_null(root))
                 goto out;
         if (root->type != NODE_MAPPING) {
-                r = fail(&p, root, "the top level must be a mapping (proxy_location, http_options, applications), got %s",
+                r = fail(&p, root, "the top level must be a mapping (proxy_location, "
+                                     "http_options, applications), got %s",
                          DESCRIBE(root));
                 goto out;
         }

@@ -31,7 +31,7 @@ struct conn {
         int fd;
         enum conn_state state;
         unsigned refs;              /* io_uring operations in flight */
-        bool recv_armed, sending, closing, close_after_write, response_begun, keep_alive, continue_sent;
+        bool recv_armed, sending, closing, close_after_write, lingering, response_begun, keep_alive, continue_sent;
 
         struct buf in;              /* received, unprocessed bytes (head + body of the request) */
         size_t parse_prev;
@@ -137,6 +137,21 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
         conn_flush(c);
 }
 
+/* After the last response on a connection we are closing: half-close and read what the client
+ * still sends until it closes too (or a short timeout), so that unread request bytes do not turn
+ * our close into a reset that destroys the response before the client reads it. */
+static void conn_linger(struct conn *c) {
+        struct io_uring_sqe *sqe;
+
+        if (c->lingering)
+                return;
+        c->lingering = true;
+        sqe = loop_sqe(c->p->loop, NULL);
+        io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
+        timer_set(c, &c->p->active_list, 2.0);
+        arm_recv(c);
+}
+
 static void conn_flush(struct conn *c) {
         struct io_uring_sqe *sqe;
 
@@ -150,7 +165,7 @@ static void conn_flush(struct conn *c) {
         }
         if (c->out.len == 0) {
                 if (c->close_after_write)
-                        conn_close(c);
+                        conn_linger(c);
                 else if (c->out.cap > BUF_SIZE) {
                         buf_free(&c->out);
                         buf_free(&c->pending);
@@ -253,6 +268,15 @@ static void on_recv(struct loop_op *op, int res, unsigned flags) {
         if (!(flags & IORING_CQE_F_MORE)) {
                 c->recv_armed = false;
                 c->refs--;
+        }
+        if (c->lingering && !c->closing) {
+                if (res > 0 && (flags & IORING_CQE_F_BUFFER))
+                        return_buffer(p, flags >> IORING_CQE_BUFFER_SHIFT);
+                if (res <= 0 && res != -ENOBUFS)
+                        conn_close(c);
+                else if (!c->recv_armed)
+                        arm_recv(c);
+                return;
         }
         if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
                 unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;

@@ -662,9 +662,12 @@ static void on_req_body(struct replica *rep, const uint8_t *p, uint32_t len) {
 
         pthread_mutex_lock(&rep->lock);
         req = table_find(rep, b.req_id);
+        /* Checked under the lock: once queued, a handler thread may free it at any time. */
+        if (req && req->state != SERVE_REQUEST_ASSEMBLING)
+                req = NULL;
         pthread_mutex_unlock(&rep->lock);
         /* A body chunk after a cancel of a half-received request: it was answered already. */
-        if (!req || req->state != SERVE_REQUEST_ASSEMBLING) {
+        if (!req) {
                 log_debug("Body chunk for request %llu which is not receiving, ignoring",
                           (unsigned long long) b.req_id);
                 return;

@@ -3,6 +3,8 @@
  *   /garbage  writes a record with an impossible length into the response ring
  *   /crash    abort()s the replica
  *   /hang     never answers, ignoring cancellation
+ *   /hold     logs "evil: holding a request" (so a test knows the request arrived), then as
+ *             /hang; with ?ms=N it answers 200 "held\n" after N ms instead
  *   other     200 "evil ok\n" */
 
 #include <dirent.h>
@@ -97,7 +99,15 @@ static int evil(serve_ctx *ctx, const serve_request *req, serve_response *resp) 
         }
         if (strcmp(path, "/crash") == 0)
                 abort();
-        if (strcmp(path, "/hang") == 0)
+        if (strcmp(path, "/hold") == 0) {
+                char ms[32];
+                serve_log(ctx, 6, "evil: holding a request");
+                if (serve_request_query_param(req, "ms", ms, sizeof ms) > 0) {
+                        usleep((useconds_t)atoi(ms) * 1000);
+                        return serve_response_write(resp, "held\n", 5);
+                }
+        }
+        if (strcmp(path, "/hang") == 0 || strcmp(path, "/hold") == 0)
                 for (;;)
                         pause();
 

@@ -1,0 +1,89 @@
+# Shared helpers for integration tests: start `serve run` on a free loopback port, wait for it
+# to be ready (polling, bounded), make requests, count results.
+# Sourced by the tests; top_builddir/top_srcdir come from `make check` (or the defaults below).
+
+: "${top_srcdir:=$(cd "$(dirname "$0")/../.." && pwd)}"
+: "${top_builddir:=$top_srcdir/build}"
+SERVE=$top_builddir/serve
+export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs"
+export SERVE_REPLICA_BIN="$top_builddir/serve-replica"
+
+PASS=0
+FAIL=0
+WORK=$(mktemp -d /tmp/serve-test.XXXXXX)
+SERVE_PIDS=()
+
+cleanup() {
+        for p in "${SERVE_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+        wait 2>/dev/null
+        if [ "$FAIL" -ne 0 ] || [ -n "${KEEP_WORK:-}" ]; then
+                echo "# logs kept in $WORK"
+        else
+                rm -rf "$WORK"
+        fi
+}
+trap cleanup EXIT
+
+pass() { PASS=$((PASS + 1)); echo "ok $((PASS + FAIL)) - $*"; }
+fail() { FAIL=$((FAIL + 1)); echo "not ok $((PASS + FAIL)) - $*"; }
+# check DESCRIPTION GOT WANT
+check() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1 (got '$2', want '$3')"; fi; }
+check_contains() { if [[ "$2" == *"$3"* ]]; then pass "$1"; else fail "$1 (got '${2:0:300}', want it to contain '$3')"; fi; }
+
+finish() {
+        echo "1..$((PASS + FAIL))"
+        echo "$PASS passed, $FAIL failed"
+        [ "$FAIL" -eq 0 ]
+}
+
+free_port() {
+        local p
+        for _ in $(seq 1 50); do
+                p=$((20000 + RANDOM % 30000))
+                if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+        done
+        echo 0
+}
+
+# wait_until TIMEOUT_S COMMAND...: polls COMMAND every 50 ms until it succeeds or time runs out.
+wait_until() {
+        local deadline=$((SECONDS + $1)); shift
+        until "$@"; do
+                [ "$SECONDS" -ge "$deadline" ] && return 1
+                sleep 0.05
+        done
+}
+
+http_code() { curl -s -o /dev/null -w '%{http_code}' -m 10 "$@"; }
+answers_200() { [ "$(http_code "http://127.0.0.1:$PORT$1")" = 200 ]; }
+
+# start_serve NAME CONFIG: starts serve run in the background; sets PORT, SERVE_PID, LOG.
+start_serve() {
+        local name=$1 cfg=$2
+        PORT=$(free_port)
+        LOG=$WORK/$name.log
+        "$SERVE" run --http-host 127.0.0.1 --http-port "$PORT" "$cfg" >"$LOG" 2>&1 &
+        SERVE_PID=$!
+        SERVE_PIDS+=("$SERVE_PID")
+        if ! wait_until 30 answers_200 /-/healthz; then
+                echo "# serve did not come up; log:"; sed 's/^/#   /' "$LOG"
+                return 1
+        fi
+}
+
+# replica_pid APP/DEPLOYMENT: pid of the newest ready replica of that deployment (from the log).
+replica_pid() {
+        grep -o "replica $1#[0-9]* ready (pid [0-9]*)" "$LOG" | tail -n 1 | grep -o 'pid [0-9]*' | cut -d' ' -f2
+}
+
+# raw REQUEST_BYTES: sends bytes on one connection, prints everything the server answers until it
+# closes the connection (or 5 s pass).
+raw() {
+        local out
+        out=$(
+                exec 3<>"/dev/tcp/127.0.0.1/$PORT" || exit 1
+                printf '%b' "$1" >&3
+                timeout 5 cat <&3
+        )
+        printf '%s' "$out"
+}
