@@ -132,6 +132,17 @@ static void do_reload(struct run *rn) {
         sd_notify(0, "READY=1\nSTATUS=serving");
 }
 
+static void run_free(struct run *rn) {
+        struct router *r = router_get();
+
+        proxy_free(rn->proxy);
+        supervisor_free(rn->sup);
+        router_set_routes(r, NULL, 0);
+        config_free(rn->cfg);
+        if (rn->sfd >= 0)
+                close(rn->sfd);
+}
+
 int serve_run(int argc, char **argv) {
         static const struct option opts[] = {
                 { "http-host", required_argument, NULL, 'H' },
@@ -193,23 +204,28 @@ int serve_run(int argc, char **argv) {
         r = loop_init(&rn.loop, 1024);
         if (r < 0) {
                 log_error_errno(r, "Cannot set up io_uring: %m");
+                run_free(&rn);
                 return 1;
         }
         replica_bin = find_replica_bin();
         r = supervisor_new(&rn.loop, router_get(), replica_bin, &rn.sup);
-        if (r < 0)
-                return 1;
-        r = supervisor_apply(rn.sup, rn.cfg, &err);
+        if (r >= 0)
+                r = supervisor_apply(rn.sup, rn.cfg, &err);
         if (r < 0) {
                 fprintf(stderr, "serve run: %s\n", err ? err : strerror(-r));
                 free(err);
+                run_free(&rn);
+                loop_free(&rn.loop);
                 return 1;
         }
         struct proxy_options po;
         proxy_options_from(&rn, rn.cfg, &po);
         r = proxy_new(&rn.loop, router_get(), &po, &rn.proxy);
-        if (r < 0)
+        if (r < 0) {
+                run_free(&rn);
+                loop_free(&rn.loop);
                 return 1;
+        }
         rn.op_signal.cb = on_signal;
         on_signal(&rn.op_signal, 0, 0); /* arms the signalfd read */
         log_info("serving %zu application(s) from %s on http://%s:%d", rn.cfg->n_apps, rn.file, po.host, po.port);
@@ -256,5 +272,7 @@ int serve_run(int argc, char **argv) {
                 }
         }
         log_info("stopped");
+        run_free(&rn);
+        loop_free(&rn.loop);
         return 0;
 }

@@ -775,8 +775,16 @@ int proxy_new(struct loop *loop, struct router *router, const struct proxy_optio
 }
 
 void proxy_free(struct proxy *p) {
+        struct list *pos, *tmp;
+
         if (!p)
                 return;
+        list_for_each_safe(pos, tmp, &p->conns) {
+                struct conn *c = list_entry(pos, struct conn, link);
+                if (c->fd >= 0)
+                        close(c->fd);
+                conn_free(c);
+        }
         if (p->listen_fd >= 0)
                 close(p->listen_fd);
         if (p->br && p->br != MAP_FAILED)

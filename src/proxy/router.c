@@ -40,7 +40,8 @@ void routes_free(struct route *routes, size_t n) {
 }
 
 void router_set_routes(struct router *r, struct route *routes, size_t n) {
-        qsort(routes, n, sizeof(*routes), route_cmp);
+        if (n)
+                qsort(routes, n, sizeof(*routes), route_cmp);
         routes_free(r->routes, r->n_routes);
         r->routes = routes;
         r->n_routes = n;

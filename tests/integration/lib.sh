@@ -39,7 +39,7 @@ finish() {
 free_port() {
         local p
         for _ in $(seq 1 50); do
-                p=$((20000 + RANDOM % 30000))
+                p=$((20000 + RANDOM % 12000)) # below the ephemeral port range
                 if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
         done
         echo 0
@@ -59,16 +59,20 @@ answers_200() { [ "$(http_code "http://127.0.0.1:$PORT$1")" = 200 ]; }
 
 # start_serve NAME CONFIG: starts serve run in the background; sets PORT, SERVE_PID, LOG.
 start_serve() {
-        local name=$1 cfg=$2
-        PORT=$(free_port)
+        local name=$1 cfg=$2 try
         LOG=$WORK/$name.log
-        "$SERVE" run --http-host 127.0.0.1 --http-port "$PORT" "$cfg" >"$LOG" 2>&1 &
-        SERVE_PID=$!
-        SERVE_PIDS+=("$SERVE_PID")
-        if ! wait_until 30 answers_200 /-/healthz; then
-                echo "# serve did not come up; log:"; sed 's/^/#   /' "$LOG"
-                return 1
-        fi
+        for try in 1 2 3 4 5; do
+                PORT=$(free_port)
+                "$SERVE" run --http-host 127.0.0.1 --http-port "$PORT" "$cfg" >"$LOG" 2>&1 &
+                SERVE_PID=$!
+                SERVE_PIDS+=("$SERVE_PID")
+                wait_until 30 bash -c "answers() { [ \"\$(curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:$PORT/-/healthz)\" = 200 ]; }; answers || ! kill -0 $SERVE_PID 2>/dev/null"
+                answers_200 /-/healthz && return 0
+                # Lost a race for the port with another program: try another one.
+                grep -q "Address already in use" "$LOG" || break
+        done
+        echo "# serve did not come up; log:"; sed 's/^/#   /' "$LOG"
+        return 1
 }
 
 # replica_pid APP/DEPLOYMENT: pid of the newest ready replica of that deployment (from the log).
