@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <systemd/sd-journal.h>
 #include <time.h>
 
@@ -80,13 +81,24 @@ int log_full_errno(int level, int err, const char *file, int line, const char *f
         va_end(ap);
 
         if (log_journal) {
-                char ln[32];
-                snprintf(ln, sizeof ln, "CODE_LINE=%d", line);
-                sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%d", level, "SYSLOG_IDENTIFIER=%s", log_ident,
-                                "CODE_FILE=%s", file, ln,
-                                ctx_app ? "SERVE_APP=%s" : "SERVE_APP=%s", ctx_app ? ctx_app : "",
-                                "SERVE_DEPLOYMENT=%s", ctx_deployment ? ctx_deployment : "",
-                                "SERVE_REPLICA=%s", ctx_replica ? ctx_replica : "", NULL);
+                /* Only the fields that are set: `journalctl SERVE_APP=x` then finds exactly x's lines. */
+                char f_msg[2100], f_pri[32], f_id[96], f_file[256], f_line[32], f_app[160], f_dep[160], f_rep[160];
+                struct iovec iov[8];
+                int n = 0;
+#define FIELD(buf, ...) (snprintf(buf, sizeof buf, __VA_ARGS__), iov[n++] = (struct iovec){ buf, strlen(buf) })
+                FIELD(f_msg, "MESSAGE=%s", msg);
+                FIELD(f_pri, "PRIORITY=%d", level);
+                FIELD(f_id, "SYSLOG_IDENTIFIER=%s", log_ident);
+                FIELD(f_file, "CODE_FILE=%s", file);
+                FIELD(f_line, "CODE_LINE=%d", line);
+                if (ctx_app)
+                        FIELD(f_app, "SERVE_APP=%s", ctx_app);
+                if (ctx_deployment)
+                        FIELD(f_dep, "SERVE_DEPLOYMENT=%s", ctx_deployment);
+                if (ctx_replica)
+                        FIELD(f_rep, "SERVE_REPLICA=%s", ctx_replica);
+#undef FIELD
+                sd_journal_sendv(iov, n);
         } else {
                 char ctx[512] = "";
                 struct timespec ts;

@@ -86,6 +86,12 @@ check "20 concurrent: the rest are refused with 503 (>= 1)" "$([ "$n503" -ge 1 ]
 retry=$(grep -l '^HTTP/1.1 503' "$WORK"/h.* | xargs grep -il '^Retry-After:' | wc -l)
 check "every 503 has Retry-After" "$retry" "$n503"
 
+# ---- a client that goes away cancels its request at the replica ----
+# Slow has max_ongoing_requests 1: unless the abandoned 20 s request is cancelled, the next
+# request waits behind it for far longer than its 5 s budget.
+check "client gives up (curl timeout)" "$(http_code -m 1 "$U/slow?ms=20000")" "000"
+check "the abandoned request was cancelled at the replica" "$(http_code -m 5 "$U/slow?ms=1")" "200"
+
 # ---- a replica crashing mid-request: 502 now, the next request succeeds ----
 held() { [ "$(grep -c 'evil: holding a request' "$LOG")" -ge "$1" ]; }
 pid=$(replica_pid evil/Evil)
@@ -150,11 +156,15 @@ applications:
   - name: slow
     route_prefix: /slow
     import_path: slow:app
+    deployments:
+      - name: Slow
+        max_ongoing_requests: 1
 YAML
 start_serve timeout "$WORK/timeout.yaml" || fail "serve run with request_timeout_s starts"
 wait_until 30 answers_200 "/slow?ms=1"
 check "request_timeout_s -> 504" "$(http_code "http://127.0.0.1:$PORT/slow?ms=10000")" "504"
-check "the replica is free again after the cancelled request" "$(http_code "http://127.0.0.1:$PORT/slow?ms=1")" "200"
+# One handler thread: this only succeeds if the timed-out request was cancelled in the replica.
+check "the timed-out request was cancelled in the replica" "$(http_code "http://127.0.0.1:$PORT/slow?ms=1")" "200"
 kill -TERM "$SERVE_PID"; wait "$SERVE_PID"
 
 # ---- config errors stop `serve run` at start with file:line:column ----
