@@ -212,6 +212,12 @@ void upstream_cancel(struct upreq *u) {
         if (u->state == UPREQ_SENDING)
                 return; /* push() sends the cancel after the rest of the body */
         if (send_cancel(rep, u) < 0) {
+                /* Its response is underway: it must stay RESPONDING (and out of the backlog,
+                 * since we may be called from within upstream_poll(), which may finish and free
+                 * u right after), so skip the cancel; the rest of the response is discarded as
+                 * it arrives. */
+                if (u->state == UPREQ_RESPONDING)
+                        return;
                 /* No room now: queue it behind the backlog (already fully sent: push() only
                  * adds the cancel record). */
                 u->state = UPREQ_SENDING;
@@ -230,7 +236,7 @@ static void slot_release(struct replica *rep, struct upreq *u) {
 /* A token character (RFC 9110). */
 static bool is_tchar(uint8_t c) {
         return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-               strchr("!#$%&'*+-.^_`|~", c) != NULL;
+               (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL); /* strchr finds the NUL terminator */
 }
 
 static bool forbidden_response_header(const uint8_t *n, size_t len) {

@@ -1,0 +1,624 @@
+/* libFuzzer target for what a hostile replica can put into its response ring, as the proxy reads
+ * it (upstream_poll in src/proxy/upstream.c, ring_next in src/shm/ring.c).
+ *
+ * The input is a program the replica runs against its shared memory: write raw bytes anywhere in
+ * the response ring's data area, move the published head (or the tail, or the request ring's
+ * tail) to any value, append well-formed or malformed records at its own cursor. Between those
+ * steps the proxy side acts: it polls the response ring, sends new requests (some with bodies
+ * large enough to fill the request ring), cancels requests, flushes its backlog. The proxy
+ * functions upstream.c calls are stubbed here and check what a client would notice: a valid
+ * status, a header block made only of "Name: value\r\n" lines, never more body bytes than
+ * announced, an end only after exactly that many, nothing handed over that still lives in shared
+ * memory, no request freed while still linked or assigned. After -EBADMSG the replica is killed
+ * (upstream_fail_all) and a fresh one takes over for the rest of the input. Any violation
+ * abort()s. */
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "macros.h"
+#include "proto.h"
+#include "proxy.h"
+#include "ring.h"
+#include "segment.h"
+#include "upstream.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+const char *__ubsan_default_options(void);
+
+/* Undefined behaviour is a finding, not a log line. */
+const char *__ubsan_default_options(void) {
+        return "halt_on_error=1:print_stacktrace=1";
+}
+
+#define check(cond)              \
+        do {                     \
+                if (!(cond))     \
+                        abort(); \
+        } while (0)
+
+#define N_SLOTS 4
+#define REQ_RING_SIZE 4096u
+
+/* An upreq and what the stubs learned about it. */
+struct fake {
+        struct upreq u;
+        bool drop_in_begin;  /* the client goes away inside proxy_response_begin */
+        bool drop_in_body;   /* ... inside proxy_response_body (a client that does not read) */
+        bool begun;          /* proxy_response_begin was called */
+        bool responding;     /* was seen in UPREQ_RESPONDING */
+        uint64_t announced;  /* body_len given to proxy_response_begin */
+        uint64_t delivered;  /* body bytes given to proxy_response_body */
+};
+
+static struct fake *fake_of(struct upreq *u) {
+        return (struct fake *)((char *)u - offsetof(struct fake, u));
+}
+
+static char dummy_conn; /* never dereferenced: the stubs only compare it */
+#define CONN ((struct conn *)&dummy_conn)
+
+static struct {
+        struct replica rep;
+        uint8_t *resp_mem, *req_mem;
+        uint32_t resp_size;
+        uint32_t wpos;      /* the replica's own producer cursor */
+        bool in_poll;
+        unsigned finished;  /* responses completed (ended or discarded) during this poll */
+} W;
+
+static uint8_t *resp_data(void) {
+        return W.resp_mem + sizeof(struct ring_shared);
+}
+
+static struct ring_shared *resp_sh(void) {
+        return (struct ring_shared *)(void *)W.resp_mem;
+}
+
+static struct ring_shared *req_sh(void) {
+        return (struct ring_shared *)(void *)W.req_mem;
+}
+
+/* Whether [p, p+len) overlaps either ring's shared memory: what upstream.c hands to the proxy
+ * must be a private copy (a replica can rewrite shared memory at any time). */
+static bool in_shared(const void *p, size_t len) {
+        uintptr_t a = (uintptr_t)p, b = a + len;
+        uintptr_t r1 = (uintptr_t)W.resp_mem, r1e = r1 + ring_footprint(W.resp_size);
+        uintptr_t r2 = (uintptr_t)W.req_mem, r2e = r2 + ring_footprint(REQ_RING_SIZE);
+        return (a < r1e && b > r1) || (a < r2e && b > r2);
+}
+
+static bool in_slots(const struct upreq *u) {
+        for (uint32_t i = 0; i < W.rep.n_slots; i++)
+                if (W.rep.slots[i] == u)
+                        return true;
+        return false;
+}
+
+/* An upreq leaving upstream.c for good: released from its slot and from the backlog. */
+static void check_released(struct upreq *u) {
+        check(u != NULL);
+        check(u->rep == NULL);
+        check(!in_slots(u));
+        check(list_empty(&u->link));
+}
+
+/* ---- stubs of what upstream.c calls ---- */
+
+int doorbell_ring(int efd) {
+        check(efd == -1);
+        return -EBADF;
+}
+
+static bool is_tchar(uint8_t c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* The header block must be zero or more "Name: value\r\n" lines, with a token name the proxy
+ * does not set itself and a value without control characters (no CR/LF smuggling). */
+static void check_header_block(const char *h, size_t len) {
+        static const char *const forbidden[] = { "content-length", "transfer-encoding", "connection" };
+        unsigned lines = 0;
+
+        if (len == 0)
+                return; /* h may be NULL: no pointer arithmetic on it */
+        check(h != NULL);
+        const uint8_t *p = (const uint8_t *)h, *end = p + len;
+        while (p < end) {
+                const uint8_t *name = p;
+                while (p < end && is_tchar(*p))
+                        p++;
+                size_t name_len = (size_t)(p - name);
+                check(name_len > 0);
+                for (size_t i = 0; i < ELEMENTSOF(forbidden); i++)
+                        check(!(name_len == strlen(forbidden[i]) &&
+                                strncasecmp((const char *)name, forbidden[i], name_len) == 0));
+                check(end - p >= 2 && p[0] == ':' && p[1] == ' ');
+                p += 2;
+                while (p < end && (*p >= 0x20 || *p == '\t') && *p != 0x7f)
+                        p++;
+                check(end - p >= 2 && p[0] == '\r' && p[1] == '\n');
+                p += 2;
+                lines++;
+        }
+        check(lines <= PROTO_MAX_RESP_HEADERS);
+}
+
+void proxy_response_begin(struct upreq *u, int status, const char *headers, size_t headers_len, uint64_t body_len) {
+        struct fake *f = fake_of(u);
+
+        check(W.in_poll);
+        check(u->conn == CONN && !u->cancelled);
+        check(!f->begun);
+        check(u->rep == &W.rep && W.rep.slots[u->slot] == u && u->state == UPREQ_RESPONDING);
+        check(status >= 200 && status <= 599);
+        check(body_len <= PROTO_MAX_RESP_BODY);
+        check(headers_len <= PROTO_MAX_HEADER_BYTES + 4u * PROTO_MAX_RESP_HEADERS);
+        check(!in_shared(headers, headers_len));
+        check_header_block(headers, headers_len);
+        f->begun = true;
+        f->announced = body_len;
+        f->delivered = 0;
+        if (f->drop_in_begin)
+                upstream_cancel(u); /* what the proxy's conn_close() -> detach_request() does */
+}
+
+void proxy_response_body(struct upreq *u, const void *data, size_t len) {
+        struct fake *f = fake_of(u);
+        const volatile uint8_t *d = data;
+        uint8_t sum = 0;
+
+        check(W.in_poll);
+        check(u->conn == CONN && !u->cancelled);
+        check(f->begun && u->state == UPREQ_RESPONDING);
+        check(len > 0 && data != NULL);
+        check(len <= f->announced - f->delivered);
+        check(!in_shared(data, len));
+        for (size_t i = 0; i < len; i++) /* every byte must be readable (ASan) */
+                sum ^= d[i];
+        (void)sum;
+        f->delivered += len;
+        if (f->drop_in_body)
+                upstream_cancel(u); /* buf_append failed: conn_close() -> detach_request() */
+}
+
+void proxy_response_end(struct upreq *u) {
+        struct fake *f = fake_of(u);
+
+        check(W.in_poll);
+        check(u->conn == CONN && !u->cancelled);
+        check(f->begun && f->delivered == f->announced);
+        check(u->resp_received == u->resp_body_len && u->resp_body_len == f->announced);
+        check_released(u);
+        W.finished++;
+        free(f);
+}
+
+void upreq_free(struct upreq *u) {
+        if (!u)
+                return;
+        check(W.in_poll); /* upstream.c only discards a finished response of a cancelled request */
+        check(u->conn == NULL && u->cancelled);
+        check(u->resp_received == u->resp_body_len);
+        check_released(u);
+        W.finished++;
+        free(fake_of(u));
+}
+
+void proxy_upreq_fail(struct upreq *u, int status, const char *why) {
+        check(!W.in_poll);
+        check(status == 502);
+        check(why != NULL);
+        check_released(u);
+        free(fake_of(u));
+}
+
+/* ---- the world: one replica with its two rings ---- */
+
+static uint8_t *ring_mem(uint32_t size) {
+        size_t len = ring_footprint(size);
+        uint8_t *m = aligned_alloc(RING_CACHELINE, len);
+        check(m != NULL);
+        memset(m, 0, len);
+        return m;
+}
+
+static void world_open(uint32_t resp_size) {
+        memset(&W.rep, 0, sizeof W.rep);
+        W.resp_size = resp_size;
+        W.resp_mem = ring_mem(resp_size);
+        W.req_mem = ring_mem(REQ_RING_SIZE);
+        W.wpos = 0;
+        W.in_poll = false;
+        check(ring_attach(&W.rep.seg.resp, W.resp_mem, resp_size, true) == 0);
+        check(ring_attach(&W.rep.seg.req, W.req_mem, REQ_RING_SIZE, true) == 0);
+        W.rep.seg.fd = -1;
+        W.rep.seg.req_bell = -1;
+        W.rep.seg.resp_bell = -1;
+        W.rep.pidfd = W.rep.ctl_fd = -1;
+        check(upstream_init(&W.rep, N_SLOTS) == 0);
+}
+
+/* The replica is killed: every request still assigned to it gets its 502. */
+static void world_kill(void) {
+        upstream_fail_all(&W.rep, 502, "x");
+        for (uint32_t i = 0; i < W.rep.n_slots; i++)
+                check(W.rep.slots[i] == NULL);
+        check(W.rep.ongoing == 0);
+        check(list_empty(&W.rep.backlog));
+        upstream_free(&W.rep);
+        free(W.resp_mem);
+        free(W.req_mem);
+        W.resp_mem = W.req_mem = NULL;
+}
+
+static void check_invariants(void) {
+        int n = 0, sending = 0, linked = 0;
+        struct list *pos, *tmp;
+
+        for (uint32_t i = 0; i < W.rep.n_slots; i++) {
+                struct upreq *u = W.rep.slots[i];
+                if (!u)
+                        continue;
+                struct fake *f = fake_of(u);
+                n++;
+                check(u->rep == &W.rep && u->slot == i && (uint32_t)u->id == i);
+                check(u->state == UPREQ_SENDING || u->state == UPREQ_SENT || u->state == UPREQ_RESPONDING);
+                check(!u->cancelled || u->conn == NULL);
+                check(u->conn == NULL || u->conn == CONN);
+                if (u->state == UPREQ_SENDING)
+                        sending++;
+                /* Once its response started, a request stays RESPONDING until it is finished:
+                 * otherwise the replica's next RESP_BODY is rejected and the replica killed. */
+                if (f->responding)
+                        check(u->state == UPREQ_RESPONDING);
+                if (u->state == UPREQ_RESPONDING) {
+                        f->responding = true;
+                        check(u->resp_received < u->resp_body_len);
+                        check(u->resp_body_len <= PROTO_MAX_RESP_BODY);
+                        if (u->conn) {
+                                check(f->begun && f->announced == u->resp_body_len);
+                                check(f->delivered == u->resp_received);
+                        }
+                }
+        }
+        check(n == W.rep.ongoing);
+        list_for_each_safe(pos, tmp, &W.rep.backlog) {
+                struct upreq *u = list_entry(pos, struct upreq, link);
+                check(u->rep == &W.rep && W.rep.slots[u->slot] == u && u->state == UPREQ_SENDING);
+                linked++;
+        }
+        check(linked == sending);
+}
+
+static void do_poll(void) {
+        W.finished = 0;
+        W.in_poll = true;
+        int r = upstream_poll(&W.rep);
+        W.in_poll = false;
+        if (r >= 0) {
+                check((unsigned)r == W.finished);
+                check_invariants();
+                return;
+        }
+        check(r == -EBADMSG);
+        uint32_t size = W.resp_size;
+        world_kill();
+        world_open(size);
+}
+
+/* ---- reading the input ---- */
+
+struct input {
+        const uint8_t *p;
+        size_t n;
+};
+
+static uint8_t get8(struct input *in) {
+        if (in->n == 0)
+                return 0;
+        in->n--;
+        return *in->p++;
+}
+
+static uint16_t get16(struct input *in) {
+        uint16_t lo = get8(in);
+        return (uint16_t)(lo | get8(in) << 8);
+}
+
+static uint32_t get32(struct input *in) {
+        uint32_t lo = get16(in);
+        return lo | (uint32_t)get16(in) << 16;
+}
+
+/* Copies up to len input bytes into dst, zero-filling what the input lacks. */
+static void get_bytes(struct input *in, void *dst, size_t len) {
+        size_t k = MIN(len, in->n);
+        memcpy(dst, in->p, k);
+        memset((uint8_t *)dst + k, 0, len - k);
+        in->p += k;
+        in->n -= k;
+}
+
+/* ---- what the replica does ---- */
+
+static void publish(void) {
+        atomic_store_explicit(&resp_sh()->head, W.wpos, memory_order_release);
+}
+
+/* Appends a record at the replica's cursor the way ring_alloc() would (PAD first when it does
+ * not fit before the end), ignoring whether the proxy released the space: a hostile replica
+ * can overwrite records the proxy has not read yet. */
+static void put_record(uint16_t type, const void *payload, uint32_t len) {
+        uint32_t size = W.resp_size, pos;
+        struct ring_record_hdr h;
+
+        W.wpos = ALIGN_TO(W.wpos, RING_ALIGN); /* after an OP_HEAD_SET anywhere */
+        pos = W.wpos & (size - 1);
+
+        len = MIN(len, size / 4);
+        uint32_t rec = RING_HDR_SIZE + ALIGN_TO(len, RING_ALIGN);
+        if (rec > size - pos) {
+                h = (struct ring_record_hdr){ .len = size - pos - RING_HDR_SIZE, .type = RING_TYPE_PAD };
+                memcpy(resp_data() + pos, &h, sizeof h);
+                W.wpos += size - pos;
+                pos = 0;
+        }
+        h = (struct ring_record_hdr){ .len = len, .type = type };
+        memcpy(resp_data() + pos, &h, sizeof h);
+        memcpy(resp_data() + pos + RING_HDR_SIZE, payload, len);
+        W.wpos += rec;
+}
+
+/* A request id as the replica chooses it: right (the id of the request in that slot), stale
+ * (an earlier generation), or whatever the input says. */
+static uint64_t pick_id(struct input *in, uint8_t sel) {
+        uint32_t slot = sel % N_SLOTS;
+        struct upreq *u = W.rep.slots[slot];
+        uint64_t right = u ? u->id : ((uint64_t)W.rep.generation << 32 | slot);
+
+        switch ((sel >> 2) & 3) {
+        case 1:
+                return right - (1ull << 32);
+        case 2: {
+                uint64_t v = get32(in);
+                return v | (uint64_t)get32(in) << 32;
+        }
+        default:
+                return right;
+        }
+}
+
+#define MAX_REC 2048 /* ring_max_payload() of the largest ring used here */
+
+static void op_resp_start(struct input *in) {
+        uint8_t buf[MAX_REC];
+        struct proto_resp_start s = {};
+        uint8_t sel = get8(in), flags = get8(in);
+        uint32_t room = W.resp_size / 4 - sizeof s, off = sizeof s, n = 0;
+
+        s.req_id = pick_id(in, sel);
+        s.status = flags & 1 ? get16(in) : 200 + get8(in) % 4 * 100;
+        uint8_t n_headers = get8(in) % 8;
+        for (uint8_t i = 0; i < n_headers; i++) {
+                struct proto_header ph = { .name_len = get8(in) % 24 };
+                ph.value_len = get8(in) % 48;
+                if (sizeof ph + ph.name_len + ph.value_len > room)
+                        break;
+                memcpy(buf + off, &ph, sizeof ph);
+                get_bytes(in, buf + off + sizeof ph, ph.name_len + ph.value_len);
+                off += sizeof ph + ph.name_len + ph.value_len;
+                room -= sizeof ph + ph.name_len + ph.value_len;
+                n++;
+        }
+        s.n_headers = flags & 2 ? get8(in) : n;
+        s.headers_len = off - sizeof s;
+        s.body_len = flags & 4 ? get32(in) : get16(in);
+        uint64_t chunk = get16(in); /* MIN() evaluates its arguments twice */
+        s.chunk_len = (uint32_t)MIN(MIN(chunk, s.body_len), room);
+        get_bytes(in, buf + off, s.chunk_len);
+        off += s.chunk_len;
+        if (flags & 8)
+                s.chunk_len += get8(in); /* lie about the chunk */
+        memcpy(buf, &s, sizeof s);
+        put_record(PROTO_RESP_START, buf, off);
+        if (flags & 16)
+                publish();
+}
+
+static void op_resp_body(struct input *in) {
+        uint8_t buf[MAX_REC];
+        struct proto_body b = {};
+        uint8_t sel = get8(in), flags = get8(in);
+        uint32_t len = get16(in) % (W.resp_size / 4 - sizeof b + 1);
+
+        b.req_id = pick_id(in, sel);
+        b.len = flags & 8 ? len + get8(in) : len;
+        memcpy(buf, &b, sizeof b);
+        get_bytes(in, buf + sizeof b, len);
+        put_record(PROTO_RESP_BODY, buf, sizeof b + len);
+        if (flags & 16)
+                publish();
+}
+
+/* A record with any type and payload; mostly small types (so 16 and 17 come up often), with an
+ * optional request id patched into the first 8 bytes. */
+static void op_raw_record(struct input *in) {
+        uint8_t buf[MAX_REC];
+        uint16_t t = get16(in);
+        uint16_t type = t & 0x8000 ? t : t & 0x1f;
+        uint32_t len = get16(in) % (W.resp_size / 4 + 1);
+
+        get_bytes(in, buf, len);
+        if (len >= 8 && !(t & 0x8000) && (t & 0x20)) {
+                uint64_t id = pick_id(in, get8(in));
+                memcpy(buf, &id, sizeof id);
+        }
+        put_record(type, buf, len);
+        publish();
+}
+
+static void op_write_raw(struct input *in) {
+        uint32_t off = get16(in) & (W.resp_size - 1);
+        uint32_t len = get8(in);
+        len = MIN(len, W.resp_size - off);
+
+        get_bytes(in, resp_data() + off, len);
+}
+
+/* ---- what the proxy does ---- */
+
+static const char zeros[3000];
+
+static void op_send(struct input *in) {
+        static const uint64_t body_sizes[] = { 0, 10, 1000, 3000 };
+        uint8_t flags = get8(in);
+
+        if (W.rep.ongoing >= (int)W.rep.n_slots)
+                return; /* the router never assigns beyond max_ongoing_requests */
+        struct fake *f = calloc(1, sizeof *f);
+        check(f != NULL);
+        struct upreq *u = &f->u;
+        struct http_request *q = &u->req;
+
+        u->conn = CONN;
+        list_init(&u->link);
+        list_init(&u->tlink);
+        u->state = UPREQ_QUEUED;
+        q->method = "GET";
+        q->method_len = 3;
+        q->target = "/x?a=1";
+        q->target_len = 6;
+        q->path = "/x";
+        q->path_len = 2;
+        q->query = flags & 1 ? "a=1" : NULL;
+        q->query_len = flags & 1 ? 3 : 0;
+        q->minor_version = 1;
+        q->headers[0] = (struct http_header){ "Host", 4, "h", 1 };
+        q->headers[1] = (struct http_header){ "Connection", 10, "keep-alive", 10 };
+        q->headers[2] = (struct http_header){ "X-A", 3, "b", 1 };
+        q->n_headers = 3;
+        q->keep_alive = true;
+        u->path = "/x";
+        u->path_len = 2;
+        u->body = zeros;
+        u->body_len = body_sizes[(flags >> 1) & 3];
+        f->drop_in_begin = flags & 8;
+        f->drop_in_body = flags & 16;
+        upstream_send(&W.rep, u);
+        if (flags & 32)
+                upstream_cancel(u);
+}
+
+static void op_cancel(struct input *in) {
+        struct upreq *u = W.rep.slots[get8(in) % N_SLOTS];
+        if (u)
+                upstream_cancel(u);
+}
+
+/* The replica consumes the whole request ring. */
+static void req_consume(void) {
+        uint32_t h = atomic_load_explicit(&req_sh()->head, memory_order_acquire);
+        atomic_store_explicit(&req_sh()->tail, h, memory_order_release);
+}
+
+enum {
+        OP_POLL,
+        OP_RESP_START,
+        OP_RESP_BODY,
+        OP_RAW_RECORD,
+        OP_PUBLISH,
+        OP_WRITE_RAW,
+        OP_HEAD_SET,
+        OP_HEAD_ADVANCE,
+        OP_RESP_TAIL_SET,
+        OP_SEND,
+        OP_CANCEL,
+        OP_FLUSH,
+        OP_REQ_CONSUME,
+        OP_REQ_TAIL_SET,
+        OP_KILL,
+        OP_REQ_SLEEP,
+        N_OPS,
+};
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+        struct input in = { data, size };
+        uint8_t cfg = get8(&in);
+
+        world_open(cfg & 1 ? 8192 : 4096);
+        for (unsigned i = 0; i <= (cfg >> 1) % N_SLOTS; i++) {
+                struct input none = { NULL, 0 };
+                op_send(&none);
+        }
+
+        for (unsigned steps = 0; in.n > 0 && steps < 256; steps++) {
+                switch (get8(&in) % N_OPS) {
+                case OP_POLL:
+                        do_poll();
+                        break;
+                case OP_RESP_START:
+                        op_resp_start(&in);
+                        break;
+                case OP_RESP_BODY:
+                        op_resp_body(&in);
+                        break;
+                case OP_RAW_RECORD:
+                        op_raw_record(&in);
+                        break;
+                case OP_PUBLISH:
+                        publish();
+                        break;
+                case OP_WRITE_RAW:
+                        op_write_raw(&in);
+                        break;
+                case OP_HEAD_SET: {
+                        uint32_t v = get32(&in);
+                        W.wpos = v;
+                        publish();
+                        break;
+                }
+                case OP_HEAD_ADVANCE:
+                        atomic_fetch_add_explicit(&resp_sh()->head, get16(&in), memory_order_release);
+                        break;
+                case OP_RESP_TAIL_SET:
+                        atomic_store_explicit(&resp_sh()->tail, get32(&in), memory_order_relaxed);
+                        break;
+                case OP_SEND:
+                        op_send(&in);
+                        break;
+                case OP_CANCEL:
+                        op_cancel(&in);
+                        break;
+                case OP_FLUSH:
+                        check(upstream_flush(&W.rep) == !list_empty(&W.rep.backlog));
+                        break;
+                case OP_REQ_CONSUME:
+                        req_consume();
+                        break;
+                case OP_REQ_TAIL_SET:
+                        atomic_store_explicit(&req_sh()->tail, get32(&in), memory_order_relaxed);
+                        break;
+                case OP_KILL:
+                        world_kill();
+                        world_open(W.resp_size);
+                        break;
+                case OP_REQ_SLEEP: /* the next request makes the proxy ring the doorbell */
+                        atomic_store_explicit(&req_sh()->consumer_sleeping, 1, memory_order_relaxed);
+                        break;
+                }
+                check_invariants();
+        }
+
+        publish();
+        do_poll();
+        world_kill();
+        return 0;
+}
