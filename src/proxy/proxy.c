@@ -50,7 +50,8 @@ struct conn {
         struct buf out, pending;    /* out: being sent (never moved meanwhile); pending: next */
 
         uint64_t deadline_ns;
-        struct list tlink;          /* p->idle_list or p->active_list */
+        struct list tlink;          /* on *tlist: p->idle_list or p->active_list */
+        struct list *tlist;
         struct list link;           /* p->conns */
 };
 
@@ -81,13 +82,18 @@ static void arm_recv(struct conn *c);
 
 static void timer_set(struct conn *c, struct list *lst, double seconds) {
         list_del(&c->tlink);
+        c->tlist = NULL;
         if (seconds <= 0)
                 return;
         c->deadline_ns = now_ns() + sec_to_ns(seconds);
         list_add_tail(lst, &c->tlink);
+        c->tlist = lst;
 }
 
-static void timer_clear(struct conn *c) { list_del(&c->tlink); }
+static void timer_clear(struct conn *c) {
+        list_del(&c->tlink);
+        c->tlist = NULL;
+}
 
 /* ---- output ---- */
 
@@ -519,7 +525,8 @@ static void conn_process(struct conn *c) {
                 if (c->state == CONN_IDLE || c->state == CONN_HEAD) {
                         int r;
                         if (c->in.len == 0) {
-                                if (c->state == CONN_IDLE && c->tlink.next == &c->tlink)
+                                /* Between requests: the keep-alive timeout, whatever ran before. */
+                                if (c->state == CONN_IDLE && c->tlist != &p->idle_list)
                                         timer_set(c, &p->idle_list, p->opts.keep_alive_timeout_s);
                                 if (c->in.cap > BUF_SIZE)
                                         buf_free(&c->in);

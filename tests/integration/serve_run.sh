@@ -152,6 +152,8 @@ check "no replica process left" "$(pgrep -f "serve-replica --control-fd" -P "$SE
 cat >"$WORK/timeout.yaml" <<'YAML'
 http_options:
   request_timeout_s: 0.5
+  keep_alive_timeout_s: 1
+  header_timeout_s: 60
 applications:
   - name: slow
     route_prefix: /slow
@@ -165,6 +167,18 @@ wait_until 30 answers_200 "/slow?ms=1"
 check "request_timeout_s -> 504" "$(http_code "http://127.0.0.1:$PORT/slow?ms=10000")" "504"
 # One handler thread: this only succeeds if the timed-out request was cancelled in the replica.
 check "the timed-out request was cancelled in the replica" "$(http_code "http://127.0.0.1:$PORT/slow?ms=1")" "200"
+# keep_alive_timeout_s closes an idle connection, also after a request the proxy answered itself
+# (the 5 s read budget is far below header_timeout_s, so only the keep-alive timer can close it).
+idle_closed() {
+        exec 3<>"/dev/tcp/127.0.0.1/$PORT" || return 1
+        printf 'GET %s HTTP/1.1\r\nHost: t\r\n\r\n' "$1" >&3
+        timeout 5 cat <&3 >/dev/null; local rc=$?
+        exec 3<&-
+        [ "$rc" -eq 0 ]
+}
+idle_closed /-/healthz && pass "idle keep-alive closed after /-/healthz" || fail "idle keep-alive closed after /-/healthz"
+idle_closed /nothing && pass "idle keep-alive closed after a 404" || fail "idle keep-alive closed after a 404"
+idle_closed "/slow?ms=1" && pass "idle keep-alive closed after a replica's answer" || fail "idle keep-alive closed after a replica's answer"
 kill -TERM "$SERVE_PID"; wait "$SERVE_PID"
 
 # ---- config errors stop `serve run` at start with file:line:column ----
