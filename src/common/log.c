@@ -105,10 +105,10 @@ int log_full_errno(int level, int err, const char *file, int line, const char *f
                 struct tm tm;
                 char tbuf[32];
 
+                /* "[app/Replica#n]" (the replica id names its deployment), or "[app/Deployment]". */
                 if (ctx_app || ctx_deployment || ctx_replica)
-                        snprintf(ctx, sizeof ctx, " [%s%s%s%s%s]", ctx_app ? ctx_app : "",
-                                 ctx_deployment ? "/" : "", ctx_deployment ? ctx_deployment : "",
-                                 ctx_replica ? "#" : "", ctx_replica ? ctx_replica : "");
+                        snprintf(ctx, sizeof ctx, " [%s%s%s]", ctx_app ? ctx_app : "", ctx_app ? "/" : "",
+                                 ctx_replica ? ctx_replica : ctx_deployment ? ctx_deployment : "");
                 clock_gettime(CLOCK_REALTIME, &ts);
                 gmtime_r(&ts.tv_sec, &tm);
                 strftime(tbuf, sizeof tbuf, "%H:%M:%S", &tm);
