@@ -11,25 +11,12 @@
 
 #include "macros.h"
 #include "module.h"
+#include "util.h"
 
 #ifndef PKGLIBDIR
 #define PKGLIBDIR "/usr/local/lib/serve"
 #endif
 
-static int fail(int r, char **ret_error, const char *fmt, ...) _printf_(3, 4);
-static int fail(int r, char **ret_error, const char *fmt, ...) {
-        va_list ap;
-
-        if (ret_error) {
-                char *m = NULL;
-                va_start(ap, fmt);
-                if (vasprintf(&m, fmt, ap) < 0)
-                        m = NULL;
-                va_end(ap);
-                *ret_error = m;
-        }
-        return r;
-}
 
 static bool symbol_valid(const char *s) {
         if (!*s || (*s >= '0' && *s <= '9'))
@@ -82,7 +69,7 @@ int module_resolve(const char *import_path, const char *working_dir, char **ret_
         /* The last ':' splits: a path may contain ':' but a C symbol never does. */
         colon = strrchr(import_path, ':');
         if (!colon || colon == import_path || !colon[1])
-                return fail(-EINVAL, ret_error,
+                return error_set(-EINVAL, ret_error,
                             "invalid import_path '%s': expected MODULE:SYMBOL (e.g. echo.so:app)",
                             import_path);
         module = strndup(import_path, (size_t) (colon - import_path));
@@ -90,7 +77,7 @@ int module_resolve(const char *import_path, const char *working_dir, char **ret_
         if (!module || !symbol)
                 return -ENOMEM;
         if (!symbol_valid(symbol))
-                return fail(-EINVAL, ret_error,
+                return error_set(-EINVAL, ret_error,
                             "invalid import_path '%s': '%s' is not a C identifier", import_path,
                             symbol);
 
@@ -102,7 +89,7 @@ int module_resolve(const char *import_path, const char *working_dir, char **ret_
                 if (!file)
                         return -ENOMEM;
                 if (!is_regular_file(file))
-                        return fail(-ENOENT, ret_error,
+                        return error_set(-ENOENT, ret_error,
                                     "module '%s' not found: %s is missing or not a regular file",
                                     module, file);
                 found = TAKE_PTR(file);
@@ -148,7 +135,7 @@ int module_resolve(const char *import_path, const char *working_dir, char **ret_
                                 found = mfree(found);
                                 if ((r = searched_add(&searched, PKGLIBDIR "/apps")) < 0)
                                         return r;
-                                return fail(-ENOENT, ret_error, "module '%s' (%s) not found in: %s",
+                                return error_set(-ENOENT, ret_error, "module '%s' (%s) not found in: %s",
                                             module, file, searched);
                         }
                 }
@@ -156,7 +143,7 @@ int module_resolve(const char *import_path, const char *working_dir, char **ret_
 
         char *abs = realpath(found, NULL);
         if (!abs)
-                return fail(negative_errno(), ret_error, "module '%s': %s: %m", module, found);
+                return error_set(negative_errno(), ret_error, "module '%s': %s: %m", module, found);
         *ret_path = abs;
         *ret_symbol = TAKE_PTR(symbol);
         return 0;

@@ -13,6 +13,20 @@ uint64_t now_ns(void) {
         return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
+int error_set(int r, char **ret_error, const char *fmt, ...) {
+        va_list ap;
+
+        if (ret_error) {
+                char *m = NULL;
+                va_start(ap, fmt);
+                if (vasprintf(&m, fmt, ap) < 0)
+                        m = NULL;
+                va_end(ap);
+                *ret_error = m;
+        }
+        return r;
+}
+
 int fd_nonblock(int fd, bool nonblock) {
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0)

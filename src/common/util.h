@@ -16,6 +16,10 @@ static inline uint64_t sec_to_ns(double s) { return s <= 0 ? 0 : (uint64_t)(s * 
 /* Sets O_NONBLOCK. Returns 0 or -errno. */
 int fd_nonblock(int fd, bool nonblock);
 
+/* Stores a malloc'd formatted message in *ret_error (unless ret_error is NULL) and returns r,
+ * so a parser can write `return error_set(-EINVAL, ret_error, "...", ...);`. */
+int error_set(int r, char **ret_error, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Reads a whole file (at most max bytes, NUL-terminated). Returns 0, -EFBIG, or -errno. */
 int read_file(const char *path, size_t max, char **ret, size_t *ret_len);
 
