@@ -39,6 +39,7 @@ struct replica {
         uint64_t bell_val;
         char *ctl_buf;
         bool ctl_armed, bell_armed, exit_armed;
+        bool req_bell_pending;     /* the replica sleeps and has new requests: wake it before we sleep */
         bool kill_timeout;         /* killed for a missed heartbeat: in-flight get 504, not 502 */
         bool stop_sent;
         uint64_t started_ns, stop_deadline_ns;

@@ -36,9 +36,18 @@ static bool hop_by_hop(const struct http_header *h) {
         return false;
 }
 
-static void ring_bell(struct replica *rep, struct ring *r) {
-        if (ring_publish(r))
-                (void)doorbell_ring(r == &rep->seg.req ? rep->seg.req_bell : rep->seg.resp_bell);
+/* Publishes the request ring. The doorbell is not rung here but once per loop iteration
+ * (upstream_ring_bells), so a replica woken up finds every request of the batch. */
+static void publish_requests(struct replica *rep) {
+        if (ring_publish(&rep->seg.req))
+                rep->req_bell_pending = true;
+}
+
+void upstream_ring_bells(struct replica *rep) {
+        if (rep->req_bell_pending) {
+                rep->req_bell_pending = false;
+                (void)doorbell_ring(rep->seg.req_bell);
+        }
 }
 
 /* Tries to allocate a record of header_len + up to want body bytes; shrinks the body part when
@@ -182,7 +191,7 @@ void upstream_send(struct replica *rep, struct upreq *u) {
                 u->state = UPREQ_SENDING;
                 list_add_tail(&rep->backlog, &u->link);
         }
-        ring_bell(rep, &rep->seg.req);
+        publish_requests(rep);
 }
 
 bool upstream_flush(struct replica *rep) {
@@ -198,7 +207,7 @@ bool upstream_flush(struct replica *rep) {
                 pushed = true;
         }
         if (pushed)
-                ring_bell(rep, &rep->seg.req);
+                publish_requests(rep);
         return !list_empty(&rep->backlog);
 }
 
@@ -224,7 +233,7 @@ void upstream_cancel(struct upreq *u) {
                 list_add_tail(&rep->backlog, &u->link);
                 return;
         }
-        ring_bell(rep, &rep->seg.req);
+        publish_requests(rep);
 }
 
 static void slot_release(struct replica *rep, struct upreq *u) {

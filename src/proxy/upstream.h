@@ -15,6 +15,9 @@ void upstream_send(struct replica *rep, struct upreq *u);
 /* Continues sending requests that did not fit into the ring. Returns true when some remain. */
 bool upstream_flush(struct replica *rep);
 
+/* Wakes the replica if requests were published while it slept (once per loop iteration). */
+void upstream_ring_bells(struct replica *rep);
+
 /* Reads every complete record of the response ring and delivers it. Returns the number of
  * responses completed (>= 0), or -EBADMSG when the replica wrote something invalid: the caller
  * kills it (its in-flight requests are answered 502 by upstream_fail_all()). */

@@ -855,7 +855,10 @@ bool supervisor_prepare_sleep(struct supervisor *s) {
                 struct deployment *d = list_entry(pos, struct deployment, link);
                 list_for_each_safe(p2, t2, &d->replicas) {
                         struct replica *rep = list_entry(p2, struct replica, link);
-                        if (rep->state != REPLICA_DEAD && !ring_consumer_prepare_sleep(&rep->seg.resp))
+                        if (rep->state == REPLICA_DEAD)
+                                continue;
+                        upstream_ring_bells(rep);
+                        if (!ring_consumer_prepare_sleep(&rep->seg.resp))
                                 ok = false;
                 }
         }
