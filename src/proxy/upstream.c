@@ -50,9 +50,11 @@ void upstream_ring_bells(struct replica *rep) {
         }
 }
 
-/* Tries to allocate a record of header_len + up to want body bytes; shrinks the body part when
- * the ring is short of space. Returns the body bytes that fit (>= 0) with *ret_p set, or -EAGAIN. */
-static ssize_t alloc_chunked(struct ring *r, uint16_t type, size_t header_len, uint64_t want, void **ret_p) {
+/* Tries to allocate a record of header_len + up to want body bytes (at least min_body of them);
+ * shrinks the body part when the ring is short of space. Returns the body bytes that fit (>= 0)
+ * with *ret_p set, or -EAGAIN (nothing was allocated). */
+static ssize_t alloc_chunked(struct ring *r, uint16_t type, size_t header_len, uint64_t want, uint64_t min_body,
+                             void **ret_p) {
         uint64_t maxp = ring_max_payload(r);
         uint64_t chunk = MIN(want, maxp - header_len);
 
@@ -61,7 +63,7 @@ static ssize_t alloc_chunked(struct ring *r, uint16_t type, size_t header_len, u
                 if (free_b < header_len + 2 * RING_HDR_SIZE)
                         return -EAGAIN;
                 chunk = MIN(chunk, free_b - header_len - 2 * RING_HDR_SIZE);
-                if (chunk == 0 && want > 0 && tries > 0)
+                if (chunk < min_body)
                         return -EAGAIN;
                 if (ring_alloc(r, type, 0, (uint32_t)(header_len + chunk), ret_p) == 0)
                         return (ssize_t)chunk;
@@ -85,7 +87,7 @@ static int send_start(struct replica *rep, struct upreq *u) {
                 n_headers++;
         }
         fixed = sizeof(struct proto_req_start) + q->method_len + u->path_len + q->query_len + hdr_bytes;
-        chunk = alloc_chunked(&rep->seg.req, PROTO_REQ_START, fixed, u->body_len, &mem);
+        chunk = alloc_chunked(&rep->seg.req, PROTO_REQ_START, fixed, u->body_len, 0, &mem);
         if (chunk < 0)
                 return (int)chunk;
 
@@ -134,8 +136,8 @@ static int send_body(struct replica *rep, struct upreq *u) {
         while (u->body_sent < u->body_len) {
                 void *mem;
                 ssize_t chunk = alloc_chunked(&rep->seg.req, PROTO_REQ_BODY, sizeof(struct proto_body),
-                                              u->body_len - u->body_sent, &mem);
-                if (chunk <= 0)
+                                              u->body_len - u->body_sent, 1, &mem);
+                if (chunk < 0)
                         return -EAGAIN;
                 struct proto_body b = { .req_id = u->id, .len = (uint32_t)chunk };
                 memcpy(mem, &b, sizeof b);
@@ -196,17 +198,19 @@ void upstream_send(struct replica *rep, struct upreq *u) {
 
 bool upstream_flush(struct replica *rep) {
         struct list *pos, *tmp;
-        bool pushed = false;
 
+        if (list_empty(&rep->backlog))
+                return false;
         list_for_each_safe(pos, tmp, &rep->backlog) {
                 struct upreq *u = list_entry(pos, struct upreq, link);
                 if (push(rep, u) < 0)
                         break;
                 list_del(&u->link);
                 u->state = UPREQ_SENT;
-                pushed = true;
         }
-        if (pushed)
+        /* Publish partial progress too: chunks of a request that did not fit whole must reach
+         * the replica, or the ring stays full of records it cannot see. */
+        if (rep->seg.req.local != atomic_load_explicit(&rep->seg.req.sh->head, memory_order_relaxed))
                 publish_requests(rep);
         return !list_empty(&rep->backlog);
 }

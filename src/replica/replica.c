@@ -1,7 +1,12 @@
-/* The replica process. One thread (the dispatcher, main) reads the request ring and the control
- * socket; complete requests go to a pool of max_ongoing_requests handler threads, which answer
- * through the response ring (one producer: they take turns under send_lock); a health thread
- * writes the heartbeat and runs check_health.
+/* The replica process. Its max_ongoing_requests handler threads take turns reading the request
+ * ring, leader/followers style: the one thread reading it (the leader) stops at the first
+ * request that is ready to run, gives the ring up, makes sure another thread will take it (an
+ * idle one is woken, at most one wake outstanding), and runs the handler itself, so the common
+ * case hands nothing from thread to thread. When every handler thread is busy, the main thread
+ * reads the ring instead (cancels must still arrive) and queues ready requests for the next
+ * thread that finishes. The main thread also reads the control socket and signals. Handler
+ * threads answer through the response ring (one producer: they take turns under send_lock); a
+ * health thread writes the heartbeat and runs check_health.
  *
  * Every request received gets exactly one complete response, because the proxy matches
  * responses against its in-flight table: cancelled ones get 499, rejected ones 503. The proxy is
@@ -20,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <time.h>
 
@@ -41,6 +47,13 @@
 #define REPLICA_HEARTBEAT_NS (100 * NSEC_PER_MSEC)
 #define REPLICA_RECORD_BATCH 256 /* records between looks at the control socket */
 
+/* Who reads the request ring. */
+enum ring_owner {
+        RING_VACANT, /* nobody: kick_locked() finds someone */
+        RING_WORKER, /* a handler thread, the leader */
+        RING_MAIN,   /* the main thread: every handler thread was busy */
+};
+
 struct replica {
         int ctl_fd;
         int sig_fd;
@@ -51,15 +64,22 @@ struct replica {
         unsigned max_ongoing;
         double health_period_s;
 
-        /* Guards everything down to `stopping`. */
+        /* Guards everything down to `main_kicked`. Whoever ring_owner names is the request
+         * ring's one consumer and alone touches seg.req; handing it over under this lock orders
+         * one owner's use of seg.req before the next one's. */
         pthread_mutex_t lock;
-        pthread_cond_t cond;                 /* queue non-empty, or stopping */
+        pthread_cond_t cond;                 /* for idle handler threads: see kick_locked() */
         struct serve_request **table;        /* received, not yet answered */
         size_t n_table, table_cap;
         struct serve_request *queue_head, *queue_tail;
         size_t outstanding;                  /* received, response not completely sent */
         bool draining;                       /* new requests get 503 */
         bool stopping;                       /* handler threads exit when the queue is empty */
+        enum ring_owner ring_owner;
+        unsigned n_idle;                     /* handler threads waiting on cond */
+        bool wake_pending;                   /* cond signalled, no waiter has looked yet */
+        bool main_kicked;                    /* main_wake rung, the main thread has not looked yet */
+        int main_wake;                       /* eventfd: the main thread should look at ring_owner */
 
         pthread_mutex_t send_lock;           /* makes the handler threads one ring producer */
 
@@ -404,7 +424,7 @@ static void send_response(struct replica *rep, uint64_t id, struct serve_respons
         pthread_mutex_unlock(&rep->send_lock);
 }
 
-/* ---- the in-flight table (rep->lock held) ---- */
+/* ---- the in-flight table and the queue (rep->lock held) ---- */
 
 static struct serve_request *table_find(struct replica *rep, uint64_t id) {
         for (size_t i = 0; i < rep->n_table; i++)
@@ -421,7 +441,41 @@ static void table_remove(struct replica *rep, struct serve_request *req) {
                 }
 }
 
-static void enqueue(struct replica *rep, struct serve_request *req) {
+static void kick_main_locked(struct replica *rep) {
+        if (rep->main_kicked)
+                return;
+        rep->main_kicked = true;
+        int r = doorbell_ring(rep->main_wake);
+        if (r < 0)
+                log_warning_errno(r, "Failed to wake the main thread: %m, ignoring");
+}
+
+/* Makes sure someone acts on the work there is: a queued request, or a vacant ring. Idle
+ * handler threads are woken one at a time (the one that wakes calls this again for what is
+ * left), so a leader that gives the ring up for every request wakes nobody while the thread it
+ * woke has not run yet. With no thread idle, a queued request waits for the next handler thread
+ * to finish, and a vacant ring goes to the main thread. */
+static void kick_locked(struct replica *rep) {
+        bool vacant = rep->ring_owner == RING_VACANT && !rep->stopping;
+
+        if ((!rep->queue_head && !vacant) || rep->wake_pending)
+                return;
+        if (rep->n_idle > 0) {
+                rep->wake_pending = true;
+                pthread_cond_signal(&rep->cond);
+        } else if (vacant)
+                kick_main_locked(rep);
+}
+
+/* A request became ready to run (complete, or cancelled while assembling). A leader takes the
+ * first one itself (*ready, when ready is not NULL); others are queued. */
+static void request_ready_locked(struct replica *rep, struct serve_request *req,
+                                 struct serve_request **ready) {
+        if (ready && !*ready) {
+                req->state = SERVE_REQUEST_RUNNING;
+                *ready = req;
+                return;
+        }
         req->state = SERVE_REQUEST_QUEUED;
         req->next = NULL;
         if (rep->queue_tail)
@@ -429,10 +483,20 @@ static void enqueue(struct replica *rep, struct serve_request *req) {
         else
                 rep->queue_head = req;
         rep->queue_tail = req;
-        pthread_cond_signal(&rep->cond);
+        kick_locked(rep);
 }
 
-/* ---- handler threads ---- */
+static struct serve_request *dequeue_locked(struct replica *rep) {
+        struct serve_request *req = rep->queue_head;
+
+        rep->queue_head = req->next;
+        if (!rep->queue_head)
+                rep->queue_tail = NULL;
+        req->state = SERVE_REQUEST_RUNNING;
+        return req;
+}
+
+/* ---- running a request ---- */
 
 static void run_request(struct replica *rep, struct serve_request *req, struct serve_response *resp) {
         if (req->reject_status) {
@@ -463,47 +527,6 @@ static void run_request(struct replica *rep, struct serve_request *req, struct s
         if (serve_request_cancelled(req)) {
                 serve_response_clear(resp);
                 resp->status = 499;
-        }
-}
-
-static void *worker_main(void *userdata) {
-        struct replica *rep = userdata;
-
-        log_set_context(rep->ctx.app, rep->ctx.deployment, rep->ctx.replica_id);
-        for (;;) {
-                struct serve_request *req;
-                struct serve_response resp;
-
-                pthread_mutex_lock(&rep->lock);
-                while (!rep->queue_head && !rep->stopping)
-                        pthread_cond_wait(&rep->cond, &rep->lock);
-                req = rep->queue_head;
-                if (!req) {
-                        pthread_mutex_unlock(&rep->lock);
-                        return NULL;
-                }
-                rep->queue_head = req->next;
-                if (!rep->queue_head)
-                        rep->queue_tail = NULL;
-                req->state = SERVE_REQUEST_RUNNING;
-                pthread_mutex_unlock(&rep->lock);
-
-                serve_response_init(&resp);
-                run_request(rep, req, &resp);
-
-                /* Out of the table before the response is visible: the proxy may reuse the id,
-                 * and a late cancel for it must find nothing. */
-                pthread_mutex_lock(&rep->lock);
-                table_remove(rep, req);
-                pthread_mutex_unlock(&rep->lock);
-
-                send_response(rep, req->id, &resp);
-                serve_response_clear(&resp);
-                serve_request_free(req);
-
-                pthread_mutex_lock(&rep->lock);
-                rep->outstanding--;
-                pthread_mutex_unlock(&rep->lock);
         }
 }
 
@@ -541,14 +564,15 @@ static void *health_main(void *userdata) {
         return NULL;
 }
 
-/* ---- request ring (dispatcher) ---- */
+/* ---- the request ring ---- */
 
 _noreturn_ static void bad_record(const char *why) {
         log_error("Invalid request record from the proxy: %s; exiting", why);
         _exit(2);
 }
 
-static void on_req_start(struct replica *rep, const uint8_t *p, uint32_t len) {
+static void on_req_start(struct replica *rep, const uint8_t *p, uint32_t len,
+                         struct serve_request **ready) {
         struct proto_req_start st;
 
         if (len < sizeof st)
@@ -636,7 +660,7 @@ static void on_req_start(struct replica *rep, const uint8_t *p, uint32_t len) {
         rep->table[rep->n_table++] = req;
         rep->outstanding++;
         if (req->body_received == req->body_len)
-                enqueue(rep, req);
+                request_ready_locked(rep, req, ready);
         TAKE_PTR(req);
         pthread_mutex_unlock(&rep->lock);
         return;
@@ -650,7 +674,8 @@ oom:
         _exit(2);
 }
 
-static void on_req_body(struct replica *rep, const uint8_t *p, uint32_t len) {
+static void on_req_body(struct replica *rep, const uint8_t *p, uint32_t len,
+                        struct serve_request **ready) {
         struct proto_body b;
         struct serve_request *req;
 
@@ -662,7 +687,7 @@ static void on_req_body(struct replica *rep, const uint8_t *p, uint32_t len) {
 
         pthread_mutex_lock(&rep->lock);
         req = table_find(rep, b.req_id);
-        /* Checked under the lock: once queued, a handler thread may free it at any time. */
+        /* Checked under the lock: once ready, a handler thread may free it at any time. */
         if (req && req->state != SERVE_REQUEST_ASSEMBLING)
                 req = NULL;
         pthread_mutex_unlock(&rep->lock);
@@ -672,7 +697,7 @@ static void on_req_body(struct replica *rep, const uint8_t *p, uint32_t len) {
                           (unsigned long long) b.req_id);
                 return;
         }
-        /* Only the dispatcher touches an assembling request: no lock needed for the copy. */
+        /* Only the ring's consumer touches an assembling request: no lock needed for the copy. */
         if (b.len > req->body_len - req->body_received)
                 bad_record("REQ_BODY beyond the announced body length");
         if (req->body)
@@ -681,12 +706,13 @@ static void on_req_body(struct replica *rep, const uint8_t *p, uint32_t len) {
 
         if (req->body_received == req->body_len) {
                 pthread_mutex_lock(&rep->lock);
-                enqueue(rep, req);
+                request_ready_locked(rep, req, ready);
                 pthread_mutex_unlock(&rep->lock);
         }
 }
 
-static void on_req_cancel(struct replica *rep, const uint8_t *p, uint32_t len) {
+static void on_req_cancel(struct replica *rep, const uint8_t *p, uint32_t len,
+                          struct serve_request **ready) {
         struct proto_cancel c;
         struct serve_request *req;
 
@@ -701,17 +727,20 @@ static void on_req_cancel(struct replica *rep, const uint8_t *p, uint32_t len) {
                 atomic_store_explicit(&req->cancelled, true, memory_order_release);
                 /* The rest of its body will never come: answer it now (499). */
                 if (req->state == SERVE_REQUEST_ASSEMBLING)
-                        enqueue(rep, req);
+                        request_ready_locked(rep, req, ready);
         }
         pthread_mutex_unlock(&rep->lock);
 }
 
-/* Reads up to REPLICA_RECORD_BATCH records. Returns 1 when more may be waiting, 0 when the
+/* Reads request records as the ring's one consumer. A handler thread passes `ready`: reading
+ * stops at the first request ready to run, which is stored there (RUNNING, not queued). The main
+ * thread passes NULL: ready requests are queued, and reading stops after REPLICA_RECORD_BATCH
+ * records so the control socket gets its turn. Returns 1 when more may be waiting, 0 when the
  * ring is empty. */
-static int drain_ring(struct replica *rep) {
+static int drain_ring(struct replica *rep, struct serve_request **ready) {
         struct ring_record rec;
 
-        for (unsigned n = 0; n < REPLICA_RECORD_BATCH; n++) {
+        for (unsigned n = 0; ready || n < REPLICA_RECORD_BATCH; n++) {
                 int r = ring_next(&rep->seg.req, &rec);
                 if (r < 0)
                         peer_broken(r, "Failed to read the request ring");
@@ -719,22 +748,121 @@ static int drain_ring(struct replica *rep) {
                         return 0;
                 switch (rec.type) {
                 case PROTO_REQ_START:
-                        on_req_start(rep, rec.payload, rec.len);
+                        on_req_start(rep, rec.payload, rec.len, ready);
                         break;
                 case PROTO_REQ_BODY:
-                        on_req_body(rep, rec.payload, rec.len);
+                        on_req_body(rep, rec.payload, rec.len, ready);
                         break;
                 case PROTO_REQ_CANCEL:
-                        on_req_cancel(rep, rec.payload, rec.len);
+                        on_req_cancel(rep, rec.payload, rec.len, ready);
                         break;
                 default:
                         bad_record("unknown record type");
                 }
                 /* Every record is copied out: hand its space back right away, so a large body
-                 * streams through a small ring. */
+                 * streams through a small ring. Before the ring is handed over, too. */
                 ring_release(&rep->seg.req);
+                if (ready && *ready)
+                        return 1;
         }
         return 1;
+}
+
+/* ---- handler threads ---- */
+
+/* The leader sleeps until the proxy publishes records (or replica_finish() rings the doorbell
+ * itself). */
+static void wait_for_records(struct replica *rep) {
+        struct pollfd pfd = { .fd = rep->seg.req_bell, .events = POLLIN };
+        uint64_t v;
+
+        if (!ring_consumer_prepare_sleep(&rep->seg.req))
+                return; /* a record arrived meanwhile */
+        int r = poll(&pfd, 1, -1);
+        ring_consumer_awake(&rep->seg.req);
+        if (r < 0 && errno != EINTR) {
+                log_error_errno(errno, "poll() failed: %m");
+                _exit(1);
+        }
+        /* Resets the eventfd; EAGAIN (already reset) is fine. */
+        if (r > 0 && (pfd.revents & POLLIN))
+                (void) !read(rep->seg.req_bell, &v, sizeof v);
+}
+
+/* Called by a handler thread that made itself the ring's owner, without rep->lock. Reads the
+ * ring until a request is ready to run, sleeping on the doorbell while it is empty. Returns that
+ * request (RUNNING), or NULL once stopping; either way with rep->lock held and the ring given up
+ * to whoever kick_locked() finds. */
+static struct serve_request *lead(struct replica *rep) {
+        for (;;) {
+                struct serve_request *req = NULL;
+
+                drain_ring(rep, &req);
+                pthread_mutex_lock(&rep->lock);
+                if (req || rep->stopping) {
+                        rep->ring_owner = RING_VACANT;
+                        kick_locked(rep);
+                        return req;
+                }
+                pthread_mutex_unlock(&rep->lock);
+                wait_for_records(rep);
+        }
+}
+
+static void handle_request(struct replica *rep, struct serve_request *req) {
+        struct serve_response resp;
+
+        serve_response_init(&resp);
+        run_request(rep, req, &resp);
+
+        /* Out of the table before the response is visible: the proxy may reuse the id, and a
+         * late cancel for it must find nothing. */
+        pthread_mutex_lock(&rep->lock);
+        table_remove(rep, req);
+        pthread_mutex_unlock(&rep->lock);
+
+        send_response(rep, req->id, &resp);
+        serve_response_clear(&resp);
+        serve_request_free(req);
+}
+
+static void *worker_main(void *userdata) {
+        struct replica *rep = userdata;
+
+        log_set_context(rep->ctx.app, rep->ctx.deployment, rep->ctx.replica_id);
+        pthread_mutex_lock(&rep->lock);
+        for (;;) {
+                struct serve_request *req;
+
+                if (rep->queue_head) {
+                        req = dequeue_locked(rep);
+                        kick_locked(rep); /* for the rest of the queue, or a vacant ring */
+                } else if (rep->stopping)
+                        break;
+                else if (rep->ring_owner == RING_VACANT) {
+                        rep->ring_owner = RING_WORKER;
+                        pthread_mutex_unlock(&rep->lock);
+                        req = lead(rep);
+                        if (!req)
+                                continue;
+                } else {
+                        /* The main thread only holds the ring while no handler thread is idle:
+                         * ask for it back. */
+                        if (rep->ring_owner == RING_MAIN)
+                                kick_main_locked(rep);
+                        rep->n_idle++;
+                        pthread_cond_wait(&rep->cond, &rep->lock);
+                        rep->n_idle--;
+                        rep->wake_pending = false; /* we look at everything next */
+                        continue;
+                }
+                pthread_mutex_unlock(&rep->lock);
+                handle_request(rep, req);
+                pthread_mutex_lock(&rep->lock);
+                rep->outstanding--;
+        }
+        pthread_mutex_unlock(&rep->lock);
+        return NULL;
 }
 
 /* ---- lifecycle ---- */
@@ -774,6 +902,10 @@ _noreturn_ static void replica_finish(struct replica *rep, bool all_done) {
         rep->stopping = true;
         pthread_cond_broadcast(&rep->cond);
         pthread_mutex_unlock(&rep->lock);
+        /* A leader sleeping on the doorbell looks at `stopping` once woken. */
+        int r = doorbell_ring(rep->seg.req_bell);
+        if (r < 0)
+                log_warning_errno(r, "Failed to ring the request doorbell: %m, ignoring");
         for (size_t i = 0; i < rep->n_workers; i++)
                 pthread_join(rep->workers[i], NULL);
 
@@ -861,21 +993,41 @@ static void on_signal(struct replica *rep) {
                                  : REPLICA_DEFAULT_GRACEFUL_S, 0);
 }
 
+/* The main thread holds the ring while no handler thread is idle, and gives it back as soon as
+ * one is (rep->lock held). Returns whether it holds the ring. */
+static bool main_take_or_give_ring_locked(struct replica *rep) {
+        rep->main_kicked = false; /* we look at everything now */
+        if (rep->ring_owner == RING_MAIN && rep->n_idle > 0)
+                rep->ring_owner = RING_VACANT;
+        if (rep->ring_owner == RING_VACANT && !rep->stopping && rep->n_idle == 0 && !rep->wake_pending)
+                rep->ring_owner = RING_MAIN;
+        kick_locked(rep);
+        return rep->ring_owner == RING_MAIN;
+}
+
 _noreturn_ static void serve_loop(struct replica *rep, char *ctl_buf) {
-        struct pollfd pfd[3] = {
-                { .fd = rep->seg.req_bell, .events = POLLIN },
+        struct pollfd pfd[4] = {
                 { .fd = rep->ctl_fd, .events = POLLIN },
                 { .fd = rep->sig_fd, .events = POLLIN },
+                { .fd = rep->main_wake, .events = POLLIN },
+                { .fd = rep->seg.req_bell, .events = POLLIN }, /* only while we hold the ring */
         };
+        uint64_t v;
 
         for (;;) {
-                bool more = drain_ring(rep) > 0;
-                bool draining;
+                bool mine, more = false, draining;
+                size_t outstanding;
                 int timeout;
 
                 pthread_mutex_lock(&rep->lock);
+                mine = main_take_or_give_ring_locked(rep);
+                pthread_mutex_unlock(&rep->lock);
+                if (mine)
+                        more = drain_ring(rep, NULL) > 0;
+
+                pthread_mutex_lock(&rep->lock);
                 draining = rep->draining;
-                size_t outstanding = rep->outstanding;
+                outstanding = rep->outstanding;
                 pthread_mutex_unlock(&rep->lock);
                 if (draining && outstanding == 0)
                         replica_finish(rep, true);
@@ -884,10 +1036,10 @@ _noreturn_ static void serve_loop(struct replica *rep, char *ctl_buf) {
                 /* While draining, look at the in-flight count every 10 ms. */
                 timeout = more ? 0 : draining ? 10 : -1;
 
-                bool sleeping = !more && ring_consumer_prepare_sleep(&rep->seg.req);
-                if (!more && !sleeping)
+                bool sleeping = mine && !more && ring_consumer_prepare_sleep(&rep->seg.req);
+                if (mine && !more && !sleeping)
                         timeout = 0; /* a record arrived meanwhile */
-                int r = poll(pfd, ELEMENTSOF(pfd), timeout);
+                int r = poll(pfd, mine ? 4 : 3, timeout);
                 if (sleeping)
                         ring_consumer_awake(&rep->seg.req);
                 if (r < 0) {
@@ -896,14 +1048,14 @@ _noreturn_ static void serve_loop(struct replica *rep, char *ctl_buf) {
                         log_error_errno(errno, "poll() failed: %m");
                         _exit(1);
                 }
-                if (pfd[0].revents & POLLIN) {
-                        uint64_t v;
-                        /* Resets the eventfd; EAGAIN (already reset) is fine. */
+                /* Reset the eventfds; EAGAIN (already reset) is fine. */
+                if (mine && (pfd[3].revents & POLLIN))
                         (void) !read(rep->seg.req_bell, &v, sizeof v);
-                }
-                if (pfd[1].revents)
-                        on_control(rep, ctl_buf);
                 if (pfd[2].revents & POLLIN)
+                        (void) !read(rep->main_wake, &v, sizeof v);
+                if (pfd[0].revents)
+                        on_control(rep, ctl_buf);
+                if (pfd[1].revents & POLLIN)
                         on_signal(rep);
         }
 }
@@ -935,7 +1087,7 @@ int replica_run(int control_fd) {
         ssize_t n;
         int r;
 
-        *rep = (struct replica) { .ctl_fd = control_fd, .sig_fd = -1 };
+        *rep = (struct replica) { .ctl_fd = control_fd, .sig_fd = -1, .main_wake = -1 };
         pthread_mutex_init(&rep->lock, NULL);
         pthread_cond_init(&rep->cond, NULL);
         pthread_mutex_init(&rep->send_lock, NULL);
@@ -957,6 +1109,10 @@ int replica_run(int control_fd) {
         rep->sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
         if (rep->sig_fd < 0)
                 return log_error_errno(errno, "signalfd() failed: %m"), 1;
+
+        rep->main_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (rep->main_wake < 0)
+                return log_error_errno(errno, "eventfd() failed: %m"), 1;
 
         buf = malloc(PROTO_CTL_MAX + 1);
         if (!buf)

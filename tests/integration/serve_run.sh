@@ -11,6 +11,9 @@ applications:
   - name: echo
     route_prefix: /echo
     import_path: echo:app
+    deployments:
+      - name: Echo
+        max_ongoing_requests: 2
   - name: slow
     route_prefix: /slow
     import_path: slow:app
@@ -42,6 +45,15 @@ curl -s -m 30 --data-binary @"$WORK/1m.bin" -H 'Content-Type: application/octet-
 check "echo 1 MiB body intact" "$(cmp -s "$WORK/1m.bin" "$WORK/1m.out" && echo same)" "same"
 curl -s -m 30 -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/1m.bin" "$U/echo" -o "$WORK/1m.chunked"
 check "echo chunked 1 MiB upload intact" "$(cmp -s "$WORK/1m.bin" "$WORK/1m.chunked" && echo same)" "same"
+head -c 1500000 /dev/urandom >"$WORK/1500k.bin"
+pids=()
+for i in 1 2 3 4 5 6 7 8; do
+        curl -s -m 60 --data-binary @"$WORK/1500k.bin" "$U/echo" -o "$WORK/par.$i" &
+        pids+=($!)
+done
+wait "${pids[@]}"
+same=0; for i in 1 2 3 4 5 6 7 8; do cmp -s "$WORK/1500k.bin" "$WORK/par.$i" && same=$((same + 1)); done
+check "8 concurrent 1.5 MB bodies, 2 at a time (more than the ring holds), all intact" "$same" "8"
 check "/-/healthz" "$(curl -s -m 5 "$U/-/healthz")" "success"
 check_contains "/-/routes lists the applications" "$(curl -s -m 5 "$U/-/routes")" '"/echo":"echo"'
 check "query string reaches the replica" "$(curl -s -m 10 -o /dev/null -w '%{http_code}' "$U/slow?ms=5")" "200"
