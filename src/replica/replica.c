@@ -99,19 +99,6 @@ struct replica {
 
 /* ---- loading and validating the module ---- */
 
-static int errorf(int r, char **ret_error, const char *fmt, ...) _printf_(3, 4);
-static int errorf(int r, char **ret_error, const char *fmt, ...) {
-        va_list ap;
-        if (ret_error) {
-                char *m = NULL;
-                va_start(ap, fmt);
-                if (vasprintf(&m, fmt, ap) < 0)
-                        m = NULL;
-                va_end(ap);
-                *ret_error = m;
-        }
-        return r;
-}
 
 static size_t handler_count(const struct serve_deployment *d) {
         size_t n = 0;
@@ -125,47 +112,47 @@ int replica_app_validate(const struct serve_application *app, const char *where,
         size_t n;
 
         if (app->abi_version != SERVE_ABI_VERSION)
-                return errorf(-EINVAL, ret_error, "%s: abi_version %u, this serve supports %u",
+                return error_set(-EINVAL, ret_error, "%s: abi_version %u, this serve supports %u",
                               where, app->abi_version, SERVE_ABI_VERSION);
         if (!app->ingress)
-                return errorf(-EINVAL, ret_error, "%s: no ingress deployment", where);
+                return error_set(-EINVAL, ret_error, "%s: no ingress deployment", where);
         if (!app->deployments || !app->deployments[0])
-                return errorf(-EINVAL, ret_error, "%s: no deployments", where);
+                return error_set(-EINVAL, ret_error, "%s: no deployments", where);
 
         for (n = 0; n < REPLICA_MAX_LIST && app->deployments[n]; n++) {
                 const struct serve_deployment *d = app->deployments[n];
 
                 if (d->abi_version != SERVE_ABI_VERSION)
-                        return errorf(-EINVAL, ret_error,
+                        return error_set(-EINVAL, ret_error,
                                       "%s: deployment #%zu: abi_version %u, this serve supports %u",
                                       where, n, d->abi_version, SERVE_ABI_VERSION);
                 if (!d->name || !*d->name)
-                        return errorf(-EINVAL, ret_error, "%s: deployment #%zu has no name", where, n);
+                        return error_set(-EINVAL, ret_error, "%s: deployment #%zu has no name", where, n);
                 for (size_t j = 0; j < n; j++)
                         if (streq(app->deployments[j]->name, d->name))
-                                return errorf(-EINVAL, ret_error,
+                                return error_set(-EINVAL, ret_error,
                                               "%s: deployment name '%s' is used twice", where,
                                               d->name);
                 if (!d->handlers || !d->handlers[0].name)
-                        return errorf(-EINVAL, ret_error, "%s: deployment '%s' has no handlers",
+                        return error_set(-EINVAL, ret_error, "%s: deployment '%s' has no handlers",
                                       where, d->name);
                 size_t h = handler_count(d);
                 if (h >= REPLICA_MAX_LIST)
-                        return errorf(-EINVAL, ret_error,
+                        return error_set(-EINVAL, ret_error,
                                       "%s: deployment '%s': handlers not terminated by { NULL, NULL }",
                                       where, d->name);
                 for (size_t j = 0; j < h; j++)
                         if (!d->handlers[j].name || !*d->handlers[j].name || !d->handlers[j].fn)
-                                return errorf(-EINVAL, ret_error,
+                                return error_set(-EINVAL, ret_error,
                                               "%s: deployment '%s': handler #%zu needs a name and a function",
                                               where, d->name, j);
                 if (d == app->ingress)
                         ingress_found = true;
         }
         if (n >= REPLICA_MAX_LIST)
-                return errorf(-EINVAL, ret_error, "%s: deployments not NULL-terminated", where);
+                return error_set(-EINVAL, ret_error, "%s: deployments not NULL-terminated", where);
         if (!ingress_found)
-                return errorf(-EINVAL, ret_error,
+                return error_set(-EINVAL, ret_error,
                               "%s: ingress '%s' is not listed among the deployments", where,
                               app->ingress->name ? app->ingress->name : "(unnamed)");
         return 0;
@@ -180,12 +167,12 @@ static int app_load(const char *path, const char *symbol, const struct serve_app
 
         dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
         if (!dl)
-                return errorf(-ENOEXEC, ret_error, "%s", dlerror());
+                return error_set(-ENOEXEC, ret_error, "%s", dlerror());
         dlerror();
         sym = dlsym(dl, symbol);
         if (!sym) {
                 dlclose(dl);
-                return errorf(-ENOENT, ret_error, "%s: symbol '%s' not found", path, symbol);
+                return error_set(-ENOENT, ret_error, "%s: symbol '%s' not found", path, symbol);
         }
         if (asprintf(&where, "%s: symbol '%s'", path, symbol) < 0) {
                 where = NULL;
@@ -265,12 +252,12 @@ int replica_describe(const char *import_path, const char *working_dir, FILE *out
         text = cJSON_PrintUnformatted(j);
         cJSON_Delete(j);
         if (!text)
-                return errorf(-ENOMEM, ret_error, "out of memory");
+                return error_set(-ENOMEM, ret_error, "out of memory");
         fprintf(out, "%s\n", text);
         return 0;
 oom:
         cJSON_Delete(j);
-        return errorf(-ENOMEM, ret_error, "out of memory");
+        return error_set(-ENOMEM, ret_error, "out of memory");
 }
 
 /* ---- control socket ---- */
