@@ -27,7 +27,7 @@ struct run {
         int sfd;
         struct signalfd_siginfo si;
         struct loop_op op_signal;
-        bool reload, stop, force;
+        bool reload, stop, force, replicas_stopping;
         uint64_t drain_deadline;
 };
 
@@ -258,12 +258,12 @@ int serve_run(int argc, char **argv) {
                         rn.drain_deadline = now + DRAIN_LIMIT_NS;
                 }
                 if (rn.drain_deadline) {
-                        static bool replicas_stopping;
-                        if (!replicas_stopping && (supervisor_busy(rn.sup) == 0 || now > rn.drain_deadline || rn.force)) {
+                        /* In-flight requests first, then the replicas themselves. */
+                        if (!rn.replicas_stopping && (supervisor_busy(rn.sup) == 0 || now > rn.drain_deadline || rn.force)) {
                                 supervisor_stop_all(rn.sup);
-                                replicas_stopping = true;
+                                rn.replicas_stopping = true;
                         }
-                        if (replicas_stopping && supervisor_all_exited(rn.sup))
+                        if (rn.replicas_stopping && supervisor_all_exited(rn.sup))
                                 break;
                         if (rn.force || now > rn.drain_deadline + 10 * NSEC_PER_SEC) {
                                 log_warning("replicas did not stop in time");
