@@ -5,15 +5,24 @@
 #include "macros.h"
 
 int loop_init(struct loop *l, unsigned entries) {
-        struct io_uring_params p = {
-                /* One thread owns the ring: let the kernel skip cross-thread wakeups. */
-                .flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE,
-                .cq_entries = entries * 4,
+        /* One thread owns the ring: completions' task work runs only when we ask for events
+         * (DEFER_TASKRUN, kernel 6.1+), not as interrupts of whatever we are doing; older
+         * kernels get cooperative task work, then nothing special. */
+        static const unsigned flag_sets[] = {
+                IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+                IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
+                0,
         };
-        int r = io_uring_queue_init_params(entries, &l->ring, &p);
-        if (r < 0) { /* older kernels: no COOP_TASKRUN */
-                struct io_uring_params q = { .flags = IORING_SETUP_CQSIZE, .cq_entries = entries * 4 };
-                r = io_uring_queue_init_params(entries, &l->ring, &q);
+        int r = -EINVAL;
+
+        for (size_t i = 0; i < ELEMENTSOF(flag_sets); i++) {
+                struct io_uring_params p = {
+                        .flags = flag_sets[i] | IORING_SETUP_CQSIZE,
+                        .cq_entries = entries * 4,
+                };
+                r = io_uring_queue_init_params(entries, &l->ring, &p);
+                if (r >= 0)
+                        return 0;
         }
         return r;
 }
@@ -39,7 +48,7 @@ int loop_run_once(struct loop *l, uint64_t timeout_ns) {
         int r;
 
         if (timeout_ns == 0)
-                r = io_uring_submit(&l->ring);
+                r = io_uring_submit_and_get_events(&l->ring); /* runs deferred task work too */
         else
                 r = io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1, &ts, NULL);
         if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN)
