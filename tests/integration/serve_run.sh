@@ -105,14 +105,21 @@ check "client gives up (curl timeout)" "$(http_code -m 1 "$U/slow?ms=20000")" "0
 check "the abandoned request was cancelled at the replica" "$(http_code -m 5 "$U/slow?ms=1")" "200"
 
 # ---- a replica crashing mid-request: 502 now, the next request succeeds ----
-held() { [ "$(grep -c 'evil: holding a request' "$LOG")" -ge "$1" ]; }
+# held_request QUERY SIGNAL PID: sends a request that the Evil replica holds (/evil/hold), and once
+# the replica logged its arrival sends SIGNAL to PID; prints the request's status code.
+held_count() { grep -c 'evil: holding a request' "$LOG"; }
+held_at_least() { [ "$(held_count)" -ge "$1" ]; }
+held_request() {
+        local want=$(($(held_count) + 1)) cpid
+        curl -s -m 30 -o /dev/null -w '%{http_code}' "$U/evil/hold$1" &
+        cpid=$!
+        wait_until 10 held_at_least "$want" ||
+                echo "# the request never reached the replica" >&2
+        kill "-$2" "$3"
+        wait "$cpid"
+}
 pid=$(replica_pid evil/Evil)
-curl -s -m 30 -o /dev/null -w '%{http_code}' "$U/evil/hold" >"$WORK/kill.code" &
-cpid=$!
-wait_until 10 held 1 || fail "the request reached the replica"
-kill -KILL "$pid"
-wait "$cpid"
-check "replica SIGKILL mid-request -> 502" "$(cat "$WORK/kill.code")" "502"
+check "replica SIGKILL mid-request -> 502" "$(held_request "" KILL "$pid")" "502"
 wait_until 30 answers_200 /evil/ && pass "the restarted replica serves the next request" || fail "the restarted replica serves the next request"
 newpid=$(replica_pid evil/Evil)
 check "a new replica process replaced the killed one" "$([ -n "$newpid" ] && [ "$newpid" != "$pid" ] && echo yes)" "yes"
@@ -125,12 +132,7 @@ wait_until 30 answers_200 /evil/ && pass "the bad replica was replaced" || fail 
 
 # ---- a hung replica (missed heartbeats past health_check_timeout_s): 504, replaced ----
 pid=$(replica_pid evil/Evil)
-curl -s -m 30 -o /dev/null -w '%{http_code}' "$U/evil/hold" >"$WORK/hang.code" &
-cpid=$!
-wait_until 10 held 2 || fail "the request reached the replica"
-kill -STOP "$pid"
-wait "$cpid"
-check "hung replica -> 504" "$(cat "$WORK/hang.code")" "504"
+check "hung replica -> 504" "$(held_request "" STOP "$pid")" "504"
 wait_until 30 answers_200 /evil/ && pass "the hung replica was replaced" || fail "the hung replica was replaced"
 kill -KILL "$pid" 2>/dev/null
 
@@ -150,12 +152,10 @@ check "an unchanged deployment keeps its replica" "$(replica_pid echo/Echo)" "$e
 check "the unchanged replica process still runs" "$(kill -0 "$echopid" && echo alive)" "alive"
 
 # ---- graceful stop: in-flight requests finish, exit 0 ----
-curl -s -m 30 -o /dev/null -w '%{http_code}' "$U/evil/hold?ms=1500" >"$WORK/drain.code" &
-cpid=$!
-wait_until 10 held 3 || fail "the request reached the replica"
-kill -TERM "$SERVE_PID"
+held_request "?ms=1500" TERM "$SERVE_PID" >"$WORK/drain.code" &
+hpid=$!
 wait "$SERVE_PID"; rc=$?
-wait "$cpid"
+wait "$hpid"
 check "SIGTERM exits 0" "$rc" "0"
 check "in-flight request finished during drain" "$(cat "$WORK/drain.code")" "200"
 check "no replica process left" "$(pgrep -f "serve-replica --control-fd" -P "$SERVE_PID" | wc -l)" "0"
