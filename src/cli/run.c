@@ -12,6 +12,7 @@
 #include "loop.h"
 #include "proxy.h"
 #include "run.h"
+#include "spec.h"
 #include "supervisor.h"
 
 #define DRAIN_LIMIT_NS (30 * NSEC_PER_SEC)
@@ -51,26 +52,6 @@ static void usage(FILE *f) {
                 "  SERVE_REPLICA_BIN   The serve-replica program (default: next to serve, then\n"
                 "                      " LIBEXECDIR "/serve-replica)\n"
                 "  SERVE_LOG_LEVEL     debug, info (default), warning or error\n");
-}
-
-static char *find_replica_bin(void) {
-        const char *env = getenv("SERVE_REPLICA_BIN");
-        char exe[PATH_MAX], *p;
-        ssize_t n;
-
-        if (env && *env)
-                return strdup(env);
-        n = readlink("/proc/self/exe", exe, sizeof exe - 32);
-        if (n > 0) {
-                exe[n] = 0;
-                p = strrchr(exe, '/');
-                if (p) {
-                        strcpy(p + 1, "serve-replica");
-                        if (access(exe, X_OK) == 0)
-                                return strdup(exe);
-                }
-        }
-        return strdup(LIBEXECDIR "/serve-replica");
 }
 
 static void proxy_options_from(const struct run *rn, const struct serve_config *c, struct proxy_options *o) {
@@ -207,7 +188,7 @@ int serve_run(int argc, char **argv) {
                 run_free(&rn);
                 return 1;
         }
-        replica_bin = find_replica_bin();
+        replica_bin = spec_find_replica_bin();
         r = supervisor_new(&rn.loop, router_get(), replica_bin, &rn.sup);
         if (r >= 0)
                 r = supervisor_apply(rn.sup, rn.cfg, &err);

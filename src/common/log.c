@@ -15,6 +15,7 @@ static const char *log_ident = "serve";
 static int log_max_level = LOG_INFO;
 static bool log_journal;
 
+static char log_node[128];
 static __thread const char *ctx_app, *ctx_deployment, *ctx_replica;
 
 /* JOURNAL_STREAM holds "dev:ino" of the journal stream; only trust it when it is our stderr. */
@@ -35,6 +36,8 @@ void log_init(const char *ident) {
 
         if (ident)
                 log_ident = ident;
+        if (getenv("SERVE_NODE"))
+                snprintf(log_node, sizeof log_node, "%s", getenv("SERVE_NODE"));
         log_journal = stderr_is_journal();
         if (lvl) {
                 if (streq(lvl, "debug"))
@@ -47,6 +50,13 @@ void log_init(const char *ident) {
 }
 
 void log_set_level(int level) { log_max_level = level; }
+
+void log_set_node(const char *node) {
+        snprintf(log_node, sizeof log_node, "%s", node ? node : "");
+        /* Replicas started from here inherit it. */
+        if (node)
+                setenv("SERVE_NODE", node, 1);
+}
 int log_get_level(void) { return log_max_level; }
 
 void log_set_context(const char *app, const char *deployment, const char *replica) {
@@ -82,8 +92,8 @@ int log_full_errno(int level, int err, const char *file, int line, const char *f
 
         if (log_journal) {
                 /* Only the fields that are set: `journalctl SERVE_APP=x` then finds exactly x's lines. */
-                char f_msg[2100], f_pri[32], f_id[96], f_file[256], f_line[32], f_app[160], f_dep[160], f_rep[160];
-                struct iovec iov[8];
+                char f_msg[2100], f_pri[32], f_id[96], f_file[256], f_line[32], f_app[160], f_dep[160], f_rep[160], f_node[160];
+                struct iovec iov[9];
                 int n = 0;
 #define FIELD(buf, ...) (snprintf(buf, sizeof buf, __VA_ARGS__), iov[n++] = (struct iovec){ buf, strlen(buf) })
                 FIELD(f_msg, "MESSAGE=%s", msg);
@@ -97,6 +107,8 @@ int log_full_errno(int level, int err, const char *file, int line, const char *f
                         FIELD(f_dep, "SERVE_DEPLOYMENT=%s", ctx_deployment);
                 if (ctx_replica)
                         FIELD(f_rep, "SERVE_REPLICA=%s", ctx_replica);
+                if (log_node[0])
+                        FIELD(f_node, "SERVE_NODE=%s", log_node);
 #undef FIELD
                 sd_journal_sendv(iov, n);
         } else {
@@ -112,8 +124,8 @@ int log_full_errno(int level, int err, const char *file, int line, const char *f
                 clock_gettime(CLOCK_REALTIME, &ts);
                 gmtime_r(&ts.tv_sec, &tm);
                 strftime(tbuf, sizeof tbuf, "%H:%M:%S", &tm);
-                fprintf(stderr, "%s.%03ld %s[%d] %s:%s %s\n", tbuf, ts.tv_nsec / 1000000, log_ident, (int)getpid(),
-                        level_name(level), ctx, msg);
+                fprintf(stderr, "%s.%03ld %s%s%s%s[%d] %s:%s %s\n", tbuf, ts.tv_nsec / 1000000, log_ident,
+                        log_node[0] ? "(" : "", log_node, log_node[0] ? ")" : "", (int)getpid(), level_name(level), ctx, msg);
         }
         errno = saved;
         return -err;

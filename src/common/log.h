@@ -10,6 +10,9 @@
 void log_init(const char *ident);
 void log_set_level(int level);            /* LOG_ERR .. LOG_DEBUG; default LOG_INFO */
 int log_get_level(void);
+/* The node this process belongs to (journald field SERVE_NODE=, and a prefix on stderr);
+ * inherited by child processes through $SERVE_NODE. */
+void log_set_node(const char *node);
 
 /* Logs and returns -|err| (or err unchanged if it is 0), so callers can write
  * `return log_error_errno(r, "Failed to open %s: %m", path);` — %m prints strerror(|err|). */

@@ -140,3 +140,14 @@ void buf_free(struct buf *b) {
         b->data = NULL;
         b->len = b->cap = 0;
 }
+
+char *path_relative_to_file(const char *file, const char *path) {
+        const char *slash = strrchr(file, '/');
+        char *r;
+
+        if (path[0] == '/' || !slash)
+                return strdup(path);
+        if (asprintf(&r, "%.*s/%s", (int)(slash - file), file, path) < 0)
+                return NULL;
+        return r;
+}

@@ -23,6 +23,10 @@ int error_set(int r, char **ret_error, const char *fmt, ...) __attribute__((form
 /* Reads a whole file (at most max bytes, NUL-terminated). Returns 0, -EFBIG, or -errno. */
 int read_file(const char *path, size_t max, char **ret, size_t *ret_len);
 
+/* `path` if absolute, else `path` relative to the directory holding `file` (config files name
+ * other files relative to themselves). Returns a malloc'd string or NULL. */
+char *path_relative_to_file(const char *file, const char *path);
+
 /* Growable byte buffer with a hard cap. */
 struct buf {
         char *data;

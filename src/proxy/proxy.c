@@ -11,6 +11,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "upstream.h"
+#include "peer.h"
 
 #define BUF_GROUP 1
 #define BUF_COUNT 256u            /* provided receive buffers, shared by all connections */
@@ -62,7 +63,7 @@ struct proxy {
         struct http_limits limits;
         int listen_fd;
         struct loop_op op_accept;
-        bool accept_armed, accepting, draining;
+        bool accept_armed, accepting, draining, not_ready;
         struct io_uring_buf_ring *br;
         uint8_t *bufs;
         unsigned n_conns;
@@ -217,7 +218,7 @@ static void detach_request(struct conn *c) {
                 router_unqueue(u);
                 upreq_free(u);
         } else
-                upstream_cancel(u); /* the replica learns it is cancelled; u lives until it answers */
+                router_cancel(u); /* the replica learns it is cancelled; u lives until it answers */
 }
 
 static void conn_close(struct conn *c) {
@@ -340,6 +341,8 @@ static bool builtin(struct conn *c, const struct http_request *q) {
         if (q->path_len == 10 && memcmp(q->path, "/-/healthz", 10) == 0) {
                 if (p->draining)
                         respond_simple(c, 503, "draining\n", false);
+                else if (p->not_ready)
+                        respond_simple(c, 503, "no routes yet: waiting for the head\n", false);
                 else
                         respond_simple(c, 200, "success", false);
                 return true;
@@ -443,6 +446,7 @@ void upreq_free(struct upreq *u) {
         if (!u)
                 return;
         list_del(&u->tlink);
+        list_del(&u->slink);
         free(u->raw);
         free(u);
 }
@@ -451,7 +455,7 @@ void upreq_free(struct upreq *u) {
 static void request_complete(struct conn *c) {
         struct proxy *p = c->p;
         struct upreq *u;
-        size_t end = request_end(c), plen;
+        size_t end = request_end(c);
         int r;
 
         u = calloc(1, sizeof *u);
@@ -461,6 +465,7 @@ static void request_complete(struct conn *c) {
         }
         list_init(&u->link);
         list_init(&u->tlink);
+        list_init(&u->slink);
         /* The request's bytes move to the upreq; later pipelined bytes start a new buffer. */
         if (c->in.len > end) {
                 struct buf rest = {};
@@ -486,17 +491,10 @@ static void request_complete(struct conn *c) {
         u->body = u->raw + c->head_len;
         u->body_len = c->body_have;
         u->dep = c->route->ingress;
-        plen = c->route->prefix_len;
-        if (plen == 1 || (c->route->prefix[plen - 1] == '/' && plen > 1)) /* "/" or "/x/" keep the slash */
-                plen--;
-        u->path = u->req.path + plen;
-        u->path_len = u->req.path_len - plen;
-        if (u->path_len == 0) {
-                u->path = "/";
-                u->path_len = 1;
-        }
+        router_set_path(c->route, u);
         u->conn = c;
         c->cur = u;
+        u->start_ns = now_ns();
         c->state = CONN_UPSTREAM;
         c->response_begun = false;
         timer_clear(c);
@@ -507,6 +505,7 @@ static void request_complete(struct conn *c) {
         r = router_submit(p->router, u);
         if (r < 0) {
                 c->cur = NULL;
+                router_record(u, 503);
                 upreq_free(u);
                 c->state = CONN_IDLE;
                 respond_simple(c, 503, r == -EBUSY ? "queue full: too many requests waiting for this deployment\n"
@@ -572,8 +571,14 @@ static void conn_process(struct conn *c) {
 
 void proxy_response_begin(struct upreq *u, int status, const char *headers, size_t headers_len, uint64_t body_len) {
         struct conn *c = u->conn;
-        struct buf *o = out_buf(c);
+        struct buf *o;
 
+        if (u->stream) {
+                peer_stream_response_begin(u, status, headers, headers_len, body_len);
+                return;
+        }
+        u->status = status;
+        o = out_buf(c);
         if (c->p->draining)
                 c->keep_alive = false;
         (void)buf_printf(o, OUT_LIMIT, "HTTP/1.1 %d %s\r\nContent-Length: %llu\r\n", status, http_status_reason(status),
@@ -587,6 +592,10 @@ void proxy_response_begin(struct upreq *u, int status, const char *headers, size
 void proxy_response_body(struct upreq *u, const void *data, size_t len) {
         struct conn *c = u->conn;
 
+        if (u->stream) {
+                peer_stream_response_body(u, data, len);
+                return;
+        }
         if (buf_append(out_buf(c), data, len, OUT_LIMIT) < 0) {
                 conn_close(c); /* the client does not read: give up on it */
                 return;
@@ -607,6 +616,12 @@ static void conn_request_done(struct conn *c) {
 void proxy_response_end(struct upreq *u) {
         struct conn *c = u->conn;
 
+        if (u->stream) {
+                peer_stream_response_end(u);
+                return;
+        }
+        if (c)
+                router_record(u, u->status);
         upreq_free(u);
         if (c)
                 conn_request_done(c);
@@ -615,6 +630,12 @@ void proxy_response_end(struct upreq *u) {
 void proxy_upreq_fail(struct upreq *u, int status, const char *why) {
         struct conn *c = u->conn;
 
+        if (u->stream) {
+                peer_stream_fail(u, status, why);
+                return;
+        }
+        if (c)
+                router_record(u, status);
         log_debug("request %s: %d (%s)", u->dep ? u->dep->name : "?", status, why);
         upreq_free(u);
         if (!c)
@@ -805,6 +826,8 @@ void proxy_free(struct proxy *p) {
 
 void proxy_set_draining(struct proxy *p) { p->draining = true; }
 
+void proxy_set_ready(struct proxy *p, bool ready) { p->not_ready = !ready; }
+
 void proxy_stop_accepting(struct proxy *p) {
         struct list *pos, *tmp;
 
@@ -863,7 +886,7 @@ uint64_t proxy_tick(struct proxy *p, uint64_t now) {
                         continue;
                 }
                 /* At a replica: the client gets 504 now; the replica sees the cancellation. */
-                upstream_cancel(u);
+                router_cancel(u);
                 if (c) {
                         c->cur = NULL;
                         if (c->response_begun)

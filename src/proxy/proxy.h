@@ -41,6 +41,8 @@ void proxy_stop_accepting(struct proxy *p);
 unsigned proxy_connections(const struct proxy *p);
 /* True while the proxy serves (for /-/healthz: 503 while draining). */
 void proxy_set_draining(struct proxy *p);
+/* /-/healthz answers 503 until the proxy has its routes (a worker waiting for the head). */
+void proxy_set_ready(struct proxy *p, bool ready);
 
 /* ---- called by upstream.c / router.c ---- */
 

@@ -6,6 +6,7 @@
 #include "proxy.h"
 #include "router.h"
 #include "upstream.h"
+#include "peer.h"
 
 static struct router the_router = { .rng = 0x9e3779b97f4a7c15ull };
 
@@ -88,16 +89,32 @@ static struct replica *pick(struct router *r, struct deployment *dep) {
         return cand[rng_next(r) & 1];
 }
 
+/* Replicas here may serve u, now or once they start. Requests from a peer only count ready
+ * ones: a node that is scaling the deployment away sends them back (REJECT) instead. */
+static bool local_possible(const struct deployment *dep, const struct upreq *u) {
+        if (u->stream)
+                return dep->n_ready > 0 || (dep->target_replicas > 0 && !dep->retiring);
+        return dep->n_replicas > 0 || dep->target_replicas > 0;
+}
+
 int router_submit(struct router *r, struct upreq *u) {
         struct deployment *dep = u->dep;
         struct replica *rep;
+        struct remote_target *t;
 
-        /* Requests already waiting go first: a newcomer never overtakes the queue. */
-        if (dep->queue_len == 0 && (rep = pick(r, dep))) {
-                upstream_send(rep, u);
-                return 0;
+        /* Requests already waiting go first: a newcomer never overtakes the queue. Local
+         * replicas before peers (locality). */
+        if (dep->queue_len == 0) {
+                if ((rep = pick(r, dep))) {
+                        upstream_send(rep, u);
+                        return 0;
+                }
+                if (!u->stream && dep->remote && (t = peer_pick(dep->remote))) {
+                        peer_send(t, u);
+                        return 0;
+                }
         }
-        if (dep->n_replicas == 0 && dep->target_replicas == 0)
+        if (!local_possible(dep, u) && (u->stream || !dep->remote || !peer_group_available(dep->remote)))
                 return -ENOENT;
         if (dep->max_queued >= 0 && dep->queue_len >= dep->max_queued)
                 return -EBUSY;
@@ -112,15 +129,73 @@ void router_unqueue(struct upreq *u) {
         u->dep->queue_len--;
 }
 
+void router_cancel(struct upreq *u) {
+        if (u->rt)
+                peer_cancel(u);
+        else
+                upstream_cancel(u);
+}
+
+void router_set_path(const struct route *rt, struct upreq *u) {
+        size_t plen = rt->prefix_len;
+
+        if (plen == 1 || (rt->prefix[plen - 1] == '/' && plen > 1)) /* "/" or "/x/" keep the slash */
+                plen--;
+        u->path = u->req.path + plen;
+        u->path_len = u->req.path_len - plen;
+        if (u->path_len == 0) {
+                u->path = "/";
+                u->path_len = 1;
+        }
+}
+
 void router_dispatch(struct router *r, struct deployment *dep) {
         while (dep->queue_len > 0) {
+                struct upreq *u = list_first(&dep->queue, struct upreq, link);
                 struct replica *rep = pick(r, dep);
-                struct upreq *u;
+                struct remote_target *t = NULL;
 
-                if (!rep)
+                if (!rep && (u->stream || !dep->remote || !(t = peer_pick(dep->remote))))
                         return;
-                u = list_first(&dep->queue, struct upreq, link);
                 router_unqueue(u);
-                upstream_send(rep, u);
+                if (rep)
+                        upstream_send(rep, u);
+                else
+                        peer_send(t, u);
         }
+}
+
+struct dep_stats *router_stats(struct router *r, const char *app, const char *name) {
+        struct list *pos, *tmp;
+        struct dep_stats *st;
+
+        if (!r->stats_ready) {
+                list_init(&r->stats);
+                r->stats_ready = true;
+        }
+        list_for_each_safe(pos, tmp, &r->stats) {
+                st = list_entry(pos, struct dep_stats, link);
+                if (streq(st->app, app) && streq(st->name, name))
+                        return st;
+        }
+        st = calloc(1, sizeof *st);
+        if (!st || !(st->app = strdup(app)) || !(st->name = strdup(name))) {
+                if (st)
+                        free(st->app);
+                free(st);
+                return NULL;
+        }
+        list_add_tail(&r->stats, &st->link);
+        return st;
+}
+
+void router_record(struct upreq *u, int status) {
+        struct dep_stats *st = u->dep ? u->dep->stats : NULL;
+
+        if (!st || u->stream)
+                return;
+        st->requests++;
+        if (status >= 400)
+                st->errors++;
+        latency_hist_observe(&st->latency, (double)(now_ns() - u->start_ns) / 1e6);
 }

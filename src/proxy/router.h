@@ -13,11 +13,15 @@
 
 #include "http_parser.h"
 #include "loop.h"
+#include "metrics.h"
 #include "segment.h"
 #include "util.h"
 
 struct conn;
 struct deployment;
+struct peer_in;
+struct remote_group;
+struct remote_target;
 struct supervisor;
 
 enum replica_state {
@@ -43,6 +47,7 @@ struct replica {
         bool kill_timeout;         /* killed for a missed heartbeat: in-flight get 504, not 502 */
         bool stop_sent;
         uint64_t started_ns, stop_deadline_ns;
+        char gpus[72];             /* CUDA_VISIBLE_DEVICES, "" for none */
 
         /* In-flight requests. req_id = (generation << 32) | slot. */
         struct upreq **slots;
@@ -61,7 +66,10 @@ struct deployment {
         int target_replicas;
         int max_ongoing, max_queued;
         double health_period_s, health_timeout_s, graceful_timeout_s;
-        char *signature;           /* what forces a restart when it changes (code, args, env...) */
+        char version[17];          /* hash of what forces new replicas when it changes (code, args, env...) */
+        char **gpus;               /* CUDA_VISIBLE_DEVICES values for the local replicas (from the head) */
+        size_t n_gpus;
+        struct remote_group *remote; /* replicas of (app, name) on other nodes; NULL on a single node */
 
         struct list replicas;
         int n_replicas, n_ready;
@@ -71,8 +79,19 @@ struct deployment {
         unsigned failures;         /* consecutive failed starts, for backoff */
         uint64_t next_start_ns;
         bool retiring;             /* replaced by a newer version or removed: drain then stop */
+        int remote_inflight;       /* requests of ours at peers that point here: keeps it alive */
+        struct dep_stats *stats;
         struct list link;          /* in the supervisor's deployment list */
         struct supervisor *sup;
+};
+
+/* Request counters of (app, deployment) on this node's proxy; they outlive deployment versions. */
+struct dep_stats {
+        char *app, *name;
+        uint64_t requests, errors;   /* errors: answered with a status >= 400 */
+        uint64_t replica_starts;
+        struct latency_hist latency;
+        struct list link;
 };
 
 struct route {
@@ -91,6 +110,14 @@ enum upreq_state {
 
 struct upreq {
         struct conn *conn;         /* NULL once the client is gone or was answered otherwise */
+        /* Or it came from a peer node (conn is NULL): the answer goes back there. */
+        struct peer_in *stream;
+        uint64_t stream_id;
+        struct list slink;         /* in the stream's connection's list */
+        /* Sent to a peer node instead of a local replica. */
+        struct remote_target *rt;
+        uint64_t peer_sid;
+        unsigned tries;
         struct deployment *dep;
         struct replica *rep;
         uint32_t slot;
@@ -110,6 +137,8 @@ struct upreq {
         bool start_sent;
 
         uint64_t resp_body_len, resp_received;
+        uint64_t start_ns;         /* when the proxy had the whole request */
+        int status;
         uint64_t deadline_ns;      /* request_timeout_s; 0 = none */
         struct list tlink;         /* the proxy's request-timeout list */
 };
@@ -118,7 +147,14 @@ struct router {
         struct route *routes;      /* sorted by prefix length, longest first */
         size_t n_routes;
         uint64_t rng;
+        struct list stats;         /* struct dep_stats */
+        bool stats_ready;
 };
+
+/* The counters of (app, name), created on first use. NULL on allocation failure. */
+struct dep_stats *router_stats(struct router *r, const char *app, const char *name);
+/* Counts a request answered by the proxy (not one that came from a peer). */
+void router_record(struct upreq *u, int status);
 
 /* Longest-prefix match on route_prefix: "/echo" matches "/echo", "/echo/x", "/echo?q", not
  * "/echoes". Returns the route or NULL. */
@@ -138,5 +174,14 @@ void router_dispatch(struct router *r, struct deployment *dep);
 
 /* Removes a queued request (timeout, client gone). */
 void router_unqueue(struct upreq *u);
+
+/* The client no longer waits for u, which is at a replica or a peer. */
+void router_cancel(struct upreq *u);
+
+/* Sets u->path to the request path after the route's prefix. */
+void router_set_path(const struct route *rt, struct upreq *u);
+
+/* Someone still waits for u's response. */
+static inline bool upreq_waiting(const struct upreq *u) { return u->conn || u->stream; }
 
 struct router *router_get(void);

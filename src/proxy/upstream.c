@@ -6,6 +6,7 @@
 #include "proto.h"
 #include "proxy.h"
 #include "upstream.h"
+#include "peer.h"
 
 /* Scratch space for one record copied out of a response ring before it is parsed (a replica
  * can keep writing to shared memory while we read: never parse in place). One proxy thread. */
@@ -219,6 +220,7 @@ void upstream_cancel(struct upreq *u) {
         struct replica *rep = u->rep;
 
         u->conn = NULL;
+        peer_stream_detach(u);
         if (u->cancelled)
                 return;
         u->cancelled = true;
@@ -306,7 +308,7 @@ static struct upreq *lookup(struct replica *rep, uint64_t id) {
 /* The response of u is complete. */
 static void finish(struct replica *rep, struct upreq *u) {
         slot_release(rep, u);
-        if (u->conn)
+        if (upreq_waiting(u))
                 proxy_response_end(u);
         else
                 upreq_free(u);
@@ -335,9 +337,9 @@ static int on_resp_start(struct replica *rep, const uint8_t *p, uint32_t len) {
         u->state = UPREQ_RESPONDING;
         u->resp_body_len = s.body_len;
         u->resp_received = s.chunk_len;
-        if (u->conn) {
+        if (upreq_waiting(u)) {
                 proxy_response_begin(u, (int)s.status, hdrs.data, hdrs.len, s.body_len);
-                if (s.chunk_len && u->conn)
+                if (s.chunk_len && upreq_waiting(u))
                         proxy_response_body(u, p + sizeof s + s.headers_len, s.chunk_len);
         }
         if (u->resp_received == u->resp_body_len) {
@@ -360,7 +362,7 @@ static int on_resp_body(struct replica *rep, const uint8_t *p, uint32_t len) {
         if (!u || u->state != UPREQ_RESPONDING || b.len > u->resp_body_len - u->resp_received)
                 return -EBADMSG;
         u->resp_received += b.len;
-        if (u->conn && b.len)
+        if (upreq_waiting(u) && b.len)
                 proxy_response_body(u, p + sizeof b, b.len);
         if (u->resp_received == u->resp_body_len) {
                 finish(rep, u);

@@ -15,166 +15,21 @@
 #include "proxy.h"
 #include "supervisor.h"
 #include "upstream.h"
+#include "spec.h"
 
 #define RING_SIZE (1u << 20)
 #define STARTUP_TIMEOUT_NS (120 * NSEC_PER_SEC)
 #define BACKOFF_MAX_NS (30 * NSEC_PER_SEC)
 #define CTL_BUF 65536
-#define DESCRIBE_MAX (1u << 20)
 
 struct supervisor {
         struct loop *loop;
         struct router *router;
         char *replica_bin;
+        char *node;                /* in a cluster: replica ids end in @node */
         struct list deployments;
         bool stopping;
 };
-
-/* ---- application descriptions (from serve-replica --describe, so user code never runs in
- * the proxy's process) ---- */
-
-struct described_deployment {
-        char *name;
-        int num_replicas, max_ongoing, max_queued;
-        double health_period, health_timeout, graceful_timeout;
-};
-
-struct description {
-        char *module, *symbol, *ingress;
-        struct described_deployment *deps;
-        size_t n_deps;
-};
-
-static void description_free(struct description *d) {
-        free(d->module);
-        free(d->symbol);
-        free(d->ingress);
-        for (size_t i = 0; i < d->n_deps; i++)
-                free(d->deps[i].name);
-        free(d->deps);
-        memset(d, 0, sizeof *d);
-}
-
-static int run_describe(struct supervisor *s, const struct app_config *a, char **ret_out, char **ret_err) {
-        int out[2], err[2];
-        struct buf o = {}, e = {};
-        pid_t pid;
-        int status;
-
-        if (pipe2(out, O_CLOEXEC) < 0)
-                return -errno;
-        if (pipe2(err, O_CLOEXEC) < 0) {
-                close(out[0]);
-                close(out[1]);
-                return -errno;
-        }
-        pid = fork();
-        if (pid < 0) {
-                int r = -errno;
-                close(out[0]); close(out[1]); close(err[0]); close(err[1]);
-                return r;
-        }
-        if (pid == 0) {
-                sigset_t all;
-                sigemptyset(&all);
-                sigprocmask(SIG_SETMASK, &all, NULL);
-                dup2(out[1], STDOUT_FILENO);
-                dup2(err[1], STDERR_FILENO);
-                if (a->runtime_env.working_dir)
-                        execl(s->replica_bin, "serve-replica", "--describe", a->import_path, "--working-dir",
-                              a->runtime_env.working_dir, (char *)NULL);
-                else
-                        execl(s->replica_bin, "serve-replica", "--describe", a->import_path, (char *)NULL);
-                fprintf(stderr, "cannot run %s: %m", s->replica_bin);
-                _exit(127);
-        }
-        close(out[1]);
-        close(err[1]);
-        struct pollfd pfd[2] = { { out[0], POLLIN, 0 }, { err[0], POLLIN, 0 } };
-        int open_fds = 2;
-        while (open_fds > 0) {
-                if (poll(pfd, 2, 30000) <= 0)
-                        break;
-                for (int i = 0; i < 2; i++) {
-                        char tmp[4096];
-                        ssize_t n;
-                        if (pfd[i].fd < 0 || !pfd[i].revents)
-                                continue;
-                        n = read(pfd[i].fd, tmp, sizeof tmp);
-                        if (n <= 0) {
-                                close(pfd[i].fd);
-                                pfd[i].fd = -1;
-                                open_fds--;
-                                continue;
-                        }
-                        (void)buf_append(i == 0 ? &o : &e, tmp, (size_t)n, DESCRIBE_MAX);
-                }
-        }
-        for (int i = 0; i < 2; i++)
-                if (pfd[i].fd >= 0)
-                        close(pfd[i].fd);
-        if (open_fds > 0)
-                kill(pid, SIGKILL);
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-                ;
-        (void)buf_append(&o, "", 1, DESCRIBE_MAX + 1);
-        (void)buf_append(&e, "", 1, DESCRIBE_MAX + 1);
-        while (e.len > 1 && (e.data[e.len - 2] == '\n'))
-                e.data[--e.len - 1] = 0;
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-                *ret_err = e.len > 1 ? strdup(e.data) : strdup("serve-replica --describe failed");
-                buf_free(&o);
-                buf_free(&e);
-                return -EINVAL;
-        }
-        buf_free(&e);
-        *ret_out = o.data;
-        return 0;
-}
-
-static double json_num(const cJSON *o, const char *k) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-        return cJSON_IsNumber(v) ? v->valuedouble : 0;
-}
-
-static int describe(struct supervisor *s, const struct app_config *a, struct description *ret, char **ret_err) {
-        _cleanup_free_ char *out = NULL;
-        char *err = NULL;
-        cJSON *j, *deps, *it;
-        int r;
-
-        r = run_describe(s, a, &out, &err);
-        if (r < 0) {
-                *ret_err = err;
-                return r;
-        }
-        j = cJSON_Parse(out);
-        if (!j) {
-                *ret_err = strdup("serve-replica --describe printed invalid JSON");
-                return -EINVAL;
-        }
-        memset(ret, 0, sizeof *ret);
-        ret->module = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(j, "module")) ?: "");
-        ret->symbol = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(j, "symbol")) ?: "");
-        ret->ingress = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(j, "ingress")) ?: "");
-        deps = cJSON_GetObjectItem(j, "deployments");
-        ret->n_deps = (size_t)cJSON_GetArraySize(deps);
-        ret->deps = calloc(ret->n_deps ? ret->n_deps : 1, sizeof *ret->deps);
-        size_t i = 0;
-        cJSON_ArrayForEach(it, deps) {
-                const cJSON *def = cJSON_GetObjectItem(it, "defaults");
-                struct described_deployment *d = &ret->deps[i++];
-                d->name = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(it, "name")) ?: "");
-                d->num_replicas = (int)json_num(def, "num_replicas");
-                d->max_ongoing = (int)json_num(def, "max_ongoing_requests");
-                d->max_queued = (int)json_num(def, "max_queued_requests");
-                d->health_period = json_num(def, "health_check_period_s");
-                d->health_timeout = json_num(def, "health_check_timeout_s");
-                d->graceful_timeout = json_num(def, "graceful_shutdown_timeout_s");
-        }
-        cJSON_Delete(j);
-        return 0;
-}
 
 /* ---- deployments ---- */
 
@@ -192,61 +47,61 @@ static void deployment_free(struct deployment *d) {
         for (size_t i = 0; i < d->n_env; i++)
                 free(d->env[i]);
         free(d->env);
-        free(d->signature);
+        for (size_t i = 0; i < d->n_gpus; i++)
+                free(d->gpus[i]);
+        free(d->gpus);
         free(d);
 }
 
-static char *make_signature(const struct deployment *d) {
-        struct buf b = {};
-        (void)buf_printf(&b, SIZE_MAX, "%s\n%s\n%s\n%s\n%d\n", d->module, d->symbol, d->args_json,
-                         d->working_dir ?: "", d->max_ongoing);
-        for (size_t i = 0; i < d->n_env; i++)
-                (void)buf_printf(&b, SIZE_MAX, "%s\n", d->env[i]);
-        return b.data;
+static char **strv_copy(char *const *v, size_t n) {
+        char **c = calloc(n + 1, sizeof(char *));
+        for (size_t i = 0; c && i < n; i++)
+                if (!(c[i] = strdup(v[i]))) {
+                        for (size_t k = 0; k < i; k++)
+                                free(c[k]);
+                        free(c);
+                        return NULL;
+                }
+        return c;
 }
 
-/* Builds the effective deployment: the file's value where it set one, else the code's
- * default, else the system default (already in dc). */
-static struct deployment *deployment_build(const struct app_config *a, const struct deployment_config *dc,
-                                           const struct description *desc, const struct described_deployment *dd) {
+static int set_gpus(struct deployment *d, const struct dep_spec *sp) {
+        char **g = strv_copy(sp->gpus, sp->n_gpus);
+        if (!g)
+                return -ENOMEM;
+        for (size_t i = 0; i < d->n_gpus; i++)
+                free(d->gpus[i]);
+        free(d->gpus);
+        d->gpus = g;
+        d->n_gpus = sp->n_gpus;
+        return 0;
+}
+
+static struct deployment *deployment_build(const struct dep_spec *sp) {
         struct deployment *d = calloc(1, sizeof *d);
         if (!d)
                 return NULL;
         list_init(&d->replicas);
         list_init(&d->queue);
         list_init(&d->link);
-        d->app = strdup(a->name);
-        d->name = strdup(dd->name);
-        d->module = strdup(desc->module);
-        d->symbol = strdup(desc->symbol);
-        d->args_json = strdup(a->args_json ?: "{}");
-        d->working_dir = a->runtime_env.working_dir ? strdup(a->runtime_env.working_dir) : NULL;
-        d->env = calloc(a->runtime_env.n_env_vars + 1, sizeof(char *));
-        for (size_t i = 0; i < a->runtime_env.n_env_vars; i++)
-                d->env[d->n_env++] = strdup(a->runtime_env.env_vars[i]);
-
-        struct deployment_config def;
-        deployment_config_defaults(&def);
-        const struct deployment_config *c = dc ? dc : &def;
-        unsigned set = dc ? dc->set : 0;
-#define PICK(flag, field, code) ((set & (flag)) ? c->field : ((code) ? (code) : c->field))
-        d->target_replicas = PICK(DEPLOY_SET_NUM_REPLICAS, num_replicas, dd->num_replicas);
-        d->max_ongoing = PICK(DEPLOY_SET_MAX_ONGOING, max_ongoing_requests, dd->max_ongoing);
-        d->max_queued = PICK(DEPLOY_SET_MAX_QUEUED, max_queued_requests, dd->max_queued);
-        d->health_period_s = PICK(DEPLOY_SET_HEALTH_PERIOD, health_check_period_s, dd->health_period);
-        d->health_timeout_s = PICK(DEPLOY_SET_HEALTH_TIMEOUT, health_check_timeout_s, dd->health_timeout);
-        d->graceful_timeout_s = PICK(DEPLOY_SET_GRACEFUL_TIMEOUT, graceful_shutdown_timeout_s, dd->graceful_timeout);
-#undef PICK
-        if (c->num_replicas_auto && !(dc && dc->has_autoscaling))
-                d->target_replicas = 1;
-        if (dc && dc->has_autoscaling && !(set & DEPLOY_SET_NUM_REPLICAS))
-                d->target_replicas = dc->autoscaling.initial_replicas >= 0 ? dc->autoscaling.initial_replicas
-                                                                           : dc->autoscaling.min_replicas;
-        if (d->max_ongoing < 1)
-                d->max_ongoing = 1;
-        d->user_config_json = c->user_config_json ? strdup(c->user_config_json) : NULL;
-        d->signature = make_signature(d);
-        if (!d->app || !d->name || !d->module || !d->symbol || !d->args_json || !d->signature) {
+        d->app = strdup(sp->app);
+        d->name = strdup(sp->name);
+        d->module = strdup(sp->module);
+        d->symbol = strdup(sp->symbol);
+        d->args_json = strdup(sp->args_json);
+        d->working_dir = sp->working_dir ? strdup(sp->working_dir) : NULL;
+        d->env = strv_copy(sp->env, sp->n_env);
+        d->n_env = sp->n_env;
+        d->target_replicas = sp->replicas;
+        d->max_ongoing = sp->max_ongoing;
+        d->max_queued = sp->max_queued;
+        d->health_period_s = sp->health_period_s;
+        d->health_timeout_s = sp->health_timeout_s;
+        d->graceful_timeout_s = sp->graceful_timeout_s;
+        d->user_config_json = sp->user_config_json ? strdup(sp->user_config_json) : NULL;
+        memcpy(d->version, sp->version, sizeof d->version);
+        if (!d->app || !d->name || !d->module || !d->symbol || !d->args_json || !d->env ||
+            (sp->user_config_json && !d->user_config_json) || set_gpus(d, sp) < 0) {
                 deployment_free(d);
                 return NULL;
         }
@@ -424,6 +279,25 @@ static cJSON *start_message(const struct deployment *d, const struct replica *re
         return m;
 }
 
+/* The head lists one CUDA_VISIBLE_DEVICES value per local replica: take one that no live
+ * replica of this deployment uses yet (counting duplicates: "0","0" is two slots on GPU 0). */
+static void pick_gpus(struct deployment *d, struct replica *rep) {
+        for (size_t i = 0; i < d->n_gpus; i++) {
+                size_t want = 0, used = 0;
+                struct list *pos, *tmp;
+                for (size_t k = 0; k <= i; k++)
+                        want += streq(d->gpus[k], d->gpus[i]);
+                list_for_each_safe(pos, tmp, &d->replicas) {
+                        struct replica *o = list_entry(pos, struct replica, link);
+                        used += o->state != REPLICA_DEAD && streq(o->gpus, d->gpus[i]);
+                }
+                if (used < want) {
+                        snprintf(rep->gpus, sizeof rep->gpus, "%s", d->gpus[i]);
+                        return;
+                }
+        }
+}
+
 static int replica_start(struct supervisor *s, struct deployment *d) {
         struct replica *rep;
         int sv[2], r;
@@ -436,7 +310,11 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
         rep->seg.fd = rep->seg.req_bell = rep->seg.resp_bell = -1;
         rep->dep = d;
         rep->serial = ++d->next_serial;
-        snprintf(rep->id, sizeof rep->id, "%s/%s#%u", d->app, d->name, rep->serial);
+        if (s->node)
+                snprintf(rep->id, sizeof rep->id, "%s/%s#%u@%s", d->app, d->name, rep->serial, s->node);
+        else
+                snprintf(rep->id, sizeof rep->id, "%s/%s#%u", d->app, d->name, rep->serial);
+        pick_gpus(d, rep);
         rep->op_exit.cb = on_exit_ready;
         rep->op_ctl.cb = on_ctl;
         rep->op_bell.cb = on_bell;
@@ -475,6 +353,8 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
                 syscall(SYS_close_range, 4, ~0u, 0);
                 for (size_t i = 0; i < d->n_env; i++)
                         putenv(d->env[i]);
+                if (rep->gpus[0])
+                        setenv("CUDA_VISIBLE_DEVICES", rep->gpus, 1);
                 if (d->working_dir && chdir(d->working_dir) < 0) {
                         fprintf(stderr, "replica %s: cannot enter working_dir %s: %m\n", rep->id, d->working_dir);
                         _exit(126);
@@ -512,6 +392,8 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
         arm_ctl(rep, s->loop);
         arm_bell(rep, s->loop);
         log_info("replica %s starting (pid %d)", rep->id, (int)pid);
+        if (d->stats)
+                d->stats->replica_starts++;
         return 0;
 fail:
         segment_close(&rep->seg);
@@ -565,90 +447,55 @@ struct pending {
         struct deployment *live; /* same app/deployment running now, or NULL */
 };
 
-static int fail_at(char **ret_error, const struct serve_config *cfg, int line, int col, const char *field,
-                   const char *fmt, ...) _printf_(6, 7);
-static int fail_at(char **ret_error, const struct serve_config *cfg, int line, int col, const char *field,
-                   const char *fmt, ...) {
-        char msg[1024];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, sizeof msg, fmt, ap);
-        va_end(ap);
-        if (asprintf(ret_error, "%s:%d:%d: %s: %s", cfg->path ?: "config", line, col, field, msg) < 0)
-                *ret_error = NULL;
-        return -EINVAL;
+int supervisor_apply(struct supervisor *s, const struct serve_config *cfg, char **ret_error) {
+        struct serve_spec *spec = NULL;
+        int r;
+
+        r = spec_resolve(s->replica_bin, cfg, &spec, ret_error);
+        if (r < 0)
+                return r;
+        r = supervisor_apply_spec(s, spec);
+        serve_spec_free(spec);
+        return r;
 }
 
-int supervisor_apply(struct supervisor *s, const struct serve_config *cfg, char **ret_error) {
-        struct pending *pend = NULL;
-        size_t n_pend = 0;
-        struct route *routes = NULL;
-        size_t n_routes = 0;
-        int r = 0;
+int supervisor_apply_spec(struct supervisor *s, const struct serve_spec *spec) {
+        struct pending *pend = calloc(spec->n_deps + 1, sizeof *pend);
+        struct route *routes = calloc(spec->n_apps + 1, sizeof *routes);
+        size_t n_pend = 0, n_routes = 0;
 
-        *ret_error = NULL;
-        routes = calloc(cfg->n_apps + 1, sizeof *routes);
-        if (!routes)
+        if (!pend || !routes) {
+                free(pend);
+                free(routes);
                 return -ENOMEM;
-
-        /* 1. Everything is checked before anything changes. */
-        for (size_t i = 0; i < cfg->n_apps && r == 0; i++) {
-                const struct app_config *a = &cfg->apps[i];
-                struct description desc = {};
-                char *err = NULL, field[128];
-
-                snprintf(field, sizeof field, "applications[%zu].import_path", i);
-                r = describe(s, a, &desc, &err);
-                if (r < 0) {
-                        fail_at(ret_error, cfg, a->line, a->column, field, "cannot load %s: %s", a->import_path, err ? err : "unknown error");
-                        free(err);
-                        break;
+        }
+        for (size_t i = 0; i < spec->n_deps; i++) {
+                struct deployment *d = deployment_build(&spec->deps[i]);
+                if (!d) {
+                        for (size_t k = 0; k < n_pend; k++)
+                                deployment_free(pend[k].d);
+                        free(pend);
+                        routes_free(routes, n_routes);
+                        return -ENOMEM;
                 }
-                for (size_t k = 0; k < a->n_deployments && r == 0; k++) {
-                        bool found = false;
-                        for (size_t m = 0; m < desc.n_deps; m++)
-                                found |= streq(desc.deps[m].name, a->deployments[k].name);
-                        if (!found) {
-                                snprintf(field, sizeof field, "applications[%zu].deployments[%zu].name", i, k);
-                                r = fail_at(ret_error, cfg, a->deployments[k].line, a->deployments[k].column, field,
-                                            "no deployment named '%s' in %s", a->deployments[k].name, a->import_path);
-                        }
-                }
-                for (size_t m = 0; m < desc.n_deps && r == 0; m++) {
-                        const struct deployment_config *dc = NULL;
-                        struct deployment *d;
-                        for (size_t k = 0; k < a->n_deployments; k++)
-                                if (streq(desc.deps[m].name, a->deployments[k].name))
-                                        dc = &a->deployments[k];
-                        d = deployment_build(a, dc, &desc, &desc.deps[m]);
-                        struct pending *np = d ? realloc(pend, (n_pend + 1) * sizeof *pend) : NULL;
-                        if (!np) {
-                                deployment_free(d);
-                                r = -ENOMEM;
-                                break;
-                        }
-                        pend = np;
-                        pend[n_pend++] = (struct pending){ d, NULL };
-                        if (a->route_prefix && streq(desc.deps[m].name, desc.ingress)) {
+                pend[n_pend++] = (struct pending){ d, NULL };
+        }
+        for (size_t i = 0; i < spec->n_apps; i++) {
+                const struct app_spec *a = &spec->apps[i];
+                if (!a->route_prefix)
+                        continue;
+                for (size_t k = 0; k < n_pend; k++)
+                        if (streq(pend[k].d->app, a->name) && streq(pend[k].d->name, a->ingress)) {
                                 routes[n_routes].prefix = strdup(a->route_prefix);
                                 routes[n_routes].prefix_len = strlen(a->route_prefix);
                                 routes[n_routes].app = strdup(a->name);
-                                routes[n_routes].ingress = d; /* fixed up below */
+                                routes[n_routes].ingress = pend[k].d; /* fixed up below */
                                 n_routes++;
                         }
-                }
-                description_free(&desc);
-        }
-        if (r < 0) {
-                for (size_t i = 0; i < n_pend; i++)
-                        deployment_free(pend[i].d);
-                free(pend);
-                routes_free(routes, n_routes);
-                return r;
         }
 
-        /* 2. Diff against what runs: same code -> update in place; else the new version starts
-         *    beside the old one, which keeps the traffic until the new replicas are ready. */
+        /* Diff against what runs: same version -> update in place; else the new version starts
+         * beside the old one, which keeps the traffic until the new replicas are ready. */
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &s->deployments) {
                 struct deployment *old = list_entry(pos, struct deployment, link);
@@ -670,7 +517,7 @@ int supervisor_apply(struct supervisor *s, const struct serve_config *cfg, char 
                 struct deployment *d = pend[i].d, *old = pend[i].live;
                 struct deployment *serving = d;
 
-                if (old && streq(old->signature, d->signature)) {
+                if (old && streq(old->version, d->version)) {
                         if (old->target_replicas != d->target_replicas)
                                 log_info("deployment %s/%s: num_replicas %d -> %d", d->app, d->name, old->target_replicas,
                                          d->target_replicas);
@@ -679,9 +526,10 @@ int supervisor_apply(struct supervisor *s, const struct serve_config *cfg, char 
                         old->health_period_s = d->health_period_s;
                         old->health_timeout_s = d->health_timeout_s;
                         old->graceful_timeout_s = d->graceful_timeout_s;
+                        SWAP(old->gpus, d->gpus);
+                        SWAP(old->n_gpus, d->n_gpus);
                         if (!streq_ptr(old->user_config_json, d->user_config_json)) {
-                                free(old->user_config_json);
-                                old->user_config_json = TAKE_PTR(d->user_config_json);
+                                SWAP(old->user_config_json, d->user_config_json);
                                 reconfigure_all(old);
                         }
                         deployment_free(d);
@@ -689,6 +537,7 @@ int supervisor_apply(struct supervisor *s, const struct serve_config *cfg, char 
                         serving = old;
                 } else {
                         d->sup = s;
+                        d->stats = router_stats(s->router, d->app, d->name);
                         list_add_tail(&s->deployments, &d->link);
                         if (old) {
                                 log_info("deployment %s/%s changed: rolling to new replicas", d->app, d->name);
@@ -838,7 +687,7 @@ uint64_t supervisor_tick(struct supervisor *s, uint64_t now) {
                         bool routed = false;
                         for (size_t i = 0; i < s->router->n_routes; i++)
                                 routed |= s->router->routes[i].ingress == d;
-                        if (!routed && d->queue_len == 0) {
+                        if (!routed && d->queue_len == 0 && d->remote_inflight == 0) {
                                 log_info("deployment %s/%s stopped", d->app, d->name);
                                 deployment_free(d);
                         }
@@ -931,5 +780,64 @@ void supervisor_free(struct supervisor *s) {
         list_for_each_safe(pos, tmp, &s->deployments)
                 deployment_free(list_entry(pos, struct deployment, link));
         free(s->replica_bin);
+        free(s->node);
         free(s);
+}
+
+static const char *replica_state_name(enum replica_state st) {
+        switch (st) {
+        case REPLICA_STARTING: return "STARTING";
+        case REPLICA_READY: return "RUNNING";
+        case REPLICA_DRAINING: return "STOPPING";
+        default: return "STOPPED";
+        }
+}
+
+int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deployments, double wall_offset_s) {
+        struct list *pos, *tmp, *p2, *t2;
+
+        list_for_each_safe(pos, tmp, (struct list *)&s->deployments) {
+                struct deployment *d = list_entry(pos, struct deployment, link);
+                list_for_each_safe(p2, t2, &d->replicas) {
+                        struct replica *rep = list_entry(p2, struct replica, link);
+                        cJSON *o;
+                        if (rep->state == REPLICA_DEAD)
+                                continue;
+                        o = cJSON_CreateObject();
+                        if (!o || !cJSON_AddItemToArray(replicas, o) || !cJSON_AddStringToObject(o, "id", rep->id) ||
+                            !cJSON_AddStringToObject(o, "app", d->app) || !cJSON_AddStringToObject(o, "deployment", d->name) ||
+                            !cJSON_AddStringToObject(o, "version", d->version) ||
+                            !cJSON_AddStringToObject(o, "state", replica_state_name(rep->state)) ||
+                            !cJSON_AddNumberToObject(o, "pid", rep->pid) || !cJSON_AddNumberToObject(o, "ongoing", rep->ongoing) ||
+                            !cJSON_AddNumberToObject(o, "started_at", wall_offset_s + (double)rep->started_ns / 1e9) ||
+                            (rep->gpus[0] && !cJSON_AddStringToObject(o, "gpus", rep->gpus)))
+                                return -ENOMEM;
+                }
+                if (deployments) {
+                        cJSON *o = cJSON_CreateObject();
+                        if (!o || !cJSON_AddItemToArray(deployments, o) || !cJSON_AddStringToObject(o, "app", d->app) ||
+                            !cJSON_AddStringToObject(o, "deployment", d->name) ||
+                            !cJSON_AddStringToObject(o, "version", d->version) ||
+                            !cJSON_AddNumberToObject(o, "queued", d->queue_len) ||
+                            !cJSON_AddNumberToObject(o, "ready", d->n_ready) ||
+                            !cJSON_AddBoolToObject(o, "retiring", d->retiring))
+                                return -ENOMEM;
+                }
+        }
+        return 0;
+}
+
+void supervisor_for_each(struct supervisor *s, void (*fn)(struct deployment *d, void *userdata), void *userdata) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &s->deployments)
+                fn(list_entry(pos, struct deployment, link), userdata);
+}
+
+int supervisor_set_node(struct supervisor *s, const char *node) {
+        char *n = strdup(node);
+        if (!n)
+                return -ENOMEM;
+        free(s->node);
+        s->node = n;
+        return 0;
 }

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <cjson/cJSON.h>
 
 #include "config.h"
 #include "loop.h"
@@ -22,6 +23,22 @@ void supervisor_free(struct supervisor *s);
  * and, when valid, makes it the desired state. Returns 0, or -EINVAL with *ret_error (a
  * malloc'd message naming file, line, column and field) and nothing changed. */
 int supervisor_apply(struct supervisor *s, const struct serve_config *cfg, char **ret_error);
+
+/* Makes spec the desired state (already validated; dep_spec.replicas is this node's count).
+ * Returns 0 or -ENOMEM (nothing changed). */
+struct serve_spec;
+int supervisor_apply_spec(struct supervisor *s, const struct serve_spec *spec);
+
+/* Appends one object per live replica to `replicas` (and per deployment to `deployments`, if
+ * not NULL), in the control protocol's `report` shape. wall_offset_s converts the monotonic
+ * clock to wall time. Returns 0 or -ENOMEM. */
+int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deployments, double wall_offset_s);
+
+/* Names the node, so replica ids are unique in the cluster ("app/Dep#3@node-1"). */
+int supervisor_set_node(struct supervisor *s, const char *node);
+
+/* Calls fn for every deployment (live and retiring versions). */
+void supervisor_for_each(struct supervisor *s, void (*fn)(struct deployment *d, void *userdata), void *userdata);
 
 /* Moves everything along: reads response rings, flushes request backlogs, checks heartbeats,
  * (re)starts and retires replicas. Returns the nanoseconds it may sleep. */

@@ -1,5 +1,8 @@
-/* libFuzzer target for the apps.yaml parser: any bytes either parse into a config that keeps
- * the schema's promises, or fail with a message that starts with the file name. */
+/* libFuzzer target for the config parsers (apps.yaml, worker.yaml, cluster.yaml): any bytes
+ * either parse into a config that keeps the schema's promises, or fail with a message that
+ * starts with the file name. An input whose first line starts with "# worker" goes to the
+ * worker.yaml parser, "# cluster" to the cluster.yaml parser, anything else to apps.yaml; the
+ * marker line is a YAML comment, so seeds stay readable files. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -9,6 +12,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/config.h"
+#include "common/nodecfg.h"
 
 #define NAME "fuzz.yaml"
 
@@ -78,21 +82,108 @@ static void check_config(const struct serve_config *c) {
         }
 }
 
+static void check_port(int port, bool zero_ok) {
+        check(port >= (zero_ok ? 0 : 1) && port <= 65535);
+}
+
+static void check_labels(const struct node_label *l, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                check(l[i].key && l[i].key[0] && l[i].value);
+                for (size_t k = 0; k < i; k++)
+                        check(strcmp(l[k].key, l[i].key) != 0);
+        }
+}
+
+static void check_resources(const struct resource_spec *s) {
+        check(!s->has_num_cpus || s->num_cpus > 0);
+        check(!s->has_memory || s->memory > 0);
+        check(!s->has_gpu_memory || s->gpu_memory > 0);
+        check(s->has_custom || s->n_custom == 0);
+        for (size_t i = 0; i < s->n_custom; i++)
+                check(s->custom[i].name && s->custom[i].name[0] && s->custom[i].amount >= 0);
+}
+
+static void check_worker(const struct worker_config *c) {
+        check(strcmp(c->path, NAME) == 0);
+        check(c->head_address && c->head_host && c->head_host[0]);
+        check_port(c->head_port, false);
+        check(c->join_token_file && c->join_token_file[0]);
+        check(c->node_name && c->node_name[0] && !strchr(c->node_name, '/'));
+        check(c->node_address && c->http_host);
+        check_port(c->http_port, false);
+        check_port(c->data_port, false);
+        check_port(c->metrics_port, true);
+        check_labels(c->labels, c->n_labels);
+        check_resources(&c->resources);
+}
+
+static void check_cluster(const struct cluster_config *c) {
+        check(strcmp(c->path, NAME) == 0);
+        check(c->head.api_host && c->head.control_host);
+        check_port(c->head.api_port, false);
+        check_port(c->head.control_port, false);
+        check(c->head.api_token_file && c->head.join_token_file);
+        check(c->worker_heartbeat_interval_s > 0);
+        check(c->worker_timeout_s > c->worker_heartbeat_interval_s);
+        check(c->autoscaler_interval_s > 0);
+        for (size_t i = 0; i < c->n_groups; i++) {
+                const struct worker_group *g = &c->groups[i];
+                check(g->name && g->name[0]);
+                check(g->min_nodes >= 0 && g->max_nodes >= g->min_nodes);
+                check(g->idle_timeout_s >= 0);
+                check(!g->provider || (g->provider[0] && !strchr(g->provider, '/')));
+                check_labels(g->labels, g->n_labels);
+                check_resources(&g->resources);
+                for (size_t k = 0; k < i; k++)
+                        check(strcmp(c->groups[k].name, g->name) != 0);
+        }
+}
+
+static void check_error(int r, char *error) {
+        check(r < 0);
+        check(error && strncmp(error, NAME ":", strlen(NAME ":")) == 0);
+        free(error);
+}
+
+static bool starts_with(const uint8_t *data, size_t size, const char *prefix) {
+        size_t n = strlen(prefix);
+        return size >= n && memcmp(data, prefix, n) == 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-        struct serve_config *c = NULL;
+        const char *text = (const char *) data;
         char *error = NULL;
+        int r;
 
-        int r = config_parse(NAME, (const char *) data, size, &c, &error);
-        if (r == 0) {
-                check(c != NULL);
-                check_config(c);
-                config_free(c);
+        if (starts_with(data, size, "# worker")) {
+                struct worker_config *w = NULL;
+                r = worker_config_parse(NAME, text, size, &w, &error);
+                if (r == 0) {
+                        check(w != NULL);
+                        check_worker(w);
+                        worker_config_free(w);
+                } else
+                        check_error(r, error);
+        } else if (starts_with(data, size, "# cluster")) {
+                struct cluster_config *k = NULL;
+                r = cluster_config_parse(NAME, text, size, &k, &error);
+                if (r == 0) {
+                        check(k != NULL);
+                        check_cluster(k);
+                        cluster_config_free(k);
+                } else
+                        check_error(r, error);
         } else {
-                check(r < 0);
-                check(error && strncmp(error, NAME ":", strlen(NAME ":")) == 0);
-                free(error);
+                struct serve_config *c = NULL;
+                r = config_parse(NAME, text, size, &c, &error);
+                if (r == 0) {
+                        check(c != NULL);
+                        check_config(c);
+                        config_free(c);
+                } else
+                        check_error(r, error);
         }
         return 0;
 }

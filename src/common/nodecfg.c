@@ -1,0 +1,882 @@
+/* worker.yaml and cluster.yaml: two small schemas walked over a yamltree (yamltree.h builds the
+ * tree with line:column on every node and formats the errors). Addresses and ports are checked
+ * here, when the operator edits the file, rather than when a daemon fails to bind at start. */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/nodecfg.h"
+#include "common/yamltree.h"
+#include "macros.h"
+
+#define NODECFG_MAX_FILE_SIZE (1u << 20)
+#define NODECFG_MAX_LABELS 256
+#define NODECFG_MAX_LABEL_VALUE 256
+#define NODECFG_MAX_CUSTOM 256
+#define NODECFG_MAX_GROUPS 256
+#define NODECFG_MAX_HOST 253 /* longest DNS name */
+#define TOKEN_MAX 4096
+
+/* ---- shared value types ---------------------------------------------------------------------- */
+
+/* Bind addresses must be literal: a name that resolves differently later would move a
+ * listener, and "localhost" may resolve to ::1 where the operator meant 127.0.0.1. */
+static int get_ip(struct yt_parser *p, const struct yt_node *v, char **ret) {
+        _cleanup_free_ char *s = NULL;
+        struct in6_addr a;
+
+        int r = yt_get_string(p, v, false, &s);
+        if (r < 0)
+                return r;
+        if (inet_pton(AF_INET, s, &a) != 1 && inet_pton(AF_INET6, s, &a) != 1)
+                return yt_fail(p, v, "must be an IPv4 or IPv6 address, got %s", YT_DESCRIBE(v));
+        free(*ret);
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+static int get_port(struct yt_parser *p, const struct yt_node *v, bool zero_ok, int *ret) {
+        if (zero_ok)
+                return yt_get_int(p, v, 0, 65535,
+                                  "a port number between 1 and 65535, or 0 to disable it", ret);
+        return yt_get_int(p, v, 1, 65535, "a port number between 1 and 65535", ret);
+}
+
+static bool host_name_valid(const char *s, size_t len) {
+        if (len == 0 || len > NODECFG_MAX_HOST)
+                return false;
+        for (size_t i = 0; i < len; i++)
+                if (!isalnum((unsigned char) s[i]) && !strchr("-._", s[i]))
+                        return false;
+        return s[0] != '.' && s[0] != '-';
+}
+
+/* HOST:PORT where HOST is an IPv4 address, [IPv6] or a DNS name. */
+static int get_host_port(struct yt_parser *p, const struct yt_node *v, char **ret_text,
+                         char **ret_host, int *ret_port) {
+        _cleanup_free_ char *s = NULL, *host = NULL;
+        const char *port;
+        struct in6_addr a;
+
+        int r = yt_get_string(p, v, false, &s);
+        if (r < 0)
+                return r;
+        if (s[0] == '[') {
+                const char *end = strchr(s, ']');
+                if (!end || end[1] != ':')
+                        return yt_fail(p, v, "must be HOST:PORT (e.g. [fd00::1]:8266), got %s",
+                                       YT_DESCRIBE(v));
+                host = strndup(s + 1, (size_t) (end - s - 1));
+                if (!host)
+                        return -ENOMEM;
+                if (inet_pton(AF_INET6, host, &a) != 1)
+                        return yt_fail(p, v, "the host in brackets must be an IPv6 address, got %s",
+                                       YT_DESCRIBE(v));
+                port = end + 2;
+        } else {
+                const char *colon = strrchr(s, ':');
+                if (!colon)
+                        return yt_fail(p, v, "must be HOST:PORT (e.g. 10.0.0.1:8266), got %s",
+                                       YT_DESCRIBE(v));
+                if (memchr(s, ':', (size_t) (colon - s)))
+                        return yt_fail(p, v, "an IPv6 address needs brackets (e.g. [fd00::1]:8266), "
+                                       "got %s",
+                                       YT_DESCRIBE(v));
+                host = strndup(s, (size_t) (colon - s));
+                if (!host)
+                        return -ENOMEM;
+                if (inet_pton(AF_INET, host, &a) != 1 && !host_name_valid(host, strlen(host)))
+                        return yt_fail(p, v, "the host must be an IP address or a host name, got %s",
+                                       YT_DESCRIBE(v));
+                port = colon + 1;
+        }
+
+        unsigned long n = 0;
+        size_t digits = strspn(port, "0123456789");
+        if (digits > 0 && digits <= 5 && !port[digits])
+                n = strtoul(port, NULL, 10);
+        if (n < 1 || n > 65535)
+                return yt_fail(p, v, "the port must be a number between 1 and 65535, got %s",
+                               YT_DESCRIBE(v));
+
+        free(*ret_text);
+        *ret_text = TAKE_PTR(s);
+        free(*ret_host);
+        *ret_host = TAKE_PTR(host);
+        *ret_port = (int) n;
+        return 0;
+}
+
+/* A size: "8Gi", "512Mi", "1.5G" (binary suffixes Ki..Ti, decimal K..T). Returns 0, -EINVAL
+ * when it is no such size, -ERANGE when it does not fit 64 bits. */
+static int parse_size_suffix(const char *s, uint64_t *ret) {
+        static const struct {
+                char unit;
+                uint64_t decimal, binary;
+        } units[] = {
+                { 'K', 1000ULL, 1ULL << 10 },
+                { 'M', 1000000ULL, 1ULL << 20 },
+                { 'G', 1000000000ULL, 1ULL << 30 },
+                { 'T', 1000000000000ULL, 1ULL << 40 },
+        };
+        size_t int_digits = strspn(s, "0123456789"), frac_digits = 0;
+        const char *c = s + int_digits, *frac_text = c + 1;
+        uint64_t whole = 0, frac = 0, frac_scale = 1;
+
+        if (int_digits == 0 || int_digits > 20)
+                return int_digits == 0 ? -EINVAL : -ERANGE;
+        if (*c == '.') {
+                frac_digits = strspn(c + 1, "0123456789");
+                if (frac_digits == 0 || frac_digits > 9)
+                        return -EINVAL;
+                c += 1 + frac_digits;
+        }
+        size_t u;
+        for (u = 0; u < ELEMENTSOF(units); u++)
+                if (c[0] == units[u].unit)
+                        break;
+        if (u == ELEMENTSOF(units))
+                return -EINVAL;
+        bool binary = c[1] == 'i';
+        if (c[1 + binary])
+                return -EINVAL;
+        uint64_t mult = binary ? units[u].binary : units[u].decimal;
+
+        errno = 0;
+        whole = strtoull(s, NULL, 10);
+        if (errno == ERANGE)
+                return -ERANGE;
+        for (size_t i = 0; i < frac_digits; i++) {
+                frac = frac * 10 + (uint64_t) (frac_text[i] - '0');
+                frac_scale *= 10;
+        }
+        uint64_t v;
+        if (__builtin_mul_overflow(whole, mult, &v))
+                return -ERANGE;
+        /* frac < 1e9 and mult <= 2^40: the product fits in 128 bits; the quotient is < mult. */
+        uint64_t part = (uint64_t) ((unsigned __int128) frac * mult / frac_scale);
+        if (__builtin_add_overflow(v, part, &v))
+                return -ERANGE;
+        *ret = v;
+        return 0;
+}
+
+/* Bytes, > 0: a YAML number, or a string with a unit suffix. */
+static int get_bytes(struct yt_parser *p, const struct yt_node *v, uint64_t *ret) {
+        long long i;
+        double d;
+        uint64_t n;
+        int r;
+
+        if (v->type != YT_SCALAR)
+                goto invalid;
+        if (yt_number_kind(v->text, v->len) != YT_NUMBER_NONE) {
+                r = yt_scalar_int64(v, &i);
+                if (r >= 0) {
+                        if (i < 1)
+                                goto invalid;
+                        *ret = (uint64_t) i;
+                        return 0;
+                }
+                if (r == -EINVAL) { /* a float such as 1e9 */
+                        r = yt_scalar_double(v, &d);
+                        if (r >= 0 && d >= 18446744073709551616.0)
+                                r = -ERANGE;
+                        if (r >= 0 && d >= 1) {
+                                *ret = (uint64_t) d;
+                                return 0;
+                        }
+                }
+                if (r == -ERANGE)
+                        return yt_fail(p, v, "too large: %s", YT_DESCRIBE(v));
+                goto invalid;
+        }
+        if (strlen(v->text) != v->len)
+                goto invalid;
+        r = parse_size_suffix(v->text, &n);
+        if (r == -ERANGE)
+                return yt_fail(p, v, "too large: %s", YT_DESCRIBE(v));
+        if (r < 0 || n == 0)
+                goto invalid;
+        *ret = n;
+        return 0;
+
+invalid:
+        return yt_fail(p, v, "must be a positive number of bytes or a size such as \"8Gi\", "
+                       "\"512Mi\" or \"2G\" (units K, M, G, T, Ki, Mi, Gi, Ti), got %s",
+                       YT_DESCRIBE(v));
+}
+
+static bool has_control(const char *s) {
+        for (; *s; s++)
+                if ((unsigned char) *s < 0x20 || *s == 0x7f)
+                        return true;
+        return false;
+}
+
+static void labels_free(struct node_label *l, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                free(l[i].key);
+                free(l[i].value);
+        }
+        free(l);
+}
+
+/* labels: string -> string. */
+static int parse_labels(struct yt_parser *p, const struct yt_node *v, struct node_label **labels,
+                        size_t *n_labels) {
+        int r;
+
+        if (yt_is_null(v))
+                return 0;
+        r = yt_expect_mapping(p, v);
+        if (r >= 0)
+                r = yt_check_free_mapping(p, v);
+        if (r < 0)
+                return r;
+        size_t n = v->n_items / 2;
+        if (n > NODECFG_MAX_LABELS)
+                return yt_fail(p, v, "too many labels (%zu, limit %d)", n, NODECFG_MAX_LABELS);
+        if (n == 0)
+                return 0;
+        *labels = calloc(n, sizeof(**labels));
+        if (!*labels)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                const struct yt_node *key = v->items[2 * i], *val = v->items[2 * i + 1];
+                struct node_label *l = &(*labels)[*n_labels];
+
+                size_t saved = yt_path_push_key(p, key);
+                if (key->len == 0 || key->len > YT_MAX_NAME || has_control(key->text))
+                        r = yt_fail(p, key, "label names must be 1 to %d characters without "
+                                    "control characters",
+                                    YT_MAX_NAME);
+                else
+                        r = yt_get_string(p, val, true, &l->value);
+                if (r >= 0 && (val->len > NODECFG_MAX_LABEL_VALUE || has_control(l->value)))
+                        r = yt_fail(p, val, "label values must be at most %d characters without "
+                                    "control characters",
+                                    NODECFG_MAX_LABEL_VALUE);
+                yt_path_pop(p, saved);
+                if (r >= 0) {
+                        l->key = strdup(key->text);
+                        if (!l->key)
+                                r = -ENOMEM;
+                }
+                /* Counted even on failure so the value is freed with the rest. */
+                (*n_labels)++;
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static void resource_spec_done(struct resource_spec *s) {
+        for (size_t i = 0; i < s->n_custom; i++)
+                free(s->custom[i].name);
+        free(s->custom);
+}
+
+static int parse_custom(struct yt_parser *p, const struct yt_node *v, struct resource_spec *s) {
+        int r;
+
+        s->has_custom = true;
+        if (yt_is_null(v))
+                return 0;
+        r = yt_expect_mapping(p, v);
+        if (r >= 0)
+                r = yt_check_free_mapping(p, v);
+        if (r < 0)
+                return r;
+        size_t n = v->n_items / 2;
+        if (n > NODECFG_MAX_CUSTOM)
+                return yt_fail(p, v, "too many custom resources (%zu, limit %d)", n,
+                               NODECFG_MAX_CUSTOM);
+        if (n == 0)
+                return 0;
+        s->custom = calloc(n, sizeof(*s->custom));
+        if (!s->custom)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                const struct yt_node *key = v->items[2 * i], *val = v->items[2 * i + 1];
+                struct custom_resource *res = &s->custom[s->n_custom];
+
+                size_t saved = yt_path_push_key(p, key);
+                if (key->len == 0 || key->len > YT_MAX_NAME || has_control(key->text))
+                        r = yt_fail(p, key, "resource names must be 1 to %d characters without "
+                                    "control characters",
+                                    YT_MAX_NAME);
+                else if (yt_scalar_is(key, "CPU") || yt_scalar_is(key, "GPU") ||
+                         yt_scalar_is(key, "memory"))
+                        r = yt_fail(p, key, "set this with num_cpus, num_gpus or memory instead");
+                else
+                        r = yt_get_double(p, val, true, &res->amount);
+                yt_path_pop(p, saved);
+                if (r < 0)
+                        return r;
+                res->name = strdup(key->text);
+                if (!res->name)
+                        return -ENOMEM;
+                s->n_custom++;
+        }
+        return 0;
+}
+
+static const char *const resource_keys[] = { "num_cpus", "memory", "num_gpus", "gpu_memory",
+                                              "custom" };
+
+static int resource_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
+                          void *userdata) {
+        struct resource_spec *s = userdata;
+        int gpus;
+        int r;
+
+        switch (idx) {
+        case 0:
+                s->has_num_cpus = true;
+                return yt_get_double(p, v, false, &s->num_cpus);
+        case 1:
+                s->has_memory = true;
+                return get_bytes(p, v, &s->memory);
+        case 2:
+                r = yt_get_int(p, v, 0, INT_MAX, "a non-negative integer (whole GPUs)", &gpus);
+                if (r < 0)
+                        return r;
+                s->has_num_gpus = true;
+                s->num_gpus = (unsigned) gpus;
+                return 0;
+        case 3:
+                s->has_gpu_memory = true;
+                return get_bytes(p, v, &s->gpu_memory);
+        case 4:
+                return parse_custom(p, v, s);
+        }
+        return 0;
+}
+
+static int parse_resource_spec(struct yt_parser *p, const struct yt_node *v,
+                               struct resource_spec *s) {
+        if (yt_is_null(v))
+                return 0;
+        int r = yt_expect_mapping(p, v);
+        if (r < 0)
+                return r;
+        return yt_parse_fields(p, v, resource_keys, ELEMENTSOF(resource_keys), resource_field, s);
+}
+
+/* ---- documents -------------------------------------------------------------------------------- */
+
+/* Loads the tree and checks the top level is a mapping. *ret_root is NULL for an empty file. */
+static int load_document(struct yt_parser *p, const char *text, size_t len, const char *keys_hint,
+                         struct yt_node **ret_root) {
+        struct yt_node *root = NULL;
+        int r;
+
+        if (len > NODECFG_MAX_FILE_SIZE)
+                return yt_fail_at(p, 1, 1, "too large (%zu bytes, limit %u MiB)", len,
+                                  NODECFG_MAX_FILE_SIZE >> 20);
+        r = yt_load_tree(p, text ?: "", text ? len : 0, &root);
+        if (r < 0)
+                return r;
+        if (root && yt_is_null(root)) {
+                yt_node_free(root);
+                root = NULL;
+        }
+        if (root && root->type != YT_MAPPING) {
+                r = yt_fail(p, root, "the top level must be a mapping (%s), got %s", keys_hint,
+                            YT_DESCRIBE(root));
+                yt_node_free(root);
+                return r;
+        }
+        *ret_root = root;
+        return 0;
+}
+
+/* Hands the parser's message to the caller on failure. */
+static int finish(struct yt_parser *p, int r, char **ret_error) {
+        if (r < 0 && ret_error)
+                *ret_error = TAKE_PTR(p->error);
+        free(p->error);
+        p->error = NULL;
+        return r;
+}
+
+/* ---- worker.yaml ------------------------------------------------------------------------------ */
+
+static const char *const worker_keys[] = {
+        "head_address", "join_token_file", "node_name", "node_address", "http_host", "http_port",
+        "data_port", "metrics_port", "labels", "resources",
+};
+
+static int worker_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
+                        void *userdata) {
+        struct worker_config *c = userdata;
+
+        switch (idx) {
+        case 0:
+                return get_host_port(p, v, &c->head_address, &c->head_host, &c->head_port);
+        case 1:
+                return yt_get_string(p, v, false, &c->join_token_file);
+        case 2:
+                return yt_get_name(p, v, &c->node_name);
+        case 3:
+                return get_ip(p, v, &c->node_address);
+        case 4:
+                return get_ip(p, v, &c->http_host);
+        case 5:
+                return get_port(p, v, false, &c->http_port);
+        case 6:
+                return get_port(p, v, false, &c->data_port);
+        case 7:
+                return get_port(p, v, true, &c->metrics_port);
+        case 8:
+                return parse_labels(p, v, &c->labels, &c->n_labels);
+        case 9:
+                return parse_resource_spec(p, v, &c->resources);
+        }
+        return 0;
+}
+
+static char *default_node_name(void) {
+        char host[HOST_NAME_MAX + 1] = "";
+
+        if (gethostname(host, sizeof(host)) < 0 || !host[0])
+                return strdup("localhost");
+        host[HOST_NAME_MAX] = 0;
+        return strdup(host);
+}
+
+int worker_config_parse(const char *name, const char *text, size_t len, struct worker_config **ret,
+                        char **ret_error) {
+        struct yt_parser p = { .name = name ?: "<worker.yaml>" };
+        struct worker_config *c = NULL;
+        struct yt_node *root = NULL;
+        int r;
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return finish(&p, -ENOMEM, ret_error);
+        *c = (struct worker_config){
+                .path = strdup(p.name),
+                .join_token_file = strdup(NODECFG_DEFAULT_JOIN_TOKEN_FILE),
+                .node_name = default_node_name(),
+                .node_address = strdup("127.0.0.1"),
+                .http_host = strdup("0.0.0.0"),
+                .http_port = NODECFG_DEFAULT_HTTP_PORT,
+                .data_port = NODECFG_DEFAULT_DATA_PORT,
+                .metrics_port = NODECFG_DEFAULT_METRICS_PORT,
+        };
+        if (!c->path || !c->join_token_file || !c->node_name || !c->node_address || !c->http_host) {
+                r = -ENOMEM;
+                goto out;
+        }
+
+        r = load_document(&p, text, len,
+                          "head_address, node_name, resources, ...", &root);
+        if (r >= 0 && root)
+                r = yt_parse_fields(&p, root, worker_keys, ELEMENTSOF(worker_keys), worker_field, c);
+        if (r >= 0 && !c->head_address) {
+                size_t saved = yt_path_push(&p, "head_address");
+                r = yt_fail_at(&p, root ? root->line : 1, root ? root->column : 1,
+                               "required: HOST:PORT of serve-head's control port "
+                               "(e.g. 10.0.0.1:8266)");
+                yt_path_pop(&p, saved);
+        }
+
+out:
+        yt_node_free(root);
+        if (r < 0) {
+                worker_config_free(c);
+                return finish(&p, r, ret_error);
+        }
+        finish(&p, 0, NULL);
+        *ret = c;
+        return 0;
+}
+
+int worker_config_load_file(const char *path, struct worker_config **ret, char **ret_error) {
+        _cleanup_free_ char *buf = NULL;
+        size_t len;
+
+        int r = yt_read_file(path, NODECFG_MAX_FILE_SIZE, &buf, &len, ret_error);
+        if (r < 0)
+                return r;
+        return worker_config_parse(path, buf, len, ret, ret_error);
+}
+
+void worker_config_free(struct worker_config *c) {
+        if (!c)
+                return;
+        free(c->path);
+        free(c->head_address);
+        free(c->head_host);
+        free(c->join_token_file);
+        free(c->node_name);
+        free(c->node_address);
+        free(c->http_host);
+        labels_free(c->labels, c->n_labels);
+        resource_spec_done(&c->resources);
+        free(c);
+}
+
+/* ---- cluster.yaml ----------------------------------------------------------------------------- */
+
+static const char *const head_keys[] = {
+        "api_host", "api_port", "control_host", "control_port", "api_token_file", "join_token_file",
+};
+
+static int head_field(struct yt_parser *p, unsigned idx, const struct yt_node *v, void *userdata) {
+        struct head_config *h = userdata;
+
+        switch (idx) {
+        case 0:
+                return get_ip(p, v, &h->api_host);
+        case 1:
+                return get_port(p, v, false, &h->api_port);
+        case 2:
+                return get_ip(p, v, &h->control_host);
+        case 3:
+                return get_port(p, v, false, &h->control_port);
+        case 4:
+                return yt_get_string(p, v, false, &h->api_token_file);
+        case 5:
+                return yt_get_string(p, v, false, &h->join_token_file);
+        }
+        return 0;
+}
+
+static const char *const group_keys[] = {
+        "name", "min_nodes", "max_nodes", "resources", "labels", "provider", "idle_timeout_s",
+};
+
+struct group_state {
+        struct worker_group *g;
+        const struct yt_node *name, *max;
+};
+
+static int group_field(struct yt_parser *p, unsigned idx, const struct yt_node *v, void *userdata) {
+        struct group_state *s = userdata;
+        struct worker_group *g = s->g;
+        int r;
+
+        switch (idx) {
+        case 0:
+                s->name = v;
+                return yt_get_name(p, v, &g->name);
+        case 1:
+                return yt_get_int(p, v, 0, INT_MAX, "a non-negative integer", &g->min_nodes);
+        case 2:
+                s->max = v;
+                return yt_get_int(p, v, 0, INT_MAX, "a non-negative integer", &g->max_nodes);
+        case 3:
+                return parse_resource_spec(p, v, &g->resources);
+        case 4:
+                return parse_labels(p, v, &g->labels, &g->n_labels);
+        case 5:
+                /* Names a file under /etc/serve/providers/. */
+                r = yt_get_name(p, v, &g->provider);
+                if (r >= 0 && (streq(g->provider, ".") || streq(g->provider, "..")))
+                        return yt_fail(p, v, "must name a provider, got %s", YT_DESCRIBE(v));
+                return r;
+        case 6:
+                return yt_get_double(p, v, true, &g->idle_timeout_s);
+        }
+        return 0;
+}
+
+static int parse_group(struct yt_parser *p, const struct yt_node *v, struct cluster_config *c,
+                       size_t i) {
+        struct worker_group *g = &c->groups[i];
+        struct group_state s = { .g = g };
+        size_t saved = 0;
+        int r;
+
+        g->line = v->line;
+        g->column = v->column;
+        g->max_nodes = -1;
+        g->idle_timeout_s = 300;
+        r = yt_expect_mapping(p, v);
+        if (r >= 0)
+                r = yt_parse_fields(p, v, group_keys, ELEMENTSOF(group_keys), group_field, &s);
+        if (r < 0)
+                return r;
+
+        if (!s.max)
+                g->max_nodes = g->min_nodes; /* a fixed-size group */
+        if (!g->name) {
+                saved = yt_path_push(p, ".name");
+                r = yt_fail(p, v, "required (the group's name, e.g. cpu)");
+        } else if (g->max_nodes < g->min_nodes) {
+                saved = yt_path_push(p, ".max_nodes");
+                r = yt_fail(p, s.max, "must be at least min_nodes (%d), got %d", g->min_nodes,
+                            g->max_nodes);
+        } else
+                for (size_t k = 0; k < i; k++)
+                        if (streq(c->groups[k].name, g->name)) {
+                                saved = yt_path_push(p, ".name");
+                                r = yt_fail(p, s.name,
+                                            "duplicate worker group name \"%s\" (also at line %d)",
+                                            g->name, c->groups[k].line);
+                                break;
+                        }
+        if (r < 0)
+                yt_path_pop(p, saved);
+        return r;
+}
+
+static int parse_groups(struct yt_parser *p, const struct yt_node *v, struct cluster_config *c) {
+        if (yt_is_null(v))
+                return 0;
+        if (v->type != YT_SEQUENCE)
+                return yt_fail(p, v, "must be a list of worker groups, got %s", YT_DESCRIBE(v));
+        if (v->n_items > NODECFG_MAX_GROUPS)
+                return yt_fail(p, v, "too many worker groups (%zu, limit %d)", v->n_items,
+                               NODECFG_MAX_GROUPS);
+        if (v->n_items == 0)
+                return 0;
+        c->groups = calloc(v->n_items, sizeof(*c->groups));
+        if (!c->groups)
+                return -ENOMEM;
+        /* Counted before parsing so cluster_config_free() sees every entry on failure. */
+        c->n_groups = v->n_items;
+        for (size_t i = 0; i < v->n_items; i++) {
+                size_t saved = yt_path_push(p, "[%zu]", i);
+                int r = parse_group(p, v->items[i], c, i);
+                yt_path_pop(p, saved);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static const char *const autoscaler_keys[] = { "interval_s" };
+
+static int autoscaler_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
+                            void *userdata) {
+        struct cluster_config *c = userdata;
+        return yt_get_double(p, v, false, &c->autoscaler_interval_s);
+}
+
+static const char *const cluster_keys[] = {
+        "head", "worker_heartbeat_interval_s", "worker_timeout_s", "worker_groups", "autoscaler",
+};
+
+struct cluster_state {
+        struct cluster_config *c;
+        const struct yt_node *heartbeat, *timeout;
+};
+
+static int cluster_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
+                         void *userdata) {
+        struct cluster_state *s = userdata;
+        struct cluster_config *c = s->c;
+        int r;
+
+        switch (idx) {
+        case 0:
+                if (yt_is_null(v))
+                        return 0;
+                r = yt_expect_mapping(p, v);
+                if (r < 0)
+                        return r;
+                return yt_parse_fields(p, v, head_keys, ELEMENTSOF(head_keys), head_field, &c->head);
+        case 1:
+                s->heartbeat = v;
+                return yt_get_double(p, v, false, &c->worker_heartbeat_interval_s);
+        case 2:
+                s->timeout = v;
+                return yt_get_double(p, v, false, &c->worker_timeout_s);
+        case 3:
+                return parse_groups(p, v, c);
+        case 4:
+                if (yt_is_null(v))
+                        return 0;
+                r = yt_expect_mapping(p, v);
+                if (r < 0)
+                        return r;
+                return yt_parse_fields(p, v, autoscaler_keys, ELEMENTSOF(autoscaler_keys),
+                                       autoscaler_field, c);
+        }
+        return 0;
+}
+
+int cluster_config_parse(const char *name, const char *text, size_t len,
+                         struct cluster_config **ret, char **ret_error) {
+        struct yt_parser p = { .name = name ?: "<cluster.yaml>" };
+        struct cluster_state s = {};
+        struct cluster_config *c = NULL;
+        struct yt_node *root = NULL;
+        int r;
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return finish(&p, -ENOMEM, ret_error);
+        *c = (struct cluster_config){
+                .path = strdup(p.name),
+                .head = {
+                        .api_host = strdup("127.0.0.1"),
+                        .api_port = NODECFG_DEFAULT_API_PORT,
+                        .control_host = strdup("0.0.0.0"),
+                        .control_port = NODECFG_DEFAULT_CONTROL_PORT,
+                        .api_token_file = strdup(NODECFG_DEFAULT_API_TOKEN_FILE),
+                        .join_token_file = strdup(NODECFG_DEFAULT_JOIN_TOKEN_FILE),
+                },
+                .worker_heartbeat_interval_s = 1,
+                .worker_timeout_s = 10,
+                .autoscaler_interval_s = 5,
+        };
+        if (!c->path || !c->head.api_host || !c->head.control_host || !c->head.api_token_file ||
+            !c->head.join_token_file) {
+                r = -ENOMEM;
+                goto out;
+        }
+        s.c = c;
+
+        r = load_document(&p, text, len, "head, worker_timeout_s, worker_groups, ...", &root);
+        if (r >= 0 && root)
+                r = yt_parse_fields(&p, root, cluster_keys, ELEMENTSOF(cluster_keys), cluster_field,
+                                    &s);
+        /* A worker is declared dead after worker_timeout_s of silence; it must be allowed to
+         * miss at least one heartbeat. */
+        if (r >= 0 && c->worker_timeout_s <= c->worker_heartbeat_interval_s) {
+                size_t saved;
+                if (s.timeout) {
+                        saved = yt_path_push(&p, "worker_timeout_s");
+                        r = yt_fail(&p, s.timeout,
+                                    "must be greater than worker_heartbeat_interval_s (%g), got %g",
+                                    c->worker_heartbeat_interval_s, c->worker_timeout_s);
+                } else {
+                        saved = yt_path_push(&p, "worker_heartbeat_interval_s");
+                        r = yt_fail(&p, s.heartbeat,
+                                    "must be less than worker_timeout_s (%g, the default), got %g",
+                                    c->worker_timeout_s, c->worker_heartbeat_interval_s);
+                }
+                yt_path_pop(&p, saved);
+        }
+
+out:
+        yt_node_free(root);
+        if (r < 0) {
+                cluster_config_free(c);
+                return finish(&p, r, ret_error);
+        }
+        finish(&p, 0, NULL);
+        *ret = c;
+        return 0;
+}
+
+int cluster_config_load_file(const char *path, struct cluster_config **ret, char **ret_error) {
+        _cleanup_free_ char *buf = NULL;
+        size_t len;
+
+        int r = yt_read_file(path, NODECFG_MAX_FILE_SIZE, &buf, &len, ret_error);
+        if (r < 0)
+                return r;
+        return cluster_config_parse(path, buf, len, ret, ret_error);
+}
+
+void cluster_config_free(struct cluster_config *c) {
+        if (!c)
+                return;
+        free(c->path);
+        free(c->head.api_host);
+        free(c->head.control_host);
+        free(c->head.api_token_file);
+        free(c->head.join_token_file);
+        for (size_t i = 0; i < c->n_groups; i++) {
+                struct worker_group *g = &c->groups[i];
+                free(g->name);
+                free(g->provider);
+                labels_free(g->labels, g->n_labels);
+                resource_spec_done(&g->resources);
+        }
+        free(c->groups);
+        free(c);
+}
+
+/* ---- tokens ----------------------------------------------------------------------------------- */
+
+_printf_(3, 4) static int token_fail(char **ret_error, int r, const char *fmt, ...) {
+        va_list ap;
+
+        if (ret_error) {
+                va_start(ap, fmt);
+                if (vasprintf(ret_error, fmt, ap) < 0)
+                        *ret_error = NULL;
+                va_end(ap);
+        }
+        return r;
+}
+
+int read_token_file(const char *path, char **ret_token, char **ret_error) {
+        _cleanup_close_ int fd = -1;
+        char buf[TOKEN_MAX + 2];
+        struct stat st;
+        size_t len = 0;
+        int r;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0 || fstat(fd, &st) < 0) {
+                r = negative_errno();
+                errno = -r;
+                return token_fail(ret_error, r, "%s: %m", path);
+        }
+        if (!S_ISREG(st.st_mode))
+                return token_fail(ret_error, -EINVAL, "%s: not a regular file", path);
+        /* Checked on the open file, so a chmod between check and read cannot slip past. */
+        if (st.st_mode & 077)
+                return token_fail(ret_error, -EPERM,
+                                  "%s: token file is accessible by group or others (mode %04o); "
+                                  "run chmod 600 %s",
+                                  path, (unsigned) (st.st_mode & 07777), path);
+
+        for (;;) {
+                ssize_t k = read(fd, buf + len, sizeof(buf) - 1 - len);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        r = negative_errno();
+                        return token_fail(ret_error, r, "%s: %m", path);
+                }
+                if (k == 0)
+                        break;
+                len += (size_t) k;
+                if (len > TOKEN_MAX)
+                        return token_fail(ret_error, -EFBIG, "%s: too large for a token (limit %d bytes)",
+                                          path, TOKEN_MAX);
+        }
+        buf[len] = 0;
+
+        char *start = buf, *end = buf + len;
+        while (start < end && isspace((unsigned char) *start))
+                start++;
+        while (end > start && isspace((unsigned char) end[-1]))
+                end--;
+        *end = 0;
+        if (start == end)
+                return token_fail(ret_error, -EINVAL, "%s: token file is empty", path);
+        if (memchr(start, 0, (size_t) (end - start)))
+                return token_fail(ret_error, -EINVAL, "%s: token contains a NUL byte", path);
+        for (const char *c = start; c < end; c++)
+                if ((unsigned char) *c <= 0x20 || *c == 0x7f)
+                        return token_fail(ret_error, -EINVAL,
+                                          "%s: the token must be one word, without spaces or "
+                                          "control characters",
+                                          path);
+
+        char *token = strdup(start);
+        if (!token)
+                return token_fail(ret_error, -ENOMEM, "%s: out of memory", path);
+        *ret_token = token;
+        return 0;
+}

@@ -1,0 +1,111 @@
+/* worker.yaml and cluster.yaml: the node agent's and the head's own configuration, parsed with
+ * yamltree into plain structs with every default filled in. Errors read like apps.yaml's:
+ * "FILE:LINE:COLUMN: field.path: what is wrong"; unknown keys are errors. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/config.h" /* struct custom_resource */
+
+#define NODECFG_DEFAULT_JOIN_TOKEN_FILE "/etc/serve/join-token"
+#define NODECFG_DEFAULT_API_TOKEN_FILE "/etc/serve/api-token"
+#define NODECFG_DEFAULT_API_PORT 8265
+#define NODECFG_DEFAULT_CONTROL_PORT 8266
+#define NODECFG_DEFAULT_HTTP_PORT 8000
+#define NODECFG_DEFAULT_DATA_PORT 8267
+#define NODECFG_DEFAULT_METRICS_PORT 8268
+
+struct node_label {
+        char *key;
+        char *value;
+};
+
+/* What a node offers. In worker.yaml each field set here overrides what discovery found (the
+ * has_* flags say which); in a worker group it describes the nodes the group would launch. */
+struct resource_spec {
+        bool has_num_cpus;
+        double num_cpus;        /* > 0, may be fractional */
+        bool has_memory;
+        uint64_t memory;        /* bytes, > 0 */
+        bool has_num_gpus;
+        unsigned num_gpus;      /* whole GPUs */
+        bool has_gpu_memory;
+        uint64_t gpu_memory;    /* bytes per GPU, > 0 */
+        bool has_custom;
+        struct custom_resource *custom; /* name -> amount >= 0 */
+        size_t n_custom;
+};
+
+struct worker_config {
+        char *path;             /* the file name used in messages */
+        char *head_address;     /* "HOST:PORT" as written */
+        char *head_host;        /* the HOST part, IPv6 without brackets */
+        int head_port;          /* 1..65535 */
+        char *join_token_file;  /* default NODECFG_DEFAULT_JOIN_TOKEN_FILE */
+        char *node_name;        /* default gethostname() */
+        char *node_address;     /* IP address; default "127.0.0.1"; data and metrics bind it */
+        char *http_host;        /* IP address the proxy binds; default "0.0.0.0" */
+        int http_port;          /* default 8000 */
+        int data_port;          /* default 8267 */
+        int metrics_port;       /* default 8268; 0 = no metrics endpoint */
+        struct node_label *labels;
+        size_t n_labels;
+        struct resource_spec resources;
+};
+
+struct head_config {
+        char *api_host;         /* IP address; default "127.0.0.1" */
+        int api_port;           /* default 8265 */
+        char *control_host;     /* IP address; default "0.0.0.0" */
+        int control_port;       /* default 8266 */
+        char *api_token_file;   /* default NODECFG_DEFAULT_API_TOKEN_FILE */
+        char *join_token_file;  /* default NODECFG_DEFAULT_JOIN_TOKEN_FILE */
+};
+
+struct worker_group {
+        char *name;             /* required, unique */
+        int min_nodes;          /* default 0 */
+        int max_nodes;          /* >= min_nodes; default min_nodes */
+        struct resource_spec resources;
+        struct node_label *labels;
+        size_t n_labels;
+        char *provider;         /* NULL when absent: the autoscaler cannot launch this group */
+        double idle_timeout_s;  /* >= 0; default 300 */
+        int line, column;       /* where the entry starts, for later error messages */
+};
+
+struct cluster_config {
+        char *path;
+        struct head_config head;
+        double worker_heartbeat_interval_s; /* > 0; default 1 */
+        double worker_timeout_s;            /* > worker_heartbeat_interval_s; default 10 */
+        struct worker_group *groups;
+        size_t n_groups;
+        double autoscaler_interval_s;       /* > 0; default 5 */
+};
+
+/* Parses worker.yaml text; `name` is the file name used in messages. Returns 0 and *ret (free
+ * with worker_config_free()), or -EINVAL with *ret_error "FILE:LINE:COLUMN: FIELD: what"
+ * (ret_error may be NULL), or -ENOMEM. */
+int worker_config_parse(const char *name, const char *text, size_t len, struct worker_config **ret,
+                        char **ret_error);
+/* Reads and parses a file: as worker_config_parse(), plus -EFBIG or the errno of a failed read,
+ * with a message naming the file. */
+int worker_config_load_file(const char *path, struct worker_config **ret, char **ret_error);
+void worker_config_free(struct worker_config *c);
+
+/* The same for cluster.yaml. An empty file is valid: every default. */
+int cluster_config_parse(const char *name, const char *text, size_t len,
+                         struct cluster_config **ret, char **ret_error);
+int cluster_config_load_file(const char *path, struct cluster_config **ret, char **ret_error);
+void cluster_config_free(struct cluster_config *c);
+
+/* Reads a join or API token: the file's contents with surrounding whitespace trimmed. The file
+ * must not be readable or writable by group or others (a token anyone on the node can read
+ * lets anyone join the cluster or change it). Returns 0 and *ret_token (malloc'd), or -EPERM
+ * (loose permissions), -EINVAL (empty, or whitespace/control characters inside), -EFBIG, or
+ * the errno of a failed open/read; each with *ret_error naming the file (ret_error may be
+ * NULL). */
+int read_token_file(const char *path, char **ret_token, char **ret_error);

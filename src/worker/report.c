@@ -1,0 +1,179 @@
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ctlmsg.h"
+#include "macros.h"
+#include "metrics.h"
+#include "peer.h"
+#include "report.h"
+#include "supervisor.h"
+
+#define REPORT_MAX_ITEMS 100000
+
+cJSON *report_build(const struct supervisor *s, const struct router *r, const struct peers *ps, double wall_offset_s) {
+        cJSON *m = ctlmsg_new("report"), *reps, *deps, *stats, *pj;
+        struct list *pos, *tmp;
+
+        if (!m || !(reps = cJSON_AddArrayToObject(m, "replicas")) || !(deps = cJSON_AddArrayToObject(m, "deployments")) ||
+            !(stats = cJSON_AddArrayToObject(m, "stats")) || supervisor_report(s, reps, deps, wall_offset_s) < 0)
+                goto fail;
+        if (r->stats_ready)
+                list_for_each_safe(pos, tmp, (struct list *)&r->stats) {
+                        const struct dep_stats *st = list_entry(pos, struct dep_stats, link);
+                        cJSON *o = cJSON_CreateObject();
+                        if (!o || !cJSON_AddItemToArray(stats, o) || !cJSON_AddStringToObject(o, "app", st->app) ||
+                            !cJSON_AddStringToObject(o, "deployment", st->name) ||
+                            !cJSON_AddNumberToObject(o, "requests", (double)st->requests) ||
+                            !cJSON_AddNumberToObject(o, "errors", (double)st->errors) ||
+                            !cJSON_AddNumberToObject(o, "replica_starts", (double)st->replica_starts) ||
+                            latency_hist_json_add(o, &st->latency) < 0)
+                                goto fail;
+                }
+        if (ps) {
+                struct peer_stats p;
+                peers_stats(ps, &p);
+                if (!(pj = cJSON_AddObjectToObject(m, "peers")) || !cJSON_AddNumberToObject(pj, "sent", (double)p.sent) ||
+                    !cJSON_AddNumberToObject(pj, "received", (double)p.received) ||
+                    !cJSON_AddNumberToObject(pj, "rejected", (double)p.rejected) ||
+                    !cJSON_AddNumberToObject(pj, "failed_over", (double)p.failed_over))
+                        goto fail;
+        }
+        return m;
+fail:
+        cJSON_Delete(m);
+        return NULL;
+}
+
+#define CHECK(x)                  \
+        do {                      \
+                if ((x) < 0)      \
+                        return -EINVAL; \
+        } while (0)
+
+int report_validate(const cJSON *msg, char *err, size_t errlen) {
+        const cJSON *reps, *deps, *stats, *it, *pj;
+        const char *sv;
+        long long iv;
+        double dv;
+        bool bv;
+
+        CHECK(ctl_get_array(msg, "replicas", REPORT_MAX_ITEMS, true, &reps, err, errlen));
+        CHECK(ctl_get_array(msg, "deployments", REPORT_MAX_ITEMS, false, &deps, err, errlen));
+        CHECK(ctl_get_array(msg, "stats", REPORT_MAX_ITEMS, false, &stats, err, errlen));
+        cJSON_ArrayForEach(it, reps) {
+                CHECK(ctl_get_string(it, "id", 300, true, &sv, err, errlen));
+                CHECK(ctl_get_string(it, "app", 200, true, &sv, err, errlen));
+                CHECK(ctl_get_string(it, "deployment", 200, true, &sv, err, errlen));
+                CHECK(ctl_get_string(it, "version", 16, true, &sv, err, errlen));
+                CHECK(ctl_get_string(it, "state", 16, true, &sv, err, errlen));
+                if (!streq(sv, "STARTING") && !streq(sv, "RUNNING") && !streq(sv, "STOPPING")) {
+                        snprintf(err, errlen, "field state: unknown replica state");
+                        return -EINVAL;
+                }
+                CHECK(ctl_get_int(it, "pid", -1, 1 << 30, true, &iv, err, errlen));
+                CHECK(ctl_get_int(it, "ongoing", 0, 1 << 30, true, &iv, err, errlen));
+                CHECK(ctl_get_double(it, "started_at", 0, 1e11, false, &dv, err, errlen));
+                CHECK(ctl_get_string(it, "gpus", 64, false, &sv, err, errlen));
+        }
+        cJSON_ArrayForEach(it, deps) {
+                CHECK(ctl_get_string(it, "app", 200, true, &sv, err, errlen));
+                CHECK(ctl_get_string(it, "deployment", 200, true, &sv, err, errlen));
+                CHECK(ctl_get_int(it, "queued", 0, 1ll << 40, true, &iv, err, errlen));
+                CHECK(ctl_get_int(it, "ready", 0, 1 << 30, true, &iv, err, errlen));
+                CHECK(ctl_get_bool(it, "retiring", false, &bv, err, errlen));
+        }
+        cJSON_ArrayForEach(it, stats) {
+                struct latency_hist h;
+                CHECK(ctl_get_string(it, "app", 200, true, &sv, err, errlen));
+                CHECK(ctl_get_string(it, "deployment", 200, true, &sv, err, errlen));
+                CHECK(ctl_get_double(it, "requests", 0, 1e18, true, &dv, err, errlen));
+                CHECK(ctl_get_double(it, "errors", 0, 1e18, true, &dv, err, errlen));
+                CHECK(ctl_get_double(it, "replica_starts", 0, 1e18, false, &dv, err, errlen));
+                if (latency_hist_json_get(it, &h) < 0) {
+                        snprintf(err, errlen, "field latency_ms_buckets: invalid histogram");
+                        return -EINVAL;
+                }
+        }
+        CHECK(ctl_get_object(msg, "peers", false, &pj, err, errlen));
+        return 0;
+}
+
+static double num(const cJSON *o, const char *k) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+        return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static const char *str(const cJSON *o, const char *k) { return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, k)) ?: ""; }
+
+int report_render_metrics(struct buf *b, const char *const *names, const cJSON *const *reports, size_t n) {
+        static const struct {
+                const char *name, *help, *array, *field;
+                enum metrics_type type;
+        } fams[] = {
+                { "serve_num_http_requests", "HTTP requests answered by this node's proxy", "stats", "requests", METRICS_COUNTER },
+                { "serve_num_http_error_requests", "HTTP requests answered with a status >= 400", "stats", "errors", METRICS_COUNTER },
+                { "serve_deployment_replica_starts", "Replica processes started", "stats", "replica_starts", METRICS_COUNTER },
+                { "serve_deployment_queued_queries", "Requests waiting for a replica", "deployments", "queued", METRICS_GAUGE },
+                { "serve_deployment_ready_replicas", "Replicas ready to serve", "deployments", "ready", METRICS_GAUGE },
+        };
+        const cJSON *it;
+        int r;
+
+        for (size_t f = 0; f < ELEMENTSOF(fams); f++) {
+                if ((r = metrics_family(b, fams[f].name, fams[f].type, fams[f].help)) < 0)
+                        return r;
+                for (size_t i = 0; i < n; i++) {
+                        if (!reports[i])
+                                continue;
+                        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(reports[i], fams[f].array)) {
+                                const char *labels[] = { "node", names[i], "application", str(it, "app"), "deployment",
+                                                         str(it, "deployment"), NULL };
+                                if ((r = metrics_sample(b, fams[f].name, labels, num(it, fams[f].field))) < 0)
+                                        return r;
+                        }
+                }
+        }
+        if ((r = metrics_family(b, "serve_deployment_processing_latency_ms", METRICS_HISTOGRAM,
+                                "Time from the whole request at the proxy to the whole response, in ms")) < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                if (!reports[i])
+                        continue;
+                cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(reports[i], "stats")) {
+                        struct latency_hist h;
+                        const char *labels[] = { "node", names[i], "application", str(it, "app"), "deployment",
+                                                 str(it, "deployment"), NULL };
+                        if (latency_hist_json_get(it, &h) < 0)
+                                continue;
+                        if ((r = metrics_histogram(b, "serve_deployment_processing_latency_ms", labels, &h)) < 0)
+                                return r;
+                }
+        }
+        if ((r = metrics_family(b, "serve_replica_processing_queries", METRICS_GAUGE, "Requests a replica is working on")) < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                if (!reports[i])
+                        continue;
+                cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(reports[i], "replicas")) {
+                        const char *labels[] = { "node", names[i], "application", str(it, "app"), "deployment",
+                                                 str(it, "deployment"), "replica", str(it, "id"), NULL };
+                        if ((r = metrics_sample(b, "serve_replica_processing_queries", labels, num(it, "ongoing"))) < 0)
+                                return r;
+                }
+        }
+        if ((r = metrics_family(b, "serve_cross_node_requests", METRICS_COUNTER,
+                                "Requests this node sent to (direction=out) or served for (direction=in) peer nodes")) < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                const cJSON *pj = reports[i] ? cJSON_GetObjectItemCaseSensitive(reports[i], "peers") : NULL;
+                if (!pj)
+                        continue;
+                const char *lo[] = { "node", names[i], "direction", "out", NULL };
+                const char *li[] = { "node", names[i], "direction", "in", NULL };
+                if ((r = metrics_sample(b, "serve_cross_node_requests", lo, num(pj, "sent"))) < 0 ||
+                    (r = metrics_sample(b, "serve_cross_node_requests", li, num(pj, "received"))) < 0)
+                        return r;
+        }
+        return 0;
+}

@@ -1,0 +1,542 @@
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "ctlmsg.h"
+#include "macros.h"
+#include "spec.h"
+#include "util.h"
+
+#define DESCRIBE_MAX (1u << 20)
+
+/* ---- application descriptions (from serve-replica --describe, so user code never runs in
+ * a daemon's process) ---- */
+
+struct described_deployment {
+        char *name;
+        int num_replicas, max_ongoing, max_queued;
+        double health_period, health_timeout, graceful_timeout, num_cpus, num_gpus;
+};
+
+struct description {
+        char *module, *symbol, *ingress;
+        struct described_deployment *deps;
+        size_t n_deps;
+};
+
+static void description_free(struct description *d) {
+        free(d->module);
+        free(d->symbol);
+        free(d->ingress);
+        for (size_t i = 0; i < d->n_deps; i++)
+                free(d->deps[i].name);
+        free(d->deps);
+        memset(d, 0, sizeof *d);
+}
+
+static int run_describe(const char *replica_bin, const struct app_config *a, char **ret_out, char **ret_err) {
+        int out[2], err[2];
+        struct buf o = {}, e = {};
+        pid_t pid;
+        int status;
+
+        if (pipe2(out, O_CLOEXEC) < 0)
+                return -errno;
+        if (pipe2(err, O_CLOEXEC) < 0) {
+                close(out[0]);
+                close(out[1]);
+                return -errno;
+        }
+        pid = fork();
+        if (pid < 0) {
+                int r = -errno;
+                close(out[0]); close(out[1]); close(err[0]); close(err[1]);
+                return r;
+        }
+        if (pid == 0) {
+                sigset_t all;
+                sigemptyset(&all);
+                sigprocmask(SIG_SETMASK, &all, NULL);
+                dup2(out[1], STDOUT_FILENO);
+                dup2(err[1], STDERR_FILENO);
+                if (a->runtime_env.working_dir)
+                        execl(replica_bin, "serve-replica", "--describe", a->import_path, "--working-dir",
+                              a->runtime_env.working_dir, (char *)NULL);
+                else
+                        execl(replica_bin, "serve-replica", "--describe", a->import_path, (char *)NULL);
+                fprintf(stderr, "cannot run %s: %m", replica_bin);
+                _exit(127);
+        }
+        close(out[1]);
+        close(err[1]);
+        struct pollfd pfd[2] = { { out[0], POLLIN, 0 }, { err[0], POLLIN, 0 } };
+        int open_fds = 2;
+        while (open_fds > 0) {
+                if (poll(pfd, 2, 30000) <= 0)
+                        break;
+                for (int i = 0; i < 2; i++) {
+                        char tmp[4096];
+                        ssize_t n;
+                        if (pfd[i].fd < 0 || !pfd[i].revents)
+                                continue;
+                        n = read(pfd[i].fd, tmp, sizeof tmp);
+                        if (n <= 0) {
+                                close(pfd[i].fd);
+                                pfd[i].fd = -1;
+                                open_fds--;
+                                continue;
+                        }
+                        (void)buf_append(i == 0 ? &o : &e, tmp, (size_t)n, DESCRIBE_MAX);
+                }
+        }
+        for (int i = 0; i < 2; i++)
+                if (pfd[i].fd >= 0)
+                        close(pfd[i].fd);
+        if (open_fds > 0)
+                kill(pid, SIGKILL);
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                ;
+        (void)buf_append(&o, "", 1, DESCRIBE_MAX + 1);
+        (void)buf_append(&e, "", 1, DESCRIBE_MAX + 1);
+        while (e.len > 1 && (e.data[e.len - 2] == '\n'))
+                e.data[--e.len - 1] = 0;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                *ret_err = e.len > 1 ? strdup(e.data) : strdup("serve-replica --describe failed");
+                buf_free(&o);
+                buf_free(&e);
+                return -EINVAL;
+        }
+        buf_free(&e);
+        *ret_out = o.data;
+        return 0;
+}
+
+static double json_num(const cJSON *o, const char *k) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+        return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static int describe(const char *replica_bin, const struct app_config *a, struct description *ret, char **ret_err) {
+        _cleanup_free_ char *out = NULL;
+        char *err = NULL;
+        cJSON *j, *deps, *it;
+        int r;
+
+        r = run_describe(replica_bin, a, &out, &err);
+        if (r < 0) {
+                *ret_err = err;
+                return r;
+        }
+        j = cJSON_Parse(out);
+        if (!j) {
+                *ret_err = strdup("serve-replica --describe printed invalid JSON");
+                return -EINVAL;
+        }
+        memset(ret, 0, sizeof *ret);
+        ret->module = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(j, "module")) ?: "");
+        ret->symbol = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(j, "symbol")) ?: "");
+        ret->ingress = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(j, "ingress")) ?: "");
+        deps = cJSON_GetObjectItem(j, "deployments");
+        ret->n_deps = (size_t)cJSON_GetArraySize(deps);
+        ret->deps = calloc(ret->n_deps ? ret->n_deps : 1, sizeof *ret->deps);
+        size_t i = 0;
+        cJSON_ArrayForEach(it, deps) {
+                const cJSON *def = cJSON_GetObjectItem(it, "defaults");
+                struct described_deployment *d = &ret->deps[i++];
+                d->name = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(it, "name")) ?: "");
+                d->num_replicas = (int)json_num(def, "num_replicas");
+                d->max_ongoing = (int)json_num(def, "max_ongoing_requests");
+                d->max_queued = (int)json_num(def, "max_queued_requests");
+                d->health_period = json_num(def, "health_check_period_s");
+                d->health_timeout = json_num(def, "health_check_timeout_s");
+                d->graceful_timeout = json_num(def, "graceful_shutdown_timeout_s");
+                d->num_cpus = json_num(def, "num_cpus");
+                d->num_gpus = json_num(def, "num_gpus");
+        }
+        cJSON_Delete(j);
+        return 0;
+}
+
+
+/* ---- specs ---- */
+
+void dep_spec_done(struct dep_spec *d) {
+        if (!d)
+                return;
+        free(d->app);
+        free(d->name);
+        free(d->module);
+        free(d->symbol);
+        free(d->args_json);
+        free(d->user_config_json);
+        free(d->working_dir);
+        for (size_t i = 0; i < d->n_env; i++)
+                free(d->env[i]);
+        free(d->env);
+        for (size_t i = 0; i < d->n_resources; i++)
+                free(d->resources[i].name);
+        free(d->resources);
+        for (size_t i = 0; i < d->n_gpus; i++)
+                free(d->gpus[i]);
+        free(d->gpus);
+        memset(d, 0, sizeof *d);
+}
+
+void serve_spec_free(struct serve_spec *s) {
+        if (!s)
+                return;
+        for (size_t i = 0; i < s->n_apps; i++) {
+                free(s->apps[i].name);
+                free(s->apps[i].route_prefix);
+                free(s->apps[i].ingress);
+        }
+        free(s->apps);
+        for (size_t i = 0; i < s->n_deps; i++)
+                dep_spec_done(&s->deps[i]);
+        free(s->deps);
+        free(s);
+}
+
+struct dep_spec *spec_find(const struct serve_spec *s, const char *app, const char *name) {
+        for (size_t i = 0; s && i < s->n_deps; i++)
+                if (streq(s->deps[i].app, app) && streq(s->deps[i].name, name))
+                        return &s->deps[i];
+        return NULL;
+}
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t len) {
+        const uint8_t *p = data;
+        for (size_t i = 0; i < len; i++) {
+                h ^= p[i];
+                h *= 0x100000001b3ull;
+        }
+        return h;
+}
+
+void dep_spec_set_version(struct dep_spec *d) {
+        struct buf b = {};
+        uint64_t h = 0xcbf29ce484222325ull;
+
+        (void)buf_printf(&b, SIZE_MAX, "%s\n%s\n%s\n%s\n%d\n%.6g\n%.6g\n%llu\n", d->module, d->symbol, d->args_json,
+                         d->working_dir ?: "", d->max_ongoing, d->num_cpus, d->num_gpus, (unsigned long long)d->memory);
+        for (size_t i = 0; i < d->n_env; i++)
+                (void)buf_printf(&b, SIZE_MAX, "env %s\n", d->env[i]);
+        for (size_t i = 0; i < d->n_resources; i++)
+                (void)buf_printf(&b, SIZE_MAX, "res %s=%.6g\n", d->resources[i].name, d->resources[i].amount);
+        h = fnv1a(h, b.data ?: "", b.len);
+        buf_free(&b);
+        snprintf(d->version, sizeof d->version, "%016llx", (unsigned long long)h);
+}
+
+static char *strdup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+/* The file's value where it set one, else the code's default, else the system default. */
+static int spec_build(const struct app_config *a, const struct deployment_config *dc, const struct description *desc,
+                      const struct described_deployment *dd, struct dep_spec *d) {
+        struct deployment_config def;
+        deployment_config_defaults(&def);
+        const struct deployment_config *c = dc ? dc : &def;
+        unsigned set = dc ? dc->set : 0;
+
+        memset(d, 0, sizeof *d);
+        d->app = strdup(a->name);
+        d->name = strdup(dd->name);
+        d->module = strdup(desc->module);
+        d->symbol = strdup(desc->symbol);
+        d->args_json = strdup(a->args_json ?: "{}");
+        d->working_dir = strdup_or_null(a->runtime_env.working_dir);
+        d->env = calloc(a->runtime_env.n_env_vars + 1, sizeof(char *));
+        if (!d->app || !d->name || !d->module || !d->symbol || !d->args_json || !d->env)
+                return -ENOMEM;
+        for (size_t i = 0; i < a->runtime_env.n_env_vars; i++)
+                if (!(d->env[d->n_env++] = strdup(a->runtime_env.env_vars[i])))
+                        return -ENOMEM;
+#define PICK(flag, field, code) ((set & (flag)) ? c->field : ((code) ? (code) : c->field))
+        d->replicas = PICK(DEPLOY_SET_NUM_REPLICAS, num_replicas, dd->num_replicas);
+        d->max_ongoing = PICK(DEPLOY_SET_MAX_ONGOING, max_ongoing_requests, dd->max_ongoing);
+        d->max_queued = PICK(DEPLOY_SET_MAX_QUEUED, max_queued_requests, dd->max_queued);
+        d->health_period_s = PICK(DEPLOY_SET_HEALTH_PERIOD, health_check_period_s, dd->health_period);
+        d->health_timeout_s = PICK(DEPLOY_SET_HEALTH_TIMEOUT, health_check_timeout_s, dd->health_timeout);
+        d->graceful_timeout_s = PICK(DEPLOY_SET_GRACEFUL_TIMEOUT, graceful_shutdown_timeout_s, dd->graceful_timeout);
+#undef PICK
+        if (set & DEPLOY_SET_ACTOR_OPTIONS) {
+                d->num_cpus = c->actor.num_cpus;
+                d->num_gpus = c->actor.num_gpus;
+                d->memory = c->actor.memory;
+                if (c->actor.n_resources) {
+                        d->resources = calloc(c->actor.n_resources, sizeof *d->resources);
+                        if (!d->resources)
+                                return -ENOMEM;
+                        for (size_t i = 0; i < c->actor.n_resources; i++) {
+                                d->resources[i].amount = c->actor.resources[i].amount;
+                                if (!(d->resources[i].name = strdup(c->actor.resources[i].name)))
+                                        return -ENOMEM;
+                                d->n_resources++;
+                        }
+                }
+        } else {
+                d->num_cpus = dd->num_cpus > 0 ? dd->num_cpus : def.actor.num_cpus;
+                d->num_gpus = dd->num_gpus;
+        }
+        d->max_per_node = c->max_replicas_per_node;
+        if (c->num_replicas_auto && !(dc && dc->has_autoscaling))
+                d->replicas = 1;
+        if (dc && dc->has_autoscaling && !(set & DEPLOY_SET_NUM_REPLICAS))
+                d->replicas = dc->autoscaling.initial_replicas >= 0 ? dc->autoscaling.initial_replicas
+                                                                    : dc->autoscaling.min_replicas;
+        if (d->max_ongoing < 1)
+                d->max_ongoing = 1;
+        if (c->user_config_json && !(d->user_config_json = strdup(c->user_config_json)))
+                return -ENOMEM;
+        d->line = dc ? dc->line : a->line;
+        d->column = dc ? dc->column : a->column;
+        dep_spec_set_version(d);
+        return 0;
+}
+
+static int fail_at(char **ret_error, const struct serve_config *cfg, int line, int col, const char *field,
+                   const char *fmt, ...) _printf_(6, 7);
+static int fail_at(char **ret_error, const struct serve_config *cfg, int line, int col, const char *field,
+                   const char *fmt, ...) {
+        char msg[1024];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        if (asprintf(ret_error, "%s:%d:%d: %s: %s", cfg->path ?: "config", line, col, field, msg) < 0)
+                *ret_error = NULL;
+        return -EINVAL;
+}
+
+int spec_resolve(const char *replica_bin, const struct serve_config *cfg, struct serve_spec **ret, char **ret_error) {
+        struct serve_spec *s = calloc(1, sizeof *s);
+        int r = 0;
+
+        *ret_error = NULL;
+        if (!s || !(s->apps = calloc(cfg->n_apps + 1, sizeof *s->apps))) {
+                free(s);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < cfg->n_apps && r == 0; i++) {
+                const struct app_config *a = &cfg->apps[i];
+                struct description desc = {};
+                char *err = NULL, field[128];
+
+                snprintf(field, sizeof field, "applications[%zu].import_path", i);
+                r = describe(replica_bin, a, &desc, &err);
+                if (r < 0) {
+                        r = fail_at(ret_error, cfg, a->line, a->column, field, "cannot load %s: %s", a->import_path,
+                                    err ? err : "unknown error");
+                        free(err);
+                        break;
+                }
+                for (size_t k = 0; k < a->n_deployments && r == 0; k++) {
+                        bool found = false;
+                        for (size_t m = 0; m < desc.n_deps; m++)
+                                found |= streq(desc.deps[m].name, a->deployments[k].name);
+                        if (!found) {
+                                snprintf(field, sizeof field, "applications[%zu].deployments[%zu].name", i, k);
+                                r = fail_at(ret_error, cfg, a->deployments[k].line, a->deployments[k].column, field,
+                                            "no deployment named '%s' in %s", a->deployments[k].name, a->import_path);
+                        }
+                }
+                struct app_spec *as = &s->apps[s->n_apps++];
+                as->name = strdup(a->name);
+                as->route_prefix = strdup_or_null(a->route_prefix);
+                as->ingress = strdup(desc.ingress);
+                if (!as->name || !as->ingress || (a->route_prefix && !as->route_prefix))
+                        r = -ENOMEM;
+                for (size_t m = 0; m < desc.n_deps && r == 0; m++) {
+                        const struct deployment_config *dc = NULL;
+                        for (size_t k = 0; k < a->n_deployments; k++)
+                                if (streq(desc.deps[m].name, a->deployments[k].name))
+                                        dc = &a->deployments[k];
+                        struct dep_spec *nd = realloc(s->deps, (s->n_deps + 1) * sizeof *s->deps);
+                        if (!nd) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        s->deps = nd;
+                        r = spec_build(a, dc, &desc, &desc.deps[m], &s->deps[s->n_deps++]);
+                }
+                description_free(&desc);
+        }
+        if (r < 0) {
+                serve_spec_free(s);
+                return r;
+        }
+        *ret = s;
+        return 0;
+}
+
+/* ---- JSON ---- */
+
+cJSON *dep_spec_to_json(const struct dep_spec *d) {
+        cJSON *j = cJSON_CreateObject(), *env, *res, *gpus;
+        bool ok = j != NULL;
+
+        ok = ok && cJSON_AddStringToObject(j, "app", d->app) && cJSON_AddStringToObject(j, "name", d->name) &&
+             cJSON_AddStringToObject(j, "module", d->module) && cJSON_AddStringToObject(j, "symbol", d->symbol) &&
+             cJSON_AddStringToObject(j, "args", d->args_json) &&
+             (d->user_config_json ? cJSON_AddStringToObject(j, "user_config", d->user_config_json) != NULL
+                                  : cJSON_AddNullToObject(j, "user_config") != NULL) &&
+             (d->working_dir ? cJSON_AddStringToObject(j, "working_dir", d->working_dir) != NULL
+                             : cJSON_AddNullToObject(j, "working_dir") != NULL) &&
+             (env = cJSON_AddArrayToObject(j, "env")) && cJSON_AddNumberToObject(j, "max_ongoing", d->max_ongoing) &&
+             cJSON_AddNumberToObject(j, "max_queued", d->max_queued) &&
+             cJSON_AddNumberToObject(j, "health_period_s", d->health_period_s) &&
+             cJSON_AddNumberToObject(j, "health_timeout_s", d->health_timeout_s) &&
+             cJSON_AddNumberToObject(j, "graceful_timeout_s", d->graceful_timeout_s) &&
+             cJSON_AddNumberToObject(j, "num_cpus", d->num_cpus) && cJSON_AddNumberToObject(j, "num_gpus", d->num_gpus) &&
+             cJSON_AddNumberToObject(j, "memory", (double)d->memory) && (res = cJSON_AddObjectToObject(j, "resources")) &&
+             cJSON_AddNumberToObject(j, "max_per_node", d->max_per_node) &&
+             cJSON_AddStringToObject(j, "version", d->version) && cJSON_AddNumberToObject(j, "replicas", d->replicas) &&
+             (gpus = cJSON_AddArrayToObject(j, "gpus"));
+        for (size_t i = 0; ok && i < d->n_env; i++)
+                ok = cJSON_AddItemToArray(env, cJSON_CreateString(d->env[i]));
+        for (size_t i = 0; ok && i < d->n_resources; i++)
+                ok = cJSON_AddNumberToObject(res, d->resources[i].name, d->resources[i].amount) != NULL;
+        for (size_t i = 0; ok && i < d->n_gpus; i++)
+                ok = cJSON_AddItemToArray(gpus, cJSON_CreateString(d->gpus[i]));
+        if (!ok) {
+                cJSON_Delete(j);
+                return NULL;
+        }
+        return j;
+}
+
+#define NAME_MAX_LEN 200
+#define TEXT_MAX (1u << 20)
+
+static int dup_field(const cJSON *j, const char *key, size_t max, bool required, char **ret, char *err, size_t errlen) {
+        const char *s = NULL;
+        int r = ctl_get_string(j, key, max, required, &s, err, errlen);
+        if (r < 0)
+                return r;
+        if (s && !(*ret = strdup(s)))
+                return -ENOMEM;
+        return 0;
+}
+
+int dep_spec_from_json(const cJSON *j, struct dep_spec *d, char *err, size_t errlen) {
+        const cJSON *env = NULL, *res = NULL, *gpus = NULL, *it;
+        const char *version = NULL;
+        long long v;
+        int r;
+
+        memset(d, 0, sizeof *d);
+        if (!cJSON_IsObject(j)) {
+                snprintf(err, errlen, "deployment is not an object");
+                return -EINVAL;
+        }
+        if ((r = dup_field(j, "app", NAME_MAX_LEN, true, &d->app, err, errlen)) < 0 ||
+            (r = dup_field(j, "name", NAME_MAX_LEN, true, &d->name, err, errlen)) < 0 ||
+            (r = dup_field(j, "module", PATH_MAX, true, &d->module, err, errlen)) < 0 ||
+            (r = dup_field(j, "symbol", NAME_MAX_LEN, true, &d->symbol, err, errlen)) < 0 ||
+            (r = dup_field(j, "args", TEXT_MAX, true, &d->args_json, err, errlen)) < 0 ||
+            (r = dup_field(j, "user_config", TEXT_MAX, false, &d->user_config_json, err, errlen)) < 0 ||
+            (r = dup_field(j, "working_dir", PATH_MAX, false, &d->working_dir, err, errlen)) < 0)
+                goto fail;
+        if ((r = ctl_get_int(j, "max_ongoing", 1, 1 << 20, true, &v, err, errlen)) < 0)
+                goto fail;
+        d->max_ongoing = (int)v;
+        if ((r = ctl_get_int(j, "max_queued", -1, INT_MAX, true, &v, err, errlen)) < 0)
+                goto fail;
+        d->max_queued = (int)v;
+        if ((r = ctl_get_int(j, "replicas", 0, 1 << 20, true, &v, err, errlen)) < 0)
+                goto fail;
+        d->replicas = (int)v;
+        v = 0;
+        if ((r = ctl_get_int(j, "max_per_node", 0, 1 << 20, false, &v, err, errlen)) < 0)
+                goto fail;
+        d->max_per_node = (int)v;
+        if ((r = ctl_get_double(j, "health_period_s", 1e-3, 1e9, true, &d->health_period_s, err, errlen)) < 0 ||
+            (r = ctl_get_double(j, "health_timeout_s", 1e-3, 1e9, true, &d->health_timeout_s, err, errlen)) < 0 ||
+            (r = ctl_get_double(j, "graceful_timeout_s", 0, 1e9, true, &d->graceful_timeout_s, err, errlen)) < 0 ||
+            (r = ctl_get_double(j, "num_cpus", 0, 1e6, false, &d->num_cpus, err, errlen)) < 0 ||
+            (r = ctl_get_double(j, "num_gpus", 0, 1e4, false, &d->num_gpus, err, errlen)) < 0)
+                goto fail;
+        double mem = 0;
+        if ((r = ctl_get_double(j, "memory", 0, 1e18, false, &mem, err, errlen)) < 0)
+                goto fail;
+        d->memory = (uint64_t)mem;
+        if ((r = ctl_get_array(j, "env", 4096, false, &env, err, errlen)) < 0 ||
+            (r = ctl_get_object(j, "resources", false, &res, err, errlen)) < 0 ||
+            (r = ctl_get_array(j, "gpus", 1 << 16, false, &gpus, err, errlen)) < 0 ||
+            (r = ctl_get_string(j, "version", 16, true, &version, err, errlen)) < 0)
+                goto fail;
+        snprintf(d->version, sizeof d->version, "%s", version);
+        d->env = calloc((size_t)cJSON_GetArraySize(env) + 1, sizeof(char *));
+        d->gpus = calloc((size_t)cJSON_GetArraySize(gpus) + 1, sizeof(char *));
+        d->resources = calloc((size_t)cJSON_GetArraySize(res) + 1, sizeof *d->resources);
+        if (!d->env || !d->gpus || !d->resources) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        cJSON_ArrayForEach(it, env) {
+                if (!cJSON_IsString(it) || !strchr(it->valuestring, '=') || it->valuestring[0] == '=') {
+                        snprintf(err, errlen, "field env: items must be \"KEY=VALUE\" strings");
+                        r = -EINVAL;
+                        goto fail;
+                }
+                if (!(d->env[d->n_env++] = strdup(it->valuestring))) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+        }
+        cJSON_ArrayForEach(it, gpus) {
+                if (!cJSON_IsString(it) || strlen(it->valuestring) > 64 ||
+                    strspn(it->valuestring, "0123456789,") != strlen(it->valuestring)) {
+                        snprintf(err, errlen, "field gpus: items must be GPU index lists like \"0\" or \"0,1\"");
+                        r = -EINVAL;
+                        goto fail;
+                }
+                if (!(d->gpus[d->n_gpus++] = strdup(it->valuestring))) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+        }
+        cJSON_ArrayForEach(it, res) {
+                if (!cJSON_IsNumber(it) || it->valuedouble < 0 || strlen(it->string) > NAME_MAX_LEN) {
+                        snprintf(err, errlen, "field resources: amounts must be numbers >= 0");
+                        r = -EINVAL;
+                        goto fail;
+                }
+                d->resources[d->n_resources].amount = it->valuedouble;
+                if (!(d->resources[d->n_resources++].name = strdup(it->string))) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+        }
+        return 0;
+fail:
+        dep_spec_done(d);
+        return r;
+}
+
+char *spec_find_replica_bin(void) {
+        const char *env = getenv("SERVE_REPLICA_BIN");
+        char exe[PATH_MAX], *p;
+        ssize_t n;
+
+        if (env && *env)
+                return strdup(env);
+        n = readlink("/proc/self/exe", exe, sizeof exe - 32);
+        if (n > 0) {
+                exe[n] = 0;
+                p = strrchr(exe, '/');
+                if (p) {
+                        strcpy(p + 1, "serve-replica");
+                        if (access(exe, X_OK) == 0)
+                                return strdup(exe);
+                }
+        }
+        return strdup(LIBEXECDIR "/serve-replica");
+}

@@ -1,0 +1,682 @@
+/* serve-worker: the node agent and data plane of one node. It registers with serve-head,
+ * starts and stops replicas as the head assigns them, runs the HTTP proxy and the router
+ * (local replicas first, else a peer node), reports replicas and load every heartbeat, and
+ * keeps serving with what it has while the head is away. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+
+#include "ctlmsg.h"
+#include "log.h"
+#include "loop.h"
+#include "netconn.h"
+#include "nodecfg.h"
+#include "peer.h"
+#include "proxy.h"
+#include "httpd.h"
+#include "report.h"
+#include "resources.h"
+#include "spec.h"
+#include "supervisor.h"
+
+#define DRAIN_LIMIT_NS (30 * NSEC_PER_SEC)
+#define HEAD_BACKOFF_MIN_NS (100 * NSEC_PER_MSEC)
+#define HEAD_BACKOFF_MAX_NS (2 * NSEC_PER_SEC)
+#define MAX_ASSIGN_ITEMS 100000
+
+struct worker {
+        struct loop loop;
+        const char *cfg_path;
+        struct worker_config *cfg;
+        char *token;
+        struct node_resources res;
+        char *replica_bin;
+
+        struct supervisor *sup;
+        struct proxy *proxy;
+        struct peers *peers;
+        struct httpd metrics;
+        bool metrics_open;
+
+        struct netconn *head;
+        bool head_up, welcomed;
+        uint64_t head_next_ns, head_backoff_ns, next_report_ns;
+        double hb_interval_s;
+        cJSON *config;
+        long long config_epoch;
+        bool have_assign, proxy_stopped;
+        double wall_offset_s;
+
+        int sfd;
+        struct signalfd_siginfo si;
+        struct loop_op op_signal;
+        bool stop, force, fatal, replicas_stopping;
+        uint64_t drain_deadline;
+};
+
+static struct worker *the_worker;
+
+static void usage(FILE *f) {
+        fprintf(f,
+                "Usage: serve-worker [OPTIONS]\n"
+                "\n"
+                "The node agent of a serve cluster: registers with serve-head, runs the replicas the\n"
+                "head assigns to this node, and serves HTTP for every application on this node's\n"
+                "proxy (requests for replicas elsewhere go to the peer node that has them).\n"
+                "\n"
+                "Options:\n"
+                "  -c, --config FILE   worker.yaml (default /etc/serve/worker.yaml)\n"
+                "  -h, --help          Show this help\n"
+                "      --version       Show the version\n"
+                "\n"
+                "worker.yaml keys: head_address (HOST:PORT, required), join_token_file, node_name,\n"
+                "node_address, http_host, http_port, data_port, metrics_port, labels, resources.\n"
+                "\n"
+                "Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests, stop the replicas\n"
+                "and exit 0. If serve-head is unreachable the worker keeps serving what it has.\n"
+                "\n"
+                "Environment: SERVE_APP_PATH (where MODULE.so is searched), SERVE_REPLICA_BIN,\n"
+                "SERVE_LOG_LEVEL (debug, info, warning, error).\n");
+}
+
+/* ---- talking to the head ---- */
+
+static void head_send(struct worker *w, cJSON *m) {
+        if (m && w->head && w->head_up && ctlmsg_encode(netconn_outbuf(w->head), m) == 0)
+                netconn_flush(w->head);
+        cJSON_Delete(m);
+}
+
+static cJSON *hello_message(struct worker *w) {
+        cJSON *m = ctlmsg_new("hello"), *node, *labels, *res, *gpus, *custom, *reps;
+        bool ok = m && cJSON_AddStringToObject(m, "token", w->token) && (node = cJSON_AddObjectToObject(m, "node")) &&
+                  cJSON_AddStringToObject(node, "name", w->cfg->node_name) &&
+                  cJSON_AddStringToObject(node, "address", w->cfg->node_address) &&
+                  cJSON_AddNumberToObject(node, "http_port", w->cfg->http_port) &&
+                  cJSON_AddNumberToObject(node, "data_port", w->cfg->data_port) &&
+                  cJSON_AddNumberToObject(node, "metrics_port", w->cfg->metrics_port) &&
+                  (labels = cJSON_AddObjectToObject(node, "labels")) && (res = cJSON_AddObjectToObject(node, "resources")) &&
+                  cJSON_AddNumberToObject(res, "num_cpus", w->res.num_cpus) &&
+                  cJSON_AddNumberToObject(res, "memory", (double)w->res.memory) &&
+                  (gpus = cJSON_AddArrayToObject(res, "gpus")) && (custom = cJSON_AddObjectToObject(res, "custom")) &&
+                  (reps = cJSON_AddArrayToObject(m, "replicas")) && supervisor_report(w->sup, reps, NULL, w->wall_offset_s) == 0;
+        for (size_t i = 0; ok && i < w->cfg->n_labels; i++)
+                ok = cJSON_AddStringToObject(labels, w->cfg->labels[i].key, w->cfg->labels[i].value) != NULL;
+        for (unsigned i = 0; ok && i < w->res.n_gpus; i++) {
+                cJSON *g = cJSON_CreateObject();
+                ok = g && cJSON_AddItemToArray(gpus, g) && cJSON_AddNumberToObject(g, "index", w->res.gpus[i].index) &&
+                     cJSON_AddNumberToObject(g, "memory", (double)w->res.gpus[i].memory) &&
+                     cJSON_AddStringToObject(g, "name", w->res.gpus[i].name);
+        }
+        for (size_t i = 0; ok && i < w->cfg->resources.n_custom; i++)
+                ok = cJSON_AddNumberToObject(custom, w->cfg->resources.custom[i].name, w->cfg->resources.custom[i].amount) != NULL;
+        if (!ok) {
+                cJSON_Delete(m);
+                return NULL;
+        }
+        return m;
+}
+
+static void apply_http_options(struct worker *w, const cJSON *http) {
+        struct proxy_options o = { .listen_fd = -1 };
+        struct http_options d;
+        double v;
+
+        http_options_defaults(&d);
+        o.max_body = d.max_request_body_bytes;
+        o.header_timeout_s = d.header_timeout_s;
+        o.keep_alive_timeout_s = d.keep_alive_timeout_s;
+        o.request_timeout_s = d.request_timeout_s;
+        o.max_connections = d.max_connections;
+        free(d.host);
+        if (http) {
+                char err[128];
+                v = -1;
+                if (ctl_get_double(http, "request_timeout_s", 0, 1e9, false, &v, err, sizeof err) == 0 && v >= 0)
+                        o.request_timeout_s = v;
+                v = -1;
+                if (ctl_get_double(http, "keep_alive_timeout_s", 0, 1e9, false, &v, err, sizeof err) == 0 && v >= 0)
+                        o.keep_alive_timeout_s = v;
+                v = -1;
+                if (ctl_get_double(http, "header_timeout_s", 0, 1e9, false, &v, err, sizeof err) == 0 && v > 0)
+                        o.header_timeout_s = v;
+                v = -1;
+                if (ctl_get_double(http, "max_request_body_bytes", 1, 1e15, false, &v, err, sizeof err) == 0 && v > 0)
+                        o.max_body = (uint64_t)v;
+                v = -1;
+                if (ctl_get_double(http, "max_connections", 1, 1e7, false, &v, err, sizeof err) == 0 && v > 0)
+                        o.max_connections = (int)v;
+        }
+        proxy_update_options(w->proxy, &o);
+}
+
+static void attach_one(struct deployment *d, void *userdata) { peers_attach(userdata, d); }
+
+/* `config`: the deployments, routes and HTTP options of the cluster. Kept until the `assign`
+ * for its epoch says how many replicas of each run here. Returns 0 or -EINVAL with err. */
+static int on_config(struct worker *w, const cJSON *m, char *err, size_t errlen) {
+        const cJSON *routes, *deps, *http, *it;
+        long long epoch;
+        int r;
+
+        if ((r = ctl_get_int(m, "epoch", 0, 1ll << 53, true, &epoch, err, errlen)) < 0 ||
+            (r = ctl_get_object(m, "http", false, &http, err, errlen)) < 0 ||
+            (r = ctl_get_array(m, "routes", MAX_ASSIGN_ITEMS, false, &routes, err, errlen)) < 0 ||
+            (r = ctl_get_array(m, "deployments", MAX_ASSIGN_ITEMS, false, &deps, err, errlen)) < 0)
+                return r;
+        cJSON_ArrayForEach(it, routes) {
+                const char *prefix, *app, *ingress;
+                if ((r = ctl_get_string(it, "prefix", 1024, true, &prefix, err, errlen)) < 0 ||
+                    (r = ctl_get_string(it, "app", 200, true, &app, err, errlen)) < 0 ||
+                    (r = ctl_get_string(it, "ingress", 200, true, &ingress, err, errlen)) < 0)
+                        return r;
+                if (prefix[0] != '/') {
+                        snprintf(err, errlen, "field prefix: must start with '/'");
+                        return -EINVAL;
+                }
+        }
+        cJSON_ArrayForEach(it, deps) {
+                struct dep_spec d;
+                if ((r = dep_spec_from_json(it, &d, err, errlen)) < 0)
+                        return r;
+                dep_spec_done(&d);
+        }
+        cJSON_Delete(w->config);
+        w->config = cJSON_Duplicate(m, true);
+        w->config_epoch = epoch;
+        return w->config ? 0 : -ENOMEM;
+}
+
+/* `assign`: this node's replicas for the config of its epoch. Returns 0 or -EINVAL with err. */
+static int on_assign(struct worker *w, const cJSON *m, char *err, size_t errlen) {
+        const cJSON *reps, *it;
+        struct serve_spec *spec = NULL;
+        long long epoch;
+        bool proxy = true;
+        int r;
+
+        if ((r = ctl_get_int(m, "config_epoch", 0, 1ll << 53, true, &epoch, err, errlen)) < 0 ||
+            (r = ctl_get_bool(m, "proxy", false, &proxy, err, errlen)) < 0 ||
+            (r = ctl_get_array(m, "replicas", MAX_ASSIGN_ITEMS, false, &reps, err, errlen)) < 0)
+                return r;
+        if (!w->config || epoch != w->config_epoch) {
+                snprintf(err, errlen, "assignment for config %lld, but we have config %lld", epoch, w->config_epoch);
+                return -EINVAL;
+        }
+        const cJSON *routes = cJSON_GetObjectItem(w->config, "routes"), *deps = cJSON_GetObjectItem(w->config, "deployments");
+        spec = calloc(1, sizeof *spec);
+        if (!spec || !(spec->apps = calloc((size_t)cJSON_GetArraySize(routes) + 1, sizeof *spec->apps)) ||
+            !(spec->deps = calloc((size_t)cJSON_GetArraySize(deps) + 1, sizeof *spec->deps))) {
+                r = -ENOMEM;
+                goto out;
+        }
+        cJSON_ArrayForEach(it, routes) {
+                struct app_spec *a = &spec->apps[spec->n_apps++];
+                if (!(a->name = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(it, "app")))) ||
+                    !(a->route_prefix = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(it, "prefix")))) ||
+                    !(a->ingress = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(it, "ingress"))))) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+        }
+        cJSON_ArrayForEach(it, deps) {
+                struct dep_spec *d = &spec->deps[spec->n_deps];
+                if ((r = dep_spec_from_json(it, d, err, errlen)) < 0)
+                        goto out;
+                spec->n_deps++;
+                d->replicas = 0;
+        }
+        cJSON_ArrayForEach(it, reps) {
+                const char *app, *name;
+                long long count;
+                const cJSON *gpus, *g;
+                struct dep_spec *d;
+                if ((r = ctl_get_string(it, "app", 200, true, &app, err, errlen)) < 0 ||
+                    (r = ctl_get_string(it, "name", 200, true, &name, err, errlen)) < 0 ||
+                    (r = ctl_get_int(it, "count", 0, 1 << 20, true, &count, err, errlen)) < 0 ||
+                    (r = ctl_get_array(it, "gpus", 1 << 20, false, &gpus, err, errlen)) < 0)
+                        goto out;
+                d = spec_find(spec, app, name);
+                if (!d) {
+                        snprintf(err, errlen, "replicas for unknown deployment %s/%s", app, name);
+                        r = -EINVAL;
+                        goto out;
+                }
+                d->replicas = (int)count;
+                if (cJSON_GetArraySize(gpus) > 0) {
+                        d->gpus = calloc((size_t)cJSON_GetArraySize(gpus) + 1, sizeof(char *));
+                        if (!d->gpus) {
+                                r = -ENOMEM;
+                                goto out;
+                        }
+                        cJSON_ArrayForEach(g, gpus) {
+                                if (!cJSON_IsString(g) || strlen(g->valuestring) > 64 ||
+                                    strspn(g->valuestring, "0123456789,") != strlen(g->valuestring)) {
+                                        snprintf(err, errlen, "field gpus: items must be GPU index lists like \"0,1\"");
+                                        r = -EINVAL;
+                                        goto out;
+                                }
+                                if (!(d->gpus[d->n_gpus++] = strdup(g->valuestring))) {
+                                        r = -ENOMEM;
+                                        goto out;
+                                }
+                        }
+                }
+        }
+
+        r = supervisor_apply_spec(w->sup, spec);
+        if (r < 0)
+                goto out;
+        supervisor_for_each(w->sup, attach_one, w->peers);
+        apply_http_options(w, cJSON_GetObjectItem(w->config, "http"));
+        int local = 0;
+        for (size_t i = 0; i < spec->n_deps; i++)
+                local += spec->deps[i].replicas;
+        log_info("assignment for config %lld: %d local replica(s) of %zu deployment(s), %zu route(s)", epoch, local,
+                 spec->n_deps, spec->n_apps);
+        w->have_assign = true;
+        if (!proxy && !w->proxy_stopped) {
+                log_notice("proxy_location leaves this node without an HTTP proxy: closing port %d", w->cfg->http_port);
+                proxy_stop_accepting(w->proxy);
+                w->proxy_stopped = true;
+        } else if (proxy && w->proxy_stopped)
+                log_warning("proxy_location now wants a proxy on this node: restart serve-worker to open port %d",
+                            w->cfg->http_port);
+        proxy_set_ready(w->proxy, true);
+        sd_notifyf(0, "READY=1\nSTATUS=serving %zu route(s), %d local replica(s); head connected", spec->n_apps, local);
+        r = 0;
+out:
+        serve_spec_free(spec);
+        return r;
+}
+
+/* `routing`: where every deployment has ready replicas. Returns 0 or -EINVAL with err. */
+static int on_routing(struct worker *w, const cJSON *m, char *err, size_t errlen) {
+        const cJSON *nodes, *deps, *it, *pair;
+        const char *s;
+        long long v;
+        int r, n_nodes;
+
+        if ((r = ctl_get_array(m, "nodes", MAX_ASSIGN_ITEMS, true, &nodes, err, errlen)) < 0 ||
+            (r = ctl_get_array(m, "deployments", MAX_ASSIGN_ITEMS, true, &deps, err, errlen)) < 0)
+                return r;
+        n_nodes = cJSON_GetArraySize(nodes);
+        cJSON_ArrayForEach(it, nodes) {
+                if ((r = ctl_get_string(it, "name", 200, true, &s, err, errlen)) < 0 ||
+                    (r = ctl_get_string(it, "address", 200, true, &s, err, errlen)) < 0 ||
+                    (r = ctl_get_int(it, "data_port", 1, 65535, true, &v, err, errlen)) < 0)
+                        return r;
+        }
+        cJSON_ArrayForEach(it, deps) {
+                const cJSON *ready;
+                if ((r = ctl_get_string(it, "app", 200, true, &s, err, errlen)) < 0 ||
+                    (r = ctl_get_string(it, "name", 200, true, &s, err, errlen)) < 0 ||
+                    (r = ctl_get_int(it, "max_ongoing", 1, 1 << 20, true, &v, err, errlen)) < 0 ||
+                    (r = ctl_get_array(it, "ready", MAX_ASSIGN_ITEMS, true, &ready, err, errlen)) < 0)
+                        return r;
+                cJSON_ArrayForEach(pair, ready) {
+                        const cJSON *a = cJSON_GetArrayItem(pair, 0), *b = cJSON_GetArrayItem(pair, 1);
+                        if (!cJSON_IsArray(pair) || cJSON_GetArraySize(pair) != 2 || !cJSON_IsNumber(a) || !cJSON_IsNumber(b) ||
+                            a->valuedouble < 0 || a->valuedouble >= n_nodes || b->valuedouble < 0 || b->valuedouble > 1 << 20) {
+                                snprintf(err, errlen, "field ready: items must be [node index, count]");
+                                return -EINVAL;
+                        }
+                }
+        }
+
+        struct peer **peers = calloc((size_t)n_nodes + 1, sizeof *peers);
+        if (!peers)
+                return -ENOMEM;
+        peers_update_begin(w->peers);
+        int i = 0;
+        cJSON_ArrayForEach(it, nodes) {
+                const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(it, "name"));
+                if (!streq(name, w->cfg->node_name))
+                        peers[i] = peers_update_node(w->peers, name, cJSON_GetStringValue(cJSON_GetObjectItem(it, "address")),
+                                                     (int)cJSON_GetNumberValue(cJSON_GetObjectItem(it, "data_port")));
+                i++;
+        }
+        cJSON_ArrayForEach(it, deps) {
+                const char *app = cJSON_GetStringValue(cJSON_GetObjectItem(it, "app"));
+                const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(it, "name"));
+                int mo = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(it, "max_ongoing"));
+                cJSON_ArrayForEach(pair, cJSON_GetObjectItem(it, "ready")) {
+                        struct peer *p = peers[(int)cJSON_GetArrayItem(pair, 0)->valuedouble];
+                        if (p)
+                                (void)peers_update_target(w->peers, p, app, name, (int)cJSON_GetArrayItem(pair, 1)->valuedouble, mo);
+                }
+        }
+        peers_update_end(w->peers);
+        free(peers);
+        supervisor_for_each(w->sup, attach_one, w->peers);
+        return 0;
+}
+
+static void head_schedule_reconnect(struct worker *w) {
+        w->head_backoff_ns = w->head_backoff_ns ? MIN(HEAD_BACKOFF_MAX_NS, w->head_backoff_ns * 2) : HEAD_BACKOFF_MIN_NS;
+        w->head_next_ns = now_ns() + w->head_backoff_ns;
+}
+
+static void head_drop(struct worker *w, const char *why) {
+        if (w->head) {
+                w->head->userdata = NULL;
+                netconn_close(w->head, false);
+                w->head = NULL;
+        }
+        if (w->head_up)
+                log_warning("lost serve-head (%s): serving with the routes and replicas we have", why);
+        w->head_up = w->welcomed = false;
+        head_schedule_reconnect(w);
+        if (w->have_assign)
+                sd_notify(0, "STATUS=serving; serve-head unreachable, reconnecting");
+}
+
+static void head_on_connect(struct netconn *nc) {
+        struct worker *w = nc->userdata;
+        w->head_up = true;
+        w->head_backoff_ns = 0;
+        log_info("connected to serve-head at %s, registering as %s", w->cfg->head_address, w->cfg->node_name);
+        head_send(w, hello_message(w));
+}
+
+static void head_on_data(struct netconn *nc) {
+        struct worker *w = nc->userdata;
+
+        while (w && w->head == nc) {
+                cJSON *m = NULL;
+                const char *type = NULL, *why = NULL;
+                char err[256] = "";
+                int r = ctlmsg_decode(&nc->in, &m, &type, &why);
+
+                if (r == 0)
+                        return;
+                if (r < 0) {
+                        log_error("serve-head sent an invalid message (%s): reconnecting", why);
+                        head_drop(w, "protocol error");
+                        return;
+                }
+                if (streq(type, "welcome")) {
+                        double hb = 1;
+                        if (ctl_get_double(m, "heartbeat_interval_s", 0.01, 3600, false, &hb, err, sizeof err) == 0)
+                                w->hb_interval_s = hb;
+                        w->welcomed = true;
+                        log_info("registered with serve-head as node %s", w->cfg->node_name);
+                } else if (streq(type, "refused")) {
+                        const char *reason = cJSON_GetStringValue(cJSON_GetObjectItem(m, "reason"));
+                        log_error("serve-head at %s refused this node: %s (check join_token_file %s)",
+                                  w->cfg->head_address, reason ? reason : "no reason given", w->cfg->join_token_file);
+                        w->fatal = w->stop = true;
+                        cJSON_Delete(m);
+                        head_drop(w, "refused");
+                        return;
+                } else if (streq(type, "config") || streq(type, "assign") || streq(type, "routing")) {
+                        r = streq(type, "config") ? on_config(w, m, err, sizeof err)
+                            : streq(type, "assign") ? on_assign(w, m, err, sizeof err)
+                                                    : on_routing(w, m, err, sizeof err);
+                        if (r < 0)
+                                log_error("serve-head sent a %s message we cannot use (%s): keeping what we have", type,
+                                          r == -ENOMEM ? "out of memory" : err);
+                } else
+                        log_debug("ignoring control message '%s' from serve-head", type);
+                cJSON_Delete(m);
+        }
+}
+
+static void head_on_close(struct netconn *nc, int err) {
+        struct worker *w = nc->userdata;
+        if (!w)
+                return;
+        w->head = NULL;
+        head_drop(w, err ? strerror(-err) : "connection closed");
+}
+
+static const struct netconn_ops head_ops = {
+        .on_connect = head_on_connect,
+        .on_data = head_on_data,
+        .on_close = head_on_close,
+};
+
+static void head_connect(struct worker *w) {
+        int r = netconn_connect(&w->loop, w->cfg->head_host, w->cfg->head_port, &head_ops, w, &w->head);
+        if (r < 0) {
+                w->head = NULL;
+                log_debug("cannot connect to serve-head at %s: %s", w->cfg->head_address, strerror(-r));
+                head_schedule_reconnect(w);
+        }
+}
+
+/* ---- metrics ---- */
+
+static void on_metrics(void *userdata, const struct httpd_request *rq, struct httpd_response *resp) {
+        struct worker *w = userdata;
+
+        if (!httpd_is(rq, "GET", "/metrics")) {
+                httpd_respond_error(resp, 404, "only GET /metrics is served here");
+                return;
+        }
+        cJSON *rep = report_build(w->sup, router_get(), w->peers, w->wall_offset_s);
+        const char *names[] = { w->cfg->node_name };
+        const cJSON *reps[] = { rep };
+        resp->content_type = "text/plain; version=0.0.4";
+        if (!rep || report_render_metrics(&resp->body, names, reps, 1) < 0)
+                httpd_respond_error(resp, 500, "cannot render metrics");
+        cJSON_Delete(rep);
+}
+
+/* ---- main ---- */
+
+static void on_signal(struct loop_op *op, int res, unsigned flags) {
+        struct worker *w = container_of(op, struct worker, op_signal);
+
+        if (res == (int)sizeof w->si) {
+                switch (w->si.ssi_signo) {
+                case SIGHUP:
+                        log_info("SIGHUP: serve-worker takes its applications from serve-head; reload the head instead");
+                        break;
+                case SIGINT:
+                case SIGTERM:
+                        if (w->stop)
+                                w->force = true;
+                        w->stop = true;
+                        break;
+                }
+        }
+        struct io_uring_sqe *sqe = loop_sqe(&w->loop, &w->op_signal);
+        io_uring_prep_read(sqe, w->sfd, &w->si, sizeof w->si, 0);
+}
+
+static int setup(struct worker *w) {
+        char *err = NULL;
+        int r;
+
+        r = worker_config_load_file(w->cfg_path, &w->cfg, &err);
+        if (r < 0) {
+                log_error("%s", err ? err : strerror(-r));
+                free(err);
+                return r;
+        }
+        log_set_node(w->cfg->node_name);
+        char *tf = path_relative_to_file(w->cfg_path, w->cfg->join_token_file);
+        if (!tf)
+                return -ENOMEM;
+        free(w->cfg->join_token_file);
+        w->cfg->join_token_file = tf;
+        r = read_token_file(w->cfg->join_token_file, &w->token, &err);
+        if (r < 0) {
+                log_error("%s", err ? err : strerror(-r));
+                free(err);
+                return r;
+        }
+        r = resources_discover(&w->res);
+        if (r < 0)
+                log_warning_errno(r, "resource discovery failed, using worker.yaml's values only: %m");
+        resources_apply_overrides(&w->res, w->cfg);
+        log_info("node %s: %.1f CPUs, %.1f GiB memory, %u GPU(s)", w->cfg->node_name, w->res.num_cpus,
+                 (double)w->res.memory / (1 << 30), w->res.n_gpus);
+
+        r = loop_init(&w->loop, 1024);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up io_uring: %m");
+        w->replica_bin = spec_find_replica_bin();
+        r = supervisor_new(&w->loop, router_get(), w->replica_bin, &w->sup);
+        if (r >= 0)
+                r = supervisor_set_node(w->sup, w->cfg->node_name);
+        if (r < 0)
+                return log_error_errno(r, "Cannot create the replica supervisor: %m");
+
+        struct proxy_options po = { .host = w->cfg->http_host, .port = w->cfg->http_port, .listen_fd = -1 };
+        int n = sd_listen_fds(1);
+        if (n >= 1) {
+                po.listen_fd = SD_LISTEN_FDS_START;
+                log_info("using the HTTP socket passed by systemd");
+        }
+        r = proxy_new(&w->loop, router_get(), &po, &w->proxy);
+        if (r < 0)
+                return r;
+        proxy_set_ready(w->proxy, false);
+        apply_http_options(w, NULL);
+
+        struct http_limits lim = { .max_request_line = 8192, .max_head = 65536, .max_headers = HTTP_MAX_HEADERS };
+        r = peers_new(&w->loop, router_get(), w->cfg->node_address, w->cfg->data_port, &lim, &w->peers);
+        if (r < 0)
+                return r;
+        if (w->cfg->metrics_port > 0) {
+                r = httpd_open(&w->metrics, &w->loop, w->cfg->node_address, w->cfg->metrics_port, 0, on_metrics, w);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot listen on %s:%d (metrics_port): %m", w->cfg->node_address,
+                                               w->cfg->metrics_port);
+                w->metrics_open = true;
+        }
+        return 0;
+}
+
+int main(int argc, char **argv) {
+        static const struct option opts[] = {
+                { "config", required_argument, NULL, 'c' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
+                {},
+        };
+        struct worker w = { .cfg_path = "/etc/serve/worker.yaml", .sfd = -1, .hb_interval_s = 1 };
+        sigset_t mask;
+        struct timespec rt, mt;
+        int c, r;
+
+        log_init("serve-worker");
+        while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) >= 0) {
+                switch (c) {
+                case 'c':
+                        w.cfg_path = optarg;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                case 'V':
+                        printf("serve-worker %s\n", PACKAGE_VERSION);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return 2;
+                }
+        }
+        if (optind != argc) {
+                fprintf(stderr, "serve-worker: unexpected argument '%s'\n", argv[optind]);
+                return 2;
+        }
+        the_worker = &w;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        clock_gettime(CLOCK_MONOTONIC, &mt);
+        w.wall_offset_s = (double)rt.tv_sec + rt.tv_nsec / 1e9 - ((double)mt.tv_sec + mt.tv_nsec / 1e9);
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGHUP);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        w.sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+
+        r = setup(&w);
+        if (r < 0) {
+                sd_notifyf(0, "STATUS=failed to start: %s", strerror(-r));
+                return 1;
+        }
+        w.op_signal.cb = on_signal;
+        on_signal(&w.op_signal, 0, 0);
+        sd_notify(0, "STATUS=waiting for serve-head");
+        head_connect(&w);
+
+        for (;;) {
+                uint64_t now = now_ns(), timeout;
+
+                timeout = MIN(supervisor_tick(w.sup, now), proxy_tick(w.proxy, now));
+                timeout = MIN(timeout, peers_tick(w.peers, now));
+                if (!w.head && !w.stop) {
+                        if (now >= w.head_next_ns)
+                                head_connect(&w);
+                        else
+                                timeout = MIN(timeout, w.head_next_ns - now);
+                }
+                if (w.head_up && w.welcomed && now >= w.next_report_ns) {
+                        head_send(&w, report_build(w.sup, router_get(), w.peers, w.wall_offset_s));
+                        w.next_report_ns = now + sec_to_ns(w.hb_interval_s);
+                }
+                if (peers_take_kick(w.peers))
+                        supervisor_for_each(w.sup, attach_one, w.peers);
+                if (timeout == 0)
+                        timeout = 1;
+                if (!supervisor_prepare_sleep(w.sup))
+                        timeout = 0;
+                r = loop_run_once(&w.loop, timeout);
+                supervisor_awake(w.sup);
+                if (r < 0) {
+                        log_error_errno(r, "event loop failed: %m");
+                        break;
+                }
+                if (w.stop && !w.drain_deadline) {
+                        log_info("stopping: finishing in-flight requests");
+                        sd_notify(0, "STOPPING=1\nSTATUS=draining");
+                        if (w.head_up)
+                                head_send(&w, ctlmsg_new("goodbye"));
+                        proxy_stop_accepting(w.proxy);
+                        w.drain_deadline = now + DRAIN_LIMIT_NS;
+                }
+                if (w.drain_deadline) {
+                        if (!w.replicas_stopping && (supervisor_busy(w.sup) == 0 || now > w.drain_deadline || w.force)) {
+                                supervisor_stop_all(w.sup);
+                                w.replicas_stopping = true;
+                        }
+                        if (w.replicas_stopping && supervisor_all_exited(w.sup))
+                                break;
+                        if (w.force || now > w.drain_deadline + 10 * NSEC_PER_SEC) {
+                                log_warning("replicas did not stop in time");
+                                break;
+                        }
+                }
+        }
+        if (w.head) {
+                /* Let the goodbye go out. */
+                netconn_close(w.head, true);
+                for (int i = 0; i < 10; i++)
+                        loop_run_once(&w.loop, 10 * NSEC_PER_MSEC);
+        }
+        log_info("stopped");
+        if (w.metrics_open)
+                httpd_close(&w.metrics);
+        peers_free(w.peers);
+        proxy_free(w.proxy);
+        supervisor_free(w.sup);
+        router_set_routes(router_get(), NULL, 0);
+        loop_free(&w.loop);
+        worker_config_free(w.cfg);
+        cJSON_Delete(w.config);
+        free(w.token);
+        free(w.replica_bin);
+        if (w.sfd >= 0)
+                close(w.sfd);
+        return w.fatal ? 1 : 0;
+}

@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# A head and three workers on one machine, each worker on its own loopback address
+# (127.0.10.2 .. 127.0.10.4; the head's API and control port on 127.0.10.1). Covers placement
+# (spread, PENDING with a reason), cross-node requests, reloads (identical, counts in place,
+# rolling code change under load with zero non-2xx, invalid), API auth, join tokens, and the
+# loss of a worker and of the head (under load, zero failures; no healthy replica restarted).
+. "$(dirname "$0")/lib.sh"
+
+HEAD_BIN=$top_builddir/serve-head
+WORKER_BIN=$top_builddir/serve-worker
+CLI=$top_builddir/serve
+export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs"
+
+command -v jq >/dev/null || { echo "1..0 # SKIP jq is not installed (scripts/install-deps test)"; exit 77; }
+command -v wrk >/dev/null || { echo "1..0 # SKIP wrk is not installed (scripts/install-deps test)"; exit 77; }
+
+NET=127.0.10
+CONF=$WORK/conf
+STATE=$WORK/state
+mkdir -p "$CONF" "$STATE"
+API_PORT=$(free_port)
+CTL_PORT=$(free_port)
+HTTP_PORT=$(free_port)
+DATA_PORT=$(free_port)
+API=http://$NET.1:$API_PORT
+( umask 077; echo "join-$RANDOM$RANDOM" >"$CONF/join-token"; echo "api-$RANDOM$RANDOM" >"$CONF/api-token"
+  echo "wrong-token" >"$CONF/bad-token" )
+
+cat >"$CONF/cluster.yaml" <<EOF
+head:
+  api_host: $NET.1
+  api_port: $API_PORT
+  control_host: $NET.1
+  control_port: $CTL_PORT
+  api_token_file: api-token
+  join_token_file: join-token
+worker_heartbeat_interval_s: 0.2
+worker_timeout_s: 2
+EOF
+
+# write_apps ECHO_REPLICAS ECHO_MODULE [EXTRA]: the applications under test.
+write_apps() {
+        cat >"$CONF/apps.yaml.new" <<EOF
+applications:
+  - name: echo
+    route_prefix: /echo
+    import_path: $2:app
+    deployments:
+      - name: Echo
+        num_replicas: $1
+        max_ongoing_requests: 8
+        graceful_shutdown_timeout_s: 5
+        ray_actor_options: {num_cpus: 0.25}
+  - name: pinned
+    route_prefix: /pinned
+    import_path: slow:app
+    deployments:
+      - name: Slow
+        num_replicas: 1
+        ray_actor_options: {num_cpus: 0.25}
+  - name: big
+    route_prefix: /big
+    import_path: echo:app
+    deployments:
+      - name: Echo
+        num_replicas: 1
+        ray_actor_options: {num_cpus: 64}
+$3
+EOF
+        mv "$CONF/apps.yaml.new" "$CONF/apps.yaml"
+}
+
+HEAD_PID=
+start_head() {
+        "$HEAD_BIN" -c "$CONF" --state-dir "$STATE" >>"$WORK/head.log" 2>&1 &
+        HEAD_PID=$!
+        SERVE_PIDS+=("$HEAD_PID")
+        wait_until 20 curl -fs -o /dev/null -m 2 "$API/-/healthz"
+}
+
+declare -A WPID
+start_worker() { # start_worker N [TOKEN_FILE]
+        local n=$1 tok=${2:-join-token}
+        cat >"$CONF/worker-$n.yaml" <<EOF
+head_address: $NET.1:$CTL_PORT
+join_token_file: $tok
+node_name: node-$n
+node_address: $NET.$((n + 1))
+http_host: $NET.$((n + 1))
+http_port: $HTTP_PORT
+data_port: $DATA_PORT
+metrics_port: 0
+resources: {num_cpus: 2}
+EOF
+        "$WORKER_BIN" -c "$CONF/worker-$n.yaml" >>"$WORK/worker-$n.log" 2>&1 &
+        WPID[$n]=$!
+        SERVE_PIDS+=("${WPID[$n]}")
+}
+
+apps_json() { curl -fsS -m 5 "$API/api/serve/applications/"; }
+nodes_json() { curl -fsS -m 5 "$API/api/cluster/nodes"; }
+# running APP DEP: "node pid" lines of the RUNNING replicas
+running() { apps_json | jq -r --arg a "$1" --arg d "$2" '.applications[$a].deployments[$d].replicas[] | select(.state=="RUNNING") | "\(.node_id) \(.pid)"' | sort; }
+n_running() { running "$1" "$2" | grep -c . ; }
+all_replicas() { apps_json | jq -r '.applications[].deployments[].replicas[] | "\(.replica_id) \(.pid) \(.state)"' | sort; }
+healthy() { [ "$(apps_json | jq -r --arg a "$1" --arg d "$2" '.applications[$a].deployments[$d].status')" = HEALTHY ]; }
+node_http() { echo "http://$NET.$(($1 + 1)):$HTTP_PORT"; }
+proxy_ready() { [ "$(http_code "$(node_http "$1")/-/healthz")" = 200 ]; }
+# reports_total: heartbeats the head has received from all nodes together
+reports_total() { nodes_json | jq '[.nodes[].reports] | add'; }
+# settle: wait until every alive node reported twice more (what changed is then visible)
+settle() { local r0; r0=$(reports_total); wait_until 20 bash -c "[ \$(curl -fsS -m 5 $API/api/cluster/nodes | jq '[.nodes[] | select(.state==\"ALIVE\") | .reports] | add') -ge $((r0 + 6)) ]"; }
+head_log_count() { grep -c "$1" "$WORK/head.log" || true; }
+
+# load NAME URL SECONDS: wrk in the background (counts every non-2xx and socket error);
+# load_result NAME waits for it and sets NON2XX, ERRORS, REQS.
+load() { wrk -t1 -c4 -d"$3"s --timeout 10s "$2" >"$WORK/$1.wrk" 2>&1 & LOAD_PID=$!; }
+load_result() {
+        local f=$WORK/$1.wrk
+        wait "$LOAD_PID"
+        NON2XX=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$f")
+        ERRORS=$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$f")
+        REQS=$(awk '/requests in/ { print $1 }' "$f")
+        NON2XX=${NON2XX:-0} ERRORS=${ERRORS:-0} REQS=${REQS:-0}
+        [ "$REQS" -gt 0 ] || sed 's/^/#   /' "$f"
+}
+
+write_apps 3 echo
+start_head || { fail "serve-head starts"; sed 's/^/#   /' "$WORK/head.log"; finish; exit 1; }
+pass "serve-head starts and serves its API"
+for n in 1 2 3; do start_worker "$n"; done
+for n in 1 2 3; do wait_until 30 proxy_ready "$n"; done
+wait_until 30 bash -c "[ \$(curl -fsS -m 5 $API/api/cluster/nodes | jq '[.nodes[] | select(.state==\"ALIVE\")] | length') = 3 ]"
+check "three workers register" "$(nodes_json | jq '[.nodes[] | select(.state=="ALIVE")] | length')" 3
+wait_until 30 healthy echo Echo
+wait_until 30 healthy pinned Slow
+
+# ---- placement ----
+check "the echo replicas spread over the three nodes" "$(running echo Echo | cut -d' ' -f1 | sort -u | wc -l)" 3
+check "a replica needing 64 CPUs is PENDING" "$(apps_json | jq '.applications.big.deployments.Echo.pending[0].count')" 1
+reason=$(apps_json | jq -r '.applications.big.deployments.Echo.pending[0].reason')
+check_contains "the pending reason names what is missing" "$reason" "64 CPUs"
+check_contains "serve status shows the pending reason" "$("$CLI" status --address "$API")" "64 CPUs"
+
+# ---- any node serves any application ----
+pin_node=$(running pinned Slow | cut -d' ' -f1)
+other=1; [ "$pin_node" = node-1 ] && other=2
+check "the pinned replica runs on one node" "$(running pinned Slow | wc -l)" 1
+check "a node without the replica answers through its peer" \
+        "$(curl -s -m 10 "$(node_http "$other")/pinned?ms=1")" "ok"
+ok=0
+for n in 1 2 3; do [ "$(curl -s -m 10 -d "hi $n" "$(node_http "$n")/echo")" = "hi $n" ] && ok=$((ok + 1)); done
+check "every node's proxy answers /echo" "$ok" 3
+check "an unknown path is 404 on a worker" "$(http_code "$(node_http 3)/nowhere")" 404
+
+# ---- identical reload: nothing restarts ----
+before=$(all_replicas)
+n0=$(head_log_count "applied file config")
+kill -HUP "$HEAD_PID"
+wait_until 10 bash -c "[ \$(grep -c 'applied file config' $WORK/head.log) -gt $n0 ]"
+settle
+check_contains "the identical reload is recognised" "$(tail -n 20 "$WORK/head.log")" "(unchanged)"
+check "identical reload: every replica keeps its process" "$(all_replicas)" "$before"
+
+# ---- num_replicas 3 -> 2 -> 4 -> 1, in place ----
+pids3=$(running echo Echo | cut -d' ' -f2)
+write_apps 2 echo; kill -HUP "$HEAD_PID"
+wait_until 30 bash -c "[ \"\$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[]] | length')\" = 2 ] && [ \"\$(curl -fsS -m 5 $API/api/serve/applications/ | jq -r .applications.echo.deployments.Echo.status)\" = HEALTHY ]"
+pids2=$(running echo Echo | cut -d' ' -f2)
+check "num_replicas 2: two replicas run" "$(echo "$pids2" | grep -c .)" 2
+check "num_replicas 2: both were running before (scaled in place)" "$(comm -12 <(echo "$pids3" | sort) <(echo "$pids2" | sort) | wc -l)" 2
+write_apps 4 echo; kill -HUP "$HEAD_PID"
+wait_until 30 bash -c "[ \"\$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[] | select(.state==\"RUNNING\")] | length')\" = 4 ]"
+pids4=$(running echo Echo | cut -d' ' -f2)
+check "num_replicas 4: four replicas run" "$(echo "$pids4" | grep -c .)" 4
+check "num_replicas 4: the two old ones kept their processes" "$(comm -12 <(echo "$pids2" | sort) <(echo "$pids4" | sort) | wc -l)" 2
+write_apps 1 echo; kill -HUP "$HEAD_PID"
+wait_until 30 bash -c "[ \"\$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[]] | length')\" = 1 ]"
+pids1=$(running echo Echo | cut -d' ' -f2)
+check "num_replicas 1: one replica runs, one of the four" "$(comm -12 <(echo "$pids4" | sort) <(echo "$pids1" | sort) | wc -l)" 1
+write_apps 3 echo; kill -HUP "$HEAD_PID"
+wait_until 30 bash -c "[ \"\$(curl -fsS -m 5 $API/api/serve/applications/ | jq -r .applications.echo.deployments.Echo.status)\" = HEALTHY ] && [ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[]] | length') = 3 ]"
+
+# ---- code change rolls under load: zero non-2xx ----
+old_version=$(apps_json | jq -r '.applications.echo.deployments.Echo.version')
+old_pids=$(running echo Echo | cut -d' ' -f2)
+load roll "$(node_http 2)/echo" 6
+write_apps 3 echo2; kill -HUP "$HEAD_PID"
+wait_until 30 bash -c "v=\$(curl -fsS -m 5 $API/api/serve/applications/ | jq -r '.applications.echo.deployments.Echo | select(.status==\"HEALTHY\") | .version'); [ -n \"\$v\" ] && [ \"\$v\" != $old_version ] && [ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[]] | length') = 3 ]"
+load_result roll
+check "rolling import_path change: every replica was replaced" \
+        "$(comm -12 <(echo "$old_pids" | sort) <(running echo Echo | cut -d' ' -f2 | sort) | wc -l)" 0
+check "rolling import_path change under load: no non-2xx responses" "$NON2XX" 0
+check "rolling import_path change under load: no connection errors" "$ERRORS" 0
+[ "$REQS" -gt 100 ] && pass "the load generator ran during the roll ($REQS requests)" || fail "the load generator ran ($REQS requests)"
+
+# ---- invalid config: rejected, the old one keeps serving ----
+cp "$CONF/apps.yaml" "$WORK/apps.good"
+printf 'applications:\n  - name: echo\n    route_prefix: /echo\n    import_path: echo:app\n    num_replicaz: 2\n' >"$CONF/apps.yaml"
+n0=$(head_log_count "reload failed")
+kill -HUP "$HEAD_PID"
+wait_until 10 bash -c "[ \$(grep -c 'reload failed' $WORK/head.log) -gt $n0 ]"
+check_contains "an invalid reload is logged with file:line:column" "$(grep 'reload failed' "$WORK/head.log" | tail -n 1)" "apps.yaml:5:5"
+check_contains "serve status shows the config error" "$("$CLI" status --address "$API")" "apps.yaml:5:5"
+check "the old config still serves after an invalid reload" "$(curl -s -m 10 -d still "$(node_http 1)/echo")" "still"
+code=$(curl -s -o "$WORK/put.out" -w '%{http_code}' -m 10 -X PUT -H "Authorization: Bearer $(cat "$CONF/api-token")" \
+        --data-binary @"$CONF/apps.yaml" "$API/api/serve/applications/")
+check "PUT of an invalid config is 400" "$code" 400
+check_contains "the 400 names line and column" "$(cat "$WORK/put.out")" ":5:5"
+cp "$WORK/apps.good" "$CONF/apps.yaml"
+
+# ---- the API needs its token ----
+check "PUT without a token is 401" "$(curl -s -o /dev/null -w '%{http_code}' -m 10 -X PUT --data-binary @"$CONF/apps.yaml" "$API/api/serve/applications/")" 401
+check "DELETE with a wrong token is 401" "$(curl -s -o /dev/null -w '%{http_code}' -m 10 -X DELETE -H 'Authorization: Bearer nope' "$API/api/serve/applications/")" 401
+check "GET needs no token" "$(curl -s -o /dev/null -w '%{http_code}' -m 10 "$API/api/serve/applications/")" 200
+SERVE_API_TOKEN_FILE=$CONF/api-token "$CLI" deploy "$CONF/apps.yaml" --address "$API" >"$WORK/deploy.out" 2>&1
+check "serve deploy with the token succeeds" "$?" 0
+
+# ---- a worker with the wrong join token is refused ----
+start_worker 9 bad-token
+wait_until 20 bash -c "! kill -0 ${WPID[9]} 2>/dev/null"
+wait "${WPID[9]}"; rc=$?
+check "a worker with a bad join token exits with an error" "$rc" 1
+check_contains "the worker says it was refused" "$(cat "$WORK/worker-9.log")" "refused this node: invalid join token"
+check_contains "the head says why it refused" "$(cat "$WORK/head.log")" "invalid join token"
+check "the refused worker is not a node" "$(nodes_json | jq '[.nodes[] | select(.node_id=="node-9")] | length')" 0
+
+# ---- the head dies under load: nothing fails; on restart nothing restarts ----
+settle
+before=$(all_replicas)
+load headloss "$(node_http 3)/echo" 6
+kill -KILL "$HEAD_PID"
+wait "$HEAD_PID" 2>/dev/null
+check "the workers serve while the head is down" "$(curl -s -m 10 -d up "$(node_http 1)/echo")" "up"
+check "cross-node requests work while the head is down" "$(curl -s -m 10 "$(node_http "$other")/pinned?ms=1")" "ok"
+start_head || fail "serve-head restarts"
+wait_until 30 bash -c "[ \$(curl -fsS -m 5 $API/api/cluster/nodes | jq '[.nodes[] | select(.state==\"ALIVE\" and .connected)] | length') = 3 ]"
+load_result headloss
+check "head killed under load: no non-2xx responses" "$NON2XX" 0
+check "head killed under load: no connection errors" "$ERRORS" 0
+[ "$REQS" -gt 100 ] && pass "the load generator ran while the head was down ($REQS requests)" || fail "the load generator ran ($REQS requests)"
+settle
+check "after the head restarts, no healthy replica was restarted" "$(all_replicas)" "$before"
+
+# ---- a worker dies: its replicas come back elsewhere ----
+victim=${pin_node#node-}
+victim_pid=${WPID[$victim]}
+survivor=1; [ "$victim" = 1 ] && survivor=2
+kill -KILL "$victim_pid"
+wait_until 30 bash -c "[ \"\$(curl -fsS -m 5 $API/api/cluster/nodes | jq -r '.nodes[] | select(.node_id==\"node-$victim\") | .state')\" = DEAD ]"
+check "the killed worker is marked DEAD" "$(nodes_json | jq -r ".nodes[] | select(.node_id==\"node-$victim\") | .state")" DEAD
+wait_until 30 bash -c "[ \"\$(curl -s -m 5 $(node_http $survivor)/pinned?ms=1)\" = ok ]"
+check "the lost node's replica runs elsewhere" "$(running pinned Slow | cut -d' ' -f1 | grep -vc "node-$victim")" 1
+check "requests succeed again after the worker loss" "$(curl -s -m 10 "$(node_http $survivor)/pinned?ms=1")" "ok"
+wait_until 30 bash -c "[ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[] | select(.state==\"RUNNING\")] | length') = 3 ]"
+check "all echo replicas run on the surviving nodes" "$(running echo Echo | cut -d' ' -f1 | grep -c "node-$victim")" 0
+
+# ---- stopping ----
+for n in 1 2 3; do [ "$n" != "$victim" ] && kill -TERM "${WPID[$n]}"; done
+stopped=0
+for n in 1 2 3; do [ "$n" != "$victim" ] && wait "${WPID[$n]}" && stopped=$((stopped + 1)); done
+check "workers stop cleanly on SIGTERM" "$stopped" 2
+check "no replica process is left" "$(pgrep -f "serve-replica.*" -P "$(echo "${WPID[@]}" | tr ' ' ,)" | wc -l)" 0
+kill -TERM "$HEAD_PID"; wait "$HEAD_PID"
+check "serve-head stops cleanly on SIGTERM" "$?" 0
+finish
