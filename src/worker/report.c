@@ -5,45 +5,9 @@
 #include "ctlmsg.h"
 #include "macros.h"
 #include "metrics.h"
-#include "peer.h"
 #include "report.h"
-#include "supervisor.h"
 
 #define REPORT_MAX_ITEMS 100000
-
-cJSON *report_build(const struct supervisor *s, const struct router *r, const struct peers *ps, double wall_offset_s) {
-        cJSON *m = ctlmsg_new("report"), *reps, *deps, *stats, *pj;
-        struct list *pos, *tmp;
-
-        if (!m || !(reps = cJSON_AddArrayToObject(m, "replicas")) || !(deps = cJSON_AddArrayToObject(m, "deployments")) ||
-            !(stats = cJSON_AddArrayToObject(m, "stats")) || supervisor_report(s, reps, deps, wall_offset_s) < 0)
-                goto fail;
-        if (r->stats_ready)
-                list_for_each_safe(pos, tmp, (struct list *)&r->stats) {
-                        const struct dep_stats *st = list_entry(pos, struct dep_stats, link);
-                        cJSON *o = cJSON_CreateObject();
-                        if (!o || !cJSON_AddItemToArray(stats, o) || !cJSON_AddStringToObject(o, "app", st->app) ||
-                            !cJSON_AddStringToObject(o, "deployment", st->name) ||
-                            !cJSON_AddNumberToObject(o, "requests", (double)st->requests) ||
-                            !cJSON_AddNumberToObject(o, "errors", (double)st->errors) ||
-                            !cJSON_AddNumberToObject(o, "replica_starts", (double)st->replica_starts) ||
-                            latency_hist_json_add(o, &st->latency) < 0)
-                                goto fail;
-                }
-        if (ps) {
-                struct peer_stats p;
-                peers_stats(ps, &p);
-                if (!(pj = cJSON_AddObjectToObject(m, "peers")) || !cJSON_AddNumberToObject(pj, "sent", (double)p.sent) ||
-                    !cJSON_AddNumberToObject(pj, "received", (double)p.received) ||
-                    !cJSON_AddNumberToObject(pj, "rejected", (double)p.rejected) ||
-                    !cJSON_AddNumberToObject(pj, "failed_over", (double)p.failed_over))
-                        goto fail;
-        }
-        return m;
-fail:
-        cJSON_Delete(m);
-        return NULL;
-}
 
 #define CHECK(x)                  \
         do {                      \

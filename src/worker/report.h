@@ -5,14 +5,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "router.h"
 #include "util.h"
-
-struct supervisor;
-struct peers;
-
-/* The report message. NULL on allocation failure. */
-cJSON *report_build(const struct supervisor *s, const struct router *r, const struct peers *ps, double wall_offset_s);
 
 /* Checks every field of a received report. Returns 0 or -EINVAL with the reason in err. */
 int report_validate(const cJSON *msg, char *err, size_t errlen);

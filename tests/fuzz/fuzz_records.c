@@ -220,6 +220,9 @@ void proxy_upreq_fail(struct upreq *u, int status, const char *why) {
         free(fake_of(u));
 }
 
+/* Requests here come from clients, never from a peer node. */
+void peer_stream_detach(struct upreq *u) { check(u->stream == NULL); }
+
 /* ---- the world: one replica with its two rings ---- */
 
 static uint8_t *ring_mem(uint32_t size) {
