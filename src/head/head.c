@@ -24,6 +24,7 @@
 #include "httpd.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "netconn.h"
 #include "nodecfg.h"
 #include "placement.h"
@@ -324,6 +325,14 @@ static void build_routing(struct head *h) {
                 cJSON_AddStringToObject(o, "app", h->spec->deps[i].app);
                 cJSON_AddStringToObject(o, "name", h->spec->deps[i].name);
                 cJSON_AddNumberToObject(o, "max_ongoing", h->spec->deps[i].max_ongoing);
+                unsigned placed = 0;
+                for (size_t k = 0; i < h->n_assign && k < h->assign[i].n_slots; k++) {
+                        struct node *pn = node_find(h, h->assign[i].slots[k].node);
+                        if (pn && pn->alive)
+                                placed += h->assign[i].slots[k].count;
+                }
+                /* Placed (maybe still starting): a proxy may hold requests for them. */
+                cJSON_AddNumberToObject(o, "placed", placed);
                 per_dep[i] = cJSON_AddArrayToObject(o, "ready");
                 cJSON_AddItemToArray(deps, o);
         }

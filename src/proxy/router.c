@@ -57,7 +57,7 @@ static uint64_t rng_next(struct router *r) {
 }
 
 static bool has_capacity(const struct replica *rep) {
-        return rep->state == REPLICA_READY && rep->ongoing < (int)rep->n_slots;
+        return rep->state == REPLICA_READY && rep->ongoing < (int)rep->limit;
 }
 
 /* Power of two choices: two random replicas with room, the less busy one wins. */
@@ -114,7 +114,7 @@ int router_submit(struct router *r, struct upreq *u) {
                         return 0;
                 }
         }
-        if (!local_possible(dep, u) && (u->stream || !dep->remote || !peer_group_available(dep->remote)))
+        if (!local_possible(dep, u) && (u->stream || !dep->remote || !peer_group_available(dep->remote, dep->target_replicas)))
                 return -ENOENT;
         if (dep->max_queued >= 0 && dep->queue_len >= dep->max_queued)
                 return -EBUSY;

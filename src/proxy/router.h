@@ -52,6 +52,7 @@ struct replica {
         /* In-flight requests. req_id = (generation << 32) | slot. */
         struct upreq **slots;
         uint32_t n_slots;
+        uint32_t limit;            /* max_ongoing_requests: in flight at most (<= n_slots) */
         uint32_t generation;
         int ongoing;
         struct list backlog;       /* assigned requests not yet fully in the request ring */

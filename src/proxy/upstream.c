@@ -18,7 +18,21 @@ int upstream_init(struct replica *rep, uint32_t max_ongoing) {
         if (!rep->slots)
                 return -ENOMEM;
         rep->n_slots = max_ongoing;
+        rep->limit = max_ongoing;
         list_init(&rep->backlog);
+        return 0;
+}
+
+int upstream_set_limit(struct replica *rep, uint32_t max_ongoing) {
+        if (max_ongoing > rep->n_slots) {
+                struct upreq **n = realloc(rep->slots, max_ongoing * sizeof *n);
+                if (!n)
+                        return -ENOMEM;
+                memset(n + rep->n_slots, 0, (max_ongoing - rep->n_slots) * sizeof *n);
+                rep->slots = n;
+                rep->n_slots = max_ongoing;
+        }
+        rep->limit = max_ongoing;
         return 0;
 }
 

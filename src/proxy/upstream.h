@@ -9,6 +9,10 @@
 int upstream_init(struct replica *rep, uint32_t max_ongoing);
 void upstream_free(struct replica *rep);
 
+/* A new max_ongoing_requests for a running replica: more slots, or a lower limit (requests in
+ * flight above it finish). Returns 0 or -ENOMEM. */
+int upstream_set_limit(struct replica *rep, uint32_t max_ongoing);
+
 /* Assigns u to rep (a free slot must exist: rep->ongoing < rep->n_slots) and starts sending it. */
 void upstream_send(struct replica *rep, struct upreq *u);
 

@@ -942,6 +942,40 @@ static void on_reconfigure(struct replica *rep, const cJSON *msg) {
                                  : REPLICA_DEFAULT_GRACEFUL_S, 1);
 }
 
+/* A new max_ongoing_requests in place: more handler threads and room in the request table.
+ * A lower value keeps the threads (idle ones cost nothing); the proxy sends fewer requests. */
+static void on_max_ongoing(struct replica *rep, const cJSON *msg) {
+        double v = json_number(msg, "max_ongoing_requests", 0);
+        unsigned n;
+
+        if (!(v >= 1))
+                return;
+        n = (unsigned) MIN(v, (double) REPLICA_MAX_THREADS);
+        pthread_mutex_lock(&rep->lock);
+        size_t cap = 2 * (size_t) n + 16;
+        if (cap > rep->table_cap) {
+                void *t = realloc(rep->table, cap * sizeof *rep->table);
+                if (!t) {
+                        pthread_mutex_unlock(&rep->lock);
+                        log_error("Out of memory for max_ongoing_requests %u; keeping %u", n, rep->max_ongoing);
+                        return;
+                }
+                rep->table = t;
+                rep->table_cap = cap;
+        }
+        rep->max_ongoing = n;
+        pthread_mutex_unlock(&rep->lock);
+        while (rep->n_workers < n) {
+                int r = -pthread_create(&rep->workers[rep->n_workers], NULL, worker_main, rep);
+                if (r < 0) {
+                        log_error_errno(r, "Cannot start handler thread %zu: %m", rep->n_workers + 1);
+                        break;
+                }
+                rep->n_workers++;
+        }
+        log_info("max_ongoing_requests is now %u (%zu handler threads)", n, rep->n_workers);
+}
+
 static void on_control(struct replica *rep, char *buf) {
         ssize_t n = unix_recv_fds(rep->ctl_fd, buf, PROTO_CTL_MAX, NULL, 0, NULL);
         cJSON *msg;
@@ -964,6 +998,8 @@ static void on_control(struct replica *rep, char *buf) {
                 begin_drain(rep, json_number(msg, "timeout_s", REPLICA_DEFAULT_GRACEFUL_S), 0);
         else if (streq(type, "reconfigure"))
                 on_reconfigure(rep, msg);
+        else if (streq(type, "max_ongoing"))
+                on_max_ongoing(rep, msg);
         else
                 log_warning("Unknown control message '%s', ignoring", type);
         cJSON_Delete(msg);
@@ -1050,7 +1086,8 @@ _noreturn_ static void serve_loop(struct replica *rep, char *ctl_buf) {
 static int start_threads(struct replica *rep) {
         int r;
 
-        rep->workers = calloc(rep->max_ongoing, sizeof *rep->workers);
+        /* Room for every thread max_ongoing_requests may grow to (on_max_ongoing). */
+        rep->workers = calloc(REPLICA_MAX_THREADS, sizeof *rep->workers);
         if (!rep->workers)
                 return -ENOMEM;
         for (; rep->n_workers < rep->max_ongoing; rep->n_workers++) {

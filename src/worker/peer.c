@@ -286,11 +286,19 @@ static bool target_usable(const struct remote_target *t) {
         return t->peer->up && !t->rejected && t->ready > 0 && t->inflight < t->capacity;
 }
 
-bool peer_group_available(const struct remote_group *g) {
+bool peer_group_available(const struct remote_group *g, int local_target) {
         for (size_t i = 0; i < g->n_targets; i++)
                 if (g->targets[i]->ready > 0 && !g->targets[i]->rejected && g->targets[i]->peer->seen)
                         return true;
-        return false;
+        return g->placed > local_target;
+}
+
+int peers_set_placed(struct peers *ps, const char *app, const char *name, int placed) {
+        struct remote_group *g = group_find(ps, app, name, true);
+        if (!g)
+                return -ENOMEM;
+        g->placed = placed;
+        return 0;
 }
 
 struct remote_target *peer_pick(struct remote_group *g) {

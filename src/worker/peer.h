@@ -58,6 +58,7 @@ struct remote_group {
         char *app, *name;
         struct remote_target **targets; /* never freed while requests may point at them */
         size_t n_targets;
+        int placed;                      /* replicas placed in the whole cluster (maybe starting) */
         struct list link;
 };
 
@@ -76,6 +77,8 @@ void peers_update_begin(struct peers *ps);
 struct peer *peers_update_node(struct peers *ps, const char *name, const char *address, int port);
 /* Says that `peer` has `ready` replicas of app/name taking max_ongoing requests each. */
 int peers_update_target(struct peers *ps, struct peer *peer, const char *app, const char *name, int ready, int max_ongoing);
+/* Says how many replicas of app/name the head placed in the whole cluster. */
+int peers_set_placed(struct peers *ps, const char *app, const char *name, int placed);
 /* Ends the update: unseen targets get ready = 0, unseen peers are disconnected (their
  * requests fail over). */
 void peers_update_end(struct peers *ps);
@@ -92,8 +95,9 @@ uint64_t peers_tick(struct peers *ps, uint64_t now);
 struct remote_target *peer_pick(struct remote_group *g);
 /* Sends u there. Never for requests that came from a peer (no forwarding loops). */
 void peer_send(struct remote_target *t, struct upreq *u);
-/* True when some peer has ready replicas of g (a request may wait for them). */
-bool peer_group_available(const struct remote_group *g);
+/* True when some peer has ready replicas of g, or replicas are placed on other nodes than
+ * this one (local_target of them here) and will be ready: a request may wait for them. */
+bool peer_group_available(const struct remote_group *g, int local_target);
 /* The client went away: tell the peer, and stop waiting. */
 void peer_cancel(struct upreq *u);
 

@@ -224,8 +224,9 @@ void dep_spec_set_version(struct dep_spec *d) {
         struct buf b = {};
         uint64_t h = 0xcbf29ce484222325ull;
 
-        (void)buf_printf(&b, SIZE_MAX, "%s\n%s\n%s\n%s\n%d\n%.6g\n%.6g\n%llu\n", d->module, d->symbol, d->args_json,
-                         d->working_dir ?: "", d->max_ongoing, d->num_cpus, d->num_gpus, (unsigned long long)d->memory);
+        /* Not max_ongoing: running replicas take a new one in place. */
+        (void)buf_printf(&b, SIZE_MAX, "%s\n%s\n%s\n%s\n%.6g\n%.6g\n%llu\n", d->module, d->symbol, d->args_json,
+                         d->working_dir ?: "", d->num_cpus, d->num_gpus, (unsigned long long)d->memory);
         for (size_t i = 0; i < d->n_env; i++)
                 (void)buf_printf(&b, SIZE_MAX, "env %s\n", d->env[i]);
         for (size_t i = 0; i < d->n_resources; i++)

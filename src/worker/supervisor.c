@@ -423,6 +423,27 @@ static void replica_stop(struct replica *rep) {
         rep->stop_deadline_ns = now_ns() + sec_to_ns(rep->dep->graceful_timeout_s) + 5 * NSEC_PER_SEC;
 }
 
+/* In place: each replica grows its handler threads (or just gets fewer requests). */
+static void set_max_ongoing_all(struct deployment *d) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &d->replicas) {
+                struct replica *rep = list_entry(pos, struct replica, link);
+                cJSON *m;
+                if (rep->state == REPLICA_DEAD)
+                        continue;
+                if (upstream_set_limit(rep, (uint32_t)d->max_ongoing) < 0) {
+                        log_error("replica %s: out of memory for max_ongoing_requests %d; keeping %u", rep->id, d->max_ongoing,
+                                  rep->limit);
+                        continue;
+                }
+                m = cJSON_CreateObject();
+                cJSON_AddStringToObject(m, "type", "max_ongoing");
+                cJSON_AddNumberToObject(m, "max_ongoing_requests", d->max_ongoing);
+                send_ctl(rep, m);
+        }
+        router_dispatch(d->sup->router, d);
+}
+
 static void reconfigure_all(struct deployment *d) {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &d->replicas) {
@@ -522,6 +543,12 @@ int supervisor_apply_spec(struct supervisor *s, const struct serve_spec *spec) {
                                 log_info("deployment %s/%s: num_replicas %d -> %d", d->app, d->name, old->target_replicas,
                                          d->target_replicas);
                         old->target_replicas = d->target_replicas;
+                        if (old->max_ongoing != d->max_ongoing) {
+                                log_info("deployment %s/%s: max_ongoing_requests %d -> %d", d->app, d->name, old->max_ongoing,
+                                         d->max_ongoing);
+                                old->max_ongoing = d->max_ongoing;
+                                set_max_ongoing_all(old);
+                        }
                         old->max_queued = d->max_queued;
                         old->health_period_s = d->health_period_s;
                         old->health_timeout_s = d->health_timeout_s;

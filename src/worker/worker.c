@@ -380,6 +380,8 @@ static int on_routing(struct worker *w, const cJSON *m, char *err, size_t errlen
                 const char *app = cJSON_GetStringValue(cJSON_GetObjectItem(it, "app"));
                 const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(it, "name"));
                 int mo = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(it, "max_ongoing"));
+                double placed = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "placed"));
+                (void)peers_set_placed(w->peers, app, name, placed >= 0 && placed < 1e7 ? (int)placed : 0);
                 cJSON_ArrayForEach(pair, cJSON_GetObjectItem(it, "ready")) {
                         struct peer *p = peers[(int)cJSON_GetArrayItem(pair, 0)->valuedouble];
                         if (p)

@@ -7,20 +7,27 @@
  *
  * Each simulated worker opens one control connection, sends `hello` (node fake-NNNN, address
  * base+1+i), then a `report` every heartbeat interval listing, as RUNNING, the replicas its
- * latest `assign` asked for (fake pids, ids "app/Dep#N" unique across the run). It never starts
- * anything. Phases, each printed as one line of numbers:
- *   placement  first hello -> the replicas assigned over all workers sum to --expect
- *   settled    then until no assign arrived for --settle-ms (the head has seen the reports and
- *              told every node about its ready peers)
- *   reload     --reload-cmd runs (in the background) -> every worker got an assign with an epoch
- *              above the one it had, the sum is --expect again and, with --reload-changes-config,
- *              every deployment on every worker carries a user_config other than before
- *   head RSS   VmRSS and VmHWM of --head-pid
+ * latest `assign` asked for (with the deployment's version from the latest `config`; fake pids;
+ * ids "app/Dep#N" unique across the run), as serve-worker's report_build() would. It never
+ * starts anything. The head sends `config` (the same bytes to every node) when the config epoch
+ * changes, then `assign` (this node's replica counts, for that epoch) whenever its text changes,
+ * and `routing` (every node's ready replicas) to all when ready counts change.
+ *
+ * Phases, each printed as one line of numbers:
+ *   placement  first hello -> every worker holds an assign and the counts sum to --expect
+ *   ready      first hello -> the head's `routing` lists --expect ready replicas (it has seen
+ *              the reports)
+ *   settled    then until no assign arrived for --settle-ms
+ *   reload     --reload-cmd runs (in the background) -> every worker got a `config` with a
+ *              higher epoch and an `assign` for that epoch, the counts sum to --expect and, with
+ *              --reload-changes-config, every deployment's user_config differs from before
+ *   head       VmRSS and VmHWM of --head-pid, and its CPU time per phase
  * Exits 0 when every phase completed, 1 on a timeout, a refused hello, a closed connection or a
  * malformed frame (each said on stderr).
  *
  * Single-threaded: non-blocking sockets under one poll(), an output buffer per connection, so a
- * head that is slow to read one connection never stalls the others. */
+ * head that is slow to read one connection never stalls the others. The head sends `config` and
+ * `routing` as identical bytes to every node, so each distinct text is parsed once. */
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -51,14 +58,30 @@
 #define OUT_LIMIT (64u << 20)
 #define IN_LIMIT (FRAME_MAX + 4u)
 
+/* One deployment of a `config` message. */
+struct cfg_dep {
+        char *app, *name, *version, *user_config; /* user_config NULL when null */
+};
+
+/* A parsed `config`: every worker that received these bytes shares it. */
+struct config {
+        long long epoch;
+        char *text; /* the frame's JSON, to recognise the same bytes again */
+        size_t len;
+        struct cfg_dep *deps;
+        size_t n_deps;
+        unsigned refs;
+};
+
 struct fake_replica {
         uint64_t n; /* the N in "app/Dep#N" */
         int pid;
         double started_at;
 };
 
+/* This worker's replicas of one deployment, all of one version. */
 struct fake_deployment {
-        char *app, *name, *version, *user_config; /* user_config NULL when null */
+        char *app, *name, *version;
         struct fake_replica *replicas;
         size_t n_replicas;
 };
@@ -71,16 +94,12 @@ struct fake_worker {
         bool connected, welcomed;
         uint64_t next_report_ns;
 
+        struct config *config; /* the latest `config` received */
         bool has_assign;
-        uint64_t epoch;
-        unsigned assigned; /* replicas the latest assign asked for */
+        long long assign_epoch; /* config_epoch of the latest assign */
+        unsigned assigned;      /* replicas the latest assign asked for */
         struct fake_deployment *deps;
         size_t n_deps;
-
-        /* Reload: the epoch and (app, name, user_config) at the moment the command started. */
-        uint64_t epoch_before;
-        struct fake_deployment *deps_before;
-        size_t n_deps_before;
         bool reloaded;
 };
 
@@ -106,9 +125,19 @@ static struct {
 
 static struct fake_worker *workers;
 static unsigned long long assigned_total; /* sum of fake_worker.assigned */
+static unsigned assigned_workers;         /* workers with an assign */
 static unsigned reloaded_workers;
 static bool reload_running;
-static uint64_t replica_counter, last_assign_ns, assigns_received;
+static struct config *latest_config, *config_before_reload;
+static char *routing_text;
+static size_t routing_len;
+static unsigned long long routing_ready;  /* ready replicas in the latest routing */
+static uint64_t replica_counter, last_assign_ns;
+
+/* Messages and bytes received per type, for the summary. */
+enum { T_WELCOME, T_CONFIG, T_ASSIGN, T_ROUTING, T_OTHER, T_MAX };
+static const char *const type_names[T_MAX] = { "welcome", "config", "assign", "routing", "other" };
+static uint64_t rx_msgs[T_MAX], rx_bytes[T_MAX], tx_reports, tx_bytes;
 
 _noreturn_ _printf_(1, 2) static void die(const char *fmt, ...) {
         va_list ap;
@@ -128,17 +157,6 @@ static double wall_now(void) {
 
 static double ms_since(uint64_t t0) { return (double)(now_ns() - t0) / 1e6; }
 
-static void deps_free(struct fake_deployment *d, size_t n) {
-        for (size_t i = 0; i < n; i++) {
-                free(d[i].app);
-                free(d[i].name);
-                free(d[i].version);
-                free(d[i].user_config);
-                free(d[i].replicas);
-        }
-        free(d);
-}
-
 static char *xstrdup(const char *s) {
         char *p = s ? strdup(s) : NULL;
         if (s && !p)
@@ -146,16 +164,33 @@ static char *xstrdup(const char *s) {
         return p;
 }
 
-static struct fake_deployment *deps_copy(const struct fake_deployment *d, size_t n) {
-        struct fake_deployment *c = calloc(n + 1, sizeof(*c));
-        if (!c)
-                die("out of memory");
+static void deps_free(struct fake_deployment *d, size_t n) {
         for (size_t i = 0; i < n; i++) {
-                c[i].app = xstrdup(d[i].app);
-                c[i].name = xstrdup(d[i].name);
-                c[i].version = xstrdup(d[i].version);
-                c[i].user_config = xstrdup(d[i].user_config);
+                free(d[i].app);
+                free(d[i].name);
+                free(d[i].version);
+                free(d[i].replicas);
         }
+        free(d);
+}
+
+static void config_unref(struct config *c) {
+        if (!c || --c->refs > 0)
+                return;
+        for (size_t i = 0; i < c->n_deps; i++) {
+                free(c->deps[i].app);
+                free(c->deps[i].name);
+                free(c->deps[i].version);
+                free(c->deps[i].user_config);
+        }
+        free(c->deps);
+        free(c->text);
+        free(c);
+}
+
+static struct config *config_ref(struct config *c) {
+        if (c)
+                c->refs++;
         return c;
 }
 
@@ -169,6 +204,7 @@ static void send_msg(struct fake_worker *w, cJSON *msg) {
         uint32_t be = htonl((uint32_t)n);
         if (buf_append(&w->out, &be, 4, OUT_LIMIT) < 0 || buf_append(&w->out, text, n, OUT_LIMIT) < 0)
                 die("%s: more than %u bytes queued for the head; it stopped reading", w->name, OUT_LIMIT);
+        tx_bytes += 4 + n;
         free(text);
 }
 
@@ -191,7 +227,7 @@ static cJSON *replicas_json(const struct fake_worker *w) {
                         cJSON_AddStringToObject(r, "id", id);
                         cJSON_AddStringToObject(r, "app", d->app);
                         cJSON_AddStringToObject(r, "deployment", d->name);
-                        cJSON_AddStringToObject(r, "version", d->version ? d->version : "");
+                        cJSON_AddStringToObject(r, "version", d->version);
                         cJSON_AddStringToObject(r, "state", "RUNNING");
                         cJSON_AddNumberToObject(r, "pid", d->replicas[j].pid);
                         cJSON_AddNumberToObject(r, "ongoing", 0);
@@ -224,94 +260,185 @@ static void send_hello(struct fake_worker *w) {
         cJSON_Delete(m);
 }
 
+/* As report_build(): replicas, per-deployment load, per-deployment stats, peer counters. */
 static void send_report(struct fake_worker *w) {
         static const struct latency_hist empty;
         cJSON *m = msg_new("report");
-        cJSON *deps;
+        cJSON *deps, *stats, *peers;
 
         cJSON_AddItemToObject(m, "replicas", replicas_json(w));
         deps = cJSON_AddArrayToObject(m, "deployments");
+        stats = cJSON_AddArrayToObject(m, "stats");
         for (size_t i = 0; i < w->n_deps; i++) {
-                cJSON *d = cJSON_CreateObject();
+                cJSON *d = cJSON_CreateObject(), *s = cJSON_CreateObject();
                 cJSON_AddStringToObject(d, "app", w->deps[i].app);
                 cJSON_AddStringToObject(d, "deployment", w->deps[i].name);
+                cJSON_AddStringToObject(d, "version", w->deps[i].version);
                 cJSON_AddNumberToObject(d, "queued", 0);
-                cJSON_AddNumberToObject(d, "requests", 0);
-                cJSON_AddNumberToObject(d, "errors", 0);
-                if (latency_hist_json_add(d, &empty) < 0)
-                        die("out of memory");
+                cJSON_AddNumberToObject(d, "ready", (double)w->deps[i].n_replicas);
+                cJSON_AddBoolToObject(d, "retiring", false);
                 cJSON_AddItemToArray(deps, d);
+                cJSON_AddStringToObject(s, "app", w->deps[i].app);
+                cJSON_AddStringToObject(s, "deployment", w->deps[i].name);
+                cJSON_AddNumberToObject(s, "requests", 0);
+                cJSON_AddNumberToObject(s, "errors", 0);
+                cJSON_AddNumberToObject(s, "replica_starts", (double)w->deps[i].n_replicas);
+                if (latency_hist_json_add(s, &empty) < 0)
+                        die("out of memory");
+                cJSON_AddItemToArray(stats, s);
         }
+        peers = cJSON_AddObjectToObject(m, "peers");
+        cJSON_AddNumberToObject(peers, "sent", 0);
+        cJSON_AddNumberToObject(peers, "received", 0);
+        cJSON_AddNumberToObject(peers, "rejected", 0);
+        cJSON_AddNumberToObject(peers, "failed_over", 0);
         send_msg(w, m);
+        tx_reports++;
         cJSON_Delete(m);
 }
 
-static const struct fake_deployment *find_dep(const struct fake_deployment *d, size_t n, const char *app,
-                                              const char *name) {
-        for (size_t i = 0; i < n; i++)
-                if (streq(d[i].app, app) && streq(d[i].name, name))
-                        return &d[i];
+static const char *get_str(const cJSON *o, const char *key, bool nullable, const char *who, const char *what) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        if (nullable && (!v || cJSON_IsNull(v)))
+                return NULL;
+        if (!cJSON_IsString(v))
+                die("%s: %s: field %s is not a string", who, what, key);
+        return v->valuestring;
+}
+
+static double get_num(const cJSON *o, const char *key, double min, double max, const char *who, const char *what) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < min || v->valuedouble > max)
+                die("%s: %s: field %s is not a number in [%g, %g]", who, what, key, min, max);
+        return v->valuedouble;
+}
+
+static const cJSON *get_array(const cJSON *o, const char *key, const char *who, const char *what) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        if (!cJSON_IsArray(v))
+                die("%s: %s: field %s is not an array", who, what, key);
+        return v;
+}
+
+/* The deployment (app, name) of c; hint is where it usually is (assign lists the config's
+ * deployments in the same order). */
+static const struct cfg_dep *config_find(const struct config *c, size_t hint, const char *app, const char *name) {
+        if (hint < c->n_deps && streq(c->deps[hint].app, app) && streq(c->deps[hint].name, name))
+                return &c->deps[hint];
+        for (size_t i = 0; i < c->n_deps; i++)
+                if (streq(c->deps[i].app, app) && streq(c->deps[i].name, name))
+                        return &c->deps[i];
         return NULL;
 }
 
-/* Whether this worker shows the reload: a newer epoch and (when asked) new user_config everywhere. */
-static bool worker_reloaded(const struct fake_worker *w) {
-        if (w->n_deps_before == 0 && w->n_deps == 0)
-                return true;
-        if (!w->has_assign || w->epoch <= w->epoch_before)
+static struct config *config_parse_msg(const char *data, size_t len, const cJSON *m, const char *who) {
+        struct config *c = calloc(1, sizeof(*c));
+        const cJSON *deps = get_array(m, "deployments", who, "config"), *d;
+        size_t n = 0;
+
+        if (!c || !(c->text = malloc(len)) || !(c->deps = calloc((size_t)cJSON_GetArraySize(deps) + 1, sizeof(*c->deps))))
+                die("out of memory");
+        memcpy(c->text, data, len);
+        c->len = len;
+        c->epoch = (long long)get_num(m, "epoch", 0, 9007199254740992.0, who, "config");
+        cJSON_ArrayForEach(d, deps) {
+                struct cfg_dep *x = &c->deps[n++];
+                x->app = xstrdup(get_str(d, "app", false, who, "config"));
+                x->name = xstrdup(get_str(d, "name", false, who, "config"));
+                x->version = xstrdup(get_str(d, "version", false, who, "config"));
+                if (strlen(x->version) > 16)
+                        die("%s: config: version \"%s\" longer than a report may carry", who, x->version);
+                x->user_config = xstrdup(get_str(d, "user_config", true, who, "config"));
+                (void)get_num(d, "replicas", 0, 1e7, who, "config");
+        }
+        c->n_deps = n;
+        c->refs = 1;
+        return c;
+}
+
+/* Whether every deployment of the config now running differs in user_config from before. */
+static bool config_changed_everywhere(void) {
+        if (!latest_config || !config_before_reload || latest_config->epoch <= config_before_reload->epoch)
                 return false;
-        if (!arg.reload_changes_config)
-                return true;
-        for (size_t i = 0; i < w->n_deps; i++) {
-                const struct fake_deployment *old = find_dep(w->deps_before, w->n_deps_before, w->deps[i].app, w->deps[i].name);
-                if (old && streq_ptr(old->user_config, w->deps[i].user_config))
+        for (size_t i = 0; i < latest_config->n_deps; i++) {
+                const struct cfg_dep *n = &latest_config->deps[i];
+                const struct cfg_dep *o = config_find(config_before_reload, i, n->app, n->name);
+                if (o && streq_ptr(o->user_config, n->user_config))
                         return false;
         }
         return true;
 }
 
-static const char *get_str(const cJSON *o, const char *key, bool nullable, const char *who) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-        if (nullable && (!v || cJSON_IsNull(v)))
-                return NULL;
-        if (!cJSON_IsString(v))
-                die("%s: assign: field %s is not a string", who, key);
-        return v->valuestring;
+/* Whether this worker shows the reload: an assign for a config newer than the one before. */
+static bool worker_reloaded(const struct fake_worker *w) {
+        return w->has_assign && w->config && w->assign_epoch == w->config->epoch && config_before_reload &&
+               w->assign_epoch > config_before_reload->epoch;
 }
 
-static double get_num(const cJSON *o, const char *key, double min, double max, const char *who) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < min || v->valuedouble > max)
-                die("%s: assign: field %s is not a number in [%g, %g]", who, key, min, max);
-        return v->valuedouble;
+static void update_reloaded(struct fake_worker *w) {
+        bool was = w->reloaded;
+        if (!reload_running)
+                return;
+        w->reloaded = worker_reloaded(w);
+        reloaded_workers += (unsigned)w->reloaded - (unsigned)was;
 }
 
-/* Takes the new desired state: replicas of an unchanged version stay (same ids and pids), the
- * rest are "started" now, as a worker's supervisor would. */
+/* `config`: the same bytes go to every node, so parse each distinct text once. */
+static void handle_config(struct fake_worker *w, const char *data, size_t len) {
+        struct config *c = latest_config;
+
+        if (!c || c->len != len || memcmp(c->text, data, len) != 0) {
+                cJSON *m = cJSON_ParseWithLength(data, len);
+                if (!m)
+                        die("%s: config is not JSON", w->name);
+                c = config_parse_msg(data, len, m, w->name);
+                cJSON_Delete(m);
+                if (latest_config && c->epoch < latest_config->epoch)
+                        die("%s: config epoch went back from %lld to %lld", w->name, latest_config->epoch, c->epoch);
+                config_unref(latest_config);
+                latest_config = c;
+        }
+        if (w->config && c->epoch < w->config->epoch)
+                die("%s: config epoch went back from %lld to %lld", w->name, w->config->epoch, c->epoch);
+        config_unref(w->config);
+        w->config = config_ref(c);
+        update_reloaded(w);
+}
+
+/* `assign`: this node's replica counts for its config. Replicas of an unchanged version stay
+ * (same ids and pids), the rest are "started" now, as serve-worker's supervisor would. */
 static void handle_assign(struct fake_worker *w, const cJSON *m) {
-        const cJSON *deps = cJSON_GetObjectItemCaseSensitive(m, "deployments"), *d;
+        const cJSON *reps = get_array(m, "replicas", w->name, "assign"), *it;
+        long long epoch = (long long)get_num(m, "config_epoch", 0, 9007199254740992.0, w->name, "assign");
         struct fake_deployment *nd;
-        size_t n = 0;
+        size_t n = 0, idx = 0;
         unsigned total = 0;
-        bool was_reloaded = w->reloaded;
 
-        uint64_t epoch = (uint64_t)get_num(m, "epoch", 0, 9007199254740992.0, w->name);
-        if (!cJSON_IsArray(deps))
-                die("%s: assign: deployments is not an array", w->name);
-        nd = calloc((size_t)cJSON_GetArraySize(deps) + 1, sizeof(*nd));
+        if (!w->config || w->config->epoch != epoch)
+                die("%s: assign for config %lld, but the latest config is %lld", w->name, epoch,
+                    w->config ? w->config->epoch : -1);
+        nd = calloc((size_t)cJSON_GetArraySize(reps) + 1, sizeof(*nd));
         if (!nd)
                 die("out of memory");
-        cJSON_ArrayForEach(d, deps) {
+        cJSON_ArrayForEach(it, reps) {
+                const char *app = get_str(it, "app", false, w->name, "assign");
+                const char *name = get_str(it, "name", false, w->name, "assign");
+                unsigned want = (unsigned)get_num(it, "count", 0, 1 << 20, w->name, "assign");
+                const struct cfg_dep *cd = config_find(w->config, idx++, app, name);
+                if (!cd)
+                        die("%s: assign names %s/%s, which its config does not have", w->name, app, name);
+                if (want == 0)
+                        continue;
+                const struct fake_deployment *old = NULL;
+                for (size_t k = 0; k < w->n_deps && !old; k++)
+                        if (streq(w->deps[k].app, app) && streq(w->deps[k].name, name))
+                                old = &w->deps[k];
+                size_t keep = old && streq(old->version, cd->version) ? MIN(old->n_replicas, want) : 0;
                 struct fake_deployment *x = &nd[n++];
-                x->app = xstrdup(get_str(d, "app", false, w->name));
-                x->name = xstrdup(get_str(d, "name", false, w->name));
-                x->version = xstrdup(get_str(d, "version", false, w->name));
-                x->user_config = xstrdup(get_str(d, "user_config", true, w->name));
-                unsigned want = (unsigned)get_num(d, "replicas", 0, 1e6, w->name);
-                const struct fake_deployment *old = find_dep(w->deps, w->n_deps, x->app, x->name);
-                size_t keep = old && streq(old->version, x->version) ? MIN(old->n_replicas, want) : 0;
-
-                x->replicas = calloc(want ? want : 1, sizeof(*x->replicas));
+                x->app = xstrdup(app);
+                x->name = xstrdup(name);
+                x->version = xstrdup(cd->version);
+                x->replicas = calloc(want, sizeof(*x->replicas));
                 if (!x->replicas)
                         die("out of memory");
                 if (keep)
@@ -330,22 +457,81 @@ static void handle_assign(struct fake_worker *w, const cJSON *m) {
         deps_free(w->deps, w->n_deps);
         w->deps = nd;
         w->n_deps = n;
-        w->epoch = epoch;
+        w->assign_epoch = epoch;
+        assigned_workers += !w->has_assign;
         w->has_assign = true;
         assigned_total = assigned_total - w->assigned + total;
         w->assigned = total;
         last_assign_ns = now_ns();
-        assigns_received++;
-        if (reload_running) {
-                w->reloaded = worker_reloaded(w);
-                reloaded_workers += (unsigned)w->reloaded - (unsigned)was_reloaded;
+        update_reloaded(w);
+}
+
+/* `routing`: the same bytes go to every node; only the ready total is of interest. */
+static void handle_routing(struct fake_worker *w, const char *data, size_t len) {
+        const cJSON *deps, *d, *pair;
+        unsigned long long ready = 0;
+        cJSON *m;
+
+        if (routing_text && routing_len == len && memcmp(routing_text, data, len) == 0)
+                return;
+        m = cJSON_ParseWithLength(data, len);
+        if (!m)
+                die("%s: routing is not JSON", w->name);
+        (void)get_array(m, "nodes", w->name, "routing");
+        deps = get_array(m, "deployments", w->name, "routing");
+        cJSON_ArrayForEach(d, deps)
+                cJSON_ArrayForEach(pair, get_array(d, "ready", w->name, "routing")) {
+                        const cJSON *c = cJSON_GetArrayItem(pair, 1);
+                        if (!cJSON_IsNumber(c))
+                                die("%s: routing: ready items must be [node index, count]", w->name);
+                        ready += (unsigned long long)c->valuedouble;
+                }
+        cJSON_Delete(m);
+        free(routing_text);
+        routing_text = malloc(len);
+        if (!routing_text)
+                die("out of memory");
+        memcpy(routing_text, data, len);
+        routing_len = len;
+        routing_ready = ready;
+}
+
+/* The message type without parsing the whole frame: the head writes "v" and then "type"
+ * first; anything else is parsed. */
+static int frame_type(const char *data, size_t len) {
+        static const char prefix[] = "{\"v\":1,\"type\":\"";
+        static const char *const known[] = { [T_WELCOME] = "welcome", [T_CONFIG] = "config", [T_ASSIGN] = "assign",
+                                             [T_ROUTING] = "routing" };
+        size_t p = sizeof(prefix) - 1;
+
+        if (len < p || memcmp(data, prefix, p) != 0)
+                return -1;
+        for (int t = 0; t < T_OTHER; t++) {
+                size_t k = strlen(known[t]);
+                if (len > p + k && memcmp(data + p, known[t], k) == 0 && data[p + k] == '"')
+                        return t;
         }
+        return -1;
 }
 
 static void handle_message(struct fake_worker *w, const char *data, size_t len) {
+        int t = frame_type(data, len);
+
+        rx_msgs[t < 0 ? T_OTHER : t]++;
+        rx_bytes[t < 0 ? T_OTHER : t] += len + 4;
+        if (t == T_CONFIG) {
+                handle_config(w, data, len);
+                return;
+        }
+        if (t == T_ROUTING) {
+                if (!w->config)
+                        die("%s: routing before any config", w->name);
+                handle_routing(w, data, len);
+                return;
+        }
+
         cJSON *m = cJSON_ParseWithLength(data, len);
         const cJSON *v, *type;
-
         if (!cJSON_IsObject(m))
                 die("%s: frame is not a JSON object", w->name);
         v = cJSON_GetObjectItemCaseSensitive(m, "v");
@@ -355,13 +541,17 @@ static void handle_message(struct fake_worker *w, const char *data, size_t len) 
         if (!cJSON_IsString(type))
                 die("%s: message without a type", w->name);
         if (streq(type->valuestring, "welcome")) {
-                arg.heartbeat_s = get_num(m, "heartbeat_interval_s", 0.001, 3600, w->name);
+                arg.heartbeat_s = get_num(m, "heartbeat_interval_s", 0.001, 3600, w->name, "welcome");
                 w->welcomed = true;
         } else if (streq(type->valuestring, "refused")) {
                 const cJSON *reason = cJSON_GetObjectItemCaseSensitive(m, "reason");
                 die("%s: refused: %s", w->name, cJSON_IsString(reason) ? reason->valuestring : "(no reason)");
         } else if (streq(type->valuestring, "assign"))
                 handle_assign(w, m);
+        else if (streq(type->valuestring, "config"))
+                handle_config(w, data, len); /* written in another field order than expected */
+        else if (streq(type->valuestring, "routing"))
+                handle_routing(w, data, len);
         else
                 die("%s: unexpected message type \"%s\"", w->name, type->valuestring);
         cJSON_Delete(m);
@@ -494,6 +684,40 @@ static void print_head_rss(void) {
                arg.workers, assigned_total);
 }
 
+/* The head's user+system CPU time in seconds, or -1. */
+static double head_cpu_s(void) {
+        char path[64], buf[1024];
+        unsigned long ut, st;
+
+        if (arg.head_pid <= 0)
+                return -1;
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)arg.head_pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return -1;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+        if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+                return -1;
+        return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double cpu_mark;
+
+/* " (head CPU X s)" since the last call. */
+static const char *head_cpu_note(void) {
+        static char note[64];
+        double c = head_cpu_s();
+        note[0] = 0;
+        if (c >= 0) {
+                snprintf(note, sizeof(note), " (head CPU %.2f s)", c - cpu_mark);
+                cpu_mark = c;
+        }
+        return note;
+}
+
 enum phase { PLACING, SETTLING, RELOADING, DONE };
 
 static void usage(void) {
@@ -540,10 +764,22 @@ static void parse_args(int argc, char **argv) {
                 usage();
 }
 
+static void print_traffic(const char *label) {
+        printf("%s traffic: head -> workers", label);
+        for (int t = 0; t < T_MAX; t++)
+                if (rx_msgs[t])
+                        printf(" %s %" PRIu64 " (%.1f MiB)", type_names[t], rx_msgs[t], rx_bytes[t] / 1048576.0);
+        printf("; workers -> head %" PRIu64 " reports, %.1f MiB in all\n", tx_reports, tx_bytes / 1048576.0);
+        memset(rx_msgs, 0, sizeof(rx_msgs));
+        memset(rx_bytes, 0, sizeof(rx_bytes));
+        tx_reports = tx_bytes = 0;
+}
+
 int main(int argc, char **argv) {
         _cleanup_free_ struct pollfd *pfd = NULL;
-        uint64_t t_first_hello = 0, t_phase = 0, deadline;
+        uint64_t t_first_hello = 0, t_phase = 0, t_all_assigned = 0, deadline;
         enum phase phase = PLACING;
+        bool placed = false, ready = false, reload_ready = false;
         pid_t reload_pid = -1;
         int r;
 
@@ -560,6 +796,7 @@ int main(int argc, char **argv) {
         setvbuf(stdout, NULL, _IOLBF, 0);
         raise_nofile(arg.workers + 64);
         resolve_head();
+        cpu_mark = head_cpu_s();
 
         workers = calloc(arg.workers, sizeof(*workers));
         pfd = calloc(arg.workers, sizeof(*pfd));
@@ -578,7 +815,7 @@ int main(int argc, char **argv) {
         deadline = now_ns() + sec_to_ns(arg.timeout_s);
         for (;;) {
                 uint64_t now = now_ns();
-                unsigned unsent_hello = 0;
+                unsigned unconnected = 0;
 
                 for (unsigned i = 0; i < arg.workers; i++) {
                         struct fake_worker *w = &workers[i];
@@ -586,9 +823,10 @@ int main(int argc, char **argv) {
                                 if (!t_first_hello)
                                         t_first_hello = now;
                                 send_hello(w);
-                                /* Spread the workers' heartbeats over the interval, as real ones drift. */
+                                /* Reports start after the welcome; spread them over the interval, as
+                                 * real workers' heartbeats drift apart. */
                                 w->next_report_ns = now + sec_to_ns(arg.heartbeat_s) * (i + 1) / arg.workers;
-                        } else if (w->connected && now >= w->next_report_ns) {
+                        } else if (w->welcomed && now >= w->next_report_ns) {
                                 send_report(w);
                                 w->next_report_ns += sec_to_ns(arg.heartbeat_s);
                                 if (w->next_report_ns < now)
@@ -596,7 +834,7 @@ int main(int argc, char **argv) {
                         }
                         if (w->out.len && w->connected)
                                 on_writable(w); /* try at once; poll picks up what does not fit */
-                        unsent_hello += !w->connected;
+                        unconnected += !w->connected;
                         pfd[i] = (struct pollfd){
                                 .fd = w->fd,
                                 .events = POLLIN | (!w->connected || w->out.len ? POLLOUT : 0),
@@ -606,9 +844,21 @@ int main(int argc, char **argv) {
                 now = now_ns();
                 switch (phase) {
                 case PLACING:
-                        if (t_first_hello && assigned_total == arg.expect) {
-                                printf("placement: %llu replicas on %u workers in %.0f ms\n", assigned_total, arg.workers,
-                                       ms_since(t_first_hello));
+                        if (!placed && assigned_workers == arg.workers && assigned_total == arg.expect) {
+                                placed = true;
+                                t_all_assigned = now;
+                                printf("placement: %llu replicas on %u workers in %.0f ms (first hello -> every worker "
+                                       "assigned, counts sum to %llu)\n",
+                                       assigned_total, arg.workers, ms_since(t_first_hello), arg.expect);
+                        }
+                        if (!ready && t_first_hello && routing_ready == arg.expect) {
+                                ready = true;
+                                printf("ready: routing lists %llu ready replicas %.0f ms after the first hello\n",
+                                       routing_ready, ms_since(t_first_hello));
+                        }
+                        if (placed && ready) {
+                                printf("placement phase%s\n", head_cpu_note());
+                                print_traffic("placement phase");
                                 phase = SETTLING;
                                 t_phase = now;
                                 deadline = now + sec_to_ns(arg.timeout_s);
@@ -616,23 +866,18 @@ int main(int argc, char **argv) {
                         break;
                 case SETTLING:
                         if (now - last_assign_ns >= arg.settle_ms * NSEC_PER_MSEC && assigned_total == arg.expect) {
-                                printf("settled: last assign %.0f ms after placement, then none for %u ms (%" PRIu64
-                                       " assigns so far)\n",
-                                       (double)(MAX(last_assign_ns, t_phase) - t_phase) / 1e6, arg.settle_ms, assigns_received);
+                                printf("settled: last assign %.0f ms after every worker was assigned, then none for %u ms%s\n",
+                                       (double)(MAX(last_assign_ns, t_all_assigned) - t_all_assigned) / 1e6,
+                                       arg.settle_ms, head_cpu_note());
+                                print_traffic("settling");
                                 if (!arg.reload_cmd) {
                                         phase = DONE;
                                         break;
                                 }
+                                config_before_reload = config_ref(latest_config);
                                 reloaded_workers = 0;
-                                for (unsigned i = 0; i < arg.workers; i++) {
-                                        struct fake_worker *w = &workers[i];
-                                        w->epoch_before = w->epoch;
-                                        w->deps_before = deps_copy(w->deps, w->n_deps);
-                                        w->n_deps_before = w->n_deps;
-                                        /* A worker with nothing before and after has nothing to roll out. */
-                                        w->reloaded = w->n_deps == 0;
-                                        reloaded_workers += w->reloaded;
-                                }
+                                for (unsigned i = 0; i < arg.workers; i++)
+                                        workers[i].reloaded = false;
                                 reload_running = true;
                                 t_phase = now_ns();
                                 reload_pid = run_reload_cmd();
@@ -641,9 +886,17 @@ int main(int argc, char **argv) {
                         }
                         break;
                 case RELOADING:
-                        if (reloaded_workers == arg.workers && assigned_total == arg.expect) {
-                                printf("reload: %llu replicas on %u workers in %.0f ms\n", assigned_total, arg.workers,
-                                       ms_since(t_phase));
+                        if (!reload_ready && reloaded_workers == arg.workers && assigned_total == arg.expect &&
+                            (!arg.reload_changes_config || config_changed_everywhere())) {
+                                reload_ready = true;
+                                printf("reload: config epoch %lld -> %lld, %u workers hold an assign for it, %llu replicas, "
+                                       "in %.0f ms%s\n",
+                                       config_before_reload->epoch, latest_config->epoch, arg.workers, assigned_total,
+                                       ms_since(t_phase), head_cpu_note());
+                        }
+                        /* Then until routing is quiet again: the head re-reads every report. */
+                        if (reload_ready && routing_ready == arg.expect && now - last_assign_ns >= arg.settle_ms * NSEC_PER_MSEC) {
+                                print_traffic("reload");
                                 phase = DONE;
                         }
                         break;
@@ -662,18 +915,18 @@ int main(int argc, char **argv) {
                         break;
                 if (now >= deadline) {
                         static const char *const names[] = { "placement", "settling", "reload", "" };
-                        die("timeout after %.0f s in %s: %llu of %llu replicas assigned, %u workers not connected, "
-                            "%u of %u workers reloaded",
-                            arg.timeout_s, names[phase], assigned_total, arg.expect, unsent_hello, reloaded_workers,
-                            arg.workers);
+                        die("timeout after %.0f s in %s: %llu of %llu replicas assigned, %u of %u workers assigned, %u not "
+                            "connected, %llu ready in routing, %u of %u workers reloaded",
+                            arg.timeout_s, names[phase], assigned_total, arg.expect, assigned_workers, arg.workers,
+                            unconnected, routing_ready, reloaded_workers, arg.workers);
                 }
 
                 /* Wake for the next heartbeat due, the settle check or the deadline, whichever is first. */
                 uint64_t wake = deadline;
                 for (unsigned i = 0; i < arg.workers; i++)
-                        if (workers[i].next_report_ns && workers[i].next_report_ns < wake)
+                        if (workers[i].welcomed && workers[i].next_report_ns < wake)
                                 wake = workers[i].next_report_ns;
-                if (phase == SETTLING && last_assign_ns + arg.settle_ms * NSEC_PER_MSEC < wake)
+                if (phase != PLACING && last_assign_ns + arg.settle_ms * NSEC_PER_MSEC < wake)
                         wake = last_assign_ns + arg.settle_ms * NSEC_PER_MSEC;
                 if (reload_pid > 0 && now + 50 * NSEC_PER_MSEC < wake)
                         wake = now + 50 * NSEC_PER_MSEC;
@@ -696,8 +949,11 @@ int main(int argc, char **argv) {
                 buf_free(&workers[i].in);
                 buf_free(&workers[i].out);
                 deps_free(workers[i].deps, workers[i].n_deps);
-                deps_free(workers[i].deps_before, workers[i].n_deps_before);
+                config_unref(workers[i].config);
         }
+        config_unref(latest_config);
+        config_unref(config_before_reload);
+        free(routing_text);
         free(workers);
         return 0;
 }

@@ -38,7 +38,7 @@ worker_heartbeat_interval_s: 0.2
 worker_timeout_s: 2
 EOF
 
-# write_apps ECHO_REPLICAS ECHO_MODULE [EXTRA]: the applications under test.
+# write_apps ECHO_REPLICAS ECHO_MODULE [ECHO_MAX_ONGOING]: the applications under test.
 write_apps() {
         cat >"$CONF/apps.yaml.new" <<EOF
 applications:
@@ -48,7 +48,7 @@ applications:
     deployments:
       - name: Echo
         num_replicas: $1
-        max_ongoing_requests: 8
+        max_ongoing_requests: ${3:-8}
         graceful_shutdown_timeout_s: 5
         ray_actor_options: {num_cpus: 0.25}
   - name: pinned
@@ -65,7 +65,6 @@ applications:
       - name: Echo
         num_replicas: 1
         ray_actor_options: {num_cpus: 64}
-$3
 EOF
         mv "$CONF/apps.yaml.new" "$CONF/apps.yaml"
 }
@@ -181,11 +180,19 @@ check "num_replicas 1: one replica runs, one of the four" "$(comm -12 <(echo "$p
 write_apps 3 echo; kill -HUP "$HEAD_PID"
 wait_until 30 bash -c "[ \"\$(curl -fsS -m 5 $API/api/serve/applications/ | jq -r .applications.echo.deployments.Echo.status)\" = HEALTHY ] && [ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[]] | length') = 3 ]"
 
+# ---- max_ongoing_requests in place ----
+before=$(running echo Echo)
+write_apps 3 echo 16; kill -HUP "$HEAD_PID"
+wait_until 20 bash -c "[ \$(cat $WORK/worker-*.log | grep -c 'max_ongoing_requests is now 16') -ge 3 ]"
+check "max_ongoing_requests 8 -> 16 reaches every replica" "$(cat "$WORK"/worker-*.log | grep -c 'max_ongoing_requests is now 16')" 3
+settle
+check "max_ongoing_requests changes in place (same processes)" "$(running echo Echo)" "$before"
+
 # ---- code change rolls under load: zero non-2xx ----
 old_version=$(apps_json | jq -r '.applications.echo.deployments.Echo.version')
 old_pids=$(running echo Echo | cut -d' ' -f2)
 load roll "$(node_http 2)/echo" 6
-write_apps 3 echo2; kill -HUP "$HEAD_PID"
+write_apps 3 echo2 16; kill -HUP "$HEAD_PID"
 wait_until 30 bash -c "v=\$(curl -fsS -m 5 $API/api/serve/applications/ | jq -r '.applications.echo.deployments.Echo | select(.status==\"HEALTHY\") | .version'); [ -n \"\$v\" ] && [ \"\$v\" != $old_version ] && [ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[]] | length') = 3 ]"
 load_result roll
 check "rolling import_path change: every replica was replaced" \
