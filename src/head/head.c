@@ -319,7 +319,9 @@ static void build_routing(struct head *h) {
 
         nodes = cJSON_AddArrayToObject(m, "nodes");
         deps = cJSON_AddArrayToObject(m, "deployments");
-        cJSON **per_dep = calloc(h->spec ? h->spec->n_deps + 1 : 1, sizeof *per_dep);
+        size_t n_deps = h->spec ? h->spec->n_deps : 0;
+        cJSON **per_dep = calloc(n_deps + 1, sizeof *per_dep);
+        unsigned *ready = calloc(n_deps + 1, sizeof *ready); /* one node's RUNNING replicas per deployment */
         for (size_t i = 0; h->spec && i < h->spec->n_deps; i++) {
                 cJSON *o = cJSON_CreateObject();
                 cJSON_AddStringToObject(o, "app", h->spec->deps[i].app);
@@ -346,23 +348,37 @@ static void build_routing(struct head *h) {
                 cJSON_AddStringToObject(no, "address", n->address);
                 cJSON_AddNumberToObject(no, "data_port", n->data_port);
                 cJSON_AddItemToArray(nodes, no);
-                for (size_t i = 0; h->spec && i < h->spec->n_deps; i++) {
-                        int ready = 0;
-                        cJSON_ArrayForEach(it, cJSON_GetObjectItem(n->report, "replicas")) {
-                                if (streq(cJSON_GetStringValue(cJSON_GetObjectItem(it, "state")), "RUNNING") &&
-                                    streq(cJSON_GetStringValue(cJSON_GetObjectItem(it, "app")), h->spec->deps[i].app) &&
-                                    streq(cJSON_GetStringValue(cJSON_GetObjectItem(it, "deployment")), h->spec->deps[i].name))
-                                        ready++;
+                /* One pass over the report (not one per deployment: with 1000 nodes and 100
+                 * deployments that was most of the head's CPU). A node lists its replicas
+                 * grouped by deployment, so the last match is tried first. */
+                size_t hint = 0;
+                cJSON_ArrayForEach(it, cJSON_GetObjectItem(n->report, "replicas")) {
+                        const char *app = cJSON_GetStringValue(cJSON_GetObjectItem(it, "app"));
+                        const char *dep = cJSON_GetStringValue(cJSON_GetObjectItem(it, "deployment"));
+                        size_t i = hint;
+                        if (!ready || !streq(cJSON_GetStringValue(cJSON_GetObjectItem(it, "state")), "RUNNING"))
+                                continue;
+                        if (i >= n_deps || !streq(app, h->spec->deps[i].app) || !streq(dep, h->spec->deps[i].name))
+                                for (i = 0; i < n_deps; i++)
+                                        if (streq(app, h->spec->deps[i].app) && streq(dep, h->spec->deps[i].name))
+                                                break;
+                        if (i < n_deps) {
+                                ready[i]++;
+                                hint = i;
                         }
-                        if (ready > 0) {
+                }
+                for (size_t i = 0; ready && i < n_deps; i++) {
+                        if (ready[i] > 0) {
                                 cJSON *pair = cJSON_CreateArray();
                                 cJSON_AddItemToArray(pair, cJSON_CreateNumber(idx));
-                                cJSON_AddItemToArray(pair, cJSON_CreateNumber(ready));
+                                cJSON_AddItemToArray(pair, cJSON_CreateNumber(ready[i]));
                                 cJSON_AddItemToArray(per_dep[i], pair);
                         }
+                        ready[i] = 0;
                 }
                 idx++;
         }
+        free(ready);
         free(per_dep);
         char *text = cJSON_PrintUnformatted(m);
         if (text && h->routing_text && streq(text, h->routing_text)) {
@@ -402,8 +418,23 @@ static void save_state(struct head *h) {
         nodes = cJSON_AddArrayToObject(s, "nodes");
         list_for_each_safe(pos, tmp, &h->nodes) {
                 struct node *n = list_entry(pos, struct node, link);
-                if (n->alive)
-                        cJSON_AddItemToArray(nodes, cJSON_CreateString(n->name));
+                cJSON *o, *c;
+                if (!n->alive)
+                        continue;
+                /* What placement needs to keep its replicas where they are after a restart,
+                 * before the node has registered again. */
+                o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "name", n->name);
+                cJSON_AddStringToObject(o, "address", n->address);
+                cJSON_AddNumberToObject(o, "data_port", n->data_port);
+                cJSON_AddNumberToObject(o, "http_port", n->http_port);
+                cJSON_AddNumberToObject(o, "cpus", n->cpus);
+                cJSON_AddNumberToObject(o, "memory", (double)n->memory);
+                cJSON_AddNumberToObject(o, "gpus", n->n_gpus);
+                c = cJSON_AddObjectToObject(o, "custom");
+                for (size_t i = 0; i < n->n_custom; i++)
+                        cJSON_AddNumberToObject(c, n->custom[i].name, n->custom[i].amount);
+                cJSON_AddItemToArray(nodes, o);
         }
         assign = cJSON_AddArrayToObject(s, "assignment");
         for (size_t i = 0; i < h->n_assign; i++)
@@ -1178,14 +1209,36 @@ static void recover(struct head *h) {
         /* Nodes of the last run count as alive until worker_timeout_s passes without them:
          * a head restart must not move replicas that run fine. */
         cJSON_ArrayForEach(it, cJSON_GetObjectItem(s, "nodes")) {
-                if (!cJSON_IsString(it))
+                const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(it, "name"));
+                const char *addr = cJSON_GetStringValue(cJSON_GetObjectItem(it, "address"));
+                double cpus = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "cpus"));
+                double mem = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "memory"));
+                double gpus = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "gpus"));
+                double dp = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "data_port"));
+                double hp = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "http_port"));
+                const cJSON *c;
+                if (!name || !addr || !(cpus >= 0 && cpus < 1e6) || !(mem >= 0 && mem < 1e18) || !(gpus >= 0 && gpus <= 1024) ||
+                    !(dp >= 0 && dp <= 65535) || !(hp >= 0 && hp <= 65535))
                         continue;
-                struct node *n = node_get(h, it->valuestring);
-                if (n) {
-                        n->alive = true;
-                        n->known = true;
-                        n->last_seen_ns = now_ns();
-                }
+                struct node *n = node_get(h, name);
+                if (!n)
+                        continue;
+                free(n->address);
+                n->address = strdup(addr);
+                n->cpus = cpus;
+                n->memory = (uint64_t)mem;
+                n->n_gpus = (unsigned)gpus;
+                n->data_port = (int)dp;
+                n->http_port = (int)hp;
+                n->custom = calloc((size_t)cJSON_GetArraySize(cJSON_GetObjectItem(it, "custom")) + 1, sizeof *n->custom);
+                cJSON_ArrayForEach(c, cJSON_GetObjectItem(it, "custom"))
+                        if (n->custom && cJSON_IsNumber(c) && c->valuedouble >= 0) {
+                                n->custom[n->n_custom].name = strdup(c->string);
+                                n->custom[n->n_custom++].amount = c->valuedouble;
+                        }
+                n->alive = true;
+                n->known = true;
+                n->last_seen_ns = now_ns();
         }
         if (text && source && streq(source, "api")) {
                 struct serve_config *cfg = NULL;

@@ -706,13 +706,30 @@ static double head_cpu_s(void) {
 
 static double cpu_mark;
 
-/* " (head CPU X s)" since the last call. */
+/* The head's VmRSS in kB, or -1. */
+static long head_rss_kb(void) {
+        char path[64], line[256];
+        long rss = -1;
+
+        if (arg.head_pid <= 0)
+                return -1;
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)arg.head_pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return -1;
+        while (fgets(line, sizeof(line), f))
+                sscanf(line, "VmRSS: %ld kB", &rss);
+        fclose(f);
+        return rss;
+}
+
+/* " (head CPU X s since the last note, RSS Y MiB)". */
 static const char *head_cpu_note(void) {
-        static char note[64];
+        static char note[96];
         double c = head_cpu_s();
         note[0] = 0;
         if (c >= 0) {
-                snprintf(note, sizeof(note), " (head CPU %.2f s)", c - cpu_mark);
+                snprintf(note, sizeof(note), " (head CPU %.2f s, RSS %.1f MiB)", c - cpu_mark, head_rss_kb() / 1024.0);
                 cpu_mark = c;
         }
         return note;

@@ -22,6 +22,7 @@ API_PORT=$(free_port)
 CTL_PORT=$(free_port)
 HTTP_PORT=$(free_port)
 DATA_PORT=$(free_port)
+METRICS_PORT=$(free_port)
 API=http://$NET.1:$API_PORT
 ( umask 077; echo "join-$RANDOM$RANDOM" >"$CONF/join-token"; echo "api-$RANDOM$RANDOM" >"$CONF/api-token"
   echo "wrong-token" >"$CONF/bad-token" )
@@ -65,6 +66,13 @@ applications:
       - name: Echo
         num_replicas: 1
         ray_actor_options: {num_cpus: 64}
+  - name: gpu
+    route_prefix: /gpu
+    import_path: echo:app
+    deployments:
+      - name: Echo
+        num_replicas: 3
+        ray_actor_options: {num_cpus: 0.1, num_gpus: 0.5}
 EOF
         mv "$CONF/apps.yaml.new" "$CONF/apps.yaml"
 }
@@ -88,8 +96,8 @@ node_address: $NET.$((n + 1))
 http_host: $NET.$((n + 1))
 http_port: $HTTP_PORT
 data_port: $DATA_PORT
-metrics_port: 0
-resources: {num_cpus: 2}
+metrics_port: $METRICS_PORT
+resources: {num_cpus: 2$( [ "$n" = 1 ] && echo ", num_gpus: 2")}
 EOF
         "$WORKER_BIN" -c "$CONF/worker-$n.yaml" >>"$WORK/worker-$n.log" 2>&1 &
         WPID[$n]=$!
@@ -141,6 +149,12 @@ reason=$(apps_json | jq -r '.applications.big.deployments.Echo.pending[0].reason
 check_contains "the pending reason names what is missing" "$reason" "64 CPUs"
 check_contains "serve status shows the pending reason" "$("$CLI" status --address "$API")" "64 CPUs"
 
+# ---- fractional GPUs pack onto one GPU; the replica gets CUDA_VISIBLE_DEVICES ----
+wait_until 30 healthy gpu Echo
+check "GPU replicas go to the only node with GPUs" "$(running gpu Echo | cut -d' ' -f1 | sort -u)" "node-1"
+gpus=$(for p in $(running gpu Echo | cut -d' ' -f2); do tr '\0' '\n' <"/proc/$p/environ" | grep '^CUDA_VISIBLE_DEVICES=' | cut -d= -f2; done | sort | paste -sd' ')
+check "0.5-GPU replicas pack two per GPU (CUDA_VISIBLE_DEVICES)" "$gpus" "0 0 1"
+
 # ---- any node serves any application ----
 pin_node=$(running pinned Slow | cut -d' ' -f1)
 other=1; [ "$pin_node" = node-1 ] && other=2
@@ -151,6 +165,18 @@ ok=0
 for n in 1 2 3; do [ "$(curl -s -m 10 -d "hi $n" "$(node_http "$n")/echo")" = "hi $n" ] && ok=$((ok + 1)); done
 check "every node's proxy answers /echo" "$ok" 3
 check "an unknown path is 404 on a worker" "$(http_code "$(node_http 3)/nowhere")" 404
+
+# ---- metrics: each worker's own page, and the head's page for the whole cluster ----
+wm=$(curl -s -m 5 "http://$NET.3:$METRICS_PORT/metrics")
+check_contains "a worker's /metrics counts its proxy's requests" "$wm" 'serve_num_http_requests{node="node-2",application="echo",deployment="Echo"} 1'
+check_contains "a worker's /metrics has the latency histogram" "$wm" 'serve_deployment_processing_latency_ms_bucket{node="node-2",application="echo",deployment="Echo",le="+Inf"} 1'
+settle
+hm=$(curl -s -m 5 "$API/metrics")
+check_contains "the head's /metrics has every node's counters" "$hm" 'serve_num_http_requests{node="node-3",application="echo",deployment="Echo"} 1'
+check_contains "the head's /metrics has per-replica gauges" "$hm" 'serve_replica_processing_queries{node="node-1"'
+check_contains "the head's /metrics counts replica starts" "$hm" 'serve_deployment_replica_starts{node="node-1",application="gpu",deployment="Echo"} 3'
+check_contains "the head's /metrics counts pending replicas" "$hm" 'serve_pending_replicas 1'
+check_contains "the head's /metrics counts error responses per deployment" "$hm" 'serve_num_http_error_requests{node="node-2",application="echo",deployment="Echo"} 0'
 
 # ---- identical reload: nothing restarts ----
 before=$(all_replicas)
@@ -248,6 +274,8 @@ check "head killed under load: no connection errors" "$ERRORS" 0
 [ "$REQS" -gt 100 ] && pass "the load generator ran while the head was down ($REQS requests)" || fail "the load generator ran ($REQS requests)"
 settle
 check "after the head restarts, no healthy replica was restarted" "$(all_replicas)" "$before"
+check "the restarted head kept the placement (nothing pending but the 64-CPU replica)" \
+        "$(awk '/recovered the state/ { n = 0; seen = 1 } seen && /PENDING: no alive nodes/ { n++ } END { print n + 0 }' "$WORK/head.log")" 0
 
 # ---- a worker dies: its replicas come back elsewhere ----
 victim=${pin_node#node-}
@@ -257,6 +285,7 @@ kill -KILL "$victim_pid"
 wait_until 30 bash -c "[ \"\$(curl -fsS -m 5 $API/api/cluster/nodes | jq -r '.nodes[] | select(.node_id==\"node-$victim\") | .state')\" = DEAD ]"
 check "the killed worker is marked DEAD" "$(nodes_json | jq -r ".nodes[] | select(.node_id==\"node-$victim\") | .state")" DEAD
 wait_until 30 bash -c "[ \"\$(curl -s -m 5 $(node_http $survivor)/pinned?ms=1)\" = ok ]"
+wait_until 10 bash -c "curl -fsS -m 5 $API/api/serve/applications/ | jq -e '.applications.pinned.deployments.Slow.replicas[] | select(.state==\"RUNNING\" and .node_id!=\"node-$victim\")' >/dev/null"
 check "the lost node's replica runs elsewhere" "$(running pinned Slow | cut -d' ' -f1 | grep -vc "node-$victim")" 1
 check "requests succeed again after the worker loss" "$(curl -s -m 10 "$(node_http $survivor)/pinned?ms=1")" "ok"
 wait_until 30 bash -c "[ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[] | select(.state==\"RUNNING\")] | length') = 3 ]"
