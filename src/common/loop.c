@@ -68,3 +68,9 @@ int loop_run_once(struct loop *l, uint64_t timeout_ns) {
         io_uring_cq_advance(&l->ring, n);
         return (int)n;
 }
+
+void loop_drain(struct loop *l, uint64_t limit_ns) {
+        uint64_t waited = 0;
+        while (waited < limit_ns && loop_run_once(l, 10 * 1000000ull) > 0)
+                waited += 10 * 1000000ull;
+}

@@ -28,3 +28,7 @@ struct io_uring_sqe *loop_sqe(struct loop *l, struct loop_op *op);
 /* Submits what is queued, waits up to timeout_ns (0: do not wait) for a completion, then runs
  * the callbacks of all available completions. Returns how many ran, or a negative errno. */
 int loop_run_once(struct loop *l, uint64_t timeout_ns);
+
+/* Runs completions until none arrives for 10 ms or `limit_ns` passed: lets closes and final
+ * sends finish before the loop is freed. */
+void loop_drain(struct loop *l, uint64_t limit_ns);

@@ -1568,8 +1568,7 @@ int main(int argc, char **argv) {
                 list_del(&pc->link);
                 free(pc);
         }
-        for (int i = 0; i < 5; i++)
-                loop_run_once(&h.loop, 1);
+        loop_drain(&h.loop, 500 * NSEC_PER_MSEC);
         loop_free(&h.loop);
         assignments_free(h.assign, h.n_assign);
         serve_spec_free(h.spec);

@@ -10,6 +10,7 @@ struct hconn {
         struct httpd *h;
         struct netconn *nc;
         bool answered;
+        struct list link;          /* h->conns */
 };
 
 static void respond(struct hconn *hc, struct httpd_response *resp) {
@@ -24,7 +25,11 @@ static void respond(struct hconn *hc, struct httpd_response *resp) {
                 (void)buf_append(o, resp->body.data, resp->body.len, SIZE_MAX);
         hc->answered = true;
         netconn_flush(hc->nc);
+        /* The connection closes itself once the response is out; we are done with it. */
+        hc->nc->userdata = NULL;
         netconn_close(hc->nc, true);
+        list_del(&hc->link);
+        free(hc);
 }
 
 static void on_data(struct netconn *nc) {
@@ -56,11 +61,18 @@ static void on_data(struct netconn *nc) {
         struct httpd_request rq = { .req = &req, .body = nc->in.data + r, .body_len = (size_t)body_len, .peer = nc->peer };
         hc->h->handler(hc->h->userdata, &rq, &resp);
 out:
-        respond(hc, &resp);
+        respond(hc, &resp); /* frees hc */
         buf_free(&resp.body);
 }
 
-static void on_close(struct netconn *nc, int err) { free(nc->userdata); }
+static void on_close(struct netconn *nc, int err) {
+        struct hconn *hc = nc->userdata;
+        if (!hc)
+                return;
+        list_del(&hc->link);
+        free(hc);
+}
+
 
 static const struct netconn_ops ops = { .on_data = on_data, .on_close = on_close };
 
@@ -77,6 +89,7 @@ static void on_accept(struct netlistener *l, int fd) {
                 free(hc);
                 return;
         }
+        list_add_tail(&h->conns, &hc->link);
         hc->nc->in_limit = h->max_body + 65536;
 }
 
@@ -86,10 +99,22 @@ int httpd_open(struct httpd *h, struct loop *loop, const char *host, int port, s
         h->max_body = max_body;
         h->handler = handler;
         h->userdata = userdata;
+        list_init(&h->conns);
         return netlistener_open(&h->listener, loop, host, port, on_accept, h);
 }
 
-void httpd_close(struct httpd *h) { netlistener_close(&h->listener); }
+void httpd_close(struct httpd *h) {
+        struct list *pos, *tmp;
+
+        netlistener_close(&h->listener);
+        list_for_each_safe(pos, tmp, &h->conns) {
+                struct hconn *hc = list_entry(pos, struct hconn, link);
+                hc->nc->userdata = NULL;
+                netconn_close(hc->nc, false);
+                list_del(&hc->link);
+                free(hc);
+        }
+}
 
 void httpd_respond_json(struct httpd_response *resp, int status, const cJSON *j) {
         char *t = cJSON_Print(j);

@@ -30,6 +30,7 @@ struct httpd {
         size_t max_body;
         httpd_handler handler;
         void *userdata;
+        struct list conns;
 };
 
 /* Listens on host:port. Returns 0 or a negative errno (not logged). */

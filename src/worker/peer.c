@@ -808,7 +808,7 @@ int peers_new(struct loop *loop, struct router *router, const char *host, int po
         return 0;
 }
 
-void peers_free(struct peers *ps) {
+void peers_stop(struct peers *ps) {
         struct list *pos, *tmp;
 
         if (!ps)
@@ -822,9 +822,18 @@ void peers_free(struct peers *ps) {
                 }
                 in_free(pin);
         }
+        list_for_each_safe(pos, tmp, &ps->peers)
+                peer_disconnect(list_entry(pos, struct peer, link), "the worker is stopping");
+}
+
+void peers_free(struct peers *ps) {
+        struct list *pos, *tmp;
+
+        if (!ps)
+                return;
+        peers_stop(ps);
         list_for_each_safe(pos, tmp, &ps->peers) {
                 struct peer *p = list_entry(pos, struct peer, link);
-                peer_disconnect(p, "the worker is stopping");
                 list_del(&p->link);
                 free(p->slots);
                 free(p->free_slots);

@@ -68,6 +68,9 @@ struct peers;
  * negative errno (logged). */
 int peers_new(struct loop *loop, struct router *router, const char *host, int port, const struct http_limits *limits,
               struct peers **ret);
+/* Closes the listener and every connection (requests at peers fail). The loop must run
+ * (loop_drain) before peers_free(), which frees the memory those operations refer to. */
+void peers_stop(struct peers *ps);
 void peers_free(struct peers *ps);
 
 /* Starts describing a new peer list: every peer and target is marked unseen. */

@@ -284,6 +284,10 @@ static int on_assign(struct worker *w, const cJSON *m, char *err, size_t errlen)
                 }
                 d->replicas = (int)count;
                 if (cJSON_GetArraySize(gpus) > 0) {
+                        for (size_t k = 0; k < d->n_gpus; k++)
+                                free(d->gpus[k]);
+                        free(d->gpus);
+                        d->n_gpus = 0;
                         d->gpus = calloc((size_t)cJSON_GetArraySize(gpus) + 1, sizeof(char *));
                         if (!d->gpus) {
                                 r = -ENOMEM;
@@ -698,13 +702,14 @@ int main(int argc, char **argv) {
         }
         if (w.head) {
                 /* Let the goodbye go out. */
+                w.head->userdata = NULL;
                 netconn_close(w.head, true);
-                for (int i = 0; i < 10; i++)
-                        loop_run_once(&w.loop, 10 * NSEC_PER_MSEC);
         }
         log_info("stopped");
         if (w.metrics_open)
                 httpd_close(&w.metrics);
+        peers_stop(w.peers);
+        loop_drain(&w.loop, 500 * NSEC_PER_MSEC);
         peers_free(w.peers);
         proxy_free(w.proxy);
         supervisor_free(w.sup);
