@@ -14,9 +14,25 @@
 
 static void arm_recv(struct netconn *nc);
 
+struct netblob *netblob_new(const void *data, size_t len) {
+        struct netblob *b = malloc(sizeof *b + len);
+        if (!b)
+                return NULL;
+        b->refs = 1;
+        b->len = len;
+        memcpy(b->data, data, len);
+        return b;
+}
+
+void netblob_unref(struct netblob *b) {
+        if (b && --b->refs == 0)
+                free(b);
+}
+
 static void maybe_free(struct netconn *nc) {
         if (!nc->closed || nc->refs > 0 || nc->in_callback)
                 return;
+        netblob_unref(nc->blob);
         buf_free(&nc->in);
         buf_free(&nc->out);
         buf_free(&nc->pending);
@@ -57,6 +73,13 @@ static void on_close_done(struct loop_op *op, int res, unsigned flags) {
 static void start_send(struct netconn *nc) {
         if (nc->sending || nc->closed || nc->connecting)
                 return;
+        if (nc->blob) {
+                struct io_uring_sqe *sqe = loop_sqe(nc->loop, &nc->op_send);
+                io_uring_prep_send(sqe, nc->fd, nc->blob->data + nc->blob_off, nc->blob->len - nc->blob_off, MSG_NOSIGNAL);
+                nc->sending = true;
+                nc->refs++;
+                return;
+        }
         if (nc->out.len == 0 && nc->pending.len > 0) {
                 struct buf t = nc->out;
                 nc->out = nc->pending;
@@ -88,7 +111,20 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
                 maybe_free(nc);
                 return;
         }
-        buf_consume(&nc->out, (size_t)res);
+        if (nc->blob) {
+                nc->blob_off += (size_t)res;
+                if (nc->blob_off == nc->blob->len) {
+                        netblob_unref(nc->blob);
+                        nc->blob = NULL;
+                        nc->blob_off = 0;
+                }
+        } else
+                buf_consume(&nc->out, (size_t)res);
+        /* A burst (a broadcast, a big response) must not stay reserved for an idle connection. */
+        if (nc->out.len == 0 && nc->out.cap > 64 * 1024)
+                buf_free(&nc->out);
+        if (nc->pending.len == 0 && nc->pending.cap > 64 * 1024)
+                buf_free(&nc->pending);
         start_send(nc);
         if (!nc->closed && !nc->sending && nc->ops->on_drain) {
                 nc->in_callback = true;
@@ -263,7 +299,19 @@ int netconn_adopt(struct loop *loop, int fd, const struct netconn_ops *ops, void
         return 0;
 }
 
-struct buf *netconn_outbuf(struct netconn *nc) { return nc->sending ? &nc->pending : &nc->out; }
+struct buf *netconn_outbuf(struct netconn *nc) { return nc->sending || nc->blob ? &nc->pending : &nc->out; }
+
+int netconn_write_blob(struct netconn *nc, struct netblob *b) {
+        if (nc->closed)
+                return -EPIPE;
+        if (nc->blob || nc->sending || nc->out.len || nc->pending.len || nc->connecting)
+                return netconn_write(nc, b->data, b->len);
+        b->refs++;
+        nc->blob = b;
+        nc->blob_off = 0;
+        start_send(nc);
+        return 0;
+}
 
 void netconn_flush(struct netconn *nc) {
         if (nc->closed)
@@ -286,12 +334,14 @@ int netconn_write(struct netconn *nc, const void *data, size_t len) {
         return 0;
 }
 
-size_t netconn_unsent(const struct netconn *nc) { return nc->out.len + nc->pending.len; }
+size_t netconn_unsent(const struct netconn *nc) {
+        return nc->out.len + nc->pending.len + (nc->blob ? nc->blob->len - nc->blob_off : 0);
+}
 
 void netconn_close(struct netconn *nc, bool after_write) {
         if (!nc || nc->closed)
                 return;
-        if (after_write && (nc->sending || nc->out.len || nc->pending.len || nc->connecting)) {
+        if (after_write && (nc->sending || nc->blob || nc->out.len || nc->pending.len || nc->connecting)) {
                 nc->close_after_write = true;
                 start_send(nc);
                 return;

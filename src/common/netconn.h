@@ -16,6 +16,17 @@
 
 struct netconn;
 
+/* Immutable bytes shared by many connections (a broadcast): sent without a copy per
+ * connection when the connection has nothing else queued. Reference counted. */
+struct netblob {
+        unsigned refs;
+        size_t len;
+        char data[];
+};
+/* Returns a blob holding a copy of data (one reference), or NULL. */
+struct netblob *netblob_new(const void *data, size_t len);
+void netblob_unref(struct netblob *b);
+
 struct netconn_ops {
         /* Connected (outgoing connections only). */
         void (*on_connect)(struct netconn *nc);
@@ -42,6 +53,8 @@ struct netconn {
         /* private */
         struct loop_op op_recv, op_send, op_connect, op_close;
         struct buf out, pending;
+        struct netblob *blob;      /* being sent before anything in out/pending */
+        size_t blob_off;
         unsigned refs;
         bool connecting, recv_armed, sending, closed, close_after_write, in_callback;
 };
@@ -59,6 +72,9 @@ int netconn_adopt(struct loop *loop, int fd, const struct netconn_ops *ops, void
 int netconn_write(struct netconn *nc, const void *data, size_t len);
 /* Direct access to the output buffer for encoders; call netconn_flush() after. */
 struct buf *netconn_outbuf(struct netconn *nc);
+/* Queues a shared blob (takes a new reference; copies it when other output is queued).
+ * Returns 0 or -ENOBUFS as netconn_write(). */
+int netconn_write_blob(struct netconn *nc, struct netblob *b);
 void netconn_flush(struct netconn *nc);
 size_t netconn_unsent(const struct netconn *nc);
 

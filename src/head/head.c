@@ -9,6 +9,7 @@
  *   routing  every node's ready replicas per deployment; the same bytes for every node */
 #include <arpa/inet.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -35,6 +36,7 @@
 #define MAX_NODES 10000
 #define MAX_API_BODY (16u << 20)
 #define ROUTING_MIN_INTERVAL_NS (200 * NSEC_PER_MSEC)
+#define RECONCILE_MIN_INTERVAL_NS (50 * NSEC_PER_MSEC) /* a burst of registrations: one placement */
 #define HELLO_TIMEOUT_NS (10 * NSEC_PER_SEC)
 
 struct node {
@@ -53,6 +55,10 @@ struct node {
         cJSON *report;                 /* the latest report */
         uint64_t n_reports;
         char *sent_assign;             /* text of the last assign sent (without epoch) */
+        /* Its part of the assignment, (deployment, slot) index pairs, rebuilt by reconcile(). */
+        struct share { uint32_t dep, slot; } *shares;
+        size_t n_shares, cap_shares;
+        uint64_t ready_sig;            /* hash of its RUNNING replicas: routing changes when it does */
         long long sent_config_epoch, sent_routing;
         struct list link;
 };
@@ -76,7 +82,7 @@ struct assignment {
         char *key;                     /* "app/Deployment" */
         struct slot *slots;
         size_t n_slots;
-        unsigned pending;
+        unsigned placed, pending;
         char *pending_reason;
 };
 
@@ -96,8 +102,7 @@ struct head {
         char *config_error;
         double config_error_at;
         long long config_epoch;
-        char *config_msg;              /* the framed `config` message for workers */
-        size_t config_msg_len;
+        struct netblob *config_msg;    /* the framed `config` message for workers */
 
         struct assignment *assign;     /* parallel to spec->deps */
         size_t n_assign;
@@ -106,7 +111,8 @@ struct head {
         size_t n_nodes;
         long long routing_epoch;
         char *routing_text;
-        uint64_t routing_next_ns;
+        uint64_t routing_next_ns, reconcile_next_ns;
+        char *saved_state;             /* what the state file holds */
         bool dirty, routing_dirty;
 
         struct netlistener ctl;
@@ -142,6 +148,7 @@ static void node_free(struct node *n) {
         free(n->custom);
         cJSON_Delete(n->report);
         free(n->sent_assign);
+        free(n->shares);
         free(n);
 }
 
@@ -206,9 +213,9 @@ static char *dep_key(const char *app, const char *name) {
 
 /* ---- messages to workers ---- */
 
-static void node_send_text(struct node *n, const char *framed, size_t len) {
-        if (n->nc && !n->nc->closed)
-                (void)netconn_write(n->nc, framed, len);
+static void node_send_blob(struct node *n, struct netblob *b) {
+        if (n->nc && !n->nc->closed && b)
+                (void)netconn_write_blob(n->nc, b);
 }
 
 static void node_send(struct node *n, cJSON *m) {
@@ -233,7 +240,7 @@ static void build_config_message(struct head *h) {
         cJSON *m = ctlmsg_new("config"), *deps, *routes, *http;
         const struct http_options *ho = h->cfg ? &h->cfg->http : NULL;
 
-        free(h->config_msg);
+        netblob_unref(h->config_msg);
         h->config_msg = NULL;
         if (!m)
                 return;
@@ -262,7 +269,11 @@ static void build_config_message(struct head *h) {
         }
         for (size_t i = 0; h->spec && i < h->spec->n_deps; i++)
                 cJSON_AddItemToArray(deps, dep_spec_to_json(&h->spec->deps[i]));
-        (void)frame_json(m, &h->config_msg, &h->config_msg_len);
+        char *framed = NULL;
+        size_t len = 0;
+        if (frame_json(m, &framed, &len) == 0)
+                h->config_msg = netblob_new(framed, len);
+        free(framed);
         cJSON_Delete(m);
 }
 
@@ -278,7 +289,7 @@ static void send_assign(struct head *h, struct node *n) {
         if (!n->nc || !h->spec)
                 return;
         if (n->sent_config_epoch != h->config_epoch && h->config_msg) {
-                node_send_text(n, h->config_msg, h->config_msg_len);
+                node_send_blob(n, h->config_msg);
                 n->sent_config_epoch = h->config_epoch;
                 free(n->sent_assign);
                 n->sent_assign = NULL;
@@ -289,15 +300,19 @@ static void send_assign(struct head *h, struct node *n) {
         cJSON_AddNumberToObject(m, "config_epoch", (double)h->config_epoch);
         cJSON_AddBoolToObject(m, "proxy", node_gets_proxy(h, n));
         reps = cJSON_AddArrayToObject(m, "replicas");
-        for (size_t i = 0; i < h->n_assign; i++) {
-                const struct slot *s = slot_for(&h->assign[i], n->name);
+        /* Only its deployments: the others have no replicas here. */
+        for (size_t k = 0; k < n->n_shares; k++) {
+                const struct share *sh = &n->shares[k];
+                if (sh->dep >= h->n_assign || sh->slot >= h->assign[sh->dep].n_slots)
+                        continue;
+                const struct slot *s = &h->assign[sh->dep].slots[sh->slot];
                 cJSON *o = cJSON_CreateObject(), *g;
-                cJSON_AddStringToObject(o, "app", h->spec->deps[i].app);
-                cJSON_AddStringToObject(o, "name", h->spec->deps[i].name);
-                cJSON_AddNumberToObject(o, "count", s ? s->count : 0);
+                cJSON_AddStringToObject(o, "app", h->spec->deps[sh->dep].app);
+                cJSON_AddStringToObject(o, "name", h->spec->deps[sh->dep].name);
+                cJSON_AddNumberToObject(o, "count", s->count);
                 g = cJSON_AddArrayToObject(o, "gpus");
-                for (unsigned k = 0; s && s->gpus && k < s->count; k++)
-                        cJSON_AddItemToArray(g, cJSON_CreateString(s->gpus[k]));
+                for (unsigned j = 0; s->gpus && j < s->count; j++)
+                        cJSON_AddItemToArray(g, cJSON_CreateString(s->gpus[j]));
                 cJSON_AddItemToArray(reps, o);
         }
         text = cJSON_PrintUnformatted(m);
@@ -327,14 +342,8 @@ static void build_routing(struct head *h) {
                 cJSON_AddStringToObject(o, "app", h->spec->deps[i].app);
                 cJSON_AddStringToObject(o, "name", h->spec->deps[i].name);
                 cJSON_AddNumberToObject(o, "max_ongoing", h->spec->deps[i].max_ongoing);
-                unsigned placed = 0;
-                for (size_t k = 0; i < h->n_assign && k < h->assign[i].n_slots; k++) {
-                        struct node *pn = node_find(h, h->assign[i].slots[k].node);
-                        if (pn && pn->alive)
-                                placed += h->assign[i].slots[k].count;
-                }
                 /* Placed (maybe still starting): a proxy may hold requests for them. */
-                cJSON_AddNumberToObject(o, "placed", placed);
+                cJSON_AddNumberToObject(o, "placed", i < h->n_assign ? h->assign[i].placed : 0);
                 per_dep[i] = cJSON_AddArrayToObject(o, "ready");
                 cJSON_AddItemToArray(deps, o);
         }
@@ -391,15 +400,17 @@ static void build_routing(struct head *h) {
         h->routing_epoch++;
         char *framed = NULL;
         size_t len = 0;
-        if (frame_json(m, &framed, &len) == 0)
+        struct netblob *blob = frame_json(m, &framed, &len) == 0 ? netblob_new(framed, len) : NULL;
+        free(framed);
+        if (blob)
                 list_for_each_safe(pos, tmp, &h->nodes) {
                         struct node *n = list_entry(pos, struct node, link);
                         if (n->nc && n->sent_config_epoch == h->config_epoch) {
-                                node_send_text(n, framed, len);
+                                node_send_blob(n, blob);
                                 n->sent_routing = h->routing_epoch;
                         }
                 }
-        free(framed);
+        netblob_unref(blob);
         cJSON_Delete(m);
 }
 
@@ -451,9 +462,20 @@ static void save_state(struct head *h) {
                         }
                         cJSON_AddItemToArray(assign, o);
                 }
+        char *text = cJSON_PrintUnformatted(s);
+        if (text && h->saved_state && streq(text, h->saved_state)) {
+                free(text);
+                cJSON_Delete(s);
+                return; /* unchanged: no write, no fsync */
+        }
         r = state_save(h->state_dir, s);
-        if (r < 0)
+        if (r < 0) {
                 log_error_errno(r, "Cannot save the state to %s/%s: %m", h->state_dir, STATE_FILE_NAME);
+                free(text);
+        } else {
+                free(h->saved_state);
+                h->saved_state = text;
+        }
         cJSON_Delete(s);
 }
 
@@ -536,6 +558,7 @@ static void reconcile(struct head *h) {
                                         na[i].slots[k].gpus[j] = strdup(dr->slots[k].gpus[j]);
                         }
                 }
+                na[i].placed = dr->placed;
                 na[i].pending = dr->pending;
                 na[i].pending_reason = dr->pending_reason ? strdup(dr->pending_reason) : NULL;
                 /* Log changes in what is pending once, not on every pass. */
@@ -549,6 +572,21 @@ static void reconcile(struct head *h) {
         assignments_free(h->assign, h->n_assign);
         h->assign = TAKE_PTR(na);
         h->n_assign = n_deps;
+        for (size_t k = 0; k < nn; k++)
+                nodes[k]->n_shares = 0;
+        for (size_t i = 0; i < n_deps; i++)
+                for (size_t k = 0; k < res->deployments[i].n_slots; k++) {
+                        struct node *sn = nodes[res->deployments[i].slots[k].node];
+                        if (sn->n_shares == sn->cap_shares) {
+                                size_t cap = sn->cap_shares ? sn->cap_shares * 2 : 8;
+                                struct share *ns = realloc(sn->shares, cap * sizeof *ns);
+                                if (!ns)
+                                        continue;
+                                sn->shares = ns;
+                                sn->cap_shares = cap;
+                        }
+                        sn->shares[sn->n_shares++] = (struct share){ (uint32_t)i, (uint32_t)k };
+                }
         save_state(h);
         list_for_each_safe(pos, tmp, &h->nodes) {
                 struct node *n = list_entry(pos, struct node, link);
@@ -648,7 +686,9 @@ static void node_lost(struct node *n, const char *why) {
         n->alive = false;
         cJSON_Delete(n->report);
         n->report = NULL;
+        n->ready_sig = 0;
         n->h->dirty = true;
+        n->h->routing_dirty = true;
 }
 
 static void node_on_close(struct netconn *nc, int err) {
@@ -758,6 +798,29 @@ static bool token_equal(const char *a, const char *b) {
         return diff == 0;
 }
 
+/* Which replicas of which deployments run on a node, independent of their order: the routing
+ * table is rebuilt only when this changes, not on every heartbeat. */
+static uint64_t ready_signature(const cJSON *report) {
+        const cJSON *it;
+        uint64_t sum = 0;
+
+        cJSON_ArrayForEach(it, cJSON_GetObjectItem(report, "replicas")) {
+                const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(it, "state"));
+                const char *app = cJSON_GetStringValue(cJSON_GetObjectItem(it, "app"));
+                const char *dep = cJSON_GetStringValue(cJSON_GetObjectItem(it, "deployment"));
+                uint64_t x = 0xcbf29ce484222325ull;
+                if (!st || !streq(st, "RUNNING") || !app || !dep)
+                        continue;
+                for (const char *p = app; *p; p++)
+                        x = (x ^ (uint8_t)*p) * 0x100000001b3ull;
+                x = (x ^ '/') * 0x100000001b3ull;
+                for (const char *p = dep; *p; p++)
+                        x = (x ^ (uint8_t)*p) * 0x100000001b3ull;
+                sum += x * 0x9e3779b97f4a7c15ull;
+        }
+        return sum + 1; /* never 0: a node that reports nothing still differs from "no report yet" */
+}
+
 static const struct netconn_ops node_ops;
 
 static void refuse(struct netconn *nc, const char *reason) {
@@ -839,6 +902,7 @@ static void on_hello(struct pending_conn *pc, cJSON *m) {
         n->known = true;
         cJSON_Delete(n->report);
         n->report = NULL;
+        n->ready_sig = 0;
         log_info("node %s registered from %s: %.1f CPUs, %.1f GiB, %u GPU(s)%s%s", name, nc->peer, n->cpus,
                  (double)n->memory / (1 << 30), n->n_gpus, n->head_node ? ", head node" : "",
                  was_alive ? "" : ", now alive");
@@ -885,7 +949,11 @@ static void node_on_data(struct netconn *nc) {
                         cJSON_Delete(n->report);
                         n->report = TAKE_PTR(m);
                         n->n_reports++;
-                        n->h->routing_dirty = true;
+                        uint64_t sig = ready_signature(n->report);
+                        if (sig != n->ready_sig) {
+                                n->ready_sig = sig;
+                                n->h->routing_dirty = true;
+                        }
                 } else if (streq(type, "goodbye")) {
                         log_info("node %s is stopping", n->name);
                         node_lost(n, "it stopped");
@@ -1069,10 +1137,11 @@ static cJSON *nodes_json(struct head *h) {
                 double used_cpu = 0, used_gpu = 0;
                 double used_mem = 0;
                 unsigned replicas = 0;
-                for (size_t i = 0; i < h->n_assign && h->spec; i++) {
-                        const struct slot *s = slot_for(&h->assign[i], n->name);
-                        if (!s)
+                for (size_t k = 0; k < n->n_shares && h->spec; k++) {
+                        size_t i = n->shares[k].dep;
+                        if (i >= h->n_assign || n->shares[k].slot >= h->assign[i].n_slots)
                                 continue;
+                        const struct slot *s = &h->assign[i].slots[n->shares[k].slot];
                         used_cpu += s->count * h->spec->deps[i].num_cpus;
                         used_gpu += s->count * h->spec->deps[i].num_gpus;
                         used_mem += (double)s->count * (double)h->spec->deps[i].memory;
@@ -1439,6 +1508,9 @@ int main(int argc, char **argv) {
         int c, r;
 
         log_init("serve-head");
+        /* Broadcast buffers are large and short-lived: give them back to the system when sent
+         * (a fixed threshold; glibc's adaptive one would keep them in the heap). */
+        mallopt(M_MMAP_THRESHOLD, 64 * 1024);
         while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) >= 0) {
                 switch (c) {
                 case 'c':
@@ -1541,14 +1613,16 @@ int main(int argc, char **argv) {
                         h.reload = false;
                         do_reload(&h);
                 }
-                if (h.dirty)
+                if (h.dirty && now >= h.reconcile_next_ns) {
                         reconcile(&h);
+                        h.reconcile_next_ns = now + RECONCILE_MIN_INTERVAL_NS;
+                }
                 if (h.routing_dirty && now >= h.routing_next_ns) {
                         h.routing_dirty = false;
                         h.routing_next_ns = now + ROUTING_MIN_INTERVAL_NS;
                         build_routing(&h);
                 }
-                r = loop_run_once(&h.loop, h.routing_dirty ? ROUTING_MIN_INTERVAL_NS / 4 : 100 * NSEC_PER_MSEC);
+                r = loop_run_once(&h.loop, h.routing_dirty || h.dirty ? 10 * NSEC_PER_MSEC : 100 * NSEC_PER_MSEC);
                 if (r < 0) {
                         log_error_errno(r, "event loop failed: %m");
                         break;
@@ -1577,8 +1651,9 @@ int main(int argc, char **argv) {
         free(h.cfg_text);
         free(h.cfg_source);
         free(h.config_error);
-        free(h.config_msg);
+        netblob_unref(h.config_msg);
         free(h.routing_text);
+        free(h.saved_state);
         free(h.join_token);
         free(h.api_token);
         free(h.replica_bin);

@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -54,25 +55,29 @@ static int run_describe(const char *replica_bin, const struct app_config *a, cha
                 close(out[1]);
                 return -errno;
         }
-        pid = fork();
-        if (pid < 0) {
-                int r = -errno;
+        /* posix_spawn (vfork-like): the head may be large, and a fork would copy its page
+         * tables for every application it describes. */
+        posix_spawn_file_actions_t fa;
+        posix_spawnattr_t attr;
+        sigset_t none;
+        char *argv[] = { "serve-replica", "--describe", a->import_path, "--working-dir", a->runtime_env.working_dir, NULL };
+        if (!a->runtime_env.working_dir)
+                argv[3] = NULL;
+        sigemptyset(&none);
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
+        posix_spawn_file_actions_adddup2(&fa, err[1], STDERR_FILENO);
+        posix_spawnattr_init(&attr);
+        posix_spawnattr_setsigmask(&attr, &none);
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+        int sr = posix_spawn(&pid, replica_bin, &fa, &attr, argv, environ);
+        posix_spawn_file_actions_destroy(&fa);
+        posix_spawnattr_destroy(&attr);
+        if (sr != 0) {
                 close(out[0]); close(out[1]); close(err[0]); close(err[1]);
-                return r;
-        }
-        if (pid == 0) {
-                sigset_t all;
-                sigemptyset(&all);
-                sigprocmask(SIG_SETMASK, &all, NULL);
-                dup2(out[1], STDOUT_FILENO);
-                dup2(err[1], STDERR_FILENO);
-                if (a->runtime_env.working_dir)
-                        execl(replica_bin, "serve-replica", "--describe", a->import_path, "--working-dir",
-                              a->runtime_env.working_dir, (char *)NULL);
-                else
-                        execl(replica_bin, "serve-replica", "--describe", a->import_path, (char *)NULL);
-                fprintf(stderr, "cannot run %s: %m", replica_bin);
-                _exit(127);
+                if (asprintf(ret_err, "cannot run %s: %s", replica_bin, strerror(sr)) < 0)
+                        *ret_err = NULL;
+                return -sr;
         }
         close(out[1]);
         close(err[1]);
@@ -325,13 +330,23 @@ int spec_resolve(const char *replica_bin, const struct serve_config *cfg, struct
                 free(s);
                 return -ENOMEM;
         }
+        /* Applications that share code (import_path and working_dir) are described once. */
+        struct description *cache = calloc(cfg->n_apps + 1, sizeof *cache);
+        if (!cache) {
+                serve_spec_free(s);
+                return -ENOMEM;
+        }
         for (size_t i = 0; i < cfg->n_apps && r == 0; i++) {
                 const struct app_config *a = &cfg->apps[i];
                 struct description desc = {};
                 char *err = NULL, field[128];
 
                 snprintf(field, sizeof field, "applications[%zu].import_path", i);
-                r = describe(replica_bin, a, &desc, &err);
+                for (size_t k = 0; k < i && !desc.module; k++)
+                        if (cache[k].module && streq(cfg->apps[k].import_path, a->import_path) &&
+                            streq_ptr(cfg->apps[k].runtime_env.working_dir, a->runtime_env.working_dir))
+                                desc = cache[k];
+                r = desc.module ? 0 : describe(replica_bin, a, &desc, &err);
                 if (r < 0) {
                         r = fail_at(ret_error, cfg, a->line, a->column, field, "cannot load %s: %s", a->import_path,
                                     err ? err : "unknown error");
@@ -367,8 +382,17 @@ int spec_resolve(const char *replica_bin, const struct serve_config *cfg, struct
                         s->deps = nd;
                         r = spec_build(a, dc, &desc, &desc.deps[m], &s->deps[s->n_deps++]);
                 }
-                description_free(&desc);
+                cache[i] = desc; /* owned by the cache now */
         }
+        /* Last to first: a copy of an earlier entry is skipped while that entry still exists. */
+        for (size_t i = cfg->n_apps; i-- > 0;) {
+                bool copy = false;
+                for (size_t k = 0; k < i; k++)
+                        copy |= cache[k].module && cache[k].module == cache[i].module;
+                if (!copy)
+                        description_free(&cache[i]);
+        }
+        free(cache);
         if (r < 0) {
                 serve_spec_free(s);
                 return r;

@@ -42,6 +42,7 @@ EOF
 # write_apps ECHO_REPLICAS ECHO_MODULE [ECHO_MAX_ONGOING]: the applications under test.
 write_apps() {
         cat >"$CONF/apps.yaml.new" <<EOF
+proxy_location: ${PROXY_LOCATION:-EveryNode}
 applications:
   - name: echo
     route_prefix: /echo
@@ -290,6 +291,13 @@ check "the lost node's replica runs elsewhere" "$(running pinned Slow | cut -d' 
 check "requests succeed again after the worker loss" "$(curl -s -m 10 "$(node_http $survivor)/pinned?ms=1")" "ok"
 wait_until 30 bash -c "[ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[] | select(.state==\"RUNNING\")] | length') = 3 ]"
 check "all echo replicas run on the surviving nodes" "$(running echo Echo | cut -d' ' -f1 | grep -c "node-$victim")" 0
+
+# ---- proxy_location: Disabled closes the proxies (none of these nodes is the head node) ----
+PROXY_LOCATION=Disabled write_apps 3 echo2 16
+kill -HUP "$HEAD_PID"
+wait_until 20 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -m 2 $(node_http $survivor)/echo)\" = 000 ]"
+check "proxy_location: Disabled closes the worker's HTTP port" "$(http_code "$(node_http $survivor)/echo")" 000
+check_contains "the worker says why" "$(cat "$WORK/worker-$survivor.log")" "proxy_location leaves this node without an HTTP proxy"
 
 # ---- stopping ----
 for n in 1 2 3; do [ "$n" != "$victim" ] && kill -TERM "${WPID[$n]}"; done
