@@ -15,7 +15,6 @@
 #include "spec.h"
 #include "supervisor.h"
 
-#define DRAIN_LIMIT_NS (30 * NSEC_PER_SEC)
 
 struct run {
         struct loop loop;
@@ -28,8 +27,8 @@ struct run {
         int sfd;
         struct signalfd_siginfo si;
         struct loop_op op_signal;
-        bool reload, stop, force, replicas_stopping;
-        uint64_t drain_deadline;
+        bool reload, stop, force;
+        struct supervisor_drain drain;
 };
 
 static void usage(FILE *f) {
@@ -134,7 +133,6 @@ int serve_run(int argc, char **argv) {
         struct run rn = { .sfd = -1 };
         _cleanup_free_ char *replica_bin = NULL;
         char *err = NULL;
-        sigset_t mask;
         int c, r;
 
         while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
@@ -174,13 +172,7 @@ int serve_run(int argc, char **argv) {
                 return 1;
         }
 
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGHUP);
-        sigprocmask(SIG_BLOCK, &mask, NULL);
-        signal(SIGPIPE, SIG_IGN);
-        rn.sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+        rn.sfd = signalfd_daemon();
 
         r = loop_init(&rn.loop, 1024);
         if (r < 0) {
@@ -232,25 +224,13 @@ int serve_run(int argc, char **argv) {
                         rn.reload = false;
                         do_reload(&rn);
                 }
-                if (rn.stop && !rn.drain_deadline) {
-                        log_info("stopping: finishing in-flight requests");
+                if (rn.stop && !rn.drain.deadline) {
                         sd_notify(0, "STOPPING=1");
                         proxy_stop_accepting(rn.proxy);
-                        rn.drain_deadline = now + DRAIN_LIMIT_NS;
+                        supervisor_drain_begin(&rn.drain, now);
                 }
-                if (rn.drain_deadline) {
-                        /* In-flight requests first, then the replicas themselves. */
-                        if (!rn.replicas_stopping && (supervisor_busy(rn.sup) == 0 || now > rn.drain_deadline || rn.force)) {
-                                supervisor_stop_all(rn.sup);
-                                rn.replicas_stopping = true;
-                        }
-                        if (rn.replicas_stopping && supervisor_all_exited(rn.sup))
-                                break;
-                        if (rn.force || now > rn.drain_deadline + 10 * NSEC_PER_SEC) {
-                                log_warning("replicas did not stop in time");
-                                break;
-                        }
-                }
+                if (supervisor_drain_step(rn.sup, &rn.drain, now, rn.force))
+                        break;
         }
         log_info("stopped");
         run_free(&rn);

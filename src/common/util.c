@@ -2,6 +2,8 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <signal.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 
 #include "macros.h"
@@ -150,4 +152,24 @@ char *path_relative_to_file(const char *file, const char *path) {
         if (asprintf(&r, "%.*s/%s", (int)(slash - file), file, path) < 0)
                 return NULL;
         return r;
+}
+
+int signalfd_daemon(void) {
+        sigset_t mask;
+        int fd;
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGHUP);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        fd = signalfd(-1, &mask, SFD_CLOEXEC);
+        return fd < 0 ? -errno : fd;
+}
+
+void strv_free(char **v, size_t n) {
+        for (size_t i = 0; v && i < n; i++)
+                free(v[i]);
+        free(v);
 }

@@ -13,6 +13,10 @@
 uint64_t now_ns(void);
 static inline uint64_t sec_to_ns(double s) { return s <= 0 ? 0 : (uint64_t)(s * 1e9); }
 
+/* For the daemons: blocks SIGINT, SIGTERM and SIGHUP (they arrive through the returned
+ * signalfd, read in the event loop) and ignores SIGPIPE. Returns the fd or -errno. */
+int signalfd_daemon(void);
+
 /* Sets O_NONBLOCK. Returns 0 or -errno. */
 int fd_nonblock(int fd, bool nonblock);
 
@@ -26,6 +30,9 @@ int read_file(const char *path, size_t max, char **ret, size_t *ret_len);
 /* `path` if absolute, else `path` relative to the directory holding `file` (config files name
  * other files relative to themselves). Returns a malloc'd string or NULL. */
 char *path_relative_to_file(const char *file, const char *path);
+
+/* Frees n strings of v and v itself. */
+void strv_free(char **v, size_t n);
 
 /* Growable byte buffer with a hard cap. */
 struct buf {

@@ -1504,7 +1504,6 @@ int main(int argc, char **argv) {
         struct head h = { .conf_dir = "/etc/serve", .state_dir = "/var/lib/serve", .sfd = -1 };
         bool check_only = false;
         char *err = NULL;
-        sigset_t mask;
         int c, r;
 
         log_init("serve-head");
@@ -1550,13 +1549,7 @@ int main(int argc, char **argv) {
                 return 1;
         }
 
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGHUP);
-        sigprocmask(SIG_BLOCK, &mask, NULL);
-        signal(SIGPIPE, SIG_IGN);
-        h.sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+        h.sfd = signalfd_daemon();
         r = loop_init(&h.loop, 4096);
         if (r < 0) {
                 log_error_errno(r, "Cannot set up io_uring: %m");

@@ -182,15 +182,11 @@ void dep_spec_done(struct dep_spec *d) {
         free(d->args_json);
         free(d->user_config_json);
         free(d->working_dir);
-        for (size_t i = 0; i < d->n_env; i++)
-                free(d->env[i]);
-        free(d->env);
+        strv_free(d->env, d->n_env);
         for (size_t i = 0; i < d->n_resources; i++)
                 free(d->resources[i].name);
         free(d->resources);
-        for (size_t i = 0; i < d->n_gpus; i++)
-                free(d->gpus[i]);
-        free(d->gpus);
+        strv_free(d->gpus, d->n_gpus);
         memset(d, 0, sizeof *d);
 }
 

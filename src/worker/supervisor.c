@@ -44,12 +44,8 @@ static void deployment_free(struct deployment *d) {
         free(d->args_json);
         free(d->user_config_json);
         free(d->working_dir);
-        for (size_t i = 0; i < d->n_env; i++)
-                free(d->env[i]);
-        free(d->env);
-        for (size_t i = 0; i < d->n_gpus; i++)
-                free(d->gpus[i]);
-        free(d->gpus);
+        strv_free(d->env, d->n_env);
+        strv_free(d->gpus, d->n_gpus);
         free(d);
 }
 
@@ -69,9 +65,7 @@ static int set_gpus(struct deployment *d, const struct dep_spec *sp) {
         char **g = strv_copy(sp->gpus, sp->n_gpus);
         if (!g)
                 return -ENOMEM;
-        for (size_t i = 0; i < d->n_gpus; i++)
-                free(d->gpus[i]);
-        free(d->gpus);
+        strv_free(d->gpus, d->n_gpus);
         d->gpus = g;
         d->n_gpus = sp->n_gpus;
         return 0;
@@ -867,4 +861,26 @@ int supervisor_set_node(struct supervisor *s, const char *node) {
         free(s->node);
         s->node = n;
         return 0;
+}
+
+void supervisor_drain_begin(struct supervisor_drain *d, uint64_t now) {
+        log_info("stopping: finishing in-flight requests");
+        d->deadline = now + SUPERVISOR_DRAIN_LIMIT_NS;
+}
+
+bool supervisor_drain_step(struct supervisor *s, struct supervisor_drain *d, uint64_t now, bool force) {
+        if (!d->deadline)
+                return false;
+        /* In-flight requests first, then the replicas themselves. */
+        if (!d->replicas_stopping && (supervisor_busy(s) == 0 || now > d->deadline || force)) {
+                supervisor_stop_all(s);
+                d->replicas_stopping = true;
+        }
+        if (d->replicas_stopping && supervisor_all_exited(s))
+                return true;
+        if (force || now > d->deadline + 10 * NSEC_PER_SEC) {
+                log_warning("replicas did not stop in time");
+                return true;
+        }
+        return false;
 }

@@ -48,6 +48,17 @@ uint64_t supervisor_tick(struct supervisor *s, uint64_t now);
 bool supervisor_prepare_sleep(struct supervisor *s);
 void supervisor_awake(struct supervisor *s);
 
+/* A daemon's graceful stop, one step per loop iteration: in-flight requests finish (at most
+ * DRAIN_LIMIT), then the replicas stop. Start it with supervisor_drain_begin(). */
+struct supervisor_drain {
+        uint64_t deadline;
+        bool replicas_stopping;
+};
+#define SUPERVISOR_DRAIN_LIMIT_NS (30 * NSEC_PER_SEC)
+void supervisor_drain_begin(struct supervisor_drain *d, uint64_t now);
+/* Returns true when the daemon may exit (everything stopped, or time is up, or force). */
+bool supervisor_drain_step(struct supervisor *s, struct supervisor_drain *d, uint64_t now, bool force);
+
 /* Graceful stop: every replica finishes in-flight work, then exits. */
 void supervisor_stop_all(struct supervisor *s);
 /* Requests queued or in flight anywhere. */

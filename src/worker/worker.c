@@ -23,7 +23,6 @@
 #include "spec.h"
 #include "supervisor.h"
 
-#define DRAIN_LIMIT_NS (30 * NSEC_PER_SEC)
 #define HEAD_BACKOFF_MIN_NS (100 * NSEC_PER_MSEC)
 #define HEAD_BACKOFF_MAX_NS (2 * NSEC_PER_SEC)
 #define MAX_ASSIGN_ITEMS 100000
@@ -54,8 +53,8 @@ struct worker {
         int sfd;
         struct signalfd_siginfo si;
         struct loop_op op_signal;
-        bool stop, force, fatal, replicas_stopping;
-        uint64_t drain_deadline;
+        bool stop, force, fatal;
+        struct supervisor_drain drain;
 };
 
 static struct worker *the_worker;
@@ -604,7 +603,6 @@ int main(int argc, char **argv) {
                 {},
         };
         struct worker w = { .cfg_path = "/etc/serve/worker.yaml", .sfd = -1, .hb_interval_s = 1 };
-        sigset_t mask;
         struct timespec rt, mt;
         int c, r;
 
@@ -634,13 +632,7 @@ int main(int argc, char **argv) {
         clock_gettime(CLOCK_MONOTONIC, &mt);
         w.wall_offset_s = (double)rt.tv_sec + rt.tv_nsec / 1e9 - ((double)mt.tv_sec + mt.tv_nsec / 1e9);
 
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGHUP);
-        sigprocmask(SIG_BLOCK, &mask, NULL);
-        signal(SIGPIPE, SIG_IGN);
-        w.sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+        w.sfd = signalfd_daemon();
 
         r = setup(&w);
         if (r < 0) {
@@ -679,26 +671,15 @@ int main(int argc, char **argv) {
                         log_error_errno(r, "event loop failed: %m");
                         break;
                 }
-                if (w.stop && !w.drain_deadline) {
-                        log_info("stopping: finishing in-flight requests");
+                if (w.stop && !w.drain.deadline) {
                         sd_notify(0, "STOPPING=1\nSTATUS=draining");
                         if (w.head_up)
                                 head_send(&w, ctlmsg_new("goodbye"));
                         proxy_stop_accepting(w.proxy);
-                        w.drain_deadline = now + DRAIN_LIMIT_NS;
+                        supervisor_drain_begin(&w.drain, now);
                 }
-                if (w.drain_deadline) {
-                        if (!w.replicas_stopping && (supervisor_busy(w.sup) == 0 || now > w.drain_deadline || w.force)) {
-                                supervisor_stop_all(w.sup);
-                                w.replicas_stopping = true;
-                        }
-                        if (w.replicas_stopping && supervisor_all_exited(w.sup))
-                                break;
-                        if (w.force || now > w.drain_deadline + 10 * NSEC_PER_SEC) {
-                                log_warning("replicas did not stop in time");
-                                break;
-                        }
-                }
+                if (supervisor_drain_step(w.sup, &w.drain, now, w.force))
+                        break;
         }
         if (w.head) {
                 /* Let the goodbye go out. */
