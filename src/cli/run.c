@@ -29,6 +29,7 @@ struct run {
         struct loop_op op_signal;
         bool reload, stop, force;
         struct supervisor_drain drain;
+        struct watchdog watchdog;
 };
 
 static void usage(FILE *f) {
@@ -203,13 +204,14 @@ int serve_run(int argc, char **argv) {
         on_signal(&rn.op_signal, 0, 0); /* arms the signalfd read */
         log_info("serving %zu application(s) from %s on http://%s:%d", rn.cfg->n_apps, rn.file, po.host, po.port);
         sd_notify(0, "READY=1\nSTATUS=serving");
+        watchdog_init(&rn.watchdog);
 
         for (;;) {
                 uint64_t now = now_ns(), t1, t2, timeout;
 
                 t1 = supervisor_tick(rn.sup, now);
                 t2 = proxy_tick(rn.proxy, now);
-                timeout = MIN(t1, t2);
+                timeout = MIN(MIN(t1, t2), watchdog_tick(&rn.watchdog, now));
                 if (timeout == 0)
                         timeout = 1;
                 if (!supervisor_prepare_sleep(rn.sup))

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 
 #include "macros.h"
 #include "util.h"
@@ -172,4 +173,22 @@ void strv_free(char **v, size_t n) {
         for (size_t i = 0; v && i < n; i++)
                 free(v[i]);
         free(v);
+}
+
+void watchdog_init(struct watchdog *w) {
+        uint64_t usec = 0;
+
+        *w = (struct watchdog){};
+        if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0)
+                w->interval_ns = usec * 1000 / 2;
+}
+
+uint64_t watchdog_tick(struct watchdog *w, uint64_t now) {
+        if (!w->interval_ns)
+                return UINT64_MAX;
+        if (now >= w->next_ns) {
+                sd_notify(0, "WATCHDOG=1");
+                w->next_ns = now + w->interval_ns;
+        }
+        return w->next_ns - now;
 }

@@ -1597,10 +1597,13 @@ int main(int argc, char **argv) {
                  h.ccfg->head.control_host, h.ccfg->head.control_port);
         sd_notifyf(0, "READY=1\nSTATUS=serving %zu application(s)", h.spec ? h.spec->n_apps : 0);
         h.dirty = true;
+        struct watchdog wd;
+        watchdog_init(&wd);
 
         while (!h.stop) {
                 uint64_t now = now_ns();
 
+                uint64_t wd_next = watchdog_tick(&wd, now);
                 check_nodes(&h, now);
                 if (h.reload) {
                         h.reload = false;
@@ -1615,7 +1618,7 @@ int main(int argc, char **argv) {
                         h.routing_next_ns = now + ROUTING_MIN_INTERVAL_NS;
                         build_routing(&h);
                 }
-                r = loop_run_once(&h.loop, h.routing_dirty || h.dirty ? 10 * NSEC_PER_MSEC : 100 * NSEC_PER_MSEC);
+                r = loop_run_once(&h.loop, MIN(wd_next, h.routing_dirty || h.dirty ? 10 * NSEC_PER_MSEC : 100 * NSEC_PER_MSEC));
                 if (r < 0) {
                         log_error_errno(r, "event loop failed: %m");
                         break;

@@ -55,6 +55,7 @@ struct worker {
         struct loop_op op_signal;
         bool stop, force, fatal;
         struct supervisor_drain drain;
+        struct watchdog watchdog;
 };
 
 static struct worker *the_worker;
@@ -643,12 +644,14 @@ int main(int argc, char **argv) {
         on_signal(&w.op_signal, 0, 0);
         sd_notify(0, "STATUS=waiting for serve-head");
         head_connect(&w);
+        watchdog_init(&w.watchdog);
 
         for (;;) {
                 uint64_t now = now_ns(), timeout;
 
                 timeout = MIN(supervisor_tick(w.sup, now), proxy_tick(w.proxy, now));
                 timeout = MIN(timeout, peers_tick(w.peers, now));
+                timeout = MIN(timeout, watchdog_tick(&w.watchdog, now));
                 if (!w.head && !w.stop) {
                         if (now >= w.head_next_ns)
                                 head_connect(&w);
