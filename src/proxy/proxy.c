@@ -24,6 +24,7 @@ enum conn_state {
         CONN_HEAD,     /* reading a request head */
         CONN_BODY,     /* reading a request body */
         CONN_UPSTREAM, /* request queued or at a replica; pipelined input waits */
+        CONN_WAIT,     /* a request arrived before the proxy had routes: held until it has */
 };
 
 struct conn {
@@ -54,6 +55,7 @@ struct conn {
         struct list tlink;          /* on *tlist: p->idle_list or p->active_list */
         struct list *tlist;
         struct list link;           /* p->conns */
+        struct list wlink;          /* p->waiting, in CONN_WAIT */
 };
 
 struct proxy {
@@ -68,7 +70,7 @@ struct proxy {
         uint8_t *bufs;
         unsigned n_conns;
         struct list conns;
-        struct list idle_list, active_list, req_list;
+        struct list idle_list, active_list, req_list, waiting;
         struct http_request scratch;
 };
 
@@ -230,6 +232,8 @@ static void conn_close(struct conn *c) {
                 return;
         }
         c->closing = true;
+        if (c->state == CONN_WAIT)
+                list_del(&c->wlink);
         detach_request(c);
         timer_clear(c);
         if (c->recv_armed) {
@@ -388,6 +392,15 @@ static bool head_complete(struct conn *c, const struct http_request *q) {
                 c->state = CONN_IDLE;
                 return false;
         }
+        if (p->not_ready) {
+                /* No routes yet (a worker that just started, e.g. restarted under socket
+                 * activation): hold the request rather than answer 404; give up after the
+                 * header timeout if the routes never come. */
+                c->state = CONN_WAIT;
+                list_add_tail(&p->waiting, &c->wlink);
+                timer_set(c, &p->active_list, MAX(p->opts.header_timeout_s, 30.0));
+                return false;
+        }
         c->route = router_match(p->router, q->path, q->path_len);
         if (!c->route || !c->route->ingress) {
                 /* Unread bodies would be taken for the next request: close instead. */
@@ -519,7 +532,7 @@ static void conn_process(struct conn *c) {
         struct proxy *p = c->p;
 
         while (!c->closing && !c->close_after_write) {
-                if (c->state == CONN_UPSTREAM)
+                if (c->state == CONN_UPSTREAM || c->state == CONN_WAIT)
                         return;
                 if (c->state == CONN_IDLE || c->state == CONN_HEAD) {
                         int r;
@@ -695,6 +708,7 @@ static void on_accept(struct loop_op *op, int res, unsigned flags) {
         c->op_close.cb = on_close;
         c->keep_alive = true;
         list_init(&c->tlink);
+        list_init(&c->wlink);
         list_add_tail(&p->conns, &c->link);
         p->n_conns++;
         timer_set(c, &p->idle_list, p->opts.keep_alive_timeout_s);
@@ -762,6 +776,7 @@ int proxy_new(struct loop *loop, struct router *router, const struct proxy_optio
         list_init(&p->idle_list);
         list_init(&p->active_list);
         list_init(&p->req_list);
+        list_init(&p->waiting);
         p->op_accept.cb = on_accept;
 
         p->bufs = mmap(NULL, (size_t)BUF_COUNT * BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -826,7 +841,21 @@ void proxy_free(struct proxy *p) {
 
 void proxy_set_draining(struct proxy *p) { p->draining = true; }
 
-void proxy_set_ready(struct proxy *p, bool ready) { p->not_ready = !ready; }
+void proxy_set_ready(struct proxy *p, bool ready) {
+        struct list *pos, *tmp;
+
+        p->not_ready = !ready;
+        if (!ready)
+                return;
+        /* The held requests are parsed again from their first byte, now with routes. */
+        list_for_each_safe(pos, tmp, &p->waiting) {
+                struct conn *c = list_entry(pos, struct conn, wlink);
+                list_del(&c->wlink);
+                c->state = CONN_IDLE;
+                c->parse_prev = 0;
+                conn_process(c);
+        }
+}
 
 void proxy_stop_accepting(struct proxy *p) {
         struct list *pos, *tmp;

@@ -292,6 +292,18 @@ check "requests succeed again after the worker loss" "$(curl -s -m 10 "$(node_ht
 wait_until 30 bash -c "[ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.echo.deployments.Echo.replicas[] | select(.state==\"RUNNING\")] | length') = 3 ]"
 check "all echo replicas run on the surviving nodes" "$(running echo Echo | cut -d' ' -f1 | grep -c "node-$victim")" 0
 
+# ---- a worker that starts while the head is away holds requests until it has routes ----
+kill -TERM "$HEAD_PID"; wait "$HEAD_PID"
+start_worker 4
+wait_until 20 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -m 2 $(node_http 4)/-/healthz)\" = 503 ]"
+check "a worker without routes answers /-/healthz 503" "$(http_code "$(node_http 4)/-/healthz")" 503
+curl -s -m 30 -d held "$(node_http 4)/echo" >"$WORK/held.out" 2>&1 &
+held=$!
+wait_until 10 bash -c "ss -tn state established '( dport = :$HTTP_PORT )' | grep -q '$NET.5:$HTTP_PORT'"
+start_head || fail "serve-head restarts"
+wait "$held"
+check "a request that arrived before the routes is answered once they come" "$(cat "$WORK/held.out")" "held"
+
 # ---- proxy_location: Disabled closes the proxies (none of these nodes is the head node) ----
 PROXY_LOCATION=Disabled write_apps 3 echo2 16
 kill -HUP "$HEAD_PID"
@@ -300,10 +312,10 @@ check "proxy_location: Disabled closes the worker's HTTP port" "$(http_code "$(n
 check_contains "the worker says why" "$(cat "$WORK/worker-$survivor.log")" "proxy_location leaves this node without an HTTP proxy"
 
 # ---- stopping ----
-for n in 1 2 3; do [ "$n" != "$victim" ] && kill -TERM "${WPID[$n]}"; done
+for n in 1 2 3 4; do [ "$n" != "$victim" ] && kill -TERM "${WPID[$n]}"; done
 stopped=0
-for n in 1 2 3; do [ "$n" != "$victim" ] && wait "${WPID[$n]}" && stopped=$((stopped + 1)); done
-check "workers stop cleanly on SIGTERM" "$stopped" 2
+for n in 1 2 3 4; do [ "$n" != "$victim" ] && wait "${WPID[$n]}" && stopped=$((stopped + 1)); done
+check "workers stop cleanly on SIGTERM" "$stopped" 3
 check "no replica process is left" "$(pgrep -f "serve-replica.*" -P "$(echo "${WPID[@]}" | tr ' ' ,)" | wc -l)" 0
 kill -TERM "$HEAD_PID"; wait "$HEAD_PID"
 check "serve-head stops cleanly on SIGTERM" "$?" 0
