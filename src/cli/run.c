@@ -231,7 +231,7 @@ int serve_run(int argc, char **argv) {
                         proxy_stop_accepting(rn.proxy);
                         supervisor_drain_begin(&rn.drain, now);
                 }
-                if (supervisor_drain_step(rn.sup, &rn.drain, now, rn.force))
+                if (supervisor_drain_step(rn.sup, &rn.drain, now, rn.force, proxy_connections(rn.proxy)))
                         break;
         }
         log_info("stopped");

@@ -870,10 +870,14 @@ void proxy_stop_accepting(struct proxy *p) {
                 close(p->listen_fd);
                 p->listen_fd = -1;
         }
+        /* Every response from now on says Connection: close, so busy clients reconnect (to the
+         * next process, when systemd holds the socket) without losing a request. Connections
+         * idle now get a second to send one more request before they are closed: closing
+         * them at once would race with a request already on its way. */
         list_for_each_safe(pos, tmp, &p->conns) {
                 struct conn *c = list_entry(pos, struct conn, link);
                 if (c->state == CONN_IDLE && c->in.len == 0 && !c->sending && !c->closing)
-                        conn_close(c);
+                        timer_set(c, &p->idle_list, 1.0);
         }
 }
 

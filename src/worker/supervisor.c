@@ -868,11 +868,12 @@ void supervisor_drain_begin(struct supervisor_drain *d, uint64_t now) {
         d->deadline = now + SUPERVISOR_DRAIN_LIMIT_NS;
 }
 
-bool supervisor_drain_step(struct supervisor *s, struct supervisor_drain *d, uint64_t now, bool force) {
+bool supervisor_drain_step(struct supervisor *s, struct supervisor_drain *d, uint64_t now, bool force,
+                           unsigned open_connections) {
         if (!d->deadline)
                 return false;
-        /* In-flight requests first, then the replicas themselves. */
-        if (!d->replicas_stopping && (supervisor_busy(s) == 0 || now > d->deadline || force)) {
+        /* In-flight requests and open connections first, then the replicas themselves. */
+        if (!d->replicas_stopping && ((supervisor_busy(s) == 0 && open_connections == 0) || now > d->deadline || force)) {
                 supervisor_stop_all(s);
                 d->replicas_stopping = true;
         }

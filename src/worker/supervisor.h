@@ -56,8 +56,10 @@ struct supervisor_drain {
 };
 #define SUPERVISOR_DRAIN_LIMIT_NS (30 * NSEC_PER_SEC)
 void supervisor_drain_begin(struct supervisor_drain *d, uint64_t now);
-/* Returns true when the daemon may exit (everything stopped, or time is up, or force). */
-bool supervisor_drain_step(struct supervisor *s, struct supervisor_drain *d, uint64_t now, bool force);
+/* Returns true when the daemon may exit (everything stopped, or time is up, or force).
+ * open_connections: client connections still open (their requests may still come). */
+bool supervisor_drain_step(struct supervisor *s, struct supervisor_drain *d, uint64_t now, bool force,
+                           unsigned open_connections);
 
 /* Graceful stop: every replica finishes in-flight work, then exits. */
 void supervisor_stop_all(struct supervisor *s);

@@ -681,7 +681,7 @@ int main(int argc, char **argv) {
                         proxy_stop_accepting(w.proxy);
                         supervisor_drain_begin(&w.drain, now);
                 }
-                if (supervisor_drain_step(w.sup, &w.drain, now, w.force))
+                if (supervisor_drain_step(w.sup, &w.drain, now, w.force, proxy_connections(w.proxy)))
                         break;
         }
         if (w.head) {
