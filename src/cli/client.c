@@ -323,6 +323,12 @@ static int connect_to(const struct http_url *url, struct http_error *ret_error) 
         int r, last = ECONNREFUSED;
 
         r = getaddrinfo(url->host, url->port, &hints, &ai);
+        /* "localhost" is the loopback address whatever the resolver says (RFC 6761): minimal
+         * systems and containers may have no /etc/hosts entry for it. */
+        if (r != 0 && strcasecmp(url->host, "localhost") == 0) {
+                hints.ai_flags = AI_NUMERICHOST;
+                r = getaddrinfo("127.0.0.1", url->port, &hints, &ai);
+        }
         if (r != 0) {
                 int e = r == EAI_SYSTEM ? errno : 0;
                 set_error(ret_error, true, "%s", e ? strerror(e) : gai_strerror(r));
