@@ -1093,6 +1093,8 @@ static cJSON *applications_json(struct head *h) {
                                         cJSON_AddStringToObject(r, "version",
                                                                 cJSON_GetStringValue(cJSON_GetObjectItem(it, "version")) ?: "");
                                         cJSON_AddNumberToObject(r, "ongoing", cJSON_GetNumberValue(cJSON_GetObjectItem(it, "ongoing")));
+                                        if (cJSON_GetObjectItem(it, "limits"))
+                                                cJSON_AddStringToObject(r, "limits", cJSON_GetStringValue(cJSON_GetObjectItem(it, "limits")));
                                         if (cJSON_GetObjectItem(it, "gpus"))
                                                 cJSON_AddStringToObject(r, "gpus", cJSON_GetStringValue(cJSON_GetObjectItem(it, "gpus")));
                                         cJSON_AddItemToArray(reps, r);

@@ -48,6 +48,8 @@ struct replica {
         bool stop_sent;
         uint64_t started_ns, stop_deadline_ns;
         char gpus[72];             /* CUDA_VISIBLE_DEVICES, "" for none */
+        char *cgroup;              /* its own cgroup (under systemd), or NULL */
+        char *limits;              /* what its cgroup limits, for reports */
 
         /* In-flight requests. req_id = (generation << 32) | slot. */
         struct upreq **slots;
@@ -69,6 +71,8 @@ struct deployment {
         double health_period_s, health_timeout_s, graceful_timeout_s;
         char version[17];          /* hash of what forces new replicas when it changes (code, args, env...) */
         char **gpus;               /* CUDA_VISIBLE_DEVICES values for the local replicas (from the head) */
+        double num_cpus;           /* ray_actor_options: the replica cgroup's cpu.max */
+        uint64_t memory;           /* and memory.max (0 = none) */
         size_t n_gpus;
         struct remote_group *remote; /* replicas of (app, name) on other nodes; NULL on a single node */
 

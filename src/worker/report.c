@@ -39,6 +39,7 @@ int report_validate(const cJSON *msg, char *err, size_t errlen) {
                 CHECK(ctl_get_int(it, "ongoing", 0, 1 << 30, true, &iv, err, errlen));
                 CHECK(ctl_get_double(it, "started_at", 0, 1e11, false, &dv, err, errlen));
                 CHECK(ctl_get_string(it, "gpus", 64, false, &sv, err, errlen));
+                CHECK(ctl_get_string(it, "limits", 256, false, &sv, err, errlen));
         }
         cJSON_ArrayForEach(it, deps) {
                 CHECK(ctl_get_string(it, "app", 200, true, &sv, err, errlen));

@@ -16,6 +16,7 @@
 #include "supervisor.h"
 #include "upstream.h"
 #include "spec.h"
+#include "cgroup.h"
 
 #define RING_SIZE (1u << 20)
 #define STARTUP_TIMEOUT_NS (120 * NSEC_PER_SEC)
@@ -27,6 +28,7 @@ struct supervisor {
         struct router *router;
         char *replica_bin;
         char *node;                /* in a cluster: replica ids end in @node */
+        struct cgroups *cg;        /* replica cgroups, when serve-worker runs delegated */
         struct list deployments;
         bool stopping;
 };
@@ -87,6 +89,8 @@ static struct deployment *deployment_build(const struct dep_spec *sp) {
         d->env = strv_copy(sp->env, sp->n_env);
         d->n_env = sp->n_env;
         d->target_replicas = sp->replicas;
+        d->num_cpus = sp->num_cpus;
+        d->memory = sp->memory;
         d->max_ongoing = sp->max_ongoing;
         d->max_queued = sp->max_queued;
         d->health_period_s = sp->health_period_s;
@@ -251,6 +255,9 @@ static void replica_maybe_free(struct replica *rep) {
                 close(rep->ctl_fd);
         segment_close(&rep->seg);
         upstream_free(rep);
+        cgroups_replica_remove(rep->cgroup);
+        free(rep->cgroup);
+        free(rep->limits);
         free(rep->ctl_buf);
         free(rep);
 }
@@ -331,6 +338,8 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
                 r = log_error_errno(errno, "replica %s: socketpair failed: %m", rep->id);
                 goto fail;
         }
+        if (s->cg && s->cg->base)
+                (void)cgroups_replica_create(s->cg, rep->id, d->num_cpus, d->memory, &rep->cgroup, &rep->limits);
         pid = fork();
         if (pid < 0) {
                 r = log_error_errno(errno, "replica %s: fork failed: %m", rep->id);
@@ -342,6 +351,8 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
                 sigset_t none;
                 sigemptyset(&none);
                 sigprocmask(SIG_SETMASK, &none, NULL);
+                if (rep->cgroup)
+                        (void)cgroups_enter(rep->cgroup);
                 if (dup2(sv[1], 3) < 0)
                         _exit(127);
                 syscall(SYS_close_range, 4, ~0u, 0);
@@ -385,7 +396,7 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
         rep->exit_armed = true;
         arm_ctl(rep, s->loop);
         arm_bell(rep, s->loop);
-        log_info("replica %s starting (pid %d)", rep->id, (int)pid);
+        log_info("replica %s starting (pid %d)%s%s", rep->id, (int)pid, rep->limits ? ", " : "", rep->limits ?: "");
         if (d->stats)
                 d->stats->replica_starts++;
         return 0;
@@ -831,7 +842,8 @@ int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deploy
                             !cJSON_AddStringToObject(o, "state", replica_state_name(rep->state)) ||
                             !cJSON_AddNumberToObject(o, "pid", rep->pid) || !cJSON_AddNumberToObject(o, "ongoing", rep->ongoing) ||
                             !cJSON_AddNumberToObject(o, "started_at", wall_offset_s + (double)rep->started_ns / 1e9) ||
-                            (rep->gpus[0] && !cJSON_AddStringToObject(o, "gpus", rep->gpus)))
+                            (rep->gpus[0] && !cJSON_AddStringToObject(o, "gpus", rep->gpus)) ||
+                            (rep->limits && !cJSON_AddStringToObject(o, "limits", rep->limits)))
                                 return -ENOMEM;
                 }
                 if (deployments) {
@@ -885,3 +897,5 @@ bool supervisor_drain_step(struct supervisor *s, struct supervisor_drain *d, uin
         }
         return false;
 }
+
+void supervisor_set_cgroups(struct supervisor *s, struct cgroups *cg) { s->cg = cg; }

@@ -37,6 +37,10 @@ int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deploy
 /* Names the node, so replica ids are unique in the cluster ("app/Dep#3@node-1"). */
 int supervisor_set_node(struct supervisor *s, const char *node);
 
+/* Replica cgroups (see cgroup.h); cg must outlive the supervisor. */
+struct cgroups;
+void supervisor_set_cgroups(struct supervisor *s, struct cgroups *cg);
+
 /* Calls fn for every deployment (live and retiring versions). */
 void supervisor_for_each(struct supervisor *s, void (*fn)(struct deployment *d, void *userdata), void *userdata);
 

@@ -22,6 +22,7 @@
 #include "resources.h"
 #include "spec.h"
 #include "supervisor.h"
+#include "cgroup.h"
 
 #define HEAD_BACKOFF_MIN_NS (100 * NSEC_PER_MSEC)
 #define HEAD_BACKOFF_MAX_NS (2 * NSEC_PER_SEC)
@@ -56,6 +57,7 @@ struct worker {
         bool stop, force, fatal;
         struct supervisor_drain drain;
         struct watchdog watchdog;
+        struct cgroups cgroups;
 };
 
 static struct worker *the_worker;
@@ -567,6 +569,8 @@ static int setup(struct worker *w) {
         r = supervisor_new(&w->loop, router_get(), w->replica_bin, &w->sup);
         if (r >= 0)
                 r = supervisor_set_node(w->sup, w->cfg->node_name);
+        if (r >= 0 && cgroups_init(&w->cgroups) == 0)
+                supervisor_set_cgroups(w->sup, &w->cgroups);
         if (r < 0)
                 return log_error_errno(r, "Cannot create the replica supervisor: %m");
 
@@ -699,6 +703,7 @@ int main(int argc, char **argv) {
         supervisor_free(w.sup);
         router_set_routes(router_get(), NULL, 0);
         loop_free(&w.loop);
+        cgroups_done(&w.cgroups);
         worker_config_free(w.cfg);
         cJSON_Delete(w.config);
         free(w.token);

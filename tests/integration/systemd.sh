@@ -12,9 +12,13 @@
 # cgroup hierarchies to give the containers, or no Debian mirror for the first debootstrap.
 . "$(dirname "$0")/lib.sh"
 
+# ./runtests builds and tests the packages once, in its main `make check`; the sanitizer and
+# distcheck passes of the same tree set SERVE_TEST_PACKAGES=0 (the packages do not change).
+[ "${SERVE_TEST_PACKAGES:-1}" = 0 ] && { echo "1..0 # SKIP packages are tested in the main make check"; exit 77; }
+
 skip() { echo "1..0 # SKIP $*"; exit 77; }
 [ "$(id -u)" = 0 ] || skip "needs root"
-for t in systemd-nspawn debootstrap nsenter ip dpkg-buildpackage; do command -v "$t" >/dev/null || skip "$t is not installed (scripts/install-deps test)"; done
+for t in systemd-nspawn debootstrap nsenter ip dpkg-buildpackage jq; do command -v "$t" >/dev/null || skip "$t is not installed (scripts/install-deps test)"; done
 [ -d /sys/fs/cgroup/unified ] && [ -d /sys/fs/cgroup/systemd ] || [ -f /sys/fs/cgroup/cgroup.procs ] || skip "no cgroup hierarchy for containers"
 
 CACHE=${SERVE_TEST_CACHE:-/var/cache/serve-test}
@@ -129,6 +133,18 @@ check "both services are active" "$(in_ct node1 systemctl is-active serve-head s
 wait_until 30 answers 1 "http://$NET.1:8000/echo"
 check "the packaged example answers on :8000" "$(curl_in 1 -d hello "http://$NET.1:8000/echo")" "hello"
 check_contains "systemctl status shows a STATUS= line" "$(in_ct node1 systemctl status serve-worker --no-pager)" "Status: \"serving"
+v=$(in_ct node1 systemd-analyze verify --man=no serve-head.service serve-worker.service serve-worker.socket serve.target 2>&1)
+check "systemd-analyze verify passes on the installed units" "$v" ""
+
+# ---- replicas: unprivileged, each in its own cgroup below the worker's (Delegate=yes) ----
+wait_until 30 bash -c "nsenter -t ${LEADER[node1]} -a curl -s -m 5 http://127.0.0.1:8265/api/serve/applications/ | jq -e '.applications.echo.deployments.Echo.replicas[0].state == \"RUNNING\"' >/dev/null"
+rj=$(in_ct node1 curl -s -m 10 http://127.0.0.1:8265/api/serve/applications/)
+rpid=$(echo "$rj" | jq -r '.applications.echo.deployments.Echo.replicas[0].pid')
+check "the replica runs as the unprivileged serve user" "$(in_ct node1 ps -o user= -p "$rpid" | tr -d ' ')" "serve"
+check_contains "the replica has its own cgroup below serve-worker's" "$(in_ct node1 cat "/proc/$rpid/cgroup")" "serve-worker.service/replicas/"
+in_ct node1 journalctl -u serve-worker --no-pager | grep -E 'cgroup|replica .* starting' | sed 's/^/# /' | tail -n 3
+check_contains "its cgroup's CPU limit comes from num_cpus: 0.1" \
+        "$(echo "$rj" | jq -r '.applications.echo.deployments.Echo.replicas[0].limits')" "cpu.max=10000 100000"
 
 # ---- reload: a valid change is served, an invalid one fails the reload and changes nothing ----
 in_ct node1 sed -i 's|route_prefix: /echo|route_prefix: /hello|' /etc/serve/apps.yaml
