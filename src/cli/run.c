@@ -8,6 +8,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
+#include "daemon.h"
 #include "log.h"
 #include "loop.h"
 #include "proxy.h"

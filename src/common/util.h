@@ -13,19 +13,6 @@
 uint64_t now_ns(void);
 static inline uint64_t sec_to_ns(double s) { return s <= 0 ? 0 : (uint64_t)(s * 1e9); }
 
-/* For the daemons: blocks SIGINT, SIGTERM and SIGHUP (they arrive through the returned
- * signalfd, read in the event loop) and ignores SIGPIPE. Returns the fd or -errno. */
-int signalfd_daemon(void);
-
-/* systemd's watchdog (WatchdogSec=): WATCHDOG=1 is sent from the event loop at half the
- * interval, so a stuck loop gets the daemon restarted. Disabled when not asked for. */
-struct watchdog {
-        uint64_t interval_ns, next_ns;
-};
-void watchdog_init(struct watchdog *w);
-/* Pings when due. Returns the nanoseconds until the next ping (UINT64_MAX when disabled). */
-uint64_t watchdog_tick(struct watchdog *w, uint64_t now);
-
 /* Sets O_NONBLOCK. Returns 0 or -errno. */
 int fd_nonblock(int fd, bool nonblock);
 

@@ -23,6 +23,7 @@
 #include "config.h"
 #include "ctlmsg.h"
 #include "httpd.h"
+#include "daemon.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"

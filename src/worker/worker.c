@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "ctlmsg.h"
+#include "daemon.h"
 #include "log.h"
 #include "loop.h"
 #include "netconn.h"

@@ -166,6 +166,19 @@ wait_until 30 answers 1 "http://$NET.1:8000/hello"
 check "after SIGKILL systemd restarts the worker and :8000 answers" "$(curl_in 1 -d back "http://$NET.1:8000/hello")" "back"
 check "the worker was restarted by systemd" "$(in_ct node1 systemctl show -p NRestarts --value serve-worker)" 1
 
+# ---- a stuck event loop: the watchdog restarts the worker (WatchdogSec shortened for the test) ----
+in_ct node1 sh -c 'mkdir -p /etc/systemd/system/serve-worker.service.d &&
+        printf "[Service]\nWatchdogSec=2s\n" >/etc/systemd/system/serve-worker.service.d/watchdog.conf &&
+        systemctl daemon-reload && systemctl restart serve-worker'
+wait_until 30 answers 1 "http://$NET.1:8000/hello"
+n0=$(in_ct node1 systemctl show -p NRestarts --value serve-worker)
+in_ct node1 sh -c 'kill -STOP $(systemctl show -p MainPID --value serve-worker)'
+wait_until 30 bash -c "[ \$(nsenter -t ${LEADER[node1]} -a systemctl show -p NRestarts --value serve-worker) -gt $n0 ]"
+check "a worker whose loop stops answering the watchdog is restarted" "$(in_ct node1 systemctl show -p NRestarts --value serve-worker)" "$((n0 + 1))"
+check_contains "systemd says it was the watchdog" "$(in_ct node1 journalctl -u serve-worker --no-pager)" "Watchdog timeout"
+in_ct node1 sh -c 'rm -r /etc/systemd/system/serve-worker.service.d && systemctl daemon-reload'
+wait_until 30 answers 1 "http://$NET.1:8000/hello"
+
 # ---- restart under load: zero failed requests ----
 if command -v wrk >/dev/null; then
         ip netns exec "$PREFIX-h1" wrk -t1 -c4 -d8s --timeout 20s "http://$NET.1:8000/hello" >"$WORK/restart.wrk" 2>&1 &
