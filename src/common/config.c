@@ -16,6 +16,7 @@
 #define CONFIG_MAX_FILE_SIZE (4u << 20)
 #define CONFIG_MAX_APPS 1024
 #define CONFIG_MAX_DEPLOYMENTS 1024
+#define CONFIG_MAX_RESOURCES 256
 
 /* ---- schema ---------------------------------------------------------------------------------- */
 
@@ -114,7 +115,8 @@ static int http_field(struct yt_parser *p, unsigned idx, const struct yt_node *v
 
 static const char *const actor_keys[] = { "num_cpus", "num_gpus", "memory", "resources" };
 
-static int parse_resources(struct yt_parser *p, const struct yt_node *v, struct actor_options *a) {
+int config_parse_resource_map(struct yt_parser *p, const struct yt_node *v, size_t max,
+                              struct custom_resource **ret_items, size_t *ret_n) {
         int r;
 
         if (yt_is_null(v))
@@ -125,20 +127,25 @@ static int parse_resources(struct yt_parser *p, const struct yt_node *v, struct 
         if (r < 0)
                 return r;
         size_t n = v->n_items / 2;
+        if (n > max)
+                return yt_fail(p, v, "too many custom resources (%zu, limit %zu)", n, max);
         if (n == 0)
                 return 0;
-        a->resources = calloc(n, sizeof(*a->resources));
-        if (!a->resources)
+        *ret_items = calloc(n, sizeof(**ret_items));
+        if (!*ret_items)
                 return -ENOMEM;
         for (size_t i = 0; i < n; i++) {
                 const struct yt_node *key = v->items[2 * i], *val = v->items[2 * i + 1];
-                struct custom_resource *res = &a->resources[a->n_resources];
+                struct custom_resource *res = &(*ret_items)[*ret_n];
+                bool control = false;
 
+                for (const char *c = key->text; *c; c++)
+                        control |= (unsigned char)*c < 0x20 || *c == 0x7f;
                 size_t saved = yt_path_push_key(p, key);
-                if (key->len == 0)
-                        r = yt_fail(p, key, "resource names must not be empty");
-                else if (yt_scalar_is(key, "CPU") || yt_scalar_is(key, "GPU") ||
-                         yt_scalar_is(key, "memory"))
+                if (key->len == 0 || key->len > YT_MAX_NAME || control)
+                        r = yt_fail(p, key, "resource names must be 1 to %d characters without control characters",
+                                    YT_MAX_NAME);
+                else if (yt_scalar_is(key, "CPU") || yt_scalar_is(key, "GPU") || yt_scalar_is(key, "memory"))
                         r = yt_fail(p, key, "set this with num_cpus, num_gpus or memory instead");
                 else
                         r = yt_get_double(p, val, true, &res->amount);
@@ -148,7 +155,7 @@ static int parse_resources(struct yt_parser *p, const struct yt_node *v, struct 
                 res->name = strdup(key->text);
                 if (!res->name)
                         return -ENOMEM;
-                a->n_resources++;
+                (*ret_n)++;
         }
         return 0;
 }
@@ -172,7 +179,7 @@ static int actor_field(struct yt_parser *p, unsigned idx, const struct yt_node *
                 a->memory = (uint64_t) mem;
                 return 0;
         case 3:
-                return parse_resources(p, v, a);
+                return config_parse_resource_map(p, v, CONFIG_MAX_RESOURCES, &a->resources, &a->n_resources);
         }
         return 0;
 }
@@ -357,8 +364,8 @@ static int deployment_field(struct yt_parser *p, unsigned idx, const struct yt_n
         return 0;
 }
 
-static int parse_deployment(struct yt_parser *p, const struct yt_node *v, struct app_config *app,
-                            size_t i) {
+static int parse_deployment(struct yt_parser *p, const struct yt_node *v, size_t i, void *userdata) {
+        struct app_config *app = userdata;
         struct deployment_config *d = &app->deployments[i];
         struct deployment_state s = { .d = d };
         int r;
@@ -475,30 +482,8 @@ static int check_route_prefix(struct yt_parser *p, const struct yt_node *v, cons
 }
 
 static int parse_deployments(struct yt_parser *p, const struct yt_node *v, struct app_config *app) {
-        int r;
-
-        if (yt_is_null(v))
-                return 0;
-        if (v->type != YT_SEQUENCE)
-                return yt_fail(p, v, "must be a list of deployments, got %s", YT_DESCRIBE(v));
-        if (v->n_items > CONFIG_MAX_DEPLOYMENTS)
-                return yt_fail(p, v, "too many deployments (%zu, limit %d)", v->n_items,
-                               CONFIG_MAX_DEPLOYMENTS);
-        if (v->n_items == 0)
-                return 0;
-        app->deployments = calloc(v->n_items, sizeof(*app->deployments));
-        if (!app->deployments)
-                return -ENOMEM;
-        /* Counted before parsing so config_free() sees every entry on failure. */
-        app->n_deployments = v->n_items;
-        for (size_t i = 0; i < v->n_items; i++) {
-                size_t saved = yt_path_push(p, "[%zu]", i);
-                r = parse_deployment(p, v->items[i], app, i);
-                yt_path_pop(p, saved);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return yt_parse_list(p, v, "deployments", CONFIG_MAX_DEPLOYMENTS, sizeof *app->deployments,
+                             (void **)&app->deployments, &app->n_deployments, parse_deployment, app);
 }
 
 static int app_field(struct yt_parser *p, unsigned idx, const struct yt_node *v, void *userdata) {
@@ -550,8 +535,8 @@ static int app_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
         return 0;
 }
 
-static int parse_app(struct yt_parser *p, const struct yt_node *v, struct serve_config *c,
-                     size_t i) {
+static int parse_app(struct yt_parser *p, const struct yt_node *v, size_t i, void *userdata) {
+        struct serve_config *c = userdata;
         struct app_config *app = &c->apps[i];
         struct app_state s = { .app = app };
         size_t saved = 0;
@@ -617,29 +602,8 @@ out:
 }
 
 static int parse_apps(struct yt_parser *p, const struct yt_node *v, struct serve_config *c) {
-        int r;
-
-        if (yt_is_null(v))
-                return 0;
-        if (v->type != YT_SEQUENCE)
-                return yt_fail(p, v, "must be a list of applications, got %s", YT_DESCRIBE(v));
-        if (v->n_items > CONFIG_MAX_APPS)
-                return yt_fail(p, v, "too many applications (%zu, limit %d)", v->n_items,
-                               CONFIG_MAX_APPS);
-        if (v->n_items == 0)
-                return 0;
-        c->apps = calloc(v->n_items, sizeof(*c->apps));
-        if (!c->apps)
-                return -ENOMEM;
-        c->n_apps = v->n_items;
-        for (size_t i = 0; i < v->n_items; i++) {
-                size_t saved = yt_path_push(p, "[%zu]", i);
-                r = parse_app(p, v->items[i], c, i);
-                yt_path_pop(p, saved);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return yt_parse_list(p, v, "applications", CONFIG_MAX_APPS, sizeof *c->apps, (void **)&c->apps, &c->n_apps,
+                             parse_app, c);
 }
 
 /* top level */

@@ -125,4 +125,12 @@ void deployment_config_defaults(struct deployment_config *d);
 void http_options_defaults(struct http_options *h);
 
 void config_free(struct serve_config *c);
+
+/* For the other parsers built on yamltree (nodecfg.c): a map of custom resource name -> amount
+ * (>= 0; CPU, GPU and memory are refused: they have their own fields). Appends to *ret_items,
+ * counting in *ret_n as it goes so a free function sees every entry on failure. */
+struct yt_parser;
+struct yt_node;
+int config_parse_resource_map(struct yt_parser *p, const struct yt_node *v, size_t max,
+                              struct custom_resource **ret_items, size_t *ret_n);
 const char *proxy_location_to_string(enum proxy_location l);

@@ -287,50 +287,6 @@ static void resource_spec_done(struct resource_spec *s) {
         free(s->custom);
 }
 
-static int parse_custom(struct yt_parser *p, const struct yt_node *v, struct resource_spec *s) {
-        int r;
-
-        s->has_custom = true;
-        if (yt_is_null(v))
-                return 0;
-        r = yt_expect_mapping(p, v);
-        if (r >= 0)
-                r = yt_check_free_mapping(p, v);
-        if (r < 0)
-                return r;
-        size_t n = v->n_items / 2;
-        if (n > NODECFG_MAX_CUSTOM)
-                return yt_fail(p, v, "too many custom resources (%zu, limit %d)", n,
-                               NODECFG_MAX_CUSTOM);
-        if (n == 0)
-                return 0;
-        s->custom = calloc(n, sizeof(*s->custom));
-        if (!s->custom)
-                return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                const struct yt_node *key = v->items[2 * i], *val = v->items[2 * i + 1];
-                struct custom_resource *res = &s->custom[s->n_custom];
-
-                size_t saved = yt_path_push_key(p, key);
-                if (key->len == 0 || key->len > YT_MAX_NAME || has_control(key->text))
-                        r = yt_fail(p, key, "resource names must be 1 to %d characters without "
-                                    "control characters",
-                                    YT_MAX_NAME);
-                else if (yt_scalar_is(key, "CPU") || yt_scalar_is(key, "GPU") ||
-                         yt_scalar_is(key, "memory"))
-                        r = yt_fail(p, key, "set this with num_cpus, num_gpus or memory instead");
-                else
-                        r = yt_get_double(p, val, true, &res->amount);
-                yt_path_pop(p, saved);
-                if (r < 0)
-                        return r;
-                res->name = strdup(key->text);
-                if (!res->name)
-                        return -ENOMEM;
-                s->n_custom++;
-        }
-        return 0;
-}
 
 static const char *const resource_keys[] = { "num_cpus", "memory", "num_gpus", "gpu_memory",
                                               "custom" };
@@ -359,7 +315,8 @@ static int resource_field(struct yt_parser *p, unsigned idx, const struct yt_nod
                 s->has_gpu_memory = true;
                 return get_bytes(p, v, &s->gpu_memory);
         case 4:
-                return parse_custom(p, v, s);
+                s->has_custom = true;
+                return config_parse_resource_map(p, v, NODECFG_MAX_CUSTOM, &s->custom, &s->n_custom);
         }
         return 0;
 }
@@ -594,8 +551,8 @@ static int group_field(struct yt_parser *p, unsigned idx, const struct yt_node *
         return 0;
 }
 
-static int parse_group(struct yt_parser *p, const struct yt_node *v, struct cluster_config *c,
-                       size_t i) {
+static int parse_group(struct yt_parser *p, const struct yt_node *v, size_t i, void *userdata) {
+        struct cluster_config *c = userdata;
         struct worker_group *g = &c->groups[i];
         struct group_state s = { .g = g };
         size_t saved = 0;
@@ -635,28 +592,8 @@ static int parse_group(struct yt_parser *p, const struct yt_node *v, struct clus
 }
 
 static int parse_groups(struct yt_parser *p, const struct yt_node *v, struct cluster_config *c) {
-        if (yt_is_null(v))
-                return 0;
-        if (v->type != YT_SEQUENCE)
-                return yt_fail(p, v, "must be a list of worker groups, got %s", YT_DESCRIBE(v));
-        if (v->n_items > NODECFG_MAX_GROUPS)
-                return yt_fail(p, v, "too many worker groups (%zu, limit %d)", v->n_items,
-                               NODECFG_MAX_GROUPS);
-        if (v->n_items == 0)
-                return 0;
-        c->groups = calloc(v->n_items, sizeof(*c->groups));
-        if (!c->groups)
-                return -ENOMEM;
-        /* Counted before parsing so cluster_config_free() sees every entry on failure. */
-        c->n_groups = v->n_items;
-        for (size_t i = 0; i < v->n_items; i++) {
-                size_t saved = yt_path_push(p, "[%zu]", i);
-                int r = parse_group(p, v->items[i], c, i);
-                yt_path_pop(p, saved);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return yt_parse_list(p, v, "worker groups", NODECFG_MAX_GROUPS, sizeof *c->groups, (void **)&c->groups,
+                             &c->n_groups, parse_group, c);
 }
 
 static const char *const autoscaler_keys[] = { "interval_s" };

@@ -778,3 +778,28 @@ fail:
         }
         return r;
 }
+
+int yt_parse_list(struct yt_parser *p, const struct yt_node *v, const char *what, size_t max, size_t elem_size,
+                  void **ret_items, size_t *ret_n,
+                  int (*parse)(struct yt_parser *p, const struct yt_node *item, size_t i, void *userdata), void *userdata) {
+        if (yt_is_null(v))
+                return 0;
+        if (v->type != YT_SEQUENCE)
+                return yt_fail(p, v, "must be a list of %s, got %s", what, YT_DESCRIBE(v));
+        if (v->n_items > max)
+                return yt_fail(p, v, "too many %s (%zu, limit %zu)", what, v->n_items, max);
+        if (v->n_items == 0)
+                return 0;
+        *ret_items = calloc(v->n_items, elem_size);
+        if (!*ret_items)
+                return -ENOMEM;
+        *ret_n = v->n_items;
+        for (size_t i = 0; i < v->n_items; i++) {
+                size_t saved = yt_path_push(p, "[%zu]", i);
+                int r = parse(p, v->items[i], i, userdata);
+                yt_path_pop(p, saved);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}

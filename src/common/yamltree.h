@@ -136,3 +136,11 @@ int yt_parse_fields(struct yt_parser *p, const struct yt_node *map, const char *
 /* Free-form mappings: keys are scalars without NULs, each at most once (checked in
  * O(n log n)). Returns 0 or fails. */
 int yt_check_free_mapping(struct yt_parser *p, const struct yt_node *map);
+
+/* A list of at most `max` entries (null or [] = none), `what` naming them in messages ("a list
+ * of deployments"). Allocates *ret_items (zeroed, elem_size bytes each) and sets *ret_n before
+ * parsing, so a free function sees every entry when one fails; then calls parse for entry i
+ * with the path extended by "[i]". Returns 0, a parse error, or -ENOMEM. */
+int yt_parse_list(struct yt_parser *p, const struct yt_node *v, const char *what, size_t max, size_t elem_size,
+                  void **ret_items, size_t *ret_n,
+                  int (*parse)(struct yt_parser *p, const struct yt_node *item, size_t i, void *userdata), void *userdata);
