@@ -50,7 +50,7 @@ struct node {
         unsigned n_gpus;
         struct placement_resource *custom;
         size_t n_custom;
-        bool alive, head_node, known; /* known: registered at least once (or from the state file) */
+        bool alive, head_node;
         struct netconn *nc;
         uint64_t last_seen_ns;
         cJSON *report;                 /* the latest report */
@@ -60,7 +60,7 @@ struct node {
         struct share { uint32_t dep, slot; } *shares;
         size_t n_shares, cap_shares;
         uint64_t ready_sig;            /* hash of its RUNNING replicas: routing changes when it does */
-        long long sent_config_epoch, sent_routing;
+        long long sent_config_epoch;
         struct list link;
 };
 
@@ -110,7 +110,6 @@ struct head {
 
         struct list nodes, pending;
         size_t n_nodes;
-        long long routing_epoch;
         char *routing_text;
         uint64_t routing_next_ns, reconcile_next_ns;
         char *saved_state;             /* what the state file holds */
@@ -122,7 +121,6 @@ struct head {
         struct signalfd_siginfo si;
         struct loop_op op_signal;
         bool reload, stop;
-        double wall_offset_s;
 };
 
 static double wall_now(void) {
@@ -398,7 +396,6 @@ static void build_routing(struct head *h) {
         }
         free(h->routing_text);
         h->routing_text = text;
-        h->routing_epoch++;
         char *framed = NULL;
         size_t len = 0;
         struct netblob *blob = frame_json(m, &framed, &len) == 0 ? netblob_new(framed, len) : NULL;
@@ -406,10 +403,8 @@ static void build_routing(struct head *h) {
         if (blob)
                 list_for_each_safe(pos, tmp, &h->nodes) {
                         struct node *n = list_entry(pos, struct node, link);
-                        if (n->nc && n->sent_config_epoch == h->config_epoch) {
+                        if (n->nc && n->sent_config_epoch == h->config_epoch)
                                 node_send_blob(n, blob);
-                                n->sent_routing = h->routing_epoch;
-                        }
                 }
         netblob_unref(blob);
         cJSON_Delete(m);
@@ -895,13 +890,11 @@ static void on_hello(struct pending_conn *pc, cJSON *m) {
         n->nc = nc;
         n->last_seen_ns = now_ns();
         n->sent_config_epoch = -1;
-        n->sent_routing = -1;
         free(n->sent_assign);
         n->sent_assign = NULL;
         bool was_alive = n->alive;
         n->alive = true;
-        n->known = true;
-        cJSON_Delete(n->report);
+                cJSON_Delete(n->report);
         n->report = NULL;
         n->ready_sig = 0;
         log_info("node %s registered from %s: %.1f CPUs, %.1f GiB, %u GPU(s)%s%s", name, nc->peer, n->cpus,
@@ -1309,8 +1302,7 @@ static void recover(struct head *h) {
                                 n->custom[n->n_custom++].amount = c->valuedouble;
                         }
                 n->alive = true;
-                n->known = true;
-                n->last_seen_ns = now_ns();
+                                n->last_seen_ns = now_ns();
         }
         if (text && source && streq(source, "api")) {
                 struct serve_config *cfg = NULL;

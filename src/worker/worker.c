@@ -61,7 +61,6 @@ struct worker {
         struct cgroups cgroups;
 };
 
-static struct worker *the_worker;
 
 static void usage(FILE *f) {
         fprintf(f,
@@ -633,7 +632,6 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "serve-worker: unexpected argument '%s'\n", argv[optind]);
                 return 2;
         }
-        the_worker = &w;
         clock_gettime(CLOCK_REALTIME, &rt);
         clock_gettime(CLOCK_MONOTONIC, &mt);
         w.wall_offset_s = (double)rt.tv_sec + rt.tv_nsec / 1e9 - ((double)mt.tv_sec + mt.tv_nsec / 1e9);
