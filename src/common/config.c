@@ -17,6 +17,7 @@
 #define CONFIG_MAX_APPS 1024
 #define CONFIG_MAX_DEPLOYMENTS 1024
 #define CONFIG_MAX_RESOURCES 256
+#define CONFIG_MAX_ENV_VARS 4096
 
 /* ---- schema ---------------------------------------------------------------------------------- */
 
@@ -115,49 +116,24 @@ static int http_field(struct yt_parser *p, unsigned idx, const struct yt_node *v
 
 static const char *const actor_keys[] = { "num_cpus", "num_gpus", "memory", "resources" };
 
-int config_parse_resource_map(struct yt_parser *p, const struct yt_node *v, size_t max,
-                              struct custom_resource **ret_items, size_t *ret_n) {
+static int parse_resource(struct yt_parser *p, const struct yt_node *key, const struct yt_node *val, void *item,
+                          void *userdata) {
+        struct custom_resource *res = item;
         int r;
 
-        if (yt_is_null(v))
-                return 0;
-        r = yt_expect_mapping(p, v);
-        if (r >= 0)
-                r = yt_check_free_mapping(p, v);
+        if (yt_scalar_is(key, "CPU") || yt_scalar_is(key, "GPU") || yt_scalar_is(key, "memory"))
+                return yt_fail(p, key, "set this with num_cpus, num_gpus or memory instead");
+        r = yt_get_double(p, val, true, &res->amount);
         if (r < 0)
                 return r;
-        size_t n = v->n_items / 2;
-        if (n > max)
-                return yt_fail(p, v, "too many custom resources (%zu, limit %zu)", n, max);
-        if (n == 0)
-                return 0;
-        *ret_items = calloc(n, sizeof(**ret_items));
-        if (!*ret_items)
-                return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                const struct yt_node *key = v->items[2 * i], *val = v->items[2 * i + 1];
-                struct custom_resource *res = &(*ret_items)[*ret_n];
-                bool control = false;
+        res->name = strdup(key->text);
+        return res->name ? 0 : -ENOMEM;
+}
 
-                for (const char *c = key->text; *c; c++)
-                        control |= (unsigned char)*c < 0x20 || *c == 0x7f;
-                size_t saved = yt_path_push_key(p, key);
-                if (key->len == 0 || key->len > YT_MAX_NAME || control)
-                        r = yt_fail(p, key, "resource names must be 1 to %d characters without control characters",
-                                    YT_MAX_NAME);
-                else if (yt_scalar_is(key, "CPU") || yt_scalar_is(key, "GPU") || yt_scalar_is(key, "memory"))
-                        r = yt_fail(p, key, "set this with num_cpus, num_gpus or memory instead");
-                else
-                        r = yt_get_double(p, val, true, &res->amount);
-                yt_path_pop(p, saved);
-                if (r < 0)
-                        return r;
-                res->name = strdup(key->text);
-                if (!res->name)
-                        return -ENOMEM;
-                (*ret_n)++;
-        }
-        return 0;
+int config_parse_resource_map(struct yt_parser *p, const struct yt_node *v, size_t max,
+                              struct custom_resource **ret_items, size_t *ret_n) {
+        return yt_parse_map(p, v, "resource", "custom resources", max, sizeof **ret_items, (void **)ret_items, ret_n,
+                            parse_resource, NULL);
 }
 
 static int actor_field(struct yt_parser *p, unsigned idx, const struct yt_node *v, void *userdata) {
@@ -406,44 +382,25 @@ static int parse_deployment(struct yt_parser *p, const struct yt_node *v, size_t
 
 static const char *const runtime_env_keys[] = { "working_dir", "env_vars" };
 
-static int parse_env_vars(struct yt_parser *p, const struct yt_node *v, struct runtime_env *e) {
+static int parse_env_var(struct yt_parser *p, const struct yt_node *key, const struct yt_node *val, void *item,
+                         void *userdata) {
+        char **kv = item;
+        _cleanup_free_ char *value = NULL;
         int r;
 
-        if (yt_is_null(v))
-                return 0;
-        r = yt_expect_mapping(p, v);
-        if (r >= 0)
-                r = yt_check_free_mapping(p, v);
+        if (memchr(key->text, '=', key->len))
+                return yt_fail(p, key, "variable names must not contain '='");
+        if (val->type == YT_SCALAR && yt_is_null(val))
+                return yt_fail(p, val, "must be a string, got %s (write \"\" for an empty value)", YT_DESCRIBE(val));
+        r = yt_get_string(p, val, true, &value);
         if (r < 0)
                 return r;
-        size_t n = v->n_items / 2;
-        if (n == 0)
-                return 0;
-        e->env_vars = calloc(n, sizeof(char *));
-        if (!e->env_vars)
-                return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                const struct yt_node *key = v->items[2 * i], *val = v->items[2 * i + 1];
-                _cleanup_free_ char *value = NULL;
+        return asprintf(kv, "%s=%s", key->text, value) < 0 ? (*kv = NULL, -ENOMEM) : 0;
+}
 
-                size_t saved = yt_path_push_key(p, key);
-                if (key->len == 0 || memchr(key->text, '=', key->len))
-                        r = yt_fail(p, key, "variable names must be non-empty and contain no '='");
-                else if (val->type == YT_SCALAR && yt_is_null(val))
-                        r = yt_fail(p, val, "must be a string, got %s (write \"\" for an empty value)",
-                                    YT_DESCRIBE(val));
-                else
-                        r = yt_get_string(p, val, true, &value);
-                yt_path_pop(p, saved);
-                if (r < 0)
-                        return r;
-                if (asprintf(&e->env_vars[e->n_env_vars], "%s=%s", key->text, value) < 0) {
-                        e->env_vars[e->n_env_vars] = NULL;
-                        return -ENOMEM;
-                }
-                e->n_env_vars++;
-        }
-        return 0;
+static int parse_env_vars(struct yt_parser *p, const struct yt_node *v, struct runtime_env *e) {
+        return yt_parse_map(p, v, "variable", "environment variables", CONFIG_MAX_ENV_VARS, sizeof *e->env_vars,
+                            (void **)&e->env_vars, &e->n_env_vars, parse_env_var, NULL);
 }
 
 static int runtime_env_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,

@@ -233,52 +233,23 @@ static void labels_free(struct node_label *l, size_t n) {
 }
 
 /* labels: string -> string. */
+static int parse_label(struct yt_parser *p, const struct yt_node *key, const struct yt_node *val, void *item,
+                       void *userdata) {
+        struct node_label *l = item;
+        int r = yt_get_string(p, val, true, &l->value);
+
+        if (r >= 0 && (val->len > NODECFG_MAX_LABEL_VALUE || has_control(l->value)))
+                r = yt_fail(p, val, "label values must be at most %d characters without control characters",
+                            NODECFG_MAX_LABEL_VALUE);
+        if (r >= 0 && !(l->key = strdup(key->text)))
+                r = -ENOMEM;
+        return r;
+}
+
 static int parse_labels(struct yt_parser *p, const struct yt_node *v, struct node_label **labels,
                         size_t *n_labels) {
-        int r;
-
-        if (yt_is_null(v))
-                return 0;
-        r = yt_expect_mapping(p, v);
-        if (r >= 0)
-                r = yt_check_free_mapping(p, v);
-        if (r < 0)
-                return r;
-        size_t n = v->n_items / 2;
-        if (n > NODECFG_MAX_LABELS)
-                return yt_fail(p, v, "too many labels (%zu, limit %d)", n, NODECFG_MAX_LABELS);
-        if (n == 0)
-                return 0;
-        *labels = calloc(n, sizeof(**labels));
-        if (!*labels)
-                return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                const struct yt_node *key = v->items[2 * i], *val = v->items[2 * i + 1];
-                struct node_label *l = &(*labels)[*n_labels];
-
-                size_t saved = yt_path_push_key(p, key);
-                if (key->len == 0 || key->len > YT_MAX_NAME || has_control(key->text))
-                        r = yt_fail(p, key, "label names must be 1 to %d characters without "
-                                    "control characters",
-                                    YT_MAX_NAME);
-                else
-                        r = yt_get_string(p, val, true, &l->value);
-                if (r >= 0 && (val->len > NODECFG_MAX_LABEL_VALUE || has_control(l->value)))
-                        r = yt_fail(p, val, "label values must be at most %d characters without "
-                                    "control characters",
-                                    NODECFG_MAX_LABEL_VALUE);
-                yt_path_pop(p, saved);
-                if (r >= 0) {
-                        l->key = strdup(key->text);
-                        if (!l->key)
-                                r = -ENOMEM;
-                }
-                /* Counted even on failure so the value is freed with the rest. */
-                (*n_labels)++;
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return yt_parse_map(p, v, "label", "labels", NODECFG_MAX_LABELS, sizeof **labels, (void **)labels, n_labels,
+                            parse_label, NULL);
 }
 
 static void resource_spec_done(struct resource_spec *s) {

@@ -803,3 +803,45 @@ int yt_parse_list(struct yt_parser *p, const struct yt_node *v, const char *what
         }
         return 0;
 }
+
+int yt_parse_map(struct yt_parser *p, const struct yt_node *v, const char *noun, const char *what, size_t max,
+                 size_t elem_size, void **ret_items, size_t *ret_n,
+                 int (*parse)(struct yt_parser *p, const struct yt_node *key, const struct yt_node *val, void *item,
+                              void *userdata),
+                 void *userdata) {
+        int r;
+
+        if (yt_is_null(v))
+                return 0;
+        r = yt_expect_mapping(p, v);
+        if (r >= 0)
+                r = yt_check_free_mapping(p, v);
+        if (r < 0)
+                return r;
+        size_t n = v->n_items / 2;
+        if (n > max)
+                return yt_fail(p, v, "too many %s (%zu, limit %zu)", what, n, max);
+        if (n == 0)
+                return 0;
+        *ret_items = calloc(n, elem_size);
+        if (!*ret_items)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                const struct yt_node *key = v->items[2 * i], *val = v->items[2 * i + 1];
+                bool control = false;
+
+                for (const char *c = key->text; *c; c++)
+                        control |= (unsigned char)*c < 0x20 || *c == 0x7f;
+                *ret_n = i + 1;
+                size_t saved = yt_path_push_key(p, key);
+                if (key->len == 0 || key->len > YT_MAX_NAME || control)
+                        r = yt_fail(p, key, "%s names must be 1 to %d characters without control characters", noun,
+                                    YT_MAX_NAME);
+                else
+                        r = parse(p, key, val, (char *)*ret_items + i * elem_size, userdata);
+                yt_path_pop(p, saved);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}

@@ -137,6 +137,17 @@ int yt_parse_fields(struct yt_parser *p, const struct yt_node *map, const char *
  * O(n log n)). Returns 0 or fails. */
 int yt_check_free_mapping(struct yt_parser *p, const struct yt_node *map);
 
+/* A mapping of at most `max` entries (null = none) whose keys are names: 1 to YT_MAX_NAME
+ * characters without control characters (`noun` names a key in messages: "label"; `what` the
+ * entries: "labels"). Allocates *ret_items as yt_parse_list() does, counts each entry in
+ * *ret_n before parsing it (a free function sees it even when its value fails), then calls
+ * parse with the path extended by the key. Returns 0, a parse error, or -ENOMEM. */
+int yt_parse_map(struct yt_parser *p, const struct yt_node *v, const char *noun, const char *what, size_t max,
+                 size_t elem_size, void **ret_items, size_t *ret_n,
+                 int (*parse)(struct yt_parser *p, const struct yt_node *key, const struct yt_node *val, void *item,
+                              void *userdata),
+                 void *userdata);
+
 /* A list of at most `max` entries (null or [] = none), `what` naming them in messages ("a list
  * of deployments"). Allocates *ret_items (zeroed, elem_size bytes each) and sets *ret_n before
  * parsing, so a free function sees every entry when one fails; then calls parse for entry i
