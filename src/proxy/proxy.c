@@ -10,7 +10,7 @@
 
 #include "log.h"
 #include "proxy.h"
-#include "upstream.h"
+#include "replica_link.h"
 #include "peer.h"
 
 #define BUF_GROUP 1

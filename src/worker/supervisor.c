@@ -14,7 +14,7 @@
 #include "proto.h"
 #include "proxy.h"
 #include "supervisor.h"
-#include "upstream.h"
+#include "replica_link.h"
 #include "spec.h"
 #include "cgroup.h"
 
@@ -139,7 +139,7 @@ static void replica_kill(struct replica *rep, int status, const char *why) {
         if (rep->pid > 0)
                 kill(rep->pid, SIGKILL);
         /* Its requests are answered now, not when the process is reaped. */
-        upstream_fail_all(rep, status, why);
+        replica_link_fail_all(rep, status, why);
 }
 
 static void arm_ctl(struct replica *rep, struct loop *loop) {
@@ -254,7 +254,7 @@ static void replica_maybe_free(struct replica *rep) {
         if (rep->ctl_fd >= 0)
                 close(rep->ctl_fd);
         segment_close(&rep->seg);
-        upstream_free(rep);
+        replica_link_free(rep);
         cgroups_replica_remove(rep->cgroup);
         free(rep->cgroup);
         free(rep->limits);
@@ -321,7 +321,7 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
         rep->op_bell.cb = on_bell;
         list_init(&rep->link);
         rep->ctl_buf = malloc(CTL_BUF);
-        if (!rep->ctl_buf || upstream_init(rep, (uint32_t)d->max_ongoing) < 0) {
+        if (!rep->ctl_buf || replica_link_init(rep, (uint32_t)d->max_ongoing) < 0) {
                 free(rep->ctl_buf);
                 free(rep);
                 return -ENOMEM;
@@ -329,7 +329,7 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
         r = segment_create("serve-seg", RING_SIZE, &rep->seg);
         if (r < 0) {
                 log_error_errno(r, "replica %s: cannot create its shared memory: %m", rep->id);
-                upstream_free(rep);
+                replica_link_free(rep);
                 free(rep->ctl_buf);
                 free(rep);
                 return r;
@@ -404,7 +404,7 @@ fail:
         segment_close(&rep->seg);
         if (rep->ctl_fd >= 0)
                 close(rep->ctl_fd);
-        upstream_free(rep);
+        replica_link_free(rep);
         free(rep->ctl_buf);
         free(rep);
         return r;
@@ -436,7 +436,7 @@ static void set_max_ongoing_all(struct deployment *d) {
                 cJSON *m;
                 if (rep->state == REPLICA_DEAD)
                         continue;
-                if (upstream_set_limit(rep, (uint32_t)d->max_ongoing) < 0) {
+                if (replica_link_set_limit(rep, (uint32_t)d->max_ongoing) < 0) {
                         log_error("replica %s: out of memory for max_ongoing_requests %d; keeping %u", rep->id, d->max_ongoing,
                                   rep->limit);
                         continue;
@@ -641,7 +641,7 @@ health:
 
                 if (rep->state == REPLICA_DEAD)
                         continue;
-                pr = upstream_poll(rep);
+                pr = replica_link_poll(rep);
                 if (pr < 0) {
                         log_error("replica %s wrote an invalid record into its ring: killing it", rep->id);
                         replica_kill(rep, 502, "the replica sent an invalid response");
@@ -649,7 +649,7 @@ health:
                 }
                 if (pr > 0)
                         router_dispatch(s->router, d);
-                if (upstream_flush(rep))
+                if (replica_link_flush(rep))
                         next = MIN(next, NSEC_PER_MSEC);
                 if (rep->state == REPLICA_READY) {
                         uint64_t hb = atomic_load_explicit(&rep->seg.ctl->heartbeat_ns, memory_order_relaxed);
@@ -738,7 +738,7 @@ bool supervisor_prepare_sleep(struct supervisor *s) {
                         struct replica *rep = list_entry(p2, struct replica, link);
                         if (rep->state == REPLICA_DEAD)
                                 continue;
-                        upstream_ring_bells(rep);
+                        replica_link_ring_bells(rep);
                         if (!ring_consumer_prepare_sleep(&rep->seg.resp))
                                 ok = false;
                 }

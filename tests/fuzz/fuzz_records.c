@@ -27,7 +27,7 @@
 #include "proxy.h"
 #include "ring.h"
 #include "segment.h"
-#include "upstream.h"
+#include "replica_link.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 const char *__ubsan_default_options(void);
@@ -167,7 +167,7 @@ void proxy_response_begin(struct upreq *u, int status, const char *headers, size
         f->announced = body_len;
         f->delivered = 0;
         if (f->drop_in_begin)
-                upstream_cancel(u); /* what the proxy's conn_close() -> detach_request() does */
+                replica_link_cancel(u); /* what the proxy's conn_close() -> detach_request() does */
 }
 
 void proxy_response_body(struct upreq *u, const void *data, size_t len) {
@@ -186,7 +186,7 @@ void proxy_response_body(struct upreq *u, const void *data, size_t len) {
         (void)sum;
         f->delivered += len;
         if (f->drop_in_body)
-                upstream_cancel(u); /* buf_append failed: conn_close() -> detach_request() */
+                replica_link_cancel(u); /* buf_append failed: conn_close() -> detach_request() */
 }
 
 void proxy_response_end(struct upreq *u) {
@@ -246,17 +246,17 @@ static void world_open(uint32_t resp_size) {
         W.rep.seg.req_bell = -1;
         W.rep.seg.resp_bell = -1;
         W.rep.pidfd = W.rep.ctl_fd = -1;
-        check(upstream_init(&W.rep, N_SLOTS) == 0);
+        check(replica_link_init(&W.rep, N_SLOTS) == 0);
 }
 
 /* The replica is killed: every request still assigned to it gets its 502. */
 static void world_kill(void) {
-        upstream_fail_all(&W.rep, 502, "x");
+        replica_link_fail_all(&W.rep, 502, "x");
         for (uint32_t i = 0; i < W.rep.n_slots; i++)
                 check(W.rep.slots[i] == NULL);
         check(W.rep.ongoing == 0);
         check(list_empty(&W.rep.backlog));
-        upstream_free(&W.rep);
+        replica_link_free(&W.rep);
         free(W.resp_mem);
         free(W.req_mem);
         W.resp_mem = W.req_mem = NULL;
@@ -304,7 +304,7 @@ static void check_invariants(void) {
 static void do_poll(void) {
         W.finished = 0;
         W.in_poll = true;
-        int r = upstream_poll(&W.rep);
+        int r = replica_link_poll(&W.rep);
         W.in_poll = false;
         if (r >= 0) {
                 check((unsigned)r == W.finished);
@@ -515,15 +515,15 @@ static void op_send(struct input *in) {
         u->body_len = body_sizes[(flags >> 1) & 3];
         f->drop_in_begin = flags & 8;
         f->drop_in_body = flags & 16;
-        upstream_send(&W.rep, u);
+        replica_link_send(&W.rep, u);
         if (flags & 32)
-                upstream_cancel(u);
+                replica_link_cancel(u);
 }
 
 static void op_cancel(struct input *in) {
         struct upreq *u = W.rep.slots[get8(in) % N_SLOTS];
         if (u)
-                upstream_cancel(u);
+                replica_link_cancel(u);
 }
 
 /* The replica consumes the whole request ring. */
@@ -601,7 +601,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         op_cancel(&in);
                         break;
                 case OP_FLUSH:
-                        check(upstream_flush(&W.rep) == !list_empty(&W.rep.backlog));
+                        check(replica_link_flush(&W.rep) == !list_empty(&W.rep.backlog));
                         break;
                 case OP_REQ_CONSUME:
                         req_consume();

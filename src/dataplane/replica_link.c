@@ -5,7 +5,7 @@
 #include "log.h"
 #include "proto.h"
 #include "proxy.h"
-#include "upstream.h"
+#include "replica_link.h"
 #include "peer.h"
 
 /* Scratch space for one record copied out of a response ring before it is parsed (a replica
@@ -13,7 +13,7 @@
 static uint8_t *scratch;
 static size_t scratch_cap;
 
-int upstream_init(struct replica *rep, uint32_t max_ongoing) {
+int replica_link_init(struct replica *rep, uint32_t max_ongoing) {
         rep->slots = calloc(max_ongoing, sizeof(*rep->slots));
         if (!rep->slots)
                 return -ENOMEM;
@@ -23,7 +23,7 @@ int upstream_init(struct replica *rep, uint32_t max_ongoing) {
         return 0;
 }
 
-int upstream_set_limit(struct replica *rep, uint32_t max_ongoing) {
+int replica_link_set_limit(struct replica *rep, uint32_t max_ongoing) {
         if (max_ongoing > rep->n_slots) {
                 struct upreq **n = realloc(rep->slots, max_ongoing * sizeof *n);
                 if (!n)
@@ -36,7 +36,7 @@ int upstream_set_limit(struct replica *rep, uint32_t max_ongoing) {
         return 0;
 }
 
-void upstream_free(struct replica *rep) {
+void replica_link_free(struct replica *rep) {
         free(rep->slots);
         rep->slots = NULL;
         rep->n_slots = 0;
@@ -58,7 +58,7 @@ static void publish_requests(struct replica *rep) {
                 rep->req_bell_pending = true;
 }
 
-void upstream_ring_bells(struct replica *rep) {
+void replica_link_ring_bells(struct replica *rep) {
         if (rep->req_bell_pending) {
                 rep->req_bell_pending = false;
                 (void)doorbell_ring(rep->seg.req_bell);
@@ -186,7 +186,7 @@ static int push(struct replica *rep, struct upreq *u) {
         return 0;
 }
 
-void upstream_send(struct replica *rep, struct upreq *u) {
+void replica_link_send(struct replica *rep, struct upreq *u) {
         uint32_t slot;
 
         for (slot = 0; slot < rep->n_slots && rep->slots[slot]; slot++)
@@ -211,7 +211,7 @@ void upstream_send(struct replica *rep, struct upreq *u) {
         publish_requests(rep);
 }
 
-bool upstream_flush(struct replica *rep) {
+bool replica_link_flush(struct replica *rep) {
         struct list *pos, *tmp;
 
         if (list_empty(&rep->backlog))
@@ -230,7 +230,7 @@ bool upstream_flush(struct replica *rep) {
         return !list_empty(&rep->backlog);
 }
 
-void upstream_cancel(struct upreq *u) {
+void replica_link_cancel(struct upreq *u) {
         struct replica *rep = u->rep;
 
         u->conn = NULL;
@@ -242,7 +242,7 @@ void upstream_cancel(struct upreq *u) {
                 return; /* push() sends the cancel after the rest of the body */
         if (send_cancel(rep, u) < 0) {
                 /* Its response is underway: it must stay RESPONDING (and out of the backlog,
-                 * since we may be called from within upstream_poll(), which may finish and free
+                 * since we may be called from within replica_link_poll(), which may finish and free
                  * u right after), so skip the cancel; the rest of the response is discarded as
                  * it arrives. */
                 if (u->state == UPREQ_RESPONDING)
@@ -385,7 +385,7 @@ static int on_resp_body(struct replica *rep, const uint8_t *p, uint32_t len) {
         return 0;
 }
 
-int upstream_poll(struct replica *rep) {
+int replica_link_poll(struct replica *rep) {
         struct ring_record rec;
         int r, done = 0;
 
@@ -424,7 +424,7 @@ int upstream_poll(struct replica *rep) {
         return done;
 }
 
-void upstream_fail_all(struct replica *rep, int status, const char *why) {
+void replica_link_fail_all(struct replica *rep, int status, const char *why) {
         for (uint32_t i = 0; i < rep->n_slots; i++) {
                 struct upreq *u = rep->slots[i];
                 if (!u)

@@ -6,7 +6,7 @@
 #include "peer.h"
 #include "proto.h"
 #include "proxy.h"
-#include "upstream.h"
+#include "replica_link.h"
 
 #define MAX_STREAMS_IN 65536u      /* requests one peer may have here at once */
 #define MAX_TRIES 3                /* nodes a request may be offered to */
@@ -707,7 +707,7 @@ static int in_frame(struct peer_in *pin, const struct peer_frame_header *h, cons
                                 router_unqueue(x);
                                 in_done(x);
                         } else
-                                upstream_cancel(x); /* detaches it from us (peer_stream_detach) */
+                                replica_link_cancel(x); /* detaches it from us (peer_stream_detach) */
                         break;
                 }
                 return 0;
@@ -728,7 +728,7 @@ static void in_free(struct peer_in *pin) {
                                 router_unqueue(u);
                         in_done(u);
                 } else
-                        upstream_cancel(u);
+                        replica_link_cancel(u);
         }
         list_del(&pin->link);
         free(pin);

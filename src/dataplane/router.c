@@ -5,7 +5,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "router.h"
-#include "upstream.h"
+#include "replica_link.h"
 #include "peer.h"
 
 static struct router the_router = { .rng = 0x9e3779b97f4a7c15ull };
@@ -106,7 +106,7 @@ int router_submit(struct router *r, struct upreq *u) {
          * replicas before peers (locality). */
         if (dep->queue_len == 0) {
                 if ((rep = pick(r, dep))) {
-                        upstream_send(rep, u);
+                        replica_link_send(rep, u);
                         return 0;
                 }
                 if (!u->stream && dep->remote && (t = peer_pick(dep->remote))) {
@@ -133,7 +133,7 @@ void router_cancel(struct upreq *u) {
         if (u->rt)
                 peer_cancel(u);
         else
-                upstream_cancel(u);
+                replica_link_cancel(u);
 }
 
 void router_set_path(const struct route *rt, struct upreq *u) {
@@ -159,7 +159,7 @@ void router_dispatch(struct router *r, struct deployment *dep) {
                         return;
                 router_unqueue(u);
                 if (rep)
-                        upstream_send(rep, u);
+                        replica_link_send(rep, u);
                 else
                         peer_send(t, u);
         }
