@@ -15,6 +15,7 @@ int loop_init(struct loop *l, unsigned entries) {
         };
         int r = -EINVAL;
 
+        list_init(&l->deferred);
         for (size_t i = 0; i < ELEMENTSOF(flag_sets); i++) {
                 struct io_uring_params p = {
                         .flags = flag_sets[i] | IORING_SETUP_CQSIZE,
@@ -28,6 +29,32 @@ int loop_init(struct loop *l, unsigned entries) {
 }
 
 void loop_free(struct loop *l) { io_uring_queue_exit(&l->ring); }
+
+void loop_defer(struct loop *l, struct loop_deferred *d) {
+        if (d->queued)
+                return;
+        if (!d->link.next)
+                list_init(&d->link);
+        d->queued = true;
+        list_add_tail(&l->deferred, &d->link);
+}
+
+void loop_undefer(struct loop_deferred *d) {
+        if (!d->queued)
+                return;
+        d->queued = false;
+        list_del(&d->link);
+        list_init(&d->link);
+}
+
+/* Runs deferred work, including work queued while it runs. */
+static void run_deferred(struct loop *l) {
+        while (!list_empty(&l->deferred)) {
+                struct loop_deferred *d = list_first(&l->deferred, struct loop_deferred, link);
+                loop_undefer(d);
+                d->fn(d);
+        }
+}
 
 struct io_uring_sqe *loop_sqe(struct loop *l, struct loop_op *op) {
         struct io_uring_sqe *sqe;
@@ -47,6 +74,7 @@ int loop_run_once(struct loop *l, uint64_t timeout_ns) {
         unsigned head, n = 0;
         int r;
 
+        run_deferred(l);
         if (timeout_ns == 0)
                 r = io_uring_submit_and_get_events(&l->ring); /* runs deferred task work too */
         else
@@ -66,6 +94,7 @@ int loop_run_once(struct loop *l, uint64_t timeout_ns) {
                         op->cb(op, res, flags);
         }
         io_uring_cq_advance(&l->ring, n);
+        run_deferred(l);
         return (int)n;
 }
 
