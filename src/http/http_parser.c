@@ -15,8 +15,12 @@
  *   - Transfer-Encoding in an HTTP/1.0 request is rejected with -400 (RFC 9112 6.1 calls its
  *     framing faulty);
  *   - head_len counts the final CRLF and must be <= max_head;
+ *   - a method of more than HTTP_MAX_METHOD token characters is answered 501 (RFC 9112 3: longer
+ *     than any method we implement) when its HTTP_MAX_METHOD + 1st byte arrives, so a client
+ *     cannot make us buffer a long method; methods are not listed: the application decides;
  *   - lim == NULL means the defaults below. */
 
+#include <errno.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <string.h>
@@ -90,6 +94,8 @@ static int parse_request_line(const char *p, size_t n, struct http_request *r) {
 
         while (i < n && is_class(p[i], C_TOKEN))
                 i++;
+        if (i > HTTP_MAX_METHOD)
+                return -501;
         if (i == 0 || i >= n || p[i] != ' ')
                 return -400;
         r->method = p;
@@ -269,6 +275,14 @@ static int parse_head(const char *buf, size_t head_len, size_t max_headers, stru
         return 0;
 }
 
+/* buf holds at least HTTP_MAX_METHOD + 1 bytes of a request line: are they all method? */
+static bool method_too_long(const char *buf) {
+        for (size_t i = 0; i <= HTTP_MAX_METHOD; i++)
+                if (!is_class(buf[i], C_TOKEN))
+                        return false;
+        return true;
+}
+
 int http_parse_request(const char *buf, size_t len, size_t prev_len, const struct http_limits *lim,
                        struct http_request *ret) {
         size_t max_line = lim ? lim->max_request_line : DEFAULT_MAX_REQUEST_LINE;
@@ -309,11 +323,71 @@ int http_parse_request(const char *buf, size_t len, size_t prev_len, const struc
                 }
                 if (is_class(c, C_CTL))
                         return -400;
+                if (in_request_line && i == HTTP_MAX_METHOD && method_too_long(buf))
+                        return -501;
                 if (in_request_line && i >= max_line && c != '\r')
                         return -414;
         }
 
         return len > max_head ? -431 : 0;
+}
+
+/* A segment that is only '.' and "%2e" (any case): returns how many dots it decodes to, or 0
+ * when it is anything else (an empty segment included). */
+static size_t dot_segment(const char *s, size_t n) {
+        size_t dots = 0;
+
+        for (size_t i = 0; i < n; dots++) {
+                if (s[i] == '.')
+                        i++;
+                else if (n - i >= 3 && s[i] == '%' && s[i + 1] == '2' && (s[i + 2] | 0x20) == 'e')
+                        i += 3;
+                else
+                        return 0;
+        }
+        return dots;
+}
+
+ssize_t http_path_normalize(const char *path, size_t len, char *out) {
+        size_t o = 0, i = 0;
+
+        if (len == 0)
+                return -EINVAL;
+        if (path[0] != '/') {
+                memmove(out, path, len);
+                return (ssize_t) len;
+        }
+
+        /* out[0..o) is "/seg/seg..." (no trailing '/'), and never reaches the read position i:
+         * each segment written was read at or after the same offset, so memmove in place works. */
+        while (i < len) {
+                size_t s = ++i; /* past the '/' */
+                while (i < len && path[i] != '/')
+                        i++;
+                size_t n = i - s;
+
+                switch (n == 0 ? 1 : dot_segment(path + s, n)) {
+                case 1: /* "", "." */
+                        break;
+                case 2: /* ".." */
+                        if (o == 0)
+                                return -EINVAL;
+                        while (out[--o] != '/')
+                                ;
+                        break;
+                default: /* a name, or three dots or more */
+                        out[o++] = '/';
+                        memmove(out + o, path + s, n);
+                        o += n;
+                        continue;
+                }
+                /* A final ".", ".." or empty segment names a directory: keep its '/'. */
+                if (i >= len)
+                        out[o++] = '/';
+        }
+        if (o == 0)
+                out[o++] = '/';
+        return (ssize_t) o;
 }
 
 const struct http_header *http_request_header(const struct http_request *req, const char *name) {

@@ -13,6 +13,8 @@
 #include <sys/types.h>
 
 #define HTTP_MAX_HEADERS 64
+/* Longest method accepted: longer than any method a server implements (RFC 9112 3: 501). */
+#define HTTP_MAX_METHOD 32
 
 struct http_header {
         const char *name;
@@ -62,11 +64,27 @@ struct http_limits {
  *        Transfer-Encoding, missing Host on HTTP/1.1, whitespace before ':')
  *   -414 request line longer than max_request_line
  *   -431 head longer than max_head, or more than max_headers headers
- *   -501 Transfer-Encoding other than exactly "chunked"
+ *   -501 Transfer-Encoding other than exactly "chunked"; a method longer than HTTP_MAX_METHOD
+ *        (answered as soon as its HTTP_MAX_METHOD + 1st byte arrives). Any other method token
+ *        is accepted: the application decides which methods it implements.
  *   -505 HTTP version other than 1.0 or 1.1
  * A negative result is final for the connection: the caller answers and closes. */
 int http_parse_request(const char *buf, size_t len, size_t prev_len, const struct http_limits *lim,
                        struct http_request *ret);
+
+/* Normalises the path of a request target (the part before '?', as the parser returns it) into
+ * out (room for len bytes; the result is never longer; out may be path itself):
+ *   - dot-segments are removed as RFC 3986 5.2.4 says ("/a/./b/../c" -> "/a/c"; a final "." or
+ *     ".." leaves a trailing '/': "/a/b/.." -> "/a/");
+ *   - a segment made only of '.' and "%2e"/"%2E" counts as its decoded dots ("/a/%2e%2E/b" ->
+ *     "/b"), so an encoded ".." cannot slip past the router to a handler that decodes it;
+ *   - runs of '/' are merged into one ("/a//b" -> "/a/b"), before dot-segments are applied;
+ *   - every other byte, "%2f" included, is left as sent: "%2f" is data, not a separator, and
+ *     "/a%2f..%2fb" is one segment.
+ * Returns the normalised length (>= 1; the result starts with '/'), or -EINVAL when the path
+ * climbs above "/" ("/a/../../b", "/..": answer 400) or is empty. A path that is not
+ * origin-form (e.g. "*") is copied unchanged. */
+ssize_t http_path_normalize(const char *path, size_t len, char *out);
 
 /* Case-insensitive lookup; returns the header or NULL. */
 const struct http_header *http_request_header(const struct http_request *req, const char *name);

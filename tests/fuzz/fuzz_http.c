@@ -4,15 +4,19 @@
  * small inputs, one byte at a time; every way must give the same answer, and a complete head must
  * satisfy the invariants a caller relies on. Body: when the head says chunked, the bytes after it
  * (otherwise the whole input) go through http_chunked_decode whole, byte by byte, split, and in
- * place; all must decode the same bytes. Any disagreement abort()s. */
+ * place; all must decode the same bytes. Paths: every parsed path, and the raw input taken as a
+ * path, go through http_path_normalize, copied and in place; the result must be a clean path no
+ * longer than its input, a fixed point of the function, and the same both ways. Any disagreement
+ * abort()s. */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "proxy/http_parser.h"
+#include "http/http_parser.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -69,6 +73,7 @@ static void check_complete(const char *buf, size_t size, int r, const struct htt
         check(req->minor_version == 0 || req->minor_version == 1);
 
         check(req->method == buf && req->method_len > 0 && req->method[req->method_len] == ' ');
+        check(req->method_len <= HTTP_MAX_METHOD);
         for (size_t i = 0; i < req->method_len; i++)
                 check(is_tchar(req->method[i]));
         check(inside(buf, h, req->target, req->target_len) && req->target_len > 0);
@@ -231,10 +236,67 @@ static void check_chunked(const char *in, size_t len) {
         free(inplace);
 }
 
+/* A segment that is only '.' and "%2e": the normaliser must have removed it. */
+static bool dots_only(const char *s, size_t n) {
+        size_t i = 0;
+        while (i < n) {
+                if (s[i] == '.')
+                        i++;
+                else if (n - i >= 3 && s[i] == '%' && s[i + 1] == '2' && (s[i + 2] == 'e' || s[i + 2] == 'E'))
+                        i += 3;
+                else
+                        return false;
+        }
+        return n > 0;
+}
+
+static void check_normalize(const char *path, size_t len) {
+        char *out = malloc(len + 1), *again = malloc(len + 1), *inplace = malloc(len + 1);
+        check(out && again && inplace);
+
+        ssize_t n = http_path_normalize(path, len, out);
+        memcpy(inplace, path, len);
+        check(http_path_normalize(inplace, len, inplace) == n);
+        if (n == -EINVAL) {
+                check(len == 0 || path[0] == '/');
+                goto done;
+        }
+        check(n >= 1 && (size_t) n <= len);
+        check(memcmp(inplace, out, n) == 0);
+        if (path[0] != '/') {
+                check((size_t) n == len && memcmp(out, path, len) == 0);
+                goto done;
+        }
+        check(out[0] == '/');
+        check(!memmem(out, n, "//", 2));
+        /* No segment is ".", "..", "%2e" or the like, except the three-dot-or-more kind. */
+        for (size_t i = 0; i < (size_t) n;) {
+                size_t s = ++i;
+                while (i < (size_t) n && out[i] != '/')
+                        i++;
+                if (dots_only(out + s, i - s)) {
+                        size_t dots = 0;
+                        for (size_t j = s; j < i; j++)
+                                dots += out[j] == '.' || out[j] == '%';
+                        check(dots >= 3);
+                }
+        }
+        /* Normalising a normal path changes nothing. */
+        check(http_path_normalize(out, n, again) == n && memcmp(again, out, n) == 0);
+done:
+        free(out);
+        free(again);
+        free(inplace);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const char *buf = (const char *) data;
         struct http_request req;
         int r = check_head(buf, size, &req);
+
+        if (r > 0)
+                check_normalize(req.path, req.path_len);
+        check_normalize(buf, size);
 
         if (r > 0 && req.body_kind == HTTP_BODY_CHUNKED)
                 check_chunked(buf + r, size - r);

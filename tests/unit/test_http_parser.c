@@ -1,6 +1,7 @@
 /* http_parser: every request is fed whole, as every truncated prefix, and one byte at a time
  * (resuming with prev_len); all three must agree. Rejections carry their exact status. */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -8,7 +9,7 @@
 #include <string.h>
 
 #include "macros.h"
-#include "proxy/http_parser.h"
+#include "http/http_parser.h"
 #include "tap.h"
 
 static const struct http_limits lim = {
@@ -160,6 +161,26 @@ static void test_methods_versions(void) {
         check_status("GET / HTTP/1\r\nHost: x\r\n\r\n", -400, "HTTP/1");
         check_status("GET / HTTP/1.x\r\nHost: x\r\n\r\n", -400, "HTTP/1.x");
         check_status("GET /\r\n\r\n", -400, "HTTP/0.9-style request line");
+
+        /* A method longer than any we implement is 501, answered as soon as its 33rd byte arrives,
+         * so a client cannot make us buffer it; 32 bytes are still a method. */
+        char m[1200];
+        snprintf(m, sizeof m, "%.*s / HTTP/1.1\r\nHost: x\r\n\r\n", HTTP_MAX_METHOD,
+                 "ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFGHIJKLMNOP");
+        if (check_valid(m, &lim, &req))
+                is_int(req.method_len, HTTP_MAX_METHOD, "a %d-byte method is accepted", HTTP_MAX_METHOD);
+        snprintf(m, sizeof m, "%.*s / HTTP/1.1\r\nHost: x\r\n\r\n", HTTP_MAX_METHOD + 1,
+                 "ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFGHIJKLMNOP");
+        check_status(m, -501, "a 33-byte method");
+        memset(m, 'G', 1024);
+        strcpy(m + 1024, " / HTTP/1.1\r\nHost: x\r\n\r\n");
+        check_status(m, -501, "a 1,024-byte method");
+        is_int(http_parse_request(m, HTTP_MAX_METHOD, 0, &lim, &req), 0, "32 method bytes: again");
+        is_int(http_parse_request(m, HTTP_MAX_METHOD + 1, 0, &lim, &req), -501,
+               "33rd method byte: 501 before the line ends");
+        memcpy(m, "GE(T", 4);
+        is_int(http_parse_request(m, strlen(m), 0, &lim, &req), -400,
+               "a long method with a non-token byte is malformed, not unimplemented");
 
         /* The request line is judged as soon as its CRLF arrives. */
         const char *s = "GET / HTTP/3.0\r\n";
@@ -525,6 +546,108 @@ static void test_chunked(void) {
         check_chunked_error(big, UINT64_MAX, -400, "too many trailer bytes");
 }
 
+static void test_path_normalize(void) {
+        static const struct {
+                const char *in;
+                const char *want; /* NULL: -EINVAL */
+        } cases[] = {
+                { "/", "/" },
+                { "/a", "/a" },
+                { "/a/b/c", "/a/b/c" },
+                { "/a/", "/a/" },
+                /* dot-segments (RFC 3986 5.2.4 and its examples) */
+                { "/a/./b/../c", "/a/c" },
+                { "/a/b/c/./../../g", "/a/g" },
+                { "/mid/content=5/../6", "/mid/6" },
+                { "/.", "/" },
+                { "/./", "/" },
+                { "/a/.", "/a/" },
+                { "/a/..", "/" },
+                { "/a/b/..", "/a/" },
+                { "/a/b/../", "/a/" },
+                { "/a/../b", "/b" },
+                { "/echo/../-/healthz", "/-/healthz" },
+                { "/..", NULL },
+                { "/../", NULL },
+                { "/../a", NULL },
+                { "/a/../../b", NULL },
+                { "/echo/../../-/x", NULL },
+                { "/a/./../..", NULL },
+                /* not dot-segments: dots inside a name, three dots */
+                { "/a./b", "/a./b" },
+                { "/.a/..b/c..", "/.a/..b/c.." },
+                { "/.../b", "/.../b" },
+                { "/a/.../..", "/a/" },
+                { "/%2e%2e%2e", "/%2e%2e%2e" },
+                /* "%2e" counts as '.' when the whole segment is dots */
+                { "/%2E", "/" },
+                { "/%2e/a", "/a" },
+                { "/a/%2e%2E/b", "/b" },
+                { "/a/.%2e/b", "/b" },
+                { "/a/%2e./b", "/b" },
+                { "/.%2e/x", NULL },
+                { "/%2e%2e", NULL },
+                { "/a/%2e%2e/%2E%2E", NULL },
+                { "/a%2e/b", "/a%2e/b" },
+                { "/%2ea", "/%2ea" },
+                { "/%2", "/%2" },
+                { "/%2x", "/%2x" },
+                { "/a/%2", "/a/%2" },
+                /* "%2f" is data, not a separator */
+                { "/a%2f..%2fb", "/a%2f..%2fb" },
+                { "/a/%2f/..", "/a/" },
+                { "/a%2F../b", "/a%2F../b" },
+                { "/..%2f", "/..%2f" },
+                /* runs of '/' are one */
+                { "//", "/" },
+                { "///", "/" },
+                { "/a//b", "/a/b" },
+                { "//a///b//", "/a/b/" },
+                { "/a//..", "/" },
+                { "/a//../b", "/b" },
+                { "//..", NULL },
+                /* not origin-form: unchanged */
+                { "*", "*" },
+                { "", NULL },
+        };
+        bool all = true, in_place = true;
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                size_t len = strlen(cases[i].in);
+                char out[64], copy[64];
+                ssize_t n = http_path_normalize(cases[i].in, len, out);
+                bool good = cases[i].want ? n >= 0 && span_eq(out, (size_t) n, cases[i].want) && (size_t) n <= len
+                                          : n == -EINVAL;
+                if (!good) {
+                        printf("#   %s -> %s (%zd), want %s\n", cases[i].in, n >= 0 ? out : "error", n,
+                               cases[i].want ? cases[i].want : "-EINVAL");
+                        all = false;
+                }
+                memcpy(copy, cases[i].in, len);
+                ssize_t m = http_path_normalize(copy, len, copy);
+                if (m != n || (n > 0 && memcmp(copy, out, n) != 0)) {
+                        printf("#   %s in place -> %zd\n", cases[i].in, m);
+                        in_place = false;
+                }
+        }
+        ok(all, "path normalisation: %zu cases (dot-segments, %%2e, %%2f, //, climbing above /)",
+           ELEMENTSOF(cases));
+        ok(in_place, "normalising in place gives the same results");
+
+        /* What the proxy routes on: the parser's path, normalised. */
+        struct http_request req;
+        const char *s = "GET /echo/../../-/x?a=/../b HTTP/1.1\r\nHost: x\r\n\r\n";
+        char out[64];
+        ok(http_parse_request(s, strlen(s), 0, &lim, &req) > 0 &&
+                   http_path_normalize(req.path, req.path_len, out) == -EINVAL,
+           "GET /echo/../../-/x climbs above / (answered 400, not routed to /echo)");
+        s = "GET /echo/./a/..//b?q=/../ HTTP/1.1\r\nHost: x\r\n\r\n";
+        ssize_t n;
+        ok(http_parse_request(s, strlen(s), 0, &lim, &req) > 0 &&
+                   (n = http_path_normalize(req.path, req.path_len, out)) > 0 && span_eq(out, n, "/echo/b"),
+           "the path is normalised, the query left alone");
+}
+
 static void test_reasons(void) {
         static const struct {
                 int code;
@@ -564,6 +687,7 @@ int main(void) {
         test_limits();
         test_resume_chunks();
         test_chunked();
+        test_path_normalize();
         test_reasons();
         return tap_done();
 }
