@@ -1,16 +1,42 @@
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 
+#include "log.h"
 #include "macros.h"
 #include "netconn.h"
 
-#define RECV_CHUNK (64u * 1024)
+/* Reserved once bytes arrive (never while idle), and what an emptied buffer shrinks back to. */
+#define RECV_CHUNK (16u * 1024)
+/* Read per readiness before the loop serves others; the next poll fires at once if more wait. */
+#define RECV_BUDGET (256u * 1024)
+/* Output buffers grown past this by a burst are freed once sent. */
+#define OUT_KEEP (64u * 1024)
+
+#define REFUSAL_LOG_INTERVAL_NS (60 * NSEC_PER_SEC)
+
+/* Connections of one loop with the same progress timeout, oldest progress first: progress
+ * moves a connection to the tail, so the head is always the next to expire. Few exist (one per
+ * distinct timeout), kept per thread like the loops they serve. */
+struct netconn_timerq {
+        struct loop *loop;
+        uint64_t timeout_ns;
+        struct list conns; /* netconn.timer_link */
+        struct list link;  /* timerqs */
+};
+static _Thread_local struct list timerqs;
+
+/* The listener whose on_accept is running, and the fd it was given: netconn_adopt() of that fd
+ * counts the connection against the listener's limit without the owner passing it along. */
+static _Thread_local struct netlistener *accepting;
+static _Thread_local int accepting_fd = -1;
 
 static void arm_recv(struct netconn *nc);
 
@@ -39,7 +65,40 @@ static void maybe_free(struct netconn *nc) {
         free(nc);
 }
 
+static void timer_unlink(struct netconn *nc) {
+        struct netconn_timerq *tq = nc->timerq;
+
+        if (!tq)
+                return;
+        list_del(&nc->timer_link);
+        nc->timerq = NULL;
+        if (list_empty(&tq->conns)) {
+                list_del(&tq->link);
+                free(tq);
+        }
+}
+
+/* Progress: the deadline moves to now + timeout, and the connection to the FIFO's tail. */
+static void timer_touch(struct netconn *nc, uint64_t now) {
+        if (!nc->timerq)
+                return;
+        nc->progress_ns = now;
+        list_del(&nc->timer_link);
+        list_add_tail(&nc->timerq->conns, &nc->timer_link);
+}
+
+static void progress(struct netconn *nc) {
+        if (nc->timerq)
+                timer_touch(nc, now_ns());
+}
+
 static void do_close(struct netconn *nc) {
+        timer_unlink(nc);
+        if (nc->listener) {
+                list_del(&nc->listener_link);
+                nc->listener->n_open--;
+                nc->listener = NULL;
+        }
         if (nc->fd >= 0) {
                 /* Shutting the socket down completes any recv/send in flight; their completions
                  * then drop the last references. */
@@ -52,16 +111,32 @@ static void do_close(struct netconn *nc) {
         nc->closed = true;
 }
 
-/* The connection died under us: tell the owner once. */
+/* The connection died under us: close it now, and tell the owner once, from the loop (the
+ * caller may be the owner itself, in the middle of a write). An owner that already called
+ * netconn_close() is not told. */
 static void fail(struct netconn *nc, int err) {
         if (nc->closed)
                 return;
         do_close(nc);
-        if (nc->ops->on_close) {
+        if (!nc->ops->on_close || nc->close_after_write)
+                return;
+        nc->close_err = err;
+        nc->close_pending = true;
+        nc->refs++;
+        loop_defer(nc->loop, &nc->deferred);
+}
+
+static void run_on_close(struct loop_deferred *d) {
+        struct netconn *nc = container_of(d, struct netconn, deferred);
+
+        nc->refs--;
+        if (nc->close_pending) {
+                nc->close_pending = false;
                 nc->in_callback = true;
-                nc->ops->on_close(nc, err);
+                nc->ops->on_close(nc, nc->close_err);
                 nc->in_callback = false;
         }
+        maybe_free(nc);
 }
 
 static void on_close_done(struct loop_op *op, int res, unsigned flags) {
@@ -111,6 +186,7 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
                 maybe_free(nc);
                 return;
         }
+        progress(nc);
         if (nc->blob) {
                 nc->blob_off += (size_t)res;
                 if (nc->blob_off == nc->blob->len) {
@@ -121,12 +197,12 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
         } else
                 buf_consume(&nc->out, (size_t)res);
         /* A burst (a broadcast, a big response) must not stay reserved for an idle connection. */
-        if (nc->out.len == 0 && nc->out.cap > 64 * 1024)
+        if (nc->out.len == 0 && nc->out.cap > OUT_KEEP)
                 buf_free(&nc->out);
-        if (nc->pending.len == 0 && nc->pending.cap > 64 * 1024)
+        if (nc->pending.len == 0 && nc->pending.cap > OUT_KEEP)
                 buf_free(&nc->pending);
         start_send(nc);
-        if (!nc->closed && !nc->sending && nc->ops->on_drain) {
+        if (!nc->closed && !nc->sending && !nc->close_after_write && nc->ops->on_drain) {
                 nc->in_callback = true;
                 nc->ops->on_drain(nc);
                 nc->in_callback = false;
@@ -134,48 +210,106 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
         maybe_free(nc);
 }
 
-static void on_recv(struct loop_op *op, int res, unsigned flags) {
+/* Reads what the socket holds, up to RECV_BUDGET. Returns 1 when the peer may send more, 0 at
+ * the end of its stream, or a negative errno; *ret_got is set to the bytes read either way. */
+static int read_available(struct netconn *nc, size_t *ret_got) {
+        size_t got = 0;
+        int r = 1;
+
+        for (;;) {
+                /* in.len <= in_limit here (checked after every on_data), so this reserves. */
+                if (buf_reserve(&nc->in, RECV_CHUNK, nc->in_limit + RECV_CHUNK) < 0) {
+                        r = -ENOMEM;
+                        break;
+                }
+                size_t room = nc->in.cap - nc->in.len;
+                ssize_t n = recv(nc->fd, nc->in.data + nc->in.len, room, MSG_DONTWAIT);
+                if (n > 0) {
+                        nc->in.len += (size_t)n;
+                        got += (size_t)n;
+                        /* A short read emptied the socket: no second recv just to see EAGAIN. */
+                        if ((size_t)n < room || got >= RECV_BUDGET || nc->in.len > nc->in_limit)
+                                break;
+                } else if (n == 0) {
+                        r = 0;
+                        break;
+                } else if (errno != EINTR) {
+                        if (errno != EAGAIN && errno != EWOULDBLOCK)
+                                r = -errno;
+                        break;
+                }
+        }
+        *ret_got = got;
+        return r;
+}
+
+/* What on_data left in the buffer is kept; the room around it is given back. */
+static void shrink_in(struct netconn *nc) {
+        if (nc->in.len == 0) {
+                buf_free(&nc->in);
+                return;
+        }
+        if (nc->in.cap > 4 * RECV_CHUNK && nc->in.len <= nc->in.cap / 4) {
+                size_t cap = ALIGN_TO(nc->in.len, (size_t)RECV_CHUNK);
+                char *p = realloc(nc->in.data, cap);
+                if (p) {
+                        nc->in.data = p;
+                        nc->in.cap = cap;
+                }
+        }
+}
+
+static void on_readable(struct loop_op *op, int res, unsigned flags) {
         struct netconn *nc = container_of(op, struct netconn, op_recv);
+        size_t got;
+        int r;
 
         nc->refs--;
         nc->recv_armed = false;
-        if (nc->closed) {
+        if (nc->closed || nc->paused) { /* netconn_pause(nc, false) arms it again */
                 maybe_free(nc);
                 return;
         }
-        if (res <= 0) {
+        if (res < 0) {
                 fail(nc, res);
                 maybe_free(nc);
                 return;
         }
-        nc->in.len += (size_t)res;
-        nc->in_callback = true;
-        nc->ops->on_data(nc);
-        nc->in_callback = false;
-        if (!nc->closed && nc->in.len > nc->in_limit) {
-                fail(nc, -EMSGSIZE);
+        r = read_available(nc, &got);
+        if (got > 0) {
+                progress(nc);
+                if (nc->close_after_write)
+                        nc->in.len = 0; /* the owner is done: read and drop, so closing sends no RST */
+                else {
+                        nc->in_callback = true;
+                        nc->ops->on_data(nc);
+                        nc->in_callback = false;
+                }
         }
-        if (!nc->closed)
+        if (!nc->closed && nc->in.len > nc->in_limit)
+                fail(nc, -EMSGSIZE);
+        else if (!nc->closed && r < 0)
+                fail(nc, r);
+        else if (!nc->closed && r == 0) {
+                /* A peer that finished sending may still read what the owner writes last. */
+                if (!nc->close_after_write)
+                        fail(nc, 0);
+                maybe_free(nc);
+                return;
+        }
+        if (!nc->closed) {
+                shrink_in(nc);
                 arm_recv(nc);
+        }
         maybe_free(nc);
 }
 
 static void arm_recv(struct netconn *nc) {
-        if (nc->recv_armed || nc->closed || nc->connecting)
+        if (nc->recv_armed || nc->closed || nc->connecting || nc->paused)
                 return;
-        if (buf_reserve(&nc->in, RECV_CHUNK, nc->in_limit + RECV_CHUNK) < 0) {
-                fail(nc, -ENOMEM);
-                return;
-        }
-        if (nc->in.len == 0 && nc->in.cap > 4 * RECV_CHUNK) { /* give back what a burst took */
-                buf_free(&nc->in);
-                if (buf_reserve(&nc->in, RECV_CHUNK, nc->in_limit + RECV_CHUNK) < 0) {
-                        fail(nc, -ENOMEM);
-                        return;
-                }
-        }
+        /* Wait for bytes without a buffer, so an idle connection costs no receive memory. */
         struct io_uring_sqe *sqe = loop_sqe(nc->loop, &nc->op_recv);
-        io_uring_prep_recv(sqe, nc->fd, nc->in.data + nc->in.len, nc->in.cap - nc->in.len, 0);
+        io_uring_prep_poll_add(sqe, nc->fd, POLLIN);
         nc->recv_armed = true;
         nc->refs++;
 }
@@ -217,10 +351,13 @@ static struct netconn *netconn_alloc(struct loop *loop, int fd, const struct net
         nc->userdata = userdata;
         nc->in_limit = 32u << 20;
         nc->out_limit = 256u << 20;
-        nc->op_recv.cb = on_recv;
+        nc->op_recv.cb = on_readable;
         nc->op_send.cb = on_send;
         nc->op_connect.cb = on_connect;
         nc->op_close.cb = on_close_done;
+        nc->deferred.fn = run_on_close;
+        list_init(&nc->timer_link);
+        list_init(&nc->listener_link);
         (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         return nc;
 }
@@ -294,6 +431,11 @@ int netconn_adopt(struct loop *loop, int fd, const struct netconn_ops *ops, void
         }
         if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
                 format_addr((struct sockaddr *)&ss, nc->peer, sizeof nc->peer);
+        if (accepting && accepting_fd == fd) {
+                nc->listener = accepting;
+                list_add_tail(&accepting->conns, &nc->listener_link);
+                accepting->n_open++;
+        }
         arm_recv(nc);
         *ret = nc;
         return 0;
@@ -339,7 +481,16 @@ size_t netconn_unsent(const struct netconn *nc) {
 }
 
 void netconn_close(struct netconn *nc, bool after_write) {
-        if (!nc || nc->closed)
+        if (!nc)
+                return;
+        if (nc->close_pending) { /* failed already: the owner takes over, on_close is not run */
+                loop_undefer(&nc->deferred);
+                nc->close_pending = false;
+                nc->refs--;
+                maybe_free(nc);
+                return;
+        }
+        if (nc->closed)
                 return;
         if (after_write && (nc->sending || nc->blob || nc->out.len || nc->pending.len || nc->connecting)) {
                 nc->close_after_write = true;
@@ -350,7 +501,108 @@ void netconn_close(struct netconn *nc, bool after_write) {
         maybe_free(nc);
 }
 
+void netconn_pause(struct netconn *nc, bool paused) {
+        if (nc->closed || nc->paused == paused)
+                return;
+        nc->paused = paused;
+        if (!paused) {
+                progress(nc); /* the time it was paused was ours, not the peer's */
+                arm_recv(nc);
+        }
+}
+
+int netconn_set_idle_timeout(struct netconn *nc, uint64_t timeout_ns) {
+        struct netconn_timerq *tq = NULL;
+        struct list *pos;
+
+        timer_unlink(nc);
+        nc->idle_timeout_ns = timeout_ns;
+        if (timeout_ns == 0 || nc->closed)
+                return 0;
+        if (!timerqs.next)
+                list_init(&timerqs);
+        for (pos = timerqs.next; pos != &timerqs; pos = pos->next) {
+                struct netconn_timerq *q = list_entry(pos, struct netconn_timerq, link);
+                if (q->loop == nc->loop && q->timeout_ns == timeout_ns) {
+                        tq = q;
+                        break;
+                }
+        }
+        if (!tq) {
+                tq = calloc(1, sizeof *tq);
+                if (!tq) {
+                        nc->idle_timeout_ns = 0;
+                        return -ENOMEM;
+                }
+                tq->loop = nc->loop;
+                tq->timeout_ns = timeout_ns;
+                list_init(&tq->conns);
+                list_add_tail(&timerqs, &tq->link);
+        }
+        nc->timerq = tq;
+        nc->progress_ns = now_ns();
+        list_add_tail(&tq->conns, &nc->timer_link);
+        return 0;
+}
+
+uint64_t netconn_tick(struct loop *loop, uint64_t now) {
+        uint64_t next = UINT64_MAX;
+        struct list *pos, *tmp;
+
+        if (!timerqs.next)
+                return next;
+        list_for_each_safe(pos, tmp, &timerqs) {
+                struct netconn_timerq *tq = list_entry(pos, struct netconn_timerq, link);
+                if (tq->loop != loop)
+                        continue;
+                for (;;) {
+                        struct netconn *nc = list_first(&tq->conns, struct netconn, timer_link);
+                        uint64_t deadline = nc->progress_ns + tq->timeout_ns;
+                        if (deadline > now) {
+                                next = MIN(next, deadline);
+                                break;
+                        }
+                        if (nc->paused && netconn_unsent(nc) == 0) {
+                                /* Waiting on us, not on the peer. A stale `now` must not put
+                                 * it before connections that progressed since. */
+                                timer_touch(nc, MAX(now, now_ns()));
+                                continue;
+                        }
+                        bool last = nc->timer_link.next == &tq->conns && nc->timer_link.prev == &tq->conns;
+                        log_debug("Connection with %s made no progress for %.1f s, closing", nc->peer,
+                                  tq->timeout_ns / 1e9);
+                        fail(nc, -ETIMEDOUT); /* unlinks it; frees tq with the last one */
+                        if (last)
+                                break;
+                }
+        }
+        return next;
+}
+
 /* ---- listeners ---- */
+
+/* One line for the first refusal, then at most one a minute: a flood must not flood the log. */
+static void refused(struct netlistener *l) {
+        uint64_t now = now_ns();
+
+        l->n_refused++;
+        l->refused_unlogged++;
+        if (l->last_log_ns && now - l->last_log_ns < REFUSAL_LOG_INTERVAL_NS)
+                return;
+        if (!l->last_log_ns)
+                log_warning("Refusing new connections to %s: %u are open, the limit (further refusals are "
+                            "counted once a minute)", l->what, l->max_open);
+        else
+                log_warning("Refused %" PRIu64 " connection%s to %s since the last message: %u open is the limit",
+                            l->refused_unlogged, l->refused_unlogged == 1 ? "" : "s", l->what, l->max_open);
+        l->refused_unlogged = 0;
+        l->last_log_ns = now;
+}
+
+void netlistener_set_limit(struct netlistener *l, unsigned max, const char *what) {
+        l->max_open = max;
+        snprintf(l->what, sizeof l->what, "%s", what ? what : "a listener");
+}
 
 static void arm_accept(struct netlistener *l) {
         struct io_uring_sqe *sqe = loop_sqe(l->loop, &l->op_accept);
@@ -372,7 +624,16 @@ static void on_accept(struct loop_op *op, int res, unsigned flags) {
                 close(res);
                 return;
         }
+        if (l->max_open && l->n_open >= l->max_open) {
+                close(res);
+                refused(l);
+                return;
+        }
+        accepting = l;
+        accepting_fd = res;
         l->on_accept(l, res);
+        accepting = NULL;
+        accepting_fd = -1;
 }
 
 int netlistener_open(struct netlistener *l, struct loop *loop, const char *host, int port,
@@ -384,6 +645,7 @@ int netlistener_open(struct netlistener *l, struct loop *loop, const char *host,
 
         *l = (struct netlistener){ .loop = loop, .fd = -1, .on_accept = cb, .userdata = userdata };
         l->op_accept.cb = on_accept;
+        list_init(&l->conns);
         snprintf(portstr, sizeof portstr, "%d", port);
         r = getaddrinfo(host, portstr, &hints, &ai);
         if (r != 0)
@@ -419,6 +681,16 @@ int netlistener_port(const struct netlistener *l) {
 }
 
 void netlistener_close(struct netlistener *l) {
+        struct list *pos, *tmp;
+
+        /* Its connections may outlive it: they must not count against it any more. */
+        if (l->conns.next)
+                list_for_each_safe(pos, tmp, &l->conns) {
+                        struct netconn *nc = list_entry(pos, struct netconn, listener_link);
+                        list_del(&nc->listener_link);
+                        nc->listener = NULL;
+                }
+        l->n_open = 0;
         if (l->fd < 0)
                 return;
         if (l->armed) {
