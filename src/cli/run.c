@@ -65,6 +65,7 @@ static void proxy_options_from(const struct run *rn, const struct serve_config *
                 .keep_alive_timeout_s = c->http.keep_alive_timeout_s,
                 .request_timeout_s = c->http.request_timeout_s,
                 .max_connections = c->http.max_connections,
+                .max_buffered_body = c->http.max_buffered_request_bytes,
         };
 }
 
@@ -211,7 +212,7 @@ int serve_run(int argc, char **argv) {
                 uint64_t now = now_ns(), t1, t2, timeout;
 
                 t1 = supervisor_tick(rn.sup, now);
-                t2 = proxy_tick(rn.proxy, now);
+                t2 = MIN(proxy_tick(rn.proxy, now), router_tick(router_get(), now));
                 timeout = MIN(MIN(t1, t2), watchdog_tick(&rn.watchdog, now));
                 if (timeout == 0)
                         timeout = 1;

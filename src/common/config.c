@@ -32,6 +32,7 @@ void http_options_defaults(struct http_options *h) {
                 .max_request_body_bytes = 64u << 20,
                 .header_timeout_s = 10,
                 .max_connections = 16384,
+                .max_buffered_request_bytes = 256u << 20,
         };
 }
 
@@ -78,7 +79,7 @@ const char *proxy_location_to_string(enum proxy_location l) {
 
 static const char *const http_keys[] = {
         "host", "port", "request_timeout_s", "keep_alive_timeout_s", "max_request_body_bytes",
-        "header_timeout_s", "max_connections",
+        "header_timeout_s", "max_connections", "max_buffered_request_bytes",
 };
 
 static int http_field(struct yt_parser *p, unsigned idx, const struct yt_node *v, void *userdata) {
@@ -108,6 +109,16 @@ static int http_field(struct yt_parser *p, unsigned idx, const struct yt_node *v
                 return yt_get_double(p, v, false, &h->header_timeout_s);
         case 6:
                 return yt_get_int(p, v, 1, INT_MAX, "a positive integer", &h->max_connections);
+        case 7: {
+                int r = yt_scalar_int64(v, &body);
+                if (r == -ERANGE)
+                        return yt_fail(p, v, "too large: %s", YT_DESCRIBE(v));
+                if (r < 0 || body < 1)
+                        return yt_fail(p, v, "must be a positive number of bytes, got %s",
+                                       YT_DESCRIBE(v));
+                h->max_buffered_request_bytes = (uint64_t) body;
+                return 0;
+        }
         }
         return 0;
 }
@@ -586,8 +597,14 @@ static int top_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
                 r = yt_expect_mapping(p, v);
                 if (r < 0)
                         return r;
-                return yt_parse_fields(p, v, http_keys, ELEMENTSOF(http_keys), http_field,
-                                       &c->http);
+                r = yt_parse_fields(p, v, http_keys, ELEMENTSOF(http_keys), http_field, &c->http);
+                if (r >= 0 && c->http.max_buffered_request_bytes < c->http.max_request_body_bytes)
+                        return yt_fail(p, v,
+                                       "http_options.max_buffered_request_bytes (%llu) is smaller than "
+                                       "max_request_body_bytes (%llu): no request of the largest size could be taken",
+                                       (unsigned long long)c->http.max_buffered_request_bytes,
+                                       (unsigned long long)c->http.max_request_body_bytes);
+                return r;
         case 2:
                 return parse_apps(p, v, c);
         }

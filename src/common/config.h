@@ -21,6 +21,9 @@ struct http_options {
         uint64_t max_request_body_bytes; /* default 64 MiB; 413 above it */
         double header_timeout_s;       /* default 10: time allowed to send a full request head */
         int max_connections;           /* default 16384; more are closed at accept */
+        /* default 256 MiB: request bodies buffered on a node at once, across all clients and
+         * peers; past it new bodies get 503 with Retry-After. >= max_request_body_bytes. */
+        uint64_t max_buffered_request_bytes;
 };
 
 struct custom_resource {

@@ -5,14 +5,20 @@
 #include "log.h"
 #include "peer.h"
 #include "proto.h"
-#include "proxy.h"
-#include "replica_link.h"
 
-#define MAX_STREAMS_IN 65536u      /* requests one peer may have here at once */
-#define MAX_TRIES 3                /* nodes a request may be offered to */
+#define MAX_TRIES 3                     /* nodes a request may be offered to */
 #define BACKOFF_MIN_NS (100 * NSEC_PER_MSEC)
 #define BACKOFF_MAX_NS (5 * NSEC_PER_SEC)
-#define PEER_MAX_HEADERS (64u * 1024)
+#define MAX_STREAMS_IN 1024u            /* requests one peer may have here at once */
+#define STREAM_BUCKETS 1024u            /* a power of two */
+/* Response bytes queued to one peer before its streams stop taking more from the replicas
+ * (they resume when it reads): what a peer that never reads can make us hold. */
+#define LINK_OUT_BUDGET (4u << 20)
+/* Past the budget, a sink may still receive one ring record (<= a quarter of a ring) and a few
+ * small frames: the link is dropped only beyond this. */
+#define LINK_OUT_LIMIT (LINK_OUT_BUDGET + (8u << 20))
+/* Our own requests queued to a peer before it counts as busy (the router tries others). */
+#define LINK_REQ_BUDGET (4u << 20)
 
 struct peer {
         struct peers *ps;
@@ -22,28 +28,34 @@ struct peer {
         bool up, seen, gone;
         uint64_t next_connect_ns, backoff_ns;
         /* Our requests there: stream id = (generation << 32) | slot. */
-        struct upreq **slots;
+        struct request **slots;
         uint32_t n_slots, n_used, generation;
         uint32_t *free_slots;
         uint32_t n_free;
         struct list link;
 };
 
-/* A connection from a peer that sends us its requests. */
+/* A connection from a peer that sends us its requests. Its streams are sinks. */
 struct peer_in {
         struct peers *ps;
         struct netconn *nc;
-        struct list streams;        /* upreqs we owe an answer */
-        unsigned n_streams;
-        struct upreq *assembling;   /* a request whose body frames are still coming */
-        char assembling_app[256];   /* its application ("" = unknown here: reject it) */
+        struct list buckets[STREAM_BUCKETS]; /* requests by stream id (request.sink_link) */
+        unsigned n_streams, n_blocked;
+        /* The request whose body frames are still coming (at most one: they are contiguous). */
+        struct request *assembling;
+        char assembling_app[PEER_MAX_APP + 1];
+        uint64_t discard_stream;     /* or the stream whose body frames we drop */
+        uint64_t discard_left;
+        bool discarding;
+        bool dead;                   /* torn down from the loop (teardown) */
+        struct loop_deferred teardown;
         struct list link;
 };
 
 struct peers {
         struct loop *loop;
         struct router *router;
-        struct http_limits limits;
+        struct peers_options opts;
         struct netlistener listener;
         struct list peers, groups, ins;
         struct peer_stats stats;
@@ -51,33 +63,8 @@ struct peers {
 };
 
 static const struct netconn_ops out_ops, in_ops;
-
-/* ---- framing ---- */
-
-static void frame_put(struct buf *b, uint8_t type, uint16_t status, uint64_t stream, const void *p1, size_t l1,
-                      const void *p2, size_t l2) {
-        struct peer_frame_header h = { .len = (uint32_t)(l1 + l2), .type = type, .status = status, .stream = stream };
-        if (buf_reserve(b, sizeof h + l1 + l2, SIZE_MAX) < 0)
-                return; /* the connection is dropped by its size check */
-        memcpy(b->data + b->len, &h, sizeof h);
-        b->len += sizeof h;
-        if (l1)
-                memcpy(b->data + b->len, p1, l1);
-        b->len += l1;
-        if (l2)
-                memcpy(b->data + b->len, p2, l2);
-        b->len += l2;
-}
-
-/* Body bytes as REQ_BODY/RESP_BODY frames of at most PEER_FRAME_MAX. */
-static void frame_body(struct buf *b, uint8_t type, uint64_t stream, const char *data, size_t len) {
-        while (len > 0) {
-                size_t n = MIN(len, (size_t)PEER_FRAME_MAX);
-                frame_put(b, type, 0, stream, data, n, NULL, 0);
-                data += n;
-                len -= n;
-        }
-}
+static const struct backend_ops remote_backend_ops;
+static const struct sink_ops stream_sink_ops;
 
 /* ---- the peer table ---- */
 
@@ -99,25 +86,34 @@ static struct remote_group *group_find(struct peers *ps, const char *app, const 
                 free(g);
                 return NULL;
         }
+        list_init(&g->backends);
         list_add_tail(&ps->groups, &g->link);
         return g;
 }
 
+/* q is done at its peer (answered, failed or rejected): release its slot. */
+static void out_release(struct peer *p, struct request *q) {
+        uint32_t slot = (uint32_t)q->backend_id;
+        struct remote_target *t = list_entry(q->backend, struct remote_target, be);
+
+        p->slots[slot] = NULL;
+        p->free_slots[p->n_free++] = slot;
+        p->n_used--;
+        t->inflight--;
+        q->dep->remote_inflight--;
+        q->backend = NULL;
+}
+
 static void peer_fail_all(struct peer *p, const char *why) {
         for (uint32_t i = 0; i < p->n_slots; i++) {
-                struct upreq *u = p->slots[i];
-                if (!u)
+                struct request *q = p->slots[i];
+                if (!q)
                         continue;
-                p->slots[i] = NULL;
-                p->free_slots[p->n_free++] = i;
-                p->n_used--;
-                u->rt->inflight--;
-                u->dep->remote_inflight--;
-                u->rt = NULL;
-                if (upreq_waiting(u))
-                        proxy_upreq_fail(u, 502, why);
+                out_release(p, q);
+                if (request_waiting(q))
+                        request_fail(q, 502, why);
                 else
-                        upreq_free(u);
+                        request_release(q);
         }
         p->generation++;
 }
@@ -140,6 +136,11 @@ static void out_on_connect(struct netconn *nc) {
         p->ps->kick = true; /* requests that waited for a peer may go now */
 }
 
+static void backoff(struct peer *p) {
+        p->backoff_ns = p->backoff_ns ? MIN(BACKOFF_MAX_NS, p->backoff_ns * 2) : BACKOFF_MIN_NS;
+        p->next_connect_ns = now_ns() + p->backoff_ns;
+}
+
 static void out_on_close(struct netconn *nc, int err) {
         struct peer *p = nc->userdata;
         if (!p)
@@ -148,8 +149,7 @@ static void out_on_close(struct netconn *nc, int err) {
                 log_warning("data connection to node %s lost: %s", p->name, err ? strerror(-err) : "closed by the peer");
         p->nc = NULL;
         p->up = false;
-        p->backoff_ns = p->backoff_ns ? MIN(BACKOFF_MAX_NS, p->backoff_ns * 2) : BACKOFF_MIN_NS;
-        p->next_connect_ns = now_ns() + p->backoff_ns;
+        backoff(p);
         peer_fail_all(p, "the node serving the request went away");
 }
 
@@ -157,21 +157,25 @@ static void peer_connect(struct peer *p) {
         int r = netconn_connect(p->ps->loop, p->address, p->port, &out_ops, p, &p->nc);
         if (r < 0) {
                 p->nc = NULL;
-                p->backoff_ns = p->backoff_ns ? MIN(BACKOFF_MAX_NS, p->backoff_ns * 2) : BACKOFF_MIN_NS;
-                p->next_connect_ns = now_ns() + p->backoff_ns;
+                backoff(p);
                 log_debug("cannot connect to node %s at %s:%d: %s", p->name, p->address, p->port, strerror(-r));
+                return;
         }
+        /* Our own requests: at most the busy budget plus one request's body. */
+        p->nc->out_limit = LINK_REQ_BUDGET + (size_t)MIN(p->ps->opts.max_body, (uint64_t)SIZE_MAX / 4) + (2u << 20);
+        p->nc->in_limit = 2 * PEER_FRAME_MAX + 64;
 }
 
 void peers_update_begin(struct peers *ps) {
-        struct list *pos, *tmp;
+        struct list *pos, *tmp, *p2;
         list_for_each_safe(pos, tmp, &ps->peers)
                 list_entry(pos, struct peer, link)->seen = false;
         list_for_each_safe(pos, tmp, &ps->groups) {
                 struct remote_group *g = list_entry(pos, struct remote_group, link);
-                for (size_t i = 0; i < g->n_targets; i++) {
-                        g->targets[i]->ready = 0;
-                        g->targets[i]->capacity = 0;
+                for (p2 = g->backends.next; p2 != &g->backends; p2 = p2->next) {
+                        struct remote_target *t = list_entry(p2, struct remote_target, be.link);
+                        t->ready = 0;
+                        t->capacity = 0;
                 }
         }
 }
@@ -219,22 +223,20 @@ struct peer *peers_update_node(struct peers *ps, const char *name, const char *a
 int peers_update_target(struct peers *ps, struct peer *peer, const char *app, const char *name, int ready, int max_ongoing) {
         struct remote_group *g = group_find(ps, app, name, true);
         struct remote_target *t = NULL;
+        struct list *pos;
 
         if (!g)
                 return -ENOMEM;
-        for (size_t i = 0; i < g->n_targets; i++)
-                if (g->targets[i]->peer == peer)
-                        t = g->targets[i];
+        for (pos = g->backends.next; pos != &g->backends; pos = pos->next)
+                if (list_entry(pos, struct remote_target, be.link)->peer == peer)
+                        t = list_entry(pos, struct remote_target, be.link);
         if (!t) {
-                struct remote_target **n = realloc(g->targets, (g->n_targets + 1) * sizeof *n);
-                if (!n)
-                        return -ENOMEM;
-                g->targets = n;
                 t = calloc(1, sizeof *t);
                 if (!t)
                         return -ENOMEM;
                 t->peer = peer;
-                g->targets[g->n_targets++] = t;
+                t->be.ops = &remote_backend_ops;
+                list_add_tail(&g->backends, &t->be.link);
         }
         t->ready = ready;
         t->capacity = ready * MAX(max_ongoing, 1);
@@ -258,8 +260,20 @@ void peers_update_end(struct peers *ps) {
         }
 }
 
+int peers_set_placed(struct peers *ps, const char *app, const char *name, int placed) {
+        struct remote_group *g = group_find(ps, app, name, true);
+        if (!g)
+                return -ENOMEM;
+        g->placed = placed;
+        return 0;
+}
+
 void peers_attach(struct peers *ps, struct deployment *d) {
-        d->remote = group_find(ps, d->app, d->name, true);
+        struct remote_group *g = group_find(ps, d->app, d->name, true);
+
+        d->remote = g;
+        d->remote_backends = g ? &g->backends : NULL;
+        d->remote_placed = g ? &g->placed : NULL;
         if (d->queue_len > 0)
                 router_dispatch(ps->router, d);
 }
@@ -280,53 +294,28 @@ uint64_t peers_tick(struct peers *ps, uint64_t now) {
         return next;
 }
 
-/* ---- sending requests to peers ---- */
+/* ---- our requests at peers: a remote target is a backend ---- */
 
-static bool target_usable(const struct remote_target *t) {
-        return t->peer->up && !t->rejected && t->ready > 0 && t->inflight < t->capacity;
+static bool remote_available(const struct backend *b) {
+        const struct remote_target *t = list_entry(b, struct remote_target, be);
+        return t->peer->up && !t->rejected && t->ready > 0 && t->inflight < t->capacity &&
+               netconn_unsent(t->peer->nc) < LINK_REQ_BUDGET;
 }
 
-bool peer_group_available(const struct remote_group *g, int local_target) {
-        for (size_t i = 0; i < g->n_targets; i++)
-                if (g->targets[i]->ready > 0 && !g->targets[i]->rejected && g->targets[i]->peer->seen)
-                        return true;
-        return g->placed > local_target;
+static bool remote_may_serve(const struct backend *b) {
+        const struct remote_target *t = list_entry(b, struct remote_target, be);
+        return t->ready > 0 && !t->rejected && t->peer->seen;
 }
 
-int peers_set_placed(struct peers *ps, const char *app, const char *name, int placed) {
-        struct remote_group *g = group_find(ps, app, name, true);
-        if (!g)
-                return -ENOMEM;
-        g->placed = placed;
-        return 0;
-}
-
-struct remote_target *peer_pick(struct remote_group *g) {
-        struct remote_target *a = NULL, *b = NULL;
-        unsigned seen = 0;
-
-        for (size_t i = 0; i < g->n_targets; i++) {
-                struct remote_target *t = g->targets[i];
-                if (!target_usable(t))
-                        continue;
-                seen++;
-                if (!a)
-                        a = t;
-                else if (!b)
-                        b = t;
-                else if ((unsigned)random() % seen < 1)
-                        b = t;
-        }
-        if (!b)
-                return a;
-        /* Less loaded relative to its capacity wins. */
-        return (double)a->inflight / a->capacity <= (double)b->inflight / b->capacity ? a : b;
+static double remote_load(const struct backend *b) {
+        const struct remote_target *t = list_entry(b, struct remote_target, be);
+        return t->capacity > 0 ? (double)t->inflight / t->capacity : 1e9;
 }
 
 static int slot_alloc(struct peer *p, uint32_t *ret) {
         if (p->n_free == 0) {
                 uint32_t n = p->n_slots ? p->n_slots * 2 : 64;
-                struct upreq **s = realloc(p->slots, n * sizeof *s);
+                struct request **s = realloc(p->slots, n * sizeof *s);
                 if (!s)
                         return -ENOMEM;
                 p->slots = s;
@@ -344,161 +333,129 @@ static int slot_alloc(struct peer *p, uint32_t *ret) {
         return 0;
 }
 
-void peer_send(struct remote_target *t, struct upreq *u) {
+static void remote_send(struct backend *b, struct request *q) {
+        struct remote_target *t = list_entry(b, struct remote_target, be);
         struct peer *p = t->peer;
-        struct buf *b = netconn_outbuf(p->nc);
-        size_t head_len = (size_t)(u->body - u->raw), app_len = strlen(u->dep->app);
+        uint64_t sid;
         uint32_t slot;
-        uint8_t fixed[16];
+        int r;
 
         if (slot_alloc(p, &slot) < 0) {
-                proxy_upreq_fail(u, 503, "out of memory");
+                request_fail(q, 503, "out of memory");
                 return;
         }
-        p->slots[slot] = u;
+        sid = (uint64_t)p->generation << 32 | slot;
+        r = peer_wire_put_req(netconn_outbuf(p->nc), p->nc->out_limit, sid, q->dep->app, strlen(q->dep->app), q->raw,
+                              q->head_len, q->body, q->body_len);
+        if (r < 0) {
+                p->free_slots[p->n_free++] = slot;
+                request_fail(q, r == -EMSGSIZE ? 431 : 503,
+                             r == -EMSGSIZE ? "the request head is too large to forward" : "the link to the node is full");
+                return;
+        }
+        p->slots[slot] = q;
         p->n_used++;
-        u->peer_sid = (uint64_t)p->generation << 32 | slot;
-        u->rt = t;
-        u->state = UPREQ_SENT;
-        u->tries++;
+        q->backend = b;
+        q->backend_id = sid;
+        q->state = REQUEST_SENT;
         t->inflight++;
-        u->dep->remote_inflight++;
+        q->dep->remote_inflight++;
         p->ps->stats.sent++;
-
-        uint16_t al = (uint16_t)app_len, zero = 0;
-        uint32_t hl = (uint32_t)head_len;
-        uint64_t bl = u->body_len;
-        memcpy(fixed, &al, 2);
-        memcpy(fixed + 2, &zero, 2);
-        memcpy(fixed + 4, &hl, 4);
-        memcpy(fixed + 8, &bl, 8);
-        size_t first = MIN((size_t)u->body_len, (size_t)PEER_FRAME_MAX - MIN((size_t)PEER_FRAME_MAX, 16 + app_len + head_len));
-        struct buf tmp = {};
-        (void)buf_append(&tmp, fixed, 16, SIZE_MAX);
-        (void)buf_append(&tmp, u->dep->app, app_len, SIZE_MAX);
-        (void)buf_append(&tmp, u->raw, head_len, SIZE_MAX);
-        frame_put(b, PEER_REQ, 0, u->peer_sid, tmp.data, tmp.len, u->body, first);
-        buf_free(&tmp);
-        frame_body(b, PEER_REQ_BODY, u->peer_sid, u->body + first, (size_t)u->body_len - first);
         netconn_flush(p->nc);
 }
 
-/* u is done at its peer (answered, failed or rejected): release its slot. */
-static void out_release(struct peer *p, struct upreq *u) {
-        uint32_t slot = (uint32_t)u->peer_sid;
-        p->slots[slot] = NULL;
-        p->free_slots[p->n_free++] = slot;
-        p->n_used--;
-        u->rt->inflight--;
-        u->dep->remote_inflight--;
-        u->rt = NULL;
-}
+static void remote_cancel(struct request *q) {
+        struct peer *p = list_entry(q->backend, struct remote_target, be)->peer;
 
-void peer_cancel(struct upreq *u) {
-        struct peer *p = u->rt->peer;
-
-        u->conn = NULL;
-        if (u->cancelled)
-                return;
-        u->cancelled = true;
-        if (p->nc && !p->nc->closed) {
-                frame_put(netconn_outbuf(p->nc), PEER_CANCEL, 0, u->peer_sid, NULL, 0, NULL, 0);
+        /* The slot stays until the peer answers; the rest of its response is discarded. */
+        if (p->nc && peer_wire_put(netconn_outbuf(p->nc), p->nc->out_limit, PEER_CANCEL, 0, q->backend_id, NULL, 0,
+                                   NULL, 0) == 0)
                 netconn_flush(p->nc);
-        }
 }
 
-static struct upreq *out_lookup(struct peer *p, uint64_t sid) {
+/* The sink of a response from a peer has room again. The link is read on regardless (it
+ * carries other requests' responses): a sink past its budget by what one frame brings is
+ * bounded by the sink itself, which drops a client that does not read. */
+static void remote_resume(struct request *q) { (void)q; }
+
+static const struct backend_ops remote_backend_ops = {
+        .available = remote_available,
+        .may_serve = remote_may_serve,
+        .load = remote_load,
+        .send = remote_send,
+        .cancel = remote_cancel,
+        .resume = remote_resume,
+};
+
+static struct request *out_lookup(struct peer *p, uint64_t sid) {
         uint32_t slot = (uint32_t)sid;
         if ((uint32_t)(sid >> 32) != p->generation || slot >= p->n_slots)
                 return NULL;
         return p->slots[slot];
 }
 
-/* Header lines from a peer: "Name: value\r\n"..., no bare CR/LF, bounded. */
-static bool headers_valid(const char *h, size_t len) {
-        size_t i = 0;
-        while (i < len) {
-                const char *eol = memchr(h + i, '\r', len - i);
-                if (!eol || (size_t)(eol - h) + 1 >= len || eol[1] != '\n')
-                        return false;
-                const char *colon = memchr(h + i, ':', (size_t)(eol - (h + i)));
-                if (!colon || colon == h + i || memchr(h + i, '\n', (size_t)(eol - (h + i))))
-                        return false;
-                i = (size_t)(eol - h) + 2;
-        }
-        return true;
-}
+static void finish_out(struct peer *p, struct request *q) {
+        struct deployment *dep = q->dep;
 
-static void finish_out(struct peer *p, struct upreq *u) {
-        struct deployment *dep = u->dep;
-        out_release(p, u);
-        if (upreq_waiting(u))
-                proxy_response_end(u);
+        out_release(p, q);
+        q->state = REQUEST_DONE;
+        if (request_waiting(q))
+                request_end(q);
         else
-                upreq_free(u);
+                request_release(q);
         router_dispatch(p->ps->router, dep);
 }
 
 /* Returns 0, or -EBADMSG to drop the connection. */
 static int out_frame(struct peer *p, const struct peer_frame_header *h, const char *pl) {
-        struct upreq *u = out_lookup(p, h->stream);
+        struct request *q = out_lookup(p, h->stream);
         struct deployment *dep;
+        struct peer_resp resp;
 
-        if (!u)
+        if (!q)
                 return -EBADMSG;
         switch (h->type) {
-        case PEER_RESP: {
-                uint64_t body_len;
-                uint32_t hl;
-                if (u->state == UPREQ_RESPONDING || h->len < 16)
+        case PEER_RESP:
+                if (q->state == REQUEST_RESPONDING || peer_wire_parse_resp(h, pl, PROTO_MAX_RESP_BODY, &resp) < 0)
                         return -EBADMSG;
-                memcpy(&body_len, pl, 8);
-                memcpy(&hl, pl + 8, 4);
-                if (h->status < 100 || h->status > 599 || hl > PEER_MAX_HEADERS || hl > h->len - 16 ||
-                    body_len > PROTO_MAX_RESP_BODY || h->len - 16 - hl > body_len || !headers_valid(pl + 16, hl))
-                        return -EBADMSG;
-                u->state = UPREQ_RESPONDING;
-                u->resp_body_len = body_len;
-                u->resp_received = h->len - 16 - hl;
-                if (upreq_waiting(u)) {
-                        proxy_response_begin(u, h->status, pl + 16, hl, body_len);
-                        if (u->resp_received && upreq_waiting(u))
-                                proxy_response_body(u, pl + 16 + hl, (size_t)u->resp_received);
-                }
-                if (u->resp_received == u->resp_body_len)
-                        finish_out(p, u);
+                q->state = REQUEST_RESPONDING;
+                q->resp_body_len = resp.body_len;
+                q->resp_received = resp.body_here;
+                request_begin(q, h->status, resp.headers, resp.headers_len, resp.body_len);
+                request_body(q, resp.body, resp.body_here);
+                if (q->resp_received == q->resp_body_len)
+                        finish_out(p, q);
                 return 0;
-        }
         case PEER_RESP_BODY:
-                if (u->state != UPREQ_RESPONDING || h->len > u->resp_body_len - u->resp_received)
+                if (q->state != REQUEST_RESPONDING || h->len > q->resp_body_len - q->resp_received)
                         return -EBADMSG;
-                u->resp_received += h->len;
-                if (upreq_waiting(u) && h->len)
-                        proxy_response_body(u, pl, h->len);
-                if (u->resp_received == u->resp_body_len)
-                        finish_out(p, u);
+                q->resp_received += h->len;
+                request_body(q, pl, h->len);
+                if (q->resp_received == q->resp_body_len)
+                        finish_out(p, q);
                 return 0;
         case PEER_REJECT:
         case PEER_FAIL:
-                if (u->state == UPREQ_RESPONDING)
+                if (q->state == REQUEST_RESPONDING)
                         return -EBADMSG;
-                dep = u->dep;
+                dep = q->dep;
                 if (h->type == PEER_REJECT)
-                        u->rt->rejected = true;
-                out_release(p, u);
-                if (!upreq_waiting(u)) {
-                        upreq_free(u);
-                } else if (h->type == PEER_REJECT && u->tries < MAX_TRIES) {
+                        list_entry(q->backend, struct remote_target, be)->rejected = true;
+                out_release(p, q);
+                if (!request_waiting(q)) {
+                        request_release(q);
+                } else if (h->type == PEER_REJECT && q->tries < MAX_TRIES) {
                         /* It has no replica after all (scaled away since the head told us):
                          * offer it elsewhere, here or on another node. */
                         p->ps->stats.failed_over++;
-                        int r = router_submit(p->ps->router, u);
-                        if (r < 0)
-                                proxy_upreq_fail(u, 503, "no replicas for this deployment");
+                        q->state = REQUEST_NEW;
+                        if (router_submit(p->ps->router, q, 0) < 0)
+                                request_fail(q, 503, "no replicas for this deployment");
                 } else {
                         char why[256];
+                        int st = h->status >= 400 && h->status <= 599 ? h->status : 502;
                         snprintf(why, sizeof why, "%.*s", (int)MIN(h->len, 200u), h->type == PEER_FAIL ? pl : "no replica");
-                        proxy_upreq_fail(u, h->status >= 400 && h->status <= 599 ? h->status : 502, why);
+                        request_fail(q, st, why);
                 }
                 router_dispatch(p->ps->router, dep);
                 return 0;
@@ -509,20 +466,16 @@ static int out_frame(struct peer *p, const struct peer_frame_header *h, const ch
 
 static void out_on_data(struct netconn *nc) {
         struct peer *p = nc->userdata;
+        struct peer_frame_header h;
+        const char *pl;
+        int r;
 
-        while (p && nc->in.len >= sizeof(struct peer_frame_header)) {
-                struct peer_frame_header h;
-                memcpy(&h, nc->in.data, sizeof h);
-                if (h.len > PEER_FRAME_MAX) {
-                        log_error("node %s sent an oversized frame: disconnecting", p->name);
-                        peer_disconnect(p, "the node serving the request sent garbage");
-                        return;
-                }
-                if (nc->in.len < sizeof h + h.len)
-                        return;
-                if (out_frame(p, &h, nc->in.data + sizeof h) < 0) {
+        while (p && (r = peer_wire_next(nc->in.data, nc->in.len, &h, &pl)) != 0) {
+                if (r < 0 || out_frame(p, &h, pl) < 0) {
                         log_error("node %s sent an invalid frame (type %u): disconnecting", p->name, h.type);
+                        p->ps->stats.links_dropped++;
                         peer_disconnect(p, "the node serving the request sent garbage");
+                        backoff(p);
                         return;
                 }
                 buf_consume(&nc->in, sizeof h + h.len);
@@ -536,217 +489,321 @@ static const struct netconn_ops out_ops = {
         .on_close = out_on_close,
 };
 
-/* ---- requests from peers ---- */
+/* ---- requests from peers: a stream is a sink ---- */
 
-static void in_reply(struct upreq *u, uint8_t type, uint16_t status, const void *p1, size_t l1, const void *p2, size_t l2) {
-        struct peer_in *pin = u->stream;
-        if (!pin->nc || pin->nc->closed)
-                return;
-        frame_put(netconn_outbuf(pin->nc), type, status, u->stream_id, p1, l1, p2, l2);
-        netconn_flush(pin->nc);
+static struct list *bucket_of(struct peer_in *pin, uint64_t stream) {
+        uint64_t h = stream * 0x9e3779b97f4a7c15ull;
+        return &pin->buckets[(h >> 32) & (STREAM_BUCKETS - 1)];
 }
 
-void peer_stream_detach(struct upreq *u) {
-        if (u->stream) {
-                u->stream->n_streams--;
-                list_del(&u->slink);
-                u->stream = NULL;
+/* The request of `stream`, in O(1) (streams are capped, buckets are as many). */
+static struct request *stream_find(struct peer_in *pin, uint64_t stream) {
+        struct list *b = bucket_of(pin, stream), *pos;
+
+        for (pos = b->next; pos != b; pos = pos->next) {
+                struct request *q = list_entry(pos, struct request, sink_link);
+                if (q->sink_id == stream)
+                        return q;
         }
-}
-
-static void in_done(struct upreq *u) {
-        peer_stream_detach(u);
-        upreq_free(u);
-}
-
-void peer_stream_response_begin(struct upreq *u, int status, const char *headers, size_t headers_len, uint64_t body_len) {
-        uint8_t fixed[16] = {};
-        uint32_t hl = (uint32_t)headers_len;
-        memcpy(fixed, &body_len, 8);
-        memcpy(fixed + 8, &hl, 4);
-        in_reply(u, PEER_RESP, (uint16_t)status, fixed, 16, headers, headers_len);
-}
-
-void peer_stream_response_body(struct upreq *u, const void *data, size_t len) {
-        struct peer_in *pin = u->stream;
-        if (!pin->nc || pin->nc->closed)
-                return;
-        frame_body(netconn_outbuf(pin->nc), PEER_RESP_BODY, u->stream_id, data, len);
-        netconn_flush(pin->nc);
-}
-
-void peer_stream_response_end(struct upreq *u) { in_done(u); }
-
-void peer_stream_fail(struct upreq *u, int status, const char *why) {
-        in_reply(u, PEER_FAIL, (uint16_t)status, why, strlen(why), NULL, 0);
-        in_done(u);
-}
-
-void peer_stream_reject(struct upreq *u, int status) {
-        u->stream->ps->stats.rejected++;
-        in_reply(u, PEER_REJECT, (uint16_t)status, NULL, 0, NULL, 0);
-        in_done(u);
-}
-
-static const struct route *route_for_app(struct router *r, const char *app, size_t len) {
-        for (size_t i = 0; i < r->n_routes; i++)
-                if (strlen(r->routes[i].app) == len && memcmp(r->routes[i].app, app, len) == 0)
-                        return &r->routes[i];
         return NULL;
 }
 
-/* The whole request is here: hand it to the router like one from a client. */
-static void in_submit(struct peer_in *pin, struct upreq *u, const struct route *rt) {
+/* Queues a frame to the peer. A peer that lets more than LINK_OUT_LIMIT pile up is torn down. */
+static void in_send(struct peer_in *pin, uint8_t type, uint16_t status, uint64_t stream, const void *p, size_t l);
+static void in_teardown_later(struct peer_in *pin, const char *why);
+
+static bool in_writable(const struct peer_in *pin) { return !pin->dead && pin->nc && !pin->nc->closed; }
+
+static void in_send(struct peer_in *pin, uint8_t type, uint16_t status, uint64_t stream, const void *p, size_t l) {
+        if (!in_writable(pin))
+                return;
+        if (peer_wire_put(netconn_outbuf(pin->nc), LINK_OUT_LIMIT, type, status, stream, p, l, NULL, 0) < 0) {
+                in_teardown_later(pin, "it does not read its responses");
+                return;
+        }
+        netconn_flush(pin->nc);
+}
+
+static void stream_gone(struct request *q) {
+        struct peer_in *pin = q->sink_ctx;
+
+        pin->n_streams--;
+        if (q->sink_blocked && pin->n_blocked)
+                pin->n_blocked--;
+        q->sink_blocked = false;
+}
+
+static void stream_begin(struct request *q, int status, const char *headers, size_t headers_len, uint64_t body_len) {
+        struct peer_in *pin = q->sink_ctx;
+
+        if (!in_writable(pin))
+                return;
+        if (peer_wire_put_resp(netconn_outbuf(pin->nc), LINK_OUT_LIMIT, q->sink_id, status, headers, headers_len,
+                               body_len) < 0) {
+                in_teardown_later(pin, "it does not read its responses");
+                return;
+        }
+        netconn_flush(pin->nc);
+}
+
+static void stream_body(struct request *q, const void *data, size_t len) {
+        struct peer_in *pin = q->sink_ctx;
+
+        if (!in_writable(pin))
+                return;
+        if (peer_wire_put_body(netconn_outbuf(pin->nc), LINK_OUT_LIMIT, PEER_RESP_BODY, q->sink_id, data, len) < 0) {
+                in_teardown_later(pin, "it does not read its responses");
+                return;
+        }
+        netconn_flush(pin->nc);
+}
+
+static size_t stream_room(const struct request *q) {
+        struct peer_in *pin = q->sink_ctx;
+        size_t unsent;
+
+        if (!in_writable(pin))
+                return SIZE_MAX; /* being torn down: what comes is discarded */
+        unsent = netconn_unsent(pin->nc);
+        if (unsent < LINK_OUT_BUDGET)
+                return LINK_OUT_BUDGET - unsent;
+        if (!q->sink_blocked)
+                pin->n_blocked++; /* the backend sets sink_blocked when it stops */
+        return 0;
+}
+
+static void stream_end(struct request *q) { stream_gone(q); }
+
+static void stream_fail(struct request *q, int status, const char *why) {
+        in_send(q->sink_ctx, PEER_FAIL, (uint16_t)status, q->sink_id, why, strlen(why));
+        stream_gone(q);
+}
+
+static void stream_reject(struct request *q, int status) {
+        struct peer_in *pin = q->sink_ctx;
+
+        pin->ps->stats.rejected++;
+        in_send(pin, PEER_REJECT, (uint16_t)status, q->sink_id, NULL, 0);
+        stream_gone(q);
+}
+
+static const struct sink_ops stream_sink_ops = {
+        .begin = stream_begin,
+        .body = stream_body,
+        .end = stream_end,
+        .fail = stream_fail,
+        .reject = stream_reject,
+        .room = stream_room,
+};
+
+/* The peer reads again: streams whose replicas waited may go on. */
+static void in_on_drain(struct netconn *nc) {
+        struct peer_in *pin = nc->userdata;
+
+        if (!pin || pin->n_blocked == 0)
+                return;
+        pin->n_blocked = 0;
+        for (unsigned i = 0; i < STREAM_BUCKETS; i++) {
+                struct list *pos, *tmp;
+                list_for_each_safe(pos, tmp, &pin->buckets[i]) {
+                        struct request *q = list_entry(pos, struct request, sink_link);
+                        if (q->sink_blocked)
+                                request_sink_ready(q);
+                }
+        }
+}
+
+/* Refuses a request that arrived whole or whose body is still coming: answers it now and drops
+ * its body frames as they arrive. */
+static void in_refuse(struct peer_in *pin, uint64_t stream, uint64_t body_left, uint8_t type, int status, const char *why) {
+        pin->ps->stats.refused += type == PEER_FAIL;
+        if (type == PEER_REJECT)
+                pin->ps->stats.rejected++;
+        in_send(pin, type, (uint16_t)status, stream, why, why ? strlen(why) : 0);
+        if (body_left) {
+                pin->discarding = true;
+                pin->discard_stream = stream;
+                pin->discard_left = body_left;
+        }
+}
+
+/* The whole request is here: route it like one from a client, on its normalised path. */
+static void in_submit(struct peer_in *pin, struct request *q, const char *app, size_t app_len) {
         int r;
 
         pin->assembling = NULL;
-        u->dep = rt->ingress;
-        router_set_path(rt, u);
+        if (!router_route_of_app(pin->ps->router, app, app_len)) {
+                /* Not (or no longer) an application here: the sender tries elsewhere. */
+                request_reject(q, 503);
+                return;
+        }
+        if (!router_route(pin->ps->router, q, app, app_len)) {
+                request_fail(q, 404, "the path is not under the application's route_prefix");
+                return;
+        }
+        q->start_ns = now_ns();
         pin->ps->stats.received++;
-        r = router_submit(pin->ps->router, u);
+        r = router_submit(pin->ps->router, q, pin->ps->opts.request_timeout_s);
         if (r == -ENOENT)
-                peer_stream_reject(u, 503);
+                request_reject(q, 503);
         else if (r < 0)
-                peer_stream_fail(u, 503, "queue full: too many requests waiting for this deployment");
+                request_fail(q, 503, "queue full: too many requests waiting for this deployment");
+}
+
+/* A REQ frame. Returns 0, or -EBADMSG to drop the connection. */
+static int in_request(struct peer_in *pin, const struct peer_frame_header *h, const char *pl) {
+        const struct peers_options *o = &pin->ps->opts;
+        struct peer_req pr;
+        struct request *q;
+        int r;
+
+        if (peer_wire_parse_req(h, pl, &pr) < 0 || stream_find(pin, h->stream))
+                return -EBADMSG; /* a stream id still in use is a protocol error */
+        uint64_t body_left = pr.body_len - pr.body_here;
+        if (pin->n_streams >= MAX_STREAMS_IN) {
+                in_refuse(pin, h->stream, body_left, PEER_FAIL, 503, "too many requests from this node at once");
+                return 0;
+        }
+        if (pr.body_len > o->max_body) {
+                in_refuse(pin, h->stream, body_left, PEER_FAIL, 413, "the body is larger than max_request_body_bytes");
+                return 0;
+        }
+        if (pr.head_len > o->limits.max_head) {
+                in_refuse(pin, h->stream, body_left, PEER_FAIL, 431, "the request head is too large");
+                return 0;
+        }
+        q = request_new(&stream_sink_ops, pin, h->stream);
+        if (!q)
+                return -EBADMSG;
+        if (request_body_reserve(q, pr.head_len + pr.body_len) < 0) {
+                request_free(q);
+                in_refuse(pin, h->stream, body_left, PEER_FAIL, 503, "the node's request-body budget is exhausted");
+                return 0;
+        }
+        q->raw = malloc(pr.head_len + (size_t)pr.body_len + 1);
+        if (!q->raw) {
+                request_free(q);
+                in_refuse(pin, h->stream, body_left, PEER_FAIL, 503, "out of memory");
+                return 0;
+        }
+        memcpy(q->raw, pr.head, pr.head_len);
+        r = http_parse_request(q->raw, pr.head_len, 0, &o->limits, &q->req);
+        if (r != (int)pr.head_len) {
+                request_free(q);
+                in_refuse(pin, h->stream, body_left, PEER_FAIL, 400, "invalid request head");
+                return 0;
+        }
+        if (request_normalize_path(q) < 0) {
+                request_free(q);
+                in_refuse(pin, h->stream, body_left, PEER_FAIL, 400, "the path climbs above /");
+                return 0;
+        }
+        q->head_len = pr.head_len;
+        q->body = q->raw + pr.head_len;
+        q->body_len = pr.body_len;
+        q->local_only = true;
+        memcpy(q->raw + pr.head_len, pr.body, pr.body_here);
+        q->body_sent = pr.body_here; /* body bytes received so far (reset when submitted) */
+        list_add_tail(bucket_of(pin, h->stream), &q->sink_link);
+        pin->n_streams++;
+        if (body_left == 0) {
+                q->body_sent = 0;
+                in_submit(pin, q, pr.app, pr.app_len);
+                return 0;
+        }
+        pin->assembling = q;
+        memcpy(pin->assembling_app, pr.app, pr.app_len);
+        pin->assembling_app[pr.app_len] = 0;
+        return 0;
 }
 
 /* Returns 0, or -EBADMSG to drop the connection. */
 static int in_frame(struct peer_in *pin, const struct peer_frame_header *h, const char *pl) {
-        struct upreq *u = pin->assembling;
+        struct request *q = pin->assembling;
 
-        if (u && h->type != PEER_REQ_BODY)
-                return -EBADMSG; /* frames of one request are contiguous */
-        switch (h->type) {
-        case PEER_REQ: {
-                uint16_t al;
-                uint32_t hl;
-                uint64_t bl;
-                const struct route *rt;
-                int r;
-
-                if (h->len < 16)
+        if (pin->discarding) {
+                /* The body of a refused request: frames of one request are contiguous. */
+                if (h->type != PEER_REQ_BODY || h->stream != pin->discard_stream || h->len > pin->discard_left)
                         return -EBADMSG;
-                memcpy(&al, pl, 2);
-                memcpy(&hl, pl + 4, 4);
-                memcpy(&bl, pl + 8, 8);
-                if (al == 0 || al >= sizeof pin->assembling_app || hl == 0 || (uint64_t)16 + al + hl > h->len || bl > (1ull << 32) ||
-                    h->len - 16 - al - hl > bl)
-                        return -EBADMSG;
-                u = calloc(1, sizeof *u);
-                if (!u)
-                        return -EBADMSG;
-                list_init(&u->link);
-                list_init(&u->tlink);
-                list_init(&u->slink);
-                u->raw = malloc((size_t)hl + (size_t)bl + 1);
-                if (!u->raw) {
-                        free(u);
-                        return -EBADMSG;
-                }
-                memcpy(u->raw, pl + 16 + al, hl);
-                r = http_parse_request(u->raw, hl, 0, &pin->ps->limits, &u->req);
-                if (r != (int)hl) {
-                        upreq_free(u);
-                        return -EBADMSG;
-                }
-                u->body = u->raw + hl;
-                u->body_len = bl;
-                u->resp_received = h->len - 16 - al - hl; /* body bytes so far (reused until submitted) */
-                memcpy(u->raw + hl, pl + 16 + al + hl, (size_t)u->resp_received);
-                u->stream = pin;
-                u->stream_id = h->stream;
-                list_add_tail(&pin->streams, &u->slink);
-                pin->n_streams++;
-                rt = route_for_app(pin->ps->router, pl + 16, al);
-                if (rt && pin->n_streams <= MAX_STREAMS_IN)
-                        snprintf(pin->assembling_app, sizeof pin->assembling_app, "%.*s", (int)al, pl + 16);
-                else
-                        pin->assembling_app[0] = 0;
-                if (!rt || pin->n_streams > MAX_STREAMS_IN) {
-                        /* Not (or no longer) an application here: the sender tries elsewhere. */
-                        if (u->resp_received == bl)
-                                peer_stream_reject(u, 503);
-                        else
-                                pin->assembling = u; /* reject once its body passed */
-                        return 0;
-                }
-                if (u->resp_received == bl) {
-                        u->resp_received = 0;
-                        in_submit(pin, u, rt);
-                } else
-                        pin->assembling = u;
+                pin->discard_left -= h->len;
+                pin->discarding = pin->discard_left > 0;
                 return 0;
         }
-        case PEER_REQ_BODY: {
-                if (!u || h->len > u->body_len - u->resp_received)
-                        return -EBADMSG;
-                memcpy((char *)u->body + u->resp_received, pl, h->len);
-                u->resp_received += h->len;
-                if (u->resp_received == u->body_len) {
-                        /* Find the app again: routes may have changed while the body came. */
-                        const struct route *rt = pin->assembling_app[0]
-                                ? route_for_app(pin->ps->router, pin->assembling_app, strlen(pin->assembling_app))
-                                : NULL;
-                        u->resp_received = 0;
-                        pin->assembling = NULL;
-                        if (!rt) {
-                                peer_stream_reject(u, 503);
-                                return 0;
-                        }
-                        in_submit(pin, u, rt);
-                }
-                return 0;
-        }
-        case PEER_CANCEL: {
-                struct list *pos, *tmp;
-                list_for_each_safe(pos, tmp, &pin->streams) {
-                        struct upreq *x = list_entry(pos, struct upreq, slink);
-                        if (x->stream_id != h->stream || x == pin->assembling)
-                                continue;
-                        if (x->state == UPREQ_QUEUED) {
-                                router_unqueue(x);
-                                in_done(x);
-                        } else
-                                replica_link_cancel(x); /* detaches it from us (peer_stream_detach) */
-                        break;
-                }
-                return 0;
-        }
-        default:
+        if (q && (h->type != PEER_REQ_BODY || h->stream != q->sink_id))
                 return -EBADMSG;
+        switch (h->type) {
+        case PEER_REQ:
+                return in_request(pin, h, pl);
+        case PEER_REQ_BODY:
+                if (!q || h->len > q->body_len - q->body_sent)
+                        return -EBADMSG;
+                memcpy((char *)q->body + q->body_sent, pl, h->len);
+                q->body_sent += h->len;
+                if (q->body_sent == q->body_len) {
+                        q->body_sent = 0;
+                        in_submit(pin, q, pin->assembling_app, strlen(pin->assembling_app));
+                }
+                return 0;
+        case PEER_CANCEL:
+                /* Unknown streams are ignored: the answer may have crossed the cancel. */
+                if ((q = stream_find(pin, h->stream)) && q != pin->assembling) {
+                        stream_gone(q);
+                        request_abandon(q);
+                }
+                return 0;
+        default:
+                return -EBADMSG; /* responses never travel this way */
         }
 }
 
+/* Every request of the link is abandoned like those of a client that went away. */
 static void in_free(struct peer_in *pin) {
-        struct list *pos, *tmp;
-
-        /* Its requests are cancelled like those of a client that went away. */
-        list_for_each_safe(pos, tmp, &pin->streams) {
-                struct upreq *u = list_entry(pos, struct upreq, slink);
-                if (u == pin->assembling || u->state == UPREQ_QUEUED) {
-                        if (u != pin->assembling)
-                                router_unqueue(u);
-                        in_done(u);
-                } else
-                        replica_link_cancel(u);
+        loop_undefer(&pin->teardown);
+        for (unsigned i = 0; i < STREAM_BUCKETS; i++) {
+                while (!list_empty(&pin->buckets[i])) {
+                        struct request *q = list_first(&pin->buckets[i], struct request, sink_link);
+                        stream_gone(q);
+                        request_abandon(q); /* takes it off the bucket */
+                }
         }
         list_del(&pin->link);
         free(pin);
 }
 
+static void on_teardown(struct loop_deferred *d) {
+        struct peer_in *pin = list_entry(d, struct peer_in, teardown);
+
+        if (pin->nc) {
+                pin->nc->userdata = NULL;
+                netconn_close(pin->nc, false);
+                pin->nc = NULL;
+        }
+        in_free(pin);
+}
+
+/* Drops the link from the loop: callers may be inside one of its streams' callbacks. */
+static void in_teardown_later(struct peer_in *pin, const char *why) {
+        if (pin->dead)
+                return;
+        pin->dead = true;
+        pin->ps->stats.links_dropped++;
+        log_warning("peer %s: closing its data link: %s", pin->nc ? pin->nc->peer : "?", why);
+        loop_defer(pin->ps->loop, &pin->teardown);
+}
+
 static void in_on_data(struct netconn *nc) {
         struct peer_in *pin = nc->userdata;
+        struct peer_frame_header h;
+        const char *pl;
+        int r;
 
-        while (nc->in.len >= sizeof(struct peer_frame_header)) {
-                struct peer_frame_header h;
-                memcpy(&h, nc->in.data, sizeof h);
-                if (h.len <= PEER_FRAME_MAX && nc->in.len < sizeof h + h.len)
-                        return;
-                if (h.len > PEER_FRAME_MAX || in_frame(pin, &h, nc->in.data + sizeof h) < 0) {
-                        log_error("peer %s sent an invalid frame (type %u): disconnecting", nc->peer, h.type);
-                        nc->userdata = NULL;
-                        netconn_close(nc, false);
-                        in_free(pin);
+        /* While the peer does not read what we owe it, we read nothing more from it: its
+         * bytes wait in the socket, and the link's progress timeout ends a peer that never
+         * reads. */
+        while (pin && !pin->dead && netconn_unsent(nc) < LINK_OUT_BUDGET &&
+               (r = peer_wire_next(nc->in.data, nc->in.len, &h, &pl)) != 0) {
+                if (r < 0 || in_frame(pin, &h, pl) < 0) {
+                        in_teardown_later(pin, "it sent an invalid frame");
                         return;
                 }
                 buf_consume(&nc->in, sizeof h + h.len);
@@ -755,6 +812,8 @@ static void in_on_data(struct netconn *nc) {
 
 static void in_on_close(struct netconn *nc, int err) {
         struct peer_in *pin = nc->userdata;
+
+        (void)err;
         if (!pin)
                 return;
         pin->nc = NULL;
@@ -764,6 +823,7 @@ static void in_on_close(struct netconn *nc, int err) {
 static const struct netconn_ops in_ops = {
         .on_data = in_on_data,
         .on_close = in_on_close,
+        .on_drain = in_on_drain,
 };
 
 static void on_peer_accept(struct netlistener *l, int fd) {
@@ -775,17 +835,21 @@ static void on_peer_accept(struct netlistener *l, int fd) {
                 return;
         }
         pin->ps = ps;
-        list_init(&pin->streams);
+        for (unsigned i = 0; i < STREAM_BUCKETS; i++)
+                list_init(&pin->buckets[i]);
+        pin->teardown.fn = on_teardown;
+        list_init(&pin->teardown.link);
         if (netconn_adopt(ps->loop, fd, &in_ops, pin, &pin->nc) < 0) {
                 free(pin);
                 return;
         }
         pin->nc->in_limit = 2 * PEER_FRAME_MAX + 64;
+        pin->nc->out_limit = LINK_OUT_LIMIT + PEER_FRAME_MAX;
         list_add_tail(&ps->ins, &pin->link);
         log_debug("peer connected from %s", pin->nc->peer);
 }
 
-int peers_new(struct loop *loop, struct router *router, const char *host, int port, const struct http_limits *limits,
+int peers_new(struct loop *loop, struct router *router, const char *host, int port, const struct peers_options *opts,
               struct peers **ret) {
         struct peers *ps = calloc(1, sizeof *ps);
         int r;
@@ -794,7 +858,7 @@ int peers_new(struct loop *loop, struct router *router, const char *host, int po
                 return -ENOMEM;
         ps->loop = loop;
         ps->router = router;
-        ps->limits = *limits;
+        ps->opts = *opts;
         list_init(&ps->peers);
         list_init(&ps->groups);
         list_init(&ps->ins);
@@ -808,6 +872,8 @@ int peers_new(struct loop *loop, struct router *router, const char *host, int po
         return 0;
 }
 
+void peers_set_options(struct peers *ps, const struct peers_options *opts) { ps->opts = *opts; }
+
 void peers_stop(struct peers *ps) {
         struct list *pos, *tmp;
 
@@ -819,6 +885,7 @@ void peers_stop(struct peers *ps) {
                 if (pin->nc) {
                         pin->nc->userdata = NULL;
                         netconn_close(pin->nc, false);
+                        pin->nc = NULL;
                 }
                 in_free(pin);
         }
@@ -843,9 +910,11 @@ void peers_free(struct peers *ps) {
         }
         list_for_each_safe(pos, tmp, &ps->groups) {
                 struct remote_group *g = list_entry(pos, struct remote_group, link);
-                for (size_t i = 0; i < g->n_targets; i++)
-                        free(g->targets[i]);
-                free(g->targets);
+                while (!list_empty(&g->backends)) {
+                        struct remote_target *t = list_first(&g->backends, struct remote_target, be.link);
+                        list_del(&t->be.link);
+                        free(t);
+                }
                 free(g->app);
                 free(g->name);
                 free(g);

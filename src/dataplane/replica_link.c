@@ -4,14 +4,15 @@
 
 #include "log.h"
 #include "proto.h"
-#include "proxy.h"
 #include "replica_link.h"
-#include "peer.h"
 
 /* Scratch space for one record copied out of a response ring before it is parsed (a replica
  * can keep writing to shared memory while we read: never parse in place). One proxy thread. */
 static uint8_t *scratch;
 static size_t scratch_cap;
+
+static const struct backend_ops replica_backend_ops;
+static void on_repoll(struct loop_deferred *d);
 
 int replica_link_init(struct replica *rep, uint32_t max_ongoing) {
         rep->slots = calloc(max_ongoing, sizeof(*rep->slots));
@@ -20,12 +21,15 @@ int replica_link_init(struct replica *rep, uint32_t max_ongoing) {
         rep->n_slots = max_ongoing;
         rep->limit = max_ongoing;
         list_init(&rep->backlog);
+        rep->be.ops = &replica_backend_ops;
+        rep->repoll.fn = on_repoll;
+        list_init(&rep->repoll.link);
         return 0;
 }
 
 int replica_link_set_limit(struct replica *rep, uint32_t max_ongoing) {
         if (max_ongoing > rep->n_slots) {
-                struct upreq **n = realloc(rep->slots, max_ongoing * sizeof *n);
+                struct request **n = realloc(rep->slots, max_ongoing * sizeof *n);
                 if (!n)
                         return -ENOMEM;
                 memset(n + rep->n_slots, 0, (max_ongoing - rep->n_slots) * sizeof *n);
@@ -37,6 +41,7 @@ int replica_link_set_limit(struct replica *rep, uint32_t max_ongoing) {
 }
 
 void replica_link_free(struct replica *rep) {
+        loop_undefer(&rep->repoll);
         free(rep->slots);
         rep->slots = NULL;
         rep->n_slots = 0;
@@ -68,6 +73,8 @@ void replica_link_ring_bells(struct replica *rep) {
 /* Tries to allocate a record of header_len + up to want body bytes (at least min_body of them);
  * shrinks the body part when the ring is short of space. Returns the body bytes that fit (>= 0)
  * with *ret_p set, or -EAGAIN (nothing was allocated). */
+static void slot_release(struct replica *rep, struct request *u);
+
 static ssize_t alloc_chunked(struct ring *r, uint16_t type, size_t header_len, uint64_t want, uint64_t min_body,
                              void **ret_p) {
         uint64_t maxp = ring_max_payload(r);
@@ -87,7 +94,7 @@ static ssize_t alloc_chunked(struct ring *r, uint16_t type, size_t header_len, u
         return -EAGAIN;
 }
 
-static int send_start(struct replica *rep, struct upreq *u) {
+static int send_start(struct replica *rep, struct request *u) {
         const struct http_request *q = &u->req;
         size_t hdr_bytes = 0, fixed;
         uint32_t n_headers = 0;
@@ -102,12 +109,14 @@ static int send_start(struct replica *rep, struct upreq *u) {
                 n_headers++;
         }
         fixed = sizeof(struct proto_req_start) + q->method_len + u->path_len + q->query_len + hdr_bytes;
+        if (fixed > ring_max_payload(&rep->seg.req))
+                return -EMSGSIZE; /* a head that can never fit (the proxy's header limits prevent it) */
         chunk = alloc_chunked(&rep->seg.req, PROTO_REQ_START, fixed, u->body_len, 0, &mem);
         if (chunk < 0)
                 return (int)chunk;
 
         struct proto_req_start s = {
-                .req_id = u->id,
+                .req_id = u->backend_id,
                 .handler = 0,
                 .method_len = (uint32_t)q->method_len,
                 .path_len = (uint32_t)u->path_len,
@@ -147,14 +156,14 @@ static int send_start(struct replica *rep, struct upreq *u) {
         return 0;
 }
 
-static int send_body(struct replica *rep, struct upreq *u) {
+static int send_body(struct replica *rep, struct request *u) {
         while (u->body_sent < u->body_len) {
                 void *mem;
                 ssize_t chunk = alloc_chunked(&rep->seg.req, PROTO_REQ_BODY, sizeof(struct proto_body),
                                               u->body_len - u->body_sent, 1, &mem);
                 if (chunk < 0)
                         return -EAGAIN;
-                struct proto_body b = { .req_id = u->id, .len = (uint32_t)chunk };
+                struct proto_body b = { .req_id = u->backend_id, .len = (uint32_t)chunk };
                 memcpy(mem, &b, sizeof b);
                 memcpy((uint8_t *)mem + sizeof b, u->body + u->body_sent, (size_t)chunk);
                 u->body_sent += (uint64_t)chunk;
@@ -162,19 +171,19 @@ static int send_body(struct replica *rep, struct upreq *u) {
         return 0;
 }
 
-static int send_cancel(struct replica *rep, struct upreq *u) {
+static int send_cancel(struct replica *rep, struct request *u) {
         void *mem;
         int r = ring_alloc(&rep->seg.req, PROTO_REQ_CANCEL, 0, sizeof(struct proto_cancel), &mem);
         if (r < 0)
                 return r;
-        struct proto_cancel c = { .req_id = u->id };
+        struct proto_cancel c = { .req_id = u->backend_id };
         memcpy(mem, &c, sizeof c);
         return 0;
 }
 
 /* Pushes what it can of u. Returns 0 when the whole request (and a pending cancel) is in the
  * ring, -EAGAIN otherwise. */
-static int push(struct replica *rep, struct upreq *u) {
+static int push(struct replica *rep, struct request *u) {
         int r;
 
         if (!u->start_sent && (r = send_start(rep, u)) < 0)
@@ -186,26 +195,34 @@ static int push(struct replica *rep, struct upreq *u) {
         return 0;
 }
 
-void replica_link_send(struct replica *rep, struct upreq *u) {
+static void link_send(struct backend *b, struct request *u) {
+        struct replica *rep = list_entry(b, struct replica, be);
         uint32_t slot;
+        int r;
 
         for (slot = 0; slot < rep->n_slots && rep->slots[slot]; slot++)
                 ;
         /* The router only assigns to replicas with ongoing < n_slots. */
         if (slot == rep->n_slots) {
-                proxy_upreq_fail(u, 503, "no free slot");
+                request_fail(u, 503, "no free slot");
                 return;
         }
         rep->generation++;
-        u->rep = rep;
         u->slot = slot;
-        u->id = ((uint64_t)rep->generation << 32) | slot;
-        rep->slots[slot] = u;
-        rep->ongoing++;
-        if (list_empty(&rep->backlog) && push(rep, u) == 0) {
-                u->state = UPREQ_SENT;
+        u->backend_id = ((uint64_t)rep->generation << 32) | slot;
+        u->backend = &rep->be;
+        if (list_empty(&rep->backlog) && (r = push(rep, u)) != -EAGAIN) {
+                if (r < 0) {
+                        request_fail(u, 431, "the request head is larger than the replica's ring");
+                        return;
+                }
+                rep->slots[slot] = u;
+                rep->ongoing++;
+                u->state = REQUEST_SENT;
         } else {
-                u->state = UPREQ_SENDING;
+                rep->slots[slot] = u;
+                rep->ongoing++;
+                u->state = REQUEST_SENDING;
                 list_add_tail(&rep->backlog, &u->link);
         }
         publish_requests(rep);
@@ -217,11 +234,18 @@ bool replica_link_flush(struct replica *rep) {
         if (list_empty(&rep->backlog))
                 return false;
         list_for_each_safe(pos, tmp, &rep->backlog) {
-                struct upreq *u = list_entry(pos, struct upreq, link);
-                if (push(rep, u) < 0)
+                struct request *u = list_entry(pos, struct request, link);
+                int r = push(rep, u);
+                if (r == -EMSGSIZE) {
+                        list_del(&u->link);
+                        slot_release(rep, u);
+                        request_fail(u, 431, "the request head is larger than the replica's ring");
+                        continue;
+                }
+                if (r < 0)
                         break;
                 list_del(&u->link);
-                u->state = UPREQ_SENT;
+                u->state = REQUEST_SENT;
         }
         /* Publish partial progress too: chunks of a request that did not fit whole must reach
          * the replica, or the ring stays full of records it cannot see. */
@@ -230,36 +254,39 @@ bool replica_link_flush(struct replica *rep) {
         return !list_empty(&rep->backlog);
 }
 
-void replica_link_cancel(struct upreq *u) {
-        struct replica *rep = u->rep;
+static void link_cancel(struct request *u) {
+        struct replica *rep = list_entry(u->backend, struct replica, be);
 
-        u->conn = NULL;
-        peer_stream_detach(u);
-        if (u->cancelled)
-                return;
+        if (rep->stalled == u) {
+                /* Its sink is gone: the rest of its response is discarded as it arrives. */
+                rep->stalled = NULL;
+                loop_defer(request_loop(), &rep->repoll);
+        }
         u->cancelled = true;
-        if (u->state == UPREQ_SENDING)
+        if (u->state == REQUEST_SENDING)
                 return; /* push() sends the cancel after the rest of the body */
         if (send_cancel(rep, u) < 0) {
                 /* Its response is underway: it must stay RESPONDING (and out of the backlog,
                  * since we may be called from within replica_link_poll(), which may finish and free
                  * u right after), so skip the cancel; the rest of the response is discarded as
                  * it arrives. */
-                if (u->state == UPREQ_RESPONDING)
+                if (u->state == REQUEST_RESPONDING)
                         return;
                 /* No room now: queue it behind the backlog (already fully sent: push() only
                  * adds the cancel record). */
-                u->state = UPREQ_SENDING;
+                u->state = REQUEST_SENDING;
                 list_add_tail(&rep->backlog, &u->link);
                 return;
         }
         publish_requests(rep);
 }
 
-static void slot_release(struct replica *rep, struct upreq *u) {
+static void slot_release(struct replica *rep, struct request *u) {
         rep->slots[u->slot] = NULL;
         rep->ongoing--;
-        u->rep = NULL;
+        u->backend = NULL;
+        if (rep->stalled == u)
+                rep->stalled = NULL;
 }
 
 /* A token character (RFC 9110). */
@@ -307,30 +334,40 @@ static int render_headers(const uint8_t *p, uint32_t len, uint32_t n, struct buf
         return p == end ? 0 : -EBADMSG;
 }
 
-static struct upreq *lookup(struct replica *rep, uint64_t id) {
+static struct request *lookup(struct replica *rep, uint64_t id) {
         uint32_t slot = (uint32_t)id;
-        struct upreq *u;
+        struct request *u;
 
         if (slot >= rep->n_slots)
                 return NULL;
         u = rep->slots[slot];
-        if (!u || u->id != id)
+        if (!u || u->backend_id != id)
                 return NULL;
         return u;
 }
 
 /* The response of u is complete. */
-static void finish(struct replica *rep, struct upreq *u) {
+static void finish(struct replica *rep, struct request *u) {
         slot_release(rep, u);
-        if (upreq_waiting(u))
-                proxy_response_end(u);
+        u->state = REQUEST_DONE;
+        if (request_waiting(u))
+                request_end(u);
         else
-                upreq_free(u);
+                request_release(u);
+}
+
+/* After delivering to u: when its sink is full, stop reading this ring until it has room. */
+static bool stall_if_full(struct replica *rep, struct request *u) {
+        if (!request_waiting(u) || request_room(u) > 0)
+                return false;
+        u->sink_blocked = true;
+        rep->stalled = u;
+        return true;
 }
 
 static int on_resp_start(struct replica *rep, const uint8_t *p, uint32_t len) {
         struct proto_resp_start s;
-        struct upreq *u;
+        struct request *u;
         _cleanup_(buf_free) struct buf hdrs = {};
 
         if (len < sizeof s)
@@ -342,30 +379,29 @@ static int on_resp_start(struct replica *rep, const uint8_t *p, uint32_t len) {
                 return -EBADMSG;
         u = lookup(rep, s.req_id);
         /* A response before the whole request was sent is only legitimate for a cancelled one. */
-        if (!u || u->state == UPREQ_RESPONDING || (u->state != UPREQ_SENT && !u->cancelled))
+        if (!u || u->state == REQUEST_RESPONDING || (u->state != REQUEST_SENT && !u->cancelled))
                 return -EBADMSG;
         if (render_headers(p + sizeof s, s.headers_len, s.n_headers, &hdrs) < 0)
                 return -EBADMSG;
-        if (u->state == UPREQ_SENDING)
+        if (u->state == REQUEST_SENDING)
                 list_del(&u->link);
-        u->state = UPREQ_RESPONDING;
+        u->state = REQUEST_RESPONDING;
         u->resp_body_len = s.body_len;
         u->resp_received = s.chunk_len;
-        if (upreq_waiting(u)) {
-                proxy_response_begin(u, (int)s.status, hdrs.data, hdrs.len, s.body_len);
-                if (s.chunk_len && upreq_waiting(u))
-                        proxy_response_body(u, p + sizeof s + s.headers_len, s.chunk_len);
-        }
+        request_begin(u, (int)s.status, hdrs.data, hdrs.len, s.body_len);
+        if (s.chunk_len)
+                request_body(u, p + sizeof s + s.headers_len, s.chunk_len);
         if (u->resp_received == u->resp_body_len) {
                 finish(rep, u);
                 return 1;
         }
+        stall_if_full(rep, u);
         return 0;
 }
 
 static int on_resp_body(struct replica *rep, const uint8_t *p, uint32_t len) {
         struct proto_body b;
-        struct upreq *u;
+        struct request *u;
 
         if (len < sizeof b)
                 return -EBADMSG;
@@ -373,15 +409,15 @@ static int on_resp_body(struct replica *rep, const uint8_t *p, uint32_t len) {
         if (b.len != len - sizeof b)
                 return -EBADMSG;
         u = lookup(rep, b.req_id);
-        if (!u || u->state != UPREQ_RESPONDING || b.len > u->resp_body_len - u->resp_received)
+        if (!u || u->state != REQUEST_RESPONDING || b.len > u->resp_body_len - u->resp_received)
                 return -EBADMSG;
         u->resp_received += b.len;
-        if (upreq_waiting(u) && b.len)
-                proxy_response_body(u, p + sizeof b, b.len);
+        request_body(u, p + sizeof b, b.len);
         if (u->resp_received == u->resp_body_len) {
                 finish(rep, u);
                 return 1;
         }
+        stall_if_full(rep, u);
         return 0;
 }
 
@@ -389,7 +425,7 @@ int replica_link_poll(struct replica *rep) {
         struct ring_record rec;
         int r, done = 0;
 
-        for (;;) {
+        while (!rep->stalled) {
                 r = ring_next(&rep->seg.resp, &rec);
                 if (r == 0)
                         break;
@@ -426,13 +462,60 @@ int replica_link_poll(struct replica *rep) {
 
 void replica_link_fail_all(struct replica *rep, int status, const char *why) {
         for (uint32_t i = 0; i < rep->n_slots; i++) {
-                struct upreq *u = rep->slots[i];
+                struct request *u = rep->slots[i];
                 if (!u)
                         continue;
-                if (u->state == UPREQ_SENDING)
+                if (u->state == REQUEST_SENDING)
                         list_del(&u->link);
                 slot_release(rep, u);
-                proxy_upreq_fail(u, status, why);
+                if (request_waiting(u))
+                        request_fail(u, status, why);
+                else
+                        request_release(u);
         }
         list_init(&rep->backlog);
+        rep->stalled = NULL;
+        loop_undefer(&rep->repoll);
 }
+
+static void link_resume(struct request *u) {
+        struct replica *rep = list_entry(u->backend, struct replica, be);
+
+        if (rep->stalled != u)
+                return;
+        rep->stalled = NULL;
+        loop_defer(request_loop(), &rep->repoll);
+}
+
+static void on_repoll(struct loop_deferred *d) {
+        struct replica *rep = list_entry(d, struct replica, repoll);
+
+        if (rep->state == REPLICA_DEAD || !rep->slots)
+                return;
+        int r = replica_link_poll(rep);
+        if (r < 0)
+                rep->on_broken(rep);
+        else if (r > 0)
+                router_dispatch(router_get(), rep->dep);
+}
+
+static bool link_available(const struct backend *b) {
+        const struct replica *rep = list_entry(b, struct replica, be);
+        return rep->state == REPLICA_READY && rep->ongoing < (int)rep->limit;
+}
+
+static bool link_may_serve(const struct backend *b) {
+        const struct replica *rep = list_entry(b, struct replica, be);
+        return rep->state == REPLICA_READY || rep->state == REPLICA_STARTING;
+}
+
+static double link_load(const struct backend *b) { return list_entry(b, struct replica, be)->ongoing; }
+
+static const struct backend_ops replica_backend_ops = {
+        .available = link_available,
+        .may_serve = link_may_serve,
+        .load = link_load,
+        .send = link_send,
+        .cancel = link_cancel,
+        .resume = link_resume,
+};

@@ -1,10 +1,10 @@
-/* The router: applications and their routes, deployments, replicas as the proxy sees them, and
- * the requests travelling between a client connection and a replica (struct upreq).
+/* The router: applications and their routes, deployments and their replicas as the data plane
+ * sees them, and the choice of a backend for each request (request.h).
  *
- * Request path: proxy.c parses a request and calls router_submit(); the router picks a replica
- * (power of two choices on ongoing counts, never more than max_ongoing_requests in flight to
- * one replica) or queues the request per deployment (bounded by max_queued_requests, else 503);
- * upstream.c moves it through the replica's rings and hands the response back to proxy.c. */
+ * A sink (proxy.c, peer.c) builds a request and calls router_submit(); the router picks a
+ * backend — local replicas first, then peer nodes; power of two choices on load; never more
+ * than max_ongoing_requests in flight to one replica — or queues the request per deployment
+ * (bounded by max_queued_requests, else 503). It holds every request's request_timeout_s. */
 #pragma once
 
 #include <stdbool.h>
@@ -14,14 +14,12 @@
 #include "http_parser.h"
 #include "loop.h"
 #include "metrics.h"
+#include "request.h"
 #include "segment.h"
 #include "util.h"
 
-struct conn;
 struct deployment;
-struct peer_in;
 struct remote_group;
-struct remote_target;
 struct supervisor;
 
 enum replica_state {
@@ -32,6 +30,7 @@ enum replica_state {
 };
 
 struct replica {
+        struct backend be;         /* be.link: in dep->replicas */
         struct deployment *dep;
         char id[96];               /* "app/Deployment#serial" */
         unsigned serial;
@@ -52,13 +51,15 @@ struct replica {
         char *limits;              /* what its cgroup limits, for reports */
 
         /* In-flight requests. req_id = (generation << 32) | slot. */
-        struct upreq **slots;
+        struct request **slots;
         uint32_t n_slots;
         uint32_t limit;            /* max_ongoing_requests: in flight at most (<= n_slots) */
         uint32_t generation;
         int ongoing;
         struct list backlog;       /* assigned requests not yet fully in the request ring */
-        struct list link;          /* in dep->replicas */
+        struct request *stalled;   /* its sink is full: the response ring waits for it */
+        void (*on_broken)(struct replica *rep); /* it wrote garbage: kill it (the supervisor) */
+        struct loop_deferred repoll; /* read the response ring again (a stalled sink has room) */
 };
 
 struct deployment {
@@ -75,10 +76,12 @@ struct deployment {
         uint64_t memory;           /* and memory.max (0 = none) */
         size_t n_gpus;
         struct remote_group *remote; /* replicas of (app, name) on other nodes; NULL on a single node */
+        struct list *remote_backends; /* its backends (struct backend), or NULL */
+        const int *remote_placed;  /* replicas of (app, name) placed in the whole cluster, or NULL */
 
         struct list replicas;
         int n_replicas, n_ready;
-        struct list queue;         /* upreqs waiting for a replica */
+        struct list queue;         /* requests waiting for a backend */
         int queue_len;
         unsigned next_serial;
         unsigned failures;         /* consecutive failed starts, for backoff */
@@ -106,87 +109,50 @@ struct route {
         struct deployment *ingress;
 };
 
-enum upreq_state {
-        UPREQ_QUEUED,
-        UPREQ_SENDING,   /* in rep->backlog, partly in the ring */
-        UPREQ_SENT,      /* whole request in the ring, waiting for the response */
-        UPREQ_RESPONDING,
-};
-
-struct upreq {
-        struct conn *conn;         /* NULL once the client is gone or was answered otherwise */
-        /* Or it came from a peer node (conn is NULL): the answer goes back there. */
-        struct peer_in *stream;
-        uint64_t stream_id;
-        struct list slink;         /* in the stream's connection's list */
-        /* Sent to a peer node instead of a local replica. */
-        struct remote_target *rt;
-        uint64_t peer_sid;
-        unsigned tries;
-        struct deployment *dep;
-        struct replica *rep;
-        uint32_t slot;
-        uint64_t id;
-        enum upreq_state state;
-        bool cancelled;
-        struct list link;          /* dep->queue or rep->backlog */
-
-        /* The request, owned here: raw holds the head and the (decoded) body. */
-        char *raw;
-        struct http_request req;
-        const char *path;          /* after the route prefix; always starts with '/' */
-        size_t path_len;
-        const char *body;
-        uint64_t body_len;
-        uint64_t body_sent;
-        bool start_sent;
-
-        uint64_t resp_body_len, resp_received;
-        uint64_t start_ns;         /* when the proxy had the whole request */
-        int status;
-        uint64_t deadline_ns;      /* request_timeout_s; 0 = none */
-        struct list tlink;         /* the proxy's request-timeout list */
-};
-
 struct router {
         struct route *routes;      /* sorted by prefix length, longest first */
         size_t n_routes;
         uint64_t rng;
         struct list stats;         /* struct dep_stats */
-        bool stats_ready;
+        struct list timeouts;      /* requests with a deadline, FIFO (one request_timeout_s) */
+        bool ready;
 };
 
 /* The counters of (app, name), created on first use. NULL on allocation failure. */
 struct dep_stats *router_stats(struct router *r, const char *app, const char *name);
-/* Counts a request answered by the proxy (not one that came from a peer). */
-void router_record(struct upreq *u, int status);
+/* Counts a request answered to an HTTP client of this node (status: what it got). */
+void router_record(const struct request *q, int status);
 
 /* Longest-prefix match on route_prefix: "/echo" matches "/echo", "/echo/x", "/echo?q", not
  * "/echoes". Returns the route or NULL. */
 const struct route *router_match(const struct router *r, const char *path, size_t len);
+/* The route of application `app`, or NULL. */
+const struct route *router_route_of_app(const struct router *r, const char *app, size_t len);
 
 /* Replaces the route table (takes ownership of routes). */
 void router_set_routes(struct router *r, struct route *routes, size_t n);
 void routes_free(struct route *routes, size_t n);
 
-/* Picks a replica for u (or queues it). Returns 0 when assigned or queued, -EBUSY when the
- * queue is full (answer 503), -ENOENT when the deployment has no replicas and is not starting
- * any (answer 503). */
-int router_submit(struct router *r, struct upreq *u);
+/* Routes q by its (normalised) path: sets q->dep and q->path. Returns the route, or NULL when
+ * no route matches (404) or, with `app`, when the route that matches is not app's. */
+const struct route *router_route(struct router *r, struct request *q, const char *app, size_t app_len);
 
-/* Assigns queued requests of dep to replicas with free capacity. */
+/* Picks a backend for q (or queues it). Starts q's request_timeout_s (timeout_s > 0). Returns
+ * 0 when assigned or queued, -EBUSY when the queue is full (answer 503), -ENOENT when the
+ * deployment has no replica here or elsewhere and none is starting (answer 503 or reject). */
+int router_submit(struct router *r, struct request *q, double timeout_s);
+
+/* Assigns queued requests of dep to backends with free capacity. */
 void router_dispatch(struct router *r, struct deployment *dep);
 
-/* Removes a queued request (timeout, client gone). */
-void router_unqueue(struct upreq *u);
+/* Removes a queued request (its sink went away). */
+void router_unqueue(struct request *q);
 
-/* The client no longer waits for u, which is at a replica or a peer. */
-void router_cancel(struct upreq *u);
+/* Fails requests whose request_timeout_s passed (504). Returns nanoseconds to the next one. */
+uint64_t router_tick(struct router *r, uint64_t now);
 
-/* Sets u->path to the request path after the route's prefix. */
-void router_set_path(const struct route *rt, struct upreq *u);
-
-/* Someone still waits for u's response. */
-static inline bool upreq_waiting(const struct upreq *u) { return u->conn || u->stream; }
+/* Sets q->path to the request path after the route's prefix. Returns 0, or -EINVAL when the
+ * path is not under the route's prefix. */
+int router_set_path(const struct route *rt, struct request *q);
 
 struct router *router_get(void);

@@ -10,14 +10,17 @@
 
 #include "log.h"
 #include "proxy.h"
-#include "replica_link.h"
-#include "peer.h"
+#include "request.h"
 
 #define BUF_GROUP 1
 #define BUF_COUNT 256u            /* provided receive buffers, shared by all connections */
 #define BUF_SIZE (16u * 1024)
 #define PIPELINE_SOFT_LIMIT (64u * 1024) /* buffered bytes of later requests before we stop reading */
-#define OUT_LIMIT (1ull << 31)   /* response bytes a slow client may leave unread */
+/* Response bytes buffered for one client before we stop taking its response from the replica
+ * (resumed when half of it was sent): what a client that never reads can make us hold, plus one
+ * ring record. */
+#define OUT_BUDGET (256u * 1024)
+#define OUT_LIMIT (64ull << 20)  /* hard stop: generated answers and one record past the budget */
 
 enum conn_state {
         CONN_IDLE,     /* between requests */
@@ -34,6 +37,7 @@ struct conn {
         enum conn_state state;
         unsigned refs;              /* io_uring operations in flight */
         bool recv_armed, sending, closing, close_after_write, lingering, response_begun, keep_alive, continue_sent;
+        bool discard_body;          /* HEAD, 204, 304: the response has no body on the wire */
 
         struct buf in;              /* received, unprocessed bytes (head + body of the request) */
         size_t parse_prev;
@@ -46,8 +50,10 @@ struct conn {
         size_t raw_off;             /* chunked: first undecoded byte */
         uint64_t body_have;         /* decoded body bytes, stored at in.data + head_len */
         const struct route *route;
+        uint64_t body_reserved;     /* of the global request-body budget, for the body being read */
 
-        struct upreq *cur;          /* queued or in flight */
+        struct request *cur;        /* queued or in flight */
+        uint64_t last_send_ns;      /* when a send last made progress */
 
         struct buf out, pending;    /* out: being sent (never moved meanwhile); pending: next */
 
@@ -70,11 +76,12 @@ struct proxy {
         uint8_t *bufs;
         unsigned n_conns;
         struct list conns;
-        struct list idle_list, active_list, req_list, waiting;
+        struct list idle_list, active_list, waiting;
         struct http_request scratch;
 };
 
-static struct proxy *the_proxy; /* one per process: upstream.c reaches connections through u->conn */
+static const struct sink_ops conn_sink_ops;
+static double send_timeout_s(const struct proxy *p);
 
 static void conn_process(struct conn *c);
 static void conn_close(struct conn *c);
@@ -137,6 +144,7 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
                 return;
         }
         buf_consume(&c->out, (size_t)res);
+        c->last_send_ns = now_ns();
         if (c->out.len == 0) {
                 struct buf t = c->out;
                 c->out = c->pending;
@@ -144,6 +152,9 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
                 c->pending.len = 0;
         }
         conn_flush(c);
+        /* The client reads again: its response may come on from the replica. */
+        if (c->cur && c->cur->sink_blocked && !c->closing && c->out.len + c->pending.len <= OUT_BUDGET / 2)
+                request_sink_ready(c->cur);
 }
 
 /* After the last response on a connection we are closing: half-close and read what the client
@@ -183,6 +194,8 @@ static void conn_flush(struct conn *c) {
         }
         sqe = loop_sqe(c->p->loop, &c->op_send);
         io_uring_prep_send(sqe, c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
+        if (!c->sending && c->out.len)
+                c->last_send_ns = now_ns();
         c->sending = true;
         c->refs++;
 }
@@ -194,6 +207,7 @@ static void conn_free(struct conn *c) {
 
         list_del(&c->link);
         timer_clear(c);
+        request_budget_return(c->body_reserved);
         buf_free(&c->in);
         buf_free(&c->out);
         buf_free(&c->pending);
@@ -210,17 +224,12 @@ static void on_close(struct loop_op *op, int res, unsigned flags) {
 }
 
 static void detach_request(struct conn *c) {
-        struct upreq *u = c->cur;
+        struct request *q = c->cur;
 
-        if (!u)
+        if (!q)
                 return;
         c->cur = NULL;
-        list_del(&u->tlink);
-        if (u->state == UPREQ_QUEUED) {
-                router_unqueue(u);
-                upreq_free(u);
-        } else
-                router_cancel(u); /* the replica learns it is cancelled; u lives until it answers */
+        request_abandon(q); /* the backend learns it is cancelled */
 }
 
 static void conn_close(struct conn *c) {
@@ -372,6 +381,20 @@ static bool builtin(struct conn *c, const struct http_request *q) {
         return false;
 }
 
+/* Too many request bodies are buffered on this node: 503 with Retry-After, and the
+ * connection closes (its unread body would be taken for the next request). */
+static void budget_exhausted(struct conn *c) {
+        static uint64_t logged_ns;
+        uint64_t now = now_ns();
+
+        if (!logged_ns || now - logged_ns > 60 * NSEC_PER_SEC) {
+                log_warning("the request-body budget (http_options.max_buffered_request_bytes) is exhausted: "
+                            "answering 503 until bodies drain");
+                logged_ns = now;
+        }
+        respond_simple(c, 503, "503 Service Unavailable: too many request bodies buffered; retry later\n", true);
+}
+
 /* The request head is complete: check it, route it, set up body reading. Returns false when
  * the connection was answered and must not read this request further. */
 static bool head_complete(struct conn *c, const struct http_request *q) {
@@ -401,7 +424,14 @@ static bool head_complete(struct conn *c, const struct http_request *q) {
                 timer_set(c, &p->active_list, MAX(p->opts.header_timeout_s, 30.0));
                 return false;
         }
-        c->route = router_match(p->router, q->path, q->path_len);
+        /* Route on the normalised path (dot-segments removed), as the replica will see it. */
+        char norm[q->path_len + 1];
+        ssize_t nl = q->path_len && q->path[0] == '/' ? http_path_normalize(q->path, q->path_len, norm) : -EINVAL;
+        if (nl < 0) {
+                respond_error(c, 400, true);
+                return false;
+        }
+        c->route = router_match(p->router, norm, (size_t)nl);
         if (!c->route || !c->route->ingress) {
                 /* Unread bodies would be taken for the next request: close instead. */
                 respond_error(c, 404, q->body_kind != HTTP_BODY_NONE);
@@ -414,6 +444,14 @@ static bool head_complete(struct conn *c, const struct http_request *q) {
         if (q->body_kind == HTTP_BODY_LENGTH && q->content_length > p->opts.max_body) {
                 respond_error(c, 413, true); /* before buffering any of it */
                 return false;
+        }
+        /* A known length takes its share of the request-body budget before any of it is read. */
+        if (q->body_kind == HTTP_BODY_LENGTH && q->content_length > 0) {
+                if (request_budget_take(q->content_length) < 0) {
+                        budget_exhausted(c);
+                        return false;
+                }
+                c->body_reserved = q->content_length;
         }
         if (q->expect_continue && q->body_kind != HTTP_BODY_NONE && q->minor_version == 1) {
                 (void)buf_append(out_buf(c), "HTTP/1.1 100 Continue\r\n\r\n", 25, OUT_LIMIT);
@@ -439,6 +477,11 @@ static int body_progress(struct conn *c) {
                                                 c->p->opts.max_body, &out_len, &done);
                 if (n < 0)
                         return (int)n;
+                if (out_len) {
+                        if (request_budget_take(out_len) < 0)
+                                return -503; /* the request-body budget is exhausted */
+                        c->body_reserved += out_len;
+                }
                 /* Move the decoded bytes down next to the body decoded so far. */
                 memmove(c->in.data + c->head_len + c->body_have, src, out_len);
                 c->body_have += out_len;
@@ -451,75 +494,61 @@ static int body_progress(struct conn *c) {
 }
 
 /* Bytes of c->in that belong to the current request. */
-static size_t request_end(const struct conn *c) {
+static size_t conn_request_end(const struct conn *c) {
         return c->body_kind == HTTP_BODY_CHUNKED ? c->raw_off : c->head_len + c->body_have;
-}
-
-void upreq_free(struct upreq *u) {
-        if (!u)
-                return;
-        list_del(&u->tlink);
-        list_del(&u->slink);
-        free(u->raw);
-        free(u);
 }
 
 /* The whole request is in c->in: hand it to the router. */
 static void request_complete(struct conn *c) {
         struct proxy *p = c->p;
-        struct upreq *u;
-        size_t end = request_end(c);
+        struct request *q;
+        size_t end = conn_request_end(c);
         int r;
 
-        u = calloc(1, sizeof *u);
-        if (!u) {
+        q = request_new(&conn_sink_ops, c, 0);
+        if (!q) {
                 respond_error(c, 503, true);
                 return;
         }
-        list_init(&u->link);
-        list_init(&u->tlink);
-        list_init(&u->slink);
-        /* The request's bytes move to the upreq; later pipelined bytes start a new buffer. */
+        /* The request's bytes move to the request; later pipelined bytes start a new buffer. */
         if (c->in.len > end) {
                 struct buf rest = {};
                 if (buf_append(&rest, c->in.data + end, c->in.len - end, SIZE_MAX) < 0) {
-                        free(u);
+                        request_free(q);
                         respond_error(c, 503, true);
                         return;
                 }
-                u->raw = c->in.data;
+                q->raw = c->in.data;
                 c->in = rest;
         } else {
-                u->raw = c->in.data;
+                q->raw = c->in.data;
                 c->in = (struct buf){};
         }
+        q->body_budget = c->body_reserved;
+        c->body_reserved = 0;
         c->parse_prev = 0;
         /* Re-parse the head from its final home (the buffer may have moved while the body came). */
-        r = http_parse_request(u->raw, c->head_len, 0, &p->limits, &u->req);
-        if (r <= 0) { /* cannot happen: it parsed before */
-                upreq_free(u);
+        r = http_parse_request(q->raw, c->head_len, 0, &p->limits, &q->req);
+        if (r <= 0 || request_normalize_path(q) < 0 || router_set_path(c->route, q) < 0) {
+                request_free(q); /* cannot happen: it parsed and routed before */
                 respond_error(c, 400, true);
                 return;
         }
-        u->body = u->raw + c->head_len;
-        u->body_len = c->body_have;
-        u->dep = c->route->ingress;
-        router_set_path(c->route, u);
-        u->conn = c;
-        c->cur = u;
-        u->start_ns = now_ns();
+        q->head_len = c->head_len;
+        q->body = q->raw + c->head_len;
+        q->body_len = c->body_have;
+        q->dep = c->route->ingress;
+        c->cur = q;
+        q->start_ns = now_ns();
         c->state = CONN_UPSTREAM;
         c->response_begun = false;
+        c->discard_body = false;
         timer_clear(c);
-        if (p->opts.request_timeout_s > 0) {
-                u->deadline_ns = now_ns() + sec_to_ns(p->opts.request_timeout_s);
-                list_add_tail(&p->req_list, &u->tlink);
-        }
-        r = router_submit(p->router, u);
+        r = router_submit(p->router, q, p->opts.request_timeout_s);
         if (r < 0) {
                 c->cur = NULL;
-                router_record(u, 503);
-                upreq_free(u);
+                router_record(q, 503);
+                request_free(q);
                 c->state = CONN_IDLE;
                 respond_simple(c, 503, r == -EBUSY ? "queue full: too many requests waiting for this deployment\n"
                                                    : "no replicas for this deployment\n", false);
@@ -580,40 +609,51 @@ static void conn_process(struct conn *c) {
                 arm_recv(c);
 }
 
-/* ---- responses from upstream ---- */
+/* ---- the connection as a request's sink ---- */
 
-void proxy_response_begin(struct upreq *u, int status, const char *headers, size_t headers_len, uint64_t body_len) {
-        struct conn *c = u->conn;
-        struct buf *o;
+static void sink_begin(struct request *q, int status, const char *headers, size_t headers_len, uint64_t body_len) {
+        struct conn *c = q->sink_ctx;
+        struct buf *o = out_buf(c);
+        bool head = q->req.method_len == 4 && memcmp(q->req.method, "HEAD", 4) == 0;
 
-        if (u->stream) {
-                peer_stream_response_begin(u, status, headers, headers_len, body_len);
-                return;
-        }
-        u->status = status;
-        o = out_buf(c);
         if (c->p->draining)
                 c->keep_alive = false;
-        (void)buf_printf(o, OUT_LIMIT, "HTTP/1.1 %d %s\r\nContent-Length: %llu\r\n", status, http_status_reason(status),
-                         (unsigned long long)body_len);
+        /* HEAD, 204 and 304 have no body on the wire (RFC 9110 §6.4.1): whatever the handler
+         * wrote is dropped, or the client would take it for the next response. 204 has no
+         * Content-Length either; HEAD and 304 say what a GET would get. */
+        c->discard_body = head || status == 204 || status == 304;
+        (void)buf_printf(o, OUT_LIMIT, "HTTP/1.1 %d %s\r\n", status, http_status_reason(status));
+        if (status != 204)
+                (void)buf_printf(o, OUT_LIMIT, "Content-Length: %llu\r\n", (unsigned long long)body_len);
         (void)buf_append(o, headers, headers_len, OUT_LIMIT);
         (void)buf_append(o, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n", c->keep_alive ? 2 : 21, OUT_LIMIT);
         c->response_begun = true;
+        timer_set(c, &c->p->active_list, send_timeout_s(c->p)); /* a client that stops reading */
         conn_flush(c);
 }
 
-void proxy_response_body(struct upreq *u, const void *data, size_t len) {
-        struct conn *c = u->conn;
+static void sink_body(struct request *q, const void *data, size_t len) {
+        struct conn *c = q->sink_ctx;
 
-        if (u->stream) {
-                peer_stream_response_body(u, data, len);
+        if (c->discard_body)
                 return;
-        }
         if (buf_append(out_buf(c), data, len, OUT_LIMIT) < 0) {
-                conn_close(c); /* the client does not read: give up on it */
+                /* Past the hard limit (the budget stops the replica long before): give up. */
+                c->cur = NULL;
+                request_abandon(q);
+                conn_close(c);
                 return;
         }
         conn_flush(c);
+}
+
+static size_t sink_room(const struct request *q) {
+        const struct conn *c = q->sink_ctx;
+        size_t held = c->out.len + c->pending.len;
+
+        if (c->discard_body)
+                return SIZE_MAX;
+        return held < OUT_BUDGET ? OUT_BUDGET - held : 0;
 }
 
 static void conn_request_done(struct conn *c) {
@@ -626,45 +666,38 @@ static void conn_request_done(struct conn *c) {
                 conn_process(c);
 }
 
-void proxy_response_end(struct upreq *u) {
-        struct conn *c = u->conn;
+static void sink_end(struct request *q) {
+        struct conn *c = q->sink_ctx;
 
-        if (u->stream) {
-                peer_stream_response_end(u);
-                return;
-        }
-        if (c)
-                router_record(u, u->status);
-        upreq_free(u);
-        if (c)
-                conn_request_done(c);
+        router_record(q, q->status);
+        conn_request_done(c);
 }
 
-void proxy_upreq_fail(struct upreq *u, int status, const char *why) {
-        struct conn *c = u->conn;
+static void sink_fail(struct request *q, int status, const char *why) {
+        struct conn *c = q->sink_ctx;
+        char body[256];
 
-        if (u->stream) {
-                peer_stream_fail(u, status, why);
-                return;
-        }
-        if (c)
-                router_record(u, status);
-        log_debug("request %s: %d (%s)", u->dep ? u->dep->name : "?", status, why);
-        upreq_free(u);
-        if (!c)
-                return;
+        router_record(q, status);
+        log_debug("request %s: %d (%s)", q->dep ? q->dep->name : "?", status, why);
         c->cur = NULL;
         if (c->response_begun) {
                 conn_close(c); /* half a response went out: closing is the only honest signal */
                 return;
         }
-        char body[256];
         snprintf(body, sizeof body, "%d %s: %s\n", status, http_status_reason(status), why);
         c->state = CONN_IDLE;
         respond_simple(c, status, body, false);
         if (!c->closing && !c->close_after_write)
                 conn_process(c);
 }
+
+static const struct sink_ops conn_sink_ops = {
+        .begin = sink_begin,
+        .body = sink_body,
+        .end = sink_end,
+        .fail = sink_fail,
+        .room = sink_room,
+};
 
 /* ---- accept ---- */
 
@@ -758,6 +791,7 @@ static void apply_options(struct proxy *p, const struct proxy_options *o) {
         };
         if (p->opts.max_connections <= 0)
                 p->opts.max_connections = 16384;
+        request_set_body_budget(o->max_buffered_body);
 }
 
 void proxy_update_options(struct proxy *p, const struct proxy_options *opts) { apply_options(p, opts); }
@@ -771,11 +805,11 @@ int proxy_new(struct loop *loop, struct router *router, const struct proxy_optio
                 return -ENOMEM;
         p->loop = loop;
         p->router = router;
+        request_init(loop, opts->max_buffered_body);
         apply_options(p, opts);
         list_init(&p->conns);
         list_init(&p->idle_list);
         list_init(&p->active_list);
-        list_init(&p->req_list);
         list_init(&p->waiting);
         p->op_accept.cb = on_accept;
 
@@ -812,7 +846,6 @@ int proxy_new(struct loop *loop, struct router *router, const struct proxy_optio
         }
         p->accepting = true;
         arm_accept(p);
-        the_proxy = p;
         *ret = p;
         return 0;
 }
@@ -834,8 +867,6 @@ void proxy_free(struct proxy *p) {
                 munmap(p->br, BUF_COUNT * sizeof(struct io_uring_buf));
         if (p->bufs && p->bufs != MAP_FAILED)
                 munmap(p->bufs, (size_t)BUF_COUNT * BUF_SIZE);
-        if (the_proxy == p)
-                the_proxy = NULL;
         free(p);
 }
 
@@ -883,6 +914,11 @@ void proxy_stop_accepting(struct proxy *p) {
 
 unsigned proxy_connections(const struct proxy *p) { return p->n_conns; }
 
+/* A client that reads nothing of its response for this long is dropped. */
+static double send_timeout_s(const struct proxy *p) {
+        return MAX(MAX(p->opts.keep_alive_timeout_s, p->opts.header_timeout_s), 1.0);
+}
+
 uint64_t proxy_tick(struct proxy *p, uint64_t now) {
         uint64_t next = 100 * NSEC_PER_MSEC;
         struct list *lists[] = { &p->idle_list, &p->active_list };
@@ -894,42 +930,23 @@ uint64_t proxy_tick(struct proxy *p, uint64_t now) {
                                 next = MIN(next, c->deadline_ns - now);
                                 break;
                         }
-                        /* A client still reading a response is not idle. */
-                        if (c->sending) {
-                                timer_set(c, &p->active_list, p->opts.header_timeout_s > 0 ? p->opts.header_timeout_s : 10);
+                        /* A client still reading a response is not idle, unless its reads made
+                         * no progress for the send timeout: then it holds memory (and maybe a
+                         * replica's ring) for nothing. */
+                        if (c->state == CONN_UPSTREAM && !c->sending) {
+                                timer_clear(c); /* waiting for its backend: request_timeout_s rules */
+                                continue;
+                        }
+                        if (c->sending && now - c->last_send_ns < sec_to_ns(send_timeout_s(p))) {
+                                c->deadline_ns = c->last_send_ns + sec_to_ns(send_timeout_s(p));
+                                list_del(&c->tlink);
+                                list_add_tail(&p->active_list, &c->tlink);
+                                c->tlist = &p->active_list;
                                 continue;
                         }
                         /* Header/idle timeouts just close (a 408 would race with a new request). */
                         timer_clear(c);
                         conn_close(c);
-                }
-        }
-        while (!list_empty(&p->req_list)) {
-                struct upreq *u = list_first(&p->req_list, struct upreq, tlink);
-                struct conn *c = u->conn;
-
-                if (u->deadline_ns > now) {
-                        next = MIN(next, u->deadline_ns - now);
-                        break;
-                }
-                list_del(&u->tlink);
-                if (u->state == UPREQ_QUEUED) {
-                        router_unqueue(u);
-                        proxy_upreq_fail(u, 504, "request_timeout_s passed while queued");
-                        continue;
-                }
-                /* At a replica: the client gets 504 now; the replica sees the cancellation. */
-                router_cancel(u);
-                if (c) {
-                        c->cur = NULL;
-                        if (c->response_begun)
-                                conn_close(c);
-                        else {
-                                c->state = CONN_IDLE;
-                                respond_simple(c, 504, "504 Gateway Timeout: request_timeout_s passed\n", false);
-                                if (!c->closing && !c->close_after_write)
-                                        conn_process(c);
-                        }
                 }
         }
         return next;

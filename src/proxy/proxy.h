@@ -1,8 +1,9 @@
-/* The HTTP proxy: one io_uring loop (multishot accept, provided-buffer multishot recv, batched
- * sends). It parses requests strictly, answers built-in routes and limits itself, and hands
- * everything else to the router. Responses come back from upstream.c into the connection's
- * output buffer. One request per connection is in flight at a time; pipelined requests wait in
- * the input buffer and are answered in order. */
+/* The HTTP front end: one io_uring loop (multishot accept, provided-buffer multishot recv,
+ * batched sends). It parses requests strictly, normalises their paths, answers built-in routes
+ * and limits itself, and hands everything else to the router as requests (request.h) whose sink
+ * is the connection: responses come back into the connection's output buffer, bounded by a
+ * budget (past it the replica waits until the client reads). One request per connection is in
+ * flight at a time; pipelined requests wait in the input buffer and are answered in order. */
 #pragma once
 
 #include <stdbool.h>
@@ -18,6 +19,7 @@ struct proxy_options {
         int port;
         int listen_fd;              /* >= 0: an inherited listening socket (socket activation) */
         uint64_t max_body;
+        uint64_t max_buffered_body; /* the request-body budget of the node (0: none) */
         size_t max_request_line, max_head;
         double header_timeout_s, keep_alive_timeout_s, request_timeout_s;
         int max_connections;
@@ -43,16 +45,3 @@ unsigned proxy_connections(const struct proxy *p);
 void proxy_set_draining(struct proxy *p);
 /* /-/healthz answers 503 until the proxy has its routes (a worker waiting for the head). */
 void proxy_set_ready(struct proxy *p, bool ready);
-
-/* ---- called by upstream.c / router.c ---- */
-
-/* Starts the response for u's connection: status line, Content-Length, the replica's header
- * block (already validated "Name: value\r\n" lines), connection handling. */
-void proxy_response_begin(struct upreq *u, int status, const char *headers, size_t headers_len, uint64_t body_len);
-void proxy_response_body(struct upreq *u, const void *data, size_t len);
-/* The response (begun above) is complete: the connection moves on; frees u. */
-void proxy_response_end(struct upreq *u);
-/* Answers u with a generated error (502, 503, 504...) if its client still waits, and frees u. */
-void proxy_upreq_fail(struct upreq *u, int status, const char *why);
-/* Frees an upreq nobody waits for any more. */
-void upreq_free(struct upreq *u);

@@ -12,7 +12,6 @@
 
 #include "log.h"
 #include "proto.h"
-#include "proxy.h"
 #include "supervisor.h"
 #include "replica_link.h"
 #include "spec.h"
@@ -142,6 +141,12 @@ static void replica_kill(struct replica *rep, int status, const char *why) {
         replica_link_fail_all(rep, status, why);
 }
 
+/* The replica link found garbage in its response ring (while resuming a stalled sink). */
+static void on_link_broken(struct replica *rep) {
+        log_error("replica %s wrote an invalid record into its ring: killing it", rep->id);
+        replica_kill(rep, 502, "the replica sent an invalid response");
+}
+
 static void arm_ctl(struct replica *rep, struct loop *loop) {
         struct io_uring_sqe *sqe = loop_sqe(loop, &rep->op_ctl);
         io_uring_prep_recv(sqe, rep->ctl_fd, rep->ctl_buf, CTL_BUF, 0);
@@ -247,7 +252,7 @@ static void on_exit_ready(struct loop_op *op, int res, unsigned flags) {
 static void replica_maybe_free(struct replica *rep) {
         if (rep->pid > 0 || rep->exit_armed || rep->ctl_armed || rep->bell_armed)
                 return;
-        list_del(&rep->link);
+        list_del(&rep->be.link);
         rep->dep->n_replicas--;
         if (rep->pidfd >= 0)
                 close(rep->pidfd);
@@ -289,7 +294,7 @@ static void pick_gpus(struct deployment *d, struct replica *rep) {
                 for (size_t k = 0; k <= i; k++)
                         want += streq(d->gpus[k], d->gpus[i]);
                 list_for_each_safe(pos, tmp, &d->replicas) {
-                        struct replica *o = list_entry(pos, struct replica, link);
+                        struct replica *o = list_entry(pos, struct replica, be.link);
                         used += o->state != REPLICA_DEAD && streq(o->gpus, d->gpus[i]);
                 }
                 if (used < want) {
@@ -319,8 +324,9 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
         rep->op_exit.cb = on_exit_ready;
         rep->op_ctl.cb = on_ctl;
         rep->op_bell.cb = on_bell;
-        list_init(&rep->link);
+        list_init(&rep->be.link);
         rep->ctl_buf = malloc(CTL_BUF);
+        rep->on_broken = on_link_broken;
         if (!rep->ctl_buf || replica_link_init(rep, (uint32_t)d->max_ongoing) < 0) {
                 free(rep->ctl_buf);
                 free(rep);
@@ -389,7 +395,7 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
                 if (r < 0)
                         log_warning_errno(r, "replica %s: cannot send its start message: %m", rep->id);
         }
-        list_add_tail(&d->replicas, &rep->link);
+        list_add_tail(&d->replicas, &rep->be.link);
         d->n_replicas++;
         struct io_uring_sqe *sqe = loop_sqe(s->loop, &rep->op_exit);
         io_uring_prep_poll_add(sqe, rep->pidfd, POLLIN);
@@ -432,7 +438,7 @@ static void replica_stop(struct replica *rep) {
 static void set_max_ongoing_all(struct deployment *d) {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &d->replicas) {
-                struct replica *rep = list_entry(pos, struct replica, link);
+                struct replica *rep = list_entry(pos, struct replica, be.link);
                 cJSON *m;
                 if (rep->state == REPLICA_DEAD)
                         continue;
@@ -452,7 +458,7 @@ static void set_max_ongoing_all(struct deployment *d) {
 static void reconfigure_all(struct deployment *d) {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &d->replicas) {
-                struct replica *rep = list_entry(pos, struct replica, link);
+                struct replica *rep = list_entry(pos, struct replica, be.link);
                 cJSON *m;
                 if (rep->state == REPLICA_DEAD || rep->state == REPLICA_DRAINING)
                         continue;
@@ -602,11 +608,36 @@ static void move_routes(struct supervisor *s, struct deployment *from, struct de
 
 static void requeue(struct supervisor *s, struct deployment *from, struct deployment *to) {
         while (from->queue_len > 0) {
-                struct upreq *u = list_first(&from->queue, struct upreq, link);
-                router_unqueue(u);
-                u->dep = to;
-                if (!to || router_submit(s->router, u) < 0)
-                        proxy_upreq_fail(u, 503, "the deployment was removed");
+                struct request *q = list_first(&from->queue, struct request, link);
+                router_unqueue(q);
+                q->dep = to;
+                if (!to || router_submit(s->router, q, 0) < 0)
+                        request_fail(q, 503, "the deployment was removed");
+        }
+}
+
+/* Stops `extra` replicas: those still starting first (they serve nothing yet), then the
+ * least busy ready ones (idle first), so the fewest requests wait for a drain. */
+static void scale_down(struct deployment *d, int extra) {
+        struct list *pos, *tmp;
+
+        list_for_each_safe(pos, tmp, &d->replicas) {
+                struct replica *rep = list_entry(pos, struct replica, be.link);
+                if (extra > 0 && rep->state == REPLICA_STARTING) {
+                        replica_stop(rep);
+                        extra--;
+                }
+        }
+        while (extra-- > 0) {
+                struct replica *best = NULL;
+                list_for_each_safe(pos, tmp, &d->replicas) {
+                        struct replica *rep = list_entry(pos, struct replica, be.link);
+                        if (rep->state == REPLICA_READY && (!best || rep->ongoing < best->ongoing))
+                                best = rep;
+                }
+                if (!best)
+                        break;
+                replica_stop(best);
         }
 }
 
@@ -632,19 +663,18 @@ static uint64_t tick_deployment(struct supervisor *s, struct deployment *d, uint
                 else if (!routed)
                         requeue(s, d, NULL);
                 list_for_each_safe(pos, tmp, &d->replicas)
-                        replica_stop(list_entry(pos, struct replica, link));
+                        replica_stop(list_entry(pos, struct replica, be.link));
         }
 health:
         list_for_each_safe(pos, tmp, &d->replicas) {
-                struct replica *rep = list_entry(pos, struct replica, link);
+                struct replica *rep = list_entry(pos, struct replica, be.link);
                 int pr;
 
                 if (rep->state == REPLICA_DEAD)
                         continue;
                 pr = replica_link_poll(rep);
                 if (pr < 0) {
-                        log_error("replica %s wrote an invalid record into its ring: killing it", rep->id);
-                        replica_kill(rep, 502, "the replica sent an invalid response");
+                        on_link_broken(rep);
                         continue;
                 }
                 if (pr > 0)
@@ -691,19 +721,7 @@ health:
                 } else
                         next = MIN(next, d->next_start_ns - now);
         } else if (live > d->target_replicas) {
-                int extra = live - d->target_replicas;
-                /* Starting replicas go first, then the least busy. */
-                for (int pass = 0; pass < 2 && extra > 0; pass++)
-                        list_for_each_safe(pos, tmp, &d->replicas) {
-                                struct replica *rep = list_entry(pos, struct replica, link);
-                                if (extra == 0)
-                                        break;
-                                if ((pass == 0 && rep->state == REPLICA_STARTING) ||
-                                    (pass == 1 && rep->state == REPLICA_READY)) {
-                                        replica_stop(rep);
-                                        extra--;
-                                }
-                        }
+                scale_down(d, live - d->target_replicas);
         }
         return next;
 }
@@ -735,11 +753,12 @@ bool supervisor_prepare_sleep(struct supervisor *s) {
         list_for_each_safe(pos, tmp, &s->deployments) {
                 struct deployment *d = list_entry(pos, struct deployment, link);
                 list_for_each_safe(p2, t2, &d->replicas) {
-                        struct replica *rep = list_entry(p2, struct replica, link);
+                        struct replica *rep = list_entry(p2, struct replica, be.link);
                         if (rep->state == REPLICA_DEAD)
                                 continue;
                         replica_link_ring_bells(rep);
-                        if (!ring_consumer_prepare_sleep(&rep->seg.resp))
+                        /* A stalled ring waits for its sink, not for us: it may hold data. */
+                        if (!ring_consumer_prepare_sleep(&rep->seg.resp) && !replica_link_stalled(rep))
                                 ok = false;
                 }
         }
@@ -752,7 +771,7 @@ void supervisor_awake(struct supervisor *s) {
         list_for_each_safe(pos, tmp, &s->deployments) {
                 struct deployment *d = list_entry(pos, struct deployment, link);
                 list_for_each_safe(p2, t2, &d->replicas) {
-                        struct replica *rep = list_entry(p2, struct replica, link);
+                        struct replica *rep = list_entry(p2, struct replica, be.link);
                         if (rep->state != REPLICA_DEAD)
                                 ring_consumer_awake(&rep->seg.resp);
                 }
@@ -768,7 +787,7 @@ void supervisor_stop_all(struct supervisor *s) {
                 d->retiring = true;
                 requeue(s, d, NULL);
                 list_for_each_safe(p2, t2, &d->replicas)
-                        replica_stop(list_entry(p2, struct replica, link));
+                        replica_stop(list_entry(p2, struct replica, be.link));
         }
 }
 
@@ -780,7 +799,7 @@ unsigned supervisor_busy(const struct supervisor *s) {
                 struct deployment *d = list_entry(pos, struct deployment, link);
                 n += (unsigned)d->queue_len;
                 list_for_each_safe(p2, t2, &d->replicas)
-                        n += (unsigned)list_entry(p2, struct replica, link)->ongoing;
+                        n += (unsigned)list_entry(p2, struct replica, be.link)->ongoing;
         }
         return n;
 }
@@ -831,7 +850,7 @@ int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deploy
         list_for_each_safe(pos, tmp, (struct list *)&s->deployments) {
                 struct deployment *d = list_entry(pos, struct deployment, link);
                 list_for_each_safe(p2, t2, &d->replicas) {
-                        struct replica *rep = list_entry(p2, struct replica, link);
+                        struct replica *rep = list_entry(p2, struct replica, be.link);
                         cJSON *o;
                         if (rep->state == REPLICA_DEAD)
                                 continue;

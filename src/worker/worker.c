@@ -95,7 +95,7 @@ static cJSON *report_build(const struct supervisor *s, const struct router *r, c
         if (!m || !(reps = cJSON_AddArrayToObject(m, "replicas")) || !(deps = cJSON_AddArrayToObject(m, "deployments")) ||
             !(stats = cJSON_AddArrayToObject(m, "stats")) || supervisor_report(s, reps, deps, wall_offset_s) < 0)
                 goto fail;
-        if (r->stats_ready)
+        if (r->ready)
                 list_for_each_safe(pos, tmp, (struct list *)&r->stats) {
                         const struct dep_stats *st = list_entry(pos, struct dep_stats, link);
                         cJSON *o = cJSON_CreateObject();
@@ -159,6 +159,16 @@ static cJSON *hello_message(struct worker *w) {
         return m;
 }
 
+/* Requests from peers obey this node's HTTP limits. */
+static struct peers_options peer_options_from(const struct proxy_options *o) {
+        return (struct peers_options){
+                .limits = { .max_request_line = 8192, .max_head = 65536, .max_headers = HTTP_MAX_HEADERS },
+                .max_body = o->max_body,
+                .request_timeout_s = o->request_timeout_s,
+                .link_timeout_s = MAX(MAX(o->keep_alive_timeout_s, o->header_timeout_s), 1.0),
+        };
+}
+
 static void apply_http_options(struct worker *w, const cJSON *http) {
         struct proxy_options o = { .listen_fd = -1 };
         struct http_options d;
@@ -170,6 +180,7 @@ static void apply_http_options(struct worker *w, const cJSON *http) {
         o.keep_alive_timeout_s = d.keep_alive_timeout_s;
         o.request_timeout_s = d.request_timeout_s;
         o.max_connections = d.max_connections;
+        o.max_buffered_body = d.max_buffered_request_bytes;
         free(d.host);
         if (http) {
                 char err[128];
@@ -188,8 +199,15 @@ static void apply_http_options(struct worker *w, const cJSON *http) {
                 v = -1;
                 if (ctl_get_double(http, "max_connections", 1, 1e7, false, &v, err, sizeof err) == 0 && v > 0)
                         o.max_connections = (int)v;
+                v = -1;
+                if (ctl_get_double(http, "max_buffered_request_bytes", 1, 1e15, false, &v, err, sizeof err) == 0 && v > 0)
+                        o.max_buffered_body = (uint64_t)v;
         }
         proxy_update_options(w->proxy, &o);
+        if (w->peers) {
+                struct peers_options po = peer_options_from(&o);
+                peers_set_options(w->peers, &po);
+        }
 }
 
 static void attach_one(struct deployment *d, void *userdata) { peers_attach(userdata, d); }
@@ -584,12 +602,17 @@ static int setup(struct worker *w) {
         if (r < 0)
                 return r;
         proxy_set_ready(w->proxy, false);
-        apply_http_options(w, NULL);
 
-        struct http_limits lim = { .max_request_line = 8192, .max_head = 65536, .max_headers = HTTP_MAX_HEADERS };
-        r = peers_new(&w->loop, router_get(), w->cfg->node_address, w->cfg->data_port, &lim, &w->peers);
+        struct http_options d;
+        http_options_defaults(&d);
+        free(d.host);
+        struct proxy_options dpo = { .max_body = d.max_request_body_bytes, .keep_alive_timeout_s = d.keep_alive_timeout_s,
+                                     .header_timeout_s = d.header_timeout_s };
+        struct peers_options pro = peer_options_from(&dpo);
+        r = peers_new(&w->loop, router_get(), w->cfg->node_address, w->cfg->data_port, &pro, &w->peers);
         if (r < 0)
                 return r;
+        apply_http_options(w, NULL);
         if (w->cfg->metrics_port > 0) {
                 r = httpd_open(&w->metrics, &w->loop, w->cfg->node_address, w->cfg->metrics_port, 0, on_metrics, w);
                 if (r < 0)
@@ -654,6 +677,7 @@ int main(int argc, char **argv) {
 
                 timeout = MIN(supervisor_tick(w.sup, now), proxy_tick(w.proxy, now));
                 timeout = MIN(timeout, peers_tick(w.peers, now));
+                timeout = MIN(timeout, router_tick(router_get(), now));
                 timeout = MIN(timeout, watchdog_tick(&w.watchdog, now));
                 if (!w.head && !w.stop) {
                         if (now >= w.head_next_ns)
