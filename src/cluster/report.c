@@ -140,5 +140,32 @@ int report_render_metrics(struct buf *b, const char *const *names, const cJSON *
                     (r = metrics_sample(b, "serve_cross_node_requests", li, num(pj, "received"))) < 0)
                         return r;
         }
+        if ((r = metrics_family(b, "serve_peer_requests_refused", METRICS_COUNTER,
+                                "Requests from peer nodes refused by a limit (body size, streams, body budget)")) < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                const cJSON *pj = reports[i] ? cJSON_GetObjectItemCaseSensitive(reports[i], "peers") : NULL;
+                const char *l[] = { "node", names[i], NULL };
+                if (pj && (r = metrics_sample(b, "serve_peer_requests_refused", l, num(pj, "refused"))) < 0)
+                        return r;
+        }
+        if ((r = metrics_family(b, "serve_peer_links_dropped", METRICS_COUNTER,
+                                "Peer data links this node closed because the peer misbehaved or did not read")) < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                const cJSON *pj = reports[i] ? cJSON_GetObjectItemCaseSensitive(reports[i], "peers") : NULL;
+                const char *l[] = { "node", names[i], NULL };
+                if (pj && (r = metrics_sample(b, "serve_peer_links_dropped", l, num(pj, "links_dropped"))) < 0)
+                        return r;
+        }
+        if ((r = metrics_family(b, "serve_request_body_bytes_buffered", METRICS_GAUGE,
+                                "Request body bytes buffered on the node (bounded by max_buffered_request_bytes)")) < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                const cJSON *pj = reports[i] ? cJSON_GetObjectItemCaseSensitive(reports[i], "peers") : NULL;
+                const char *l[] = { "node", names[i], NULL };
+                if (pj && (r = metrics_sample(b, "serve_request_body_bytes_buffered", l, num(pj, "body_buffered"))) < 0)
+                        return r;
+        }
         return 0;
 }

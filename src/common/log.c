@@ -130,3 +130,26 @@ int log_full_errno(int level, int err, const char *file, int line, const char *f
         errno = saved;
         return -err;
 }
+
+void log_limited(struct log_limiter *l, int level, const char *fmt, ...) {
+        struct timespec ts;
+        uint64_t now;
+        char msg[512];
+        va_list ap;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        if (l->last_ns && now - l->last_ns < 60ull * 1000000000ull) {
+                l->suppressed++;
+                return;
+        }
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        if (l->suppressed)
+                log_full(level, "%s (and %llu more times in the last minute)", msg, (unsigned long long)l->suppressed);
+        else
+                log_full(level, "%s", msg);
+        l->last_ns = now;
+        l->suppressed = 0;
+}

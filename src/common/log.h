@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <syslog.h>
 
 #include "macros.h"
@@ -26,6 +27,15 @@ int log_full_errno(int level, int err, const char *file, int line, const char *f
 #define log_error(...) log_full(LOG_ERR, __VA_ARGS__)
 #define log_error_errno(e, ...) log_full_errno(LOG_ERR, (e), __FILE__, __LINE__, __VA_ARGS__)
 #define log_warning_errno(e, ...) log_full_errno(LOG_WARNING, (e), __FILE__, __LINE__, __VA_ARGS__)
+
+/* One cause that remote parties can trigger at will (a misbehaving peer, a full budget): logged
+ * the first time, then at most once a minute with how many times it happened meanwhile, so a
+ * flood cannot flood the journal. One static limiter per cause. */
+struct log_limiter {
+        uint64_t last_ns;
+        uint64_t suppressed;
+};
+void log_limited(struct log_limiter *l, int level, const char *fmt, ...) _printf_(3, 4);
 
 /* Structured context added to every following line of this thread (journald fields
  * SERVE_APP=, SERVE_DEPLOYMENT=, SERVE_REPLICA=; NULL clears). */

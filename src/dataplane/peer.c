@@ -10,7 +10,8 @@
 #define BACKOFF_MIN_NS (100 * NSEC_PER_MSEC)
 #define BACKOFF_MAX_NS (5 * NSEC_PER_SEC)
 #define MAX_STREAMS_IN 1024u            /* requests one peer may have here at once */
-#define STREAM_BUCKETS 1024u            /* a power of two */
+#define STREAM_BUCKETS 256u             /* a power of two; chains stay short (<= 4 on average) */
+#define MAX_LINKS_IN 4096u              /* peer links open at once on the data port */
 /* Response bytes queued to one peer before its streams stop taking more from the replicas
  * (they resume when it reads): what a peer that never reads can make us hold. */
 #define LINK_OUT_BUDGET (4u << 20)
@@ -32,6 +33,9 @@ struct peer {
         uint32_t n_slots, n_used, generation;
         uint32_t *free_slots;
         uint32_t n_free;
+        /* A response whose sink is full: the link is not read until it has room. */
+        struct request *blocked_on;
+        struct loop_deferred unblock;
         struct list link;
 };
 
@@ -63,6 +67,9 @@ struct peers {
 };
 
 static const struct netconn_ops out_ops, in_ops;
+static void out_on_data(struct netconn *nc);
+static void on_unblock(struct loop_deferred *d);
+static void remote_resume(struct request *q);
 static const struct backend_ops remote_backend_ops;
 static const struct sink_ops stream_sink_ops;
 
@@ -105,6 +112,8 @@ static void out_release(struct peer *p, struct request *q) {
 }
 
 static void peer_fail_all(struct peer *p, const char *why) {
+        p->blocked_on = NULL;
+        loop_undefer(&p->unblock);
         for (uint32_t i = 0; i < p->n_slots; i++) {
                 struct request *q = p->slots[i];
                 if (!q)
@@ -215,6 +224,8 @@ struct peer *peers_update_node(struct peers *ps, const char *name, const char *a
         p->ps = ps;
         p->port = port;
         p->seen = true;
+        p->unblock.fn = on_unblock;
+        list_init(&p->unblock.link);
         list_add_tail(&ps->peers, &p->link);
         peer_connect(p);
         return p;
@@ -367,16 +378,34 @@ static void remote_send(struct backend *b, struct request *q) {
 static void remote_cancel(struct request *q) {
         struct peer *p = list_entry(q->backend, struct remote_target, be)->peer;
 
+        remote_resume(q);
         /* The slot stays until the peer answers; the rest of its response is discarded. */
         if (p->nc && peer_wire_put(netconn_outbuf(p->nc), p->nc->out_limit, PEER_CANCEL, 0, q->backend_id, NULL, 0,
                                    NULL, 0) == 0)
                 netconn_flush(p->nc);
 }
 
-/* The sink of a response from a peer has room again. The link is read on regardless (it
- * carries other requests' responses): a sink past its budget by what one frame brings is
- * bounded by the sink itself, which drops a client that does not read. */
-static void remote_resume(struct request *q) { (void)q; }
+/* Reading the link again (from the loop: the caller may be the sink itself). */
+static void on_unblock(struct loop_deferred *d) {
+        struct peer *p = list_entry(d, struct peer, unblock);
+
+        if (!p->nc || p->blocked_on)
+                return;
+        netconn_pause(p->nc, false);
+        out_on_data(p->nc); /* frames that were already here */
+}
+
+/* The sink that stopped the link has room again, or is gone. Other responses on the link
+ * waited meanwhile (one link per peer); a sink that never reads is dropped by its own send
+ * timeout, which ends the wait. */
+static void remote_resume(struct request *q) {
+        struct peer *p = list_entry(q->backend, struct remote_target, be)->peer;
+
+        if (p->blocked_on != q)
+                return;
+        p->blocked_on = NULL;
+        loop_defer(p->ps->loop, &p->unblock);
+}
 
 static const struct backend_ops remote_backend_ops = {
         .available = remote_available,
@@ -406,6 +435,15 @@ static void finish_out(struct peer *p, struct request *q) {
         router_dispatch(p->ps->router, dep);
 }
 
+/* After delivering to q: when its sink is full, stop reading the link until it has room. */
+static void block_if_full(struct peer *p, struct request *q) {
+        if (!request_waiting(q) || request_room(q) > 0)
+                return;
+        q->sink_blocked = true;
+        p->blocked_on = q;
+        netconn_pause(p->nc, true);
+}
+
 /* Returns 0, or -EBADMSG to drop the connection. */
 static int out_frame(struct peer *p, const struct peer_frame_header *h, const char *pl) {
         struct request *q = out_lookup(p, h->stream);
@@ -425,6 +463,8 @@ static int out_frame(struct peer *p, const struct peer_frame_header *h, const ch
                 request_body(q, resp.body, resp.body_here);
                 if (q->resp_received == q->resp_body_len)
                         finish_out(p, q);
+                else
+                        block_if_full(p, q);
                 return 0;
         case PEER_RESP_BODY:
                 if (q->state != REQUEST_RESPONDING || h->len > q->resp_body_len - q->resp_received)
@@ -433,6 +473,8 @@ static int out_frame(struct peer *p, const struct peer_frame_header *h, const ch
                 request_body(q, pl, h->len);
                 if (q->resp_received == q->resp_body_len)
                         finish_out(p, q);
+                else
+                        block_if_full(p, q);
                 return 0;
         case PEER_REJECT:
         case PEER_FAIL:
@@ -470,7 +512,7 @@ static void out_on_data(struct netconn *nc) {
         const char *pl;
         int r;
 
-        while (p && (r = peer_wire_next(nc->in.data, nc->in.len, &h, &pl)) != 0) {
+        while (p && !p->blocked_on && (r = peer_wire_next(nc->in.data, nc->in.len, &h, &pl)) != 0) {
                 if (r < 0 || out_frame(p, &h, pl) < 0) {
                         log_error("node %s sent an invalid frame (type %u): disconnecting", p->name, h.type);
                         p->ps->stats.links_dropped++;
@@ -596,11 +638,20 @@ static const struct sink_ops stream_sink_ops = {
         .room = stream_room,
 };
 
-/* The peer reads again: streams whose replicas waited may go on. */
+static void in_on_data(struct netconn *nc);
+
+/* The peer reads again: streams whose replicas waited may go on, and so may its requests. */
 static void in_on_drain(struct netconn *nc) {
         struct peer_in *pin = nc->userdata;
 
-        if (!pin || pin->n_blocked == 0)
+        if (!pin || pin->dead)
+                return;
+        if (nc->paused) {
+                netconn_pause(nc, false);
+                (void)netconn_set_idle_timeout(nc, 0);
+                in_on_data(nc);
+        }
+        if (pin->n_blocked == 0)
                 return;
         pin->n_blocked = 0;
         for (unsigned i = 0; i < STREAM_BUCKETS; i++) {
@@ -787,7 +838,8 @@ static void in_teardown_later(struct peer_in *pin, const char *why) {
                 return;
         pin->dead = true;
         pin->ps->stats.links_dropped++;
-        log_warning("peer %s: closing its data link: %s", pin->nc ? pin->nc->peer : "?", why);
+        static struct log_limiter limiter;
+        log_limited(&limiter, LOG_WARNING, "peer %s: closing its data link: %s", pin->nc ? pin->nc->peer : "?", why);
         loop_defer(pin->ps->loop, &pin->teardown);
 }
 
@@ -800,8 +852,15 @@ static void in_on_data(struct netconn *nc) {
         /* While the peer does not read what we owe it, we read nothing more from it: its
          * bytes wait in the socket, and the link's progress timeout ends a peer that never
          * reads. */
-        while (pin && !pin->dead && netconn_unsent(nc) < LINK_OUT_BUDGET &&
-               (r = peer_wire_next(nc->in.data, nc->in.len, &h, &pl)) != 0) {
+        while (pin && !pin->dead && (r = peer_wire_next(nc->in.data, nc->in.len, &h, &pl)) != 0) {
+                if (netconn_unsent(nc) >= LINK_OUT_BUDGET) {
+                        /* It does not read what we owe it: read nothing more from it (its bytes
+                         * wait in the kernel) until it does; if it never does, the progress
+                         * timeout drops the link. */
+                        netconn_pause(nc, true);
+                        (void)netconn_set_idle_timeout(nc, sec_to_ns(pin->ps->opts.link_timeout_s));
+                        return;
+                }
                 if (r < 0 || in_frame(pin, &h, pl) < 0) {
                         in_teardown_later(pin, "it sent an invalid frame");
                         return;
@@ -868,6 +927,7 @@ int peers_new(struct loop *loop, struct router *router, const char *host, int po
                 free(ps);
                 return r;
         }
+        netlistener_set_limit(&ps->listener, MAX_LINKS_IN, "the data port");
         *ret = ps;
         return 0;
 }
@@ -902,6 +962,7 @@ void peers_free(struct peers *ps) {
         list_for_each_safe(pos, tmp, &ps->peers) {
                 struct peer *p = list_entry(pos, struct peer, link);
                 list_del(&p->link);
+                loop_undefer(&p->unblock);
                 free(p->slots);
                 free(p->free_slots);
                 free(p->name);

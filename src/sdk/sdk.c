@@ -172,8 +172,15 @@ bool serve_request_cancelled(const serve_request *req) {
 /* ---- the response ---- */
 
 void serve_response_set_status(serve_response *resp, int status) {
-        if (status >= 100 && status <= 599)
+        /* A handler's answer is the final response. 1xx are interim responses the proxy sends
+         * itself (100 Continue) or does not support (101 Switching Protocols): a handler that
+         * asks for one, or for no status at all, has a bug, and the client gets 500. */
+        if (status >= 200 && status <= 599) {
                 resp->status = status;
+                return;
+        }
+        log_error("a handler set status %d: only final statuses 200-599 can be answered; answering 500", status);
+        resp->status = 500;
 }
 
 static bool is_tchar(unsigned char c) {

@@ -118,7 +118,9 @@ const void *serve_request_body(const serve_request *req, size_t *ret_len);
 bool serve_request_cancelled(const serve_request *req);
 
 /* ---- the response ---- */
-void serve_response_set_status(serve_response *resp, int status); /* 100..599 */
+/* The status of the (final) response: 200..599. Anything else (1xx interim responses
+ * included) is a handler bug: it is logged and the client gets 500. */
+void serve_response_set_status(serve_response *resp, int status);
 /* Adds a header (name: token chars; value: no CR/LF). Content-Length and Connection are the
  * proxy's. Returns 0 or -EINVAL. */
 int serve_response_add_header(serve_response *resp, const char *name, const char *value);

@@ -113,7 +113,10 @@ static cJSON *report_build(const struct supervisor *s, const struct router *r, c
                 if (!(pj = cJSON_AddObjectToObject(m, "peers")) || !cJSON_AddNumberToObject(pj, "sent", (double)p.sent) ||
                     !cJSON_AddNumberToObject(pj, "received", (double)p.received) ||
                     !cJSON_AddNumberToObject(pj, "rejected", (double)p.rejected) ||
-                    !cJSON_AddNumberToObject(pj, "failed_over", (double)p.failed_over))
+                    !cJSON_AddNumberToObject(pj, "failed_over", (double)p.failed_over) ||
+                    !cJSON_AddNumberToObject(pj, "refused", (double)p.refused) ||
+                    !cJSON_AddNumberToObject(pj, "links_dropped", (double)p.links_dropped) ||
+                    !cJSON_AddNumberToObject(pj, "body_buffered", (double)request_body_buffered()))
                         goto fail;
         }
         return m;
@@ -678,6 +681,9 @@ int main(int argc, char **argv) {
                 timeout = MIN(supervisor_tick(w.sup, now), proxy_tick(w.proxy, now));
                 timeout = MIN(timeout, peers_tick(w.peers, now));
                 timeout = MIN(timeout, router_tick(router_get(), now));
+                uint64_t nc_next = netconn_tick(&w.loop, now);
+                if (nc_next != UINT64_MAX)
+                        timeout = MIN(timeout, nc_next > now ? nc_next - now : 0);
                 timeout = MIN(timeout, watchdog_tick(&w.watchdog, now));
                 if (!w.head && !w.stop) {
                         if (now >= w.head_next_ns)

@@ -1,16 +1,17 @@
 /* libFuzzer target for what a hostile replica can put into its response ring, as the proxy reads
- * it (upstream_poll in src/proxy/upstream.c, ring_next in src/shm/ring.c).
+ * it (replica_link_poll in src/dataplane/replica_link.c, ring_next in src/shm/ring.c).
  *
  * The input is a program the replica runs against its shared memory: write raw bytes anywhere in
  * the response ring's data area, move the published head (or the tail, or the request ring's
  * tail) to any value, append well-formed or malformed records at its own cursor. Between those
  * steps the proxy side acts: it polls the response ring, sends new requests (some with bodies
- * large enough to fill the request ring), cancels requests, flushes its backlog. The proxy
- * functions upstream.c calls are stubbed here and check what a client would notice: a valid
+ * large enough to fill the request ring), cancels requests, flushes its backlog, lets a full
+ * sink stall the ring and resumes it. The request-model functions replica_link.c calls are
+ * stubbed here and check what a client would notice: a valid
  * status, a header block made only of "Name: value\r\n" lines, never more body bytes than
  * announced, an end only after exactly that many, nothing handed over that still lives in shared
  * memory, no request freed while still linked or assigned. After -EBADMSG the replica is killed
- * (upstream_fail_all) and a fresh one takes over for the rest of the input. Any violation
+ * (replica_link_fail_all) and a fresh one takes over for the rest of the input. Any violation
  * abort()s. */
 
 #include <errno.h>
@@ -24,7 +25,7 @@
 
 #include "macros.h"
 #include "proto.h"
-#include "proxy.h"
+#include "request.h"
 #include "ring.h"
 #include "segment.h"
 #include "replica_link.h"
@@ -48,21 +49,22 @@ const char *__ubsan_default_options(void) {
 
 /* An upreq and what the stubs learned about it. */
 struct fake {
-        struct upreq u;
-        bool drop_in_begin;  /* the client goes away inside proxy_response_begin */
-        bool drop_in_body;   /* ... inside proxy_response_body (a client that does not read) */
-        bool begun;          /* proxy_response_begin was called */
-        bool responding;     /* was seen in UPREQ_RESPONDING */
-        uint64_t announced;  /* body_len given to proxy_response_begin */
-        uint64_t delivered;  /* body bytes given to proxy_response_body */
+        struct request u;
+        bool drop_in_begin;  /* the client goes away inside request_begin */
+        bool drop_in_body;   /* ... inside request_body (a client that does not read) */
+        bool full;           /* its sink says it has no room (until OP_RESUME) */
+        bool begun;          /* request_begin was called */
+        bool responding;     /* was seen in REQUEST_RESPONDING */
+        uint64_t announced;  /* body_len given to request_begin */
+        uint64_t delivered;  /* body bytes given to request_body */
 };
 
-static struct fake *fake_of(struct upreq *u) {
+static struct fake *fake_of(struct request *u) {
         return (struct fake *)((char *)u - offsetof(struct fake, u));
 }
 
-static char dummy_conn; /* never dereferenced: the stubs only compare it */
-#define CONN ((struct conn *)&dummy_conn)
+/* The sink of every request here; its functions are never called (request_* are stubs). */
+static const struct sink_ops SINK;
 
 static struct {
         struct replica rep;
@@ -71,6 +73,7 @@ static struct {
         uint32_t wpos;      /* the replica's own producer cursor */
         bool in_poll;
         unsigned finished;  /* responses completed (ended or discarded) during this poll */
+        struct loop_deferred *deferred; /* the replica's repoll, when queued */
 } W;
 
 static uint8_t *resp_data(void) {
@@ -94,22 +97,22 @@ static bool in_shared(const void *p, size_t len) {
         return (a < r1e && b > r1) || (a < r2e && b > r2);
 }
 
-static bool in_slots(const struct upreq *u) {
+static bool in_slots(const struct request *u) {
         for (uint32_t i = 0; i < W.rep.n_slots; i++)
                 if (W.rep.slots[i] == u)
                         return true;
         return false;
 }
 
-/* An upreq leaving upstream.c for good: released from its slot and from the backlog. */
-static void check_released(struct upreq *u) {
+/* A request leaving replica_link.c for good: released from its slot and from the backlog. */
+static void check_released(struct request *u) {
         check(u != NULL);
-        check(u->rep == NULL);
+        check(u->backend == NULL);
         check(!in_slots(u));
         check(list_empty(&u->link));
 }
 
-/* ---- stubs of what upstream.c calls ---- */
+/* ---- stubs of what replica_link.c calls ---- */
 
 int doorbell_ring(int efd) {
         check(efd == -1);
@@ -151,77 +154,121 @@ static void check_header_block(const char *h, size_t len) {
         check(lines <= PROTO_MAX_RESP_HEADERS);
 }
 
-void proxy_response_begin(struct upreq *u, int status, const char *headers, size_t headers_len, uint64_t body_len) {
+/* What request_abandon() does for a request at a backend: the sink lets go, the backend sees
+ * a cancellation. */
+static void abandon(struct request *u) {
+        u->sink = NULL;
+        u->cancelled = true;
+        u->backend->ops->cancel(u);
+}
+
+void request_begin(struct request *u, int status, const char *headers, size_t headers_len, uint64_t body_len) {
         struct fake *f = fake_of(u);
 
         check(W.in_poll);
-        check(u->conn == CONN && !u->cancelled);
-        check(!f->begun);
-        check(u->rep == &W.rep && W.rep.slots[u->slot] == u && u->state == UPREQ_RESPONDING);
+        check(u->backend == &W.rep.be && W.rep.slots[u->slot] == u && u->state == REQUEST_RESPONDING);
         check(status >= 200 && status <= 599);
         check(body_len <= PROTO_MAX_RESP_BODY);
         check(headers_len <= PROTO_MAX_HEADER_BYTES + 4u * PROTO_MAX_RESP_HEADERS);
         check(!in_shared(headers, headers_len));
         check_header_block(headers, headers_len);
+        if (!u->sink)
+                return; /* cancelled: the model drops it */
+        check(!u->cancelled && !f->begun);
         f->begun = true;
         f->announced = body_len;
         f->delivered = 0;
         if (f->drop_in_begin)
-                replica_link_cancel(u); /* what the proxy's conn_close() -> detach_request() does */
+                abandon(u); /* what the proxy's conn_close() -> detach_request() does */
 }
 
-void proxy_response_body(struct upreq *u, const void *data, size_t len) {
+void request_body(struct request *u, const void *data, size_t len) {
         struct fake *f = fake_of(u);
         const volatile uint8_t *d = data;
         uint8_t sum = 0;
 
         check(W.in_poll);
-        check(u->conn == CONN && !u->cancelled);
-        check(f->begun && u->state == UPREQ_RESPONDING);
-        check(len > 0 && data != NULL);
-        check(len <= f->announced - f->delivered);
+        check(u->state == REQUEST_RESPONDING);
+        check(len == 0 || data != NULL);
         check(!in_shared(data, len));
         for (size_t i = 0; i < len; i++) /* every byte must be readable (ASan) */
                 sum ^= d[i];
         (void)sum;
+        if (!u->sink || len == 0)
+                return;
+        check(!u->cancelled && f->begun);
+        check(!u->sink_blocked); /* a stalled sink gets nothing until it is resumed */
+        check(len <= f->announced - f->delivered);
         f->delivered += len;
         if (f->drop_in_body)
-                replica_link_cancel(u); /* buf_append failed: conn_close() -> detach_request() */
+                abandon(u); /* a client that does not read: conn_close() -> detach_request() */
 }
 
-void proxy_response_end(struct upreq *u) {
+size_t request_room(const struct request *u) {
+        if (!u->sink)
+                return SIZE_MAX;
+        return fake_of((struct request *)u)->full ? 0 : 4096;
+}
+
+void request_end(struct request *u) {
         struct fake *f = fake_of(u);
 
         check(W.in_poll);
-        check(u->conn == CONN && !u->cancelled);
+        check(u->sink == &SINK && !u->cancelled);
         check(f->begun && f->delivered == f->announced);
         check(u->resp_received == u->resp_body_len && u->resp_body_len == f->announced);
+        check(u->state == REQUEST_DONE);
         check_released(u);
         W.finished++;
         free(f);
 }
 
-void upreq_free(struct upreq *u) {
+void request_release(struct request *u) {
         if (!u)
                 return;
-        check(W.in_poll); /* upstream.c only discards a finished response of a cancelled request */
-        check(u->conn == NULL && u->cancelled);
-        check(u->resp_received == u->resp_body_len);
+        check(u->sink == NULL && u->cancelled);
         check_released(u);
-        W.finished++;
+        if (W.in_poll) {
+                /* replica_link.c only discards a finished response of a cancelled request */
+                check(u->resp_received == u->resp_body_len);
+                W.finished++;
+        }
         free(fake_of(u));
 }
 
-void proxy_upreq_fail(struct upreq *u, int status, const char *why) {
+void request_fail(struct request *u, int status, const char *why) {
         check(!W.in_poll);
         check(status == 502);
         check(why != NULL);
+        check(u->sink == &SINK);
         check_released(u);
         free(fake_of(u));
 }
 
-/* Requests here come from clients, never from a peer node. */
-void peer_stream_detach(struct upreq *u) { check(u->stream == NULL); }
+static struct loop the_loop;
+struct loop *request_loop(void) { return &the_loop; }
+
+void loop_defer(struct loop *l, struct loop_deferred *d) {
+        check(l == &the_loop);
+        d->queued = true;
+        W.deferred = d;
+}
+
+void loop_undefer(struct loop_deferred *d) {
+        d->queued = false;
+        if (W.deferred == d)
+                W.deferred = NULL;
+}
+
+struct router *router_get(void) { return NULL; }
+void router_dispatch(struct router *r, struct deployment *dep) { (void)r, (void)dep; }
+
+/* The supervisor's answer to garbage found while resuming: kill it (the world is replaced). */
+static bool broken;
+static void on_broken(struct replica *rep) {
+        check(rep == &W.rep);
+        broken = true;
+}
 
 /* ---- the world: one replica with its two rings ---- */
 
@@ -247,6 +294,9 @@ static void world_open(uint32_t resp_size) {
         W.rep.seg.resp_bell = -1;
         W.rep.pidfd = W.rep.ctl_fd = -1;
         check(replica_link_init(&W.rep, N_SLOTS) == 0);
+        W.rep.state = REPLICA_READY;
+        W.rep.on_broken = on_broken;
+        W.deferred = NULL;
 }
 
 /* The replica is killed: every request still assigned to it gets its 502. */
@@ -267,26 +317,26 @@ static void check_invariants(void) {
         struct list *pos, *tmp;
 
         for (uint32_t i = 0; i < W.rep.n_slots; i++) {
-                struct upreq *u = W.rep.slots[i];
+                struct request *u = W.rep.slots[i];
                 if (!u)
                         continue;
                 struct fake *f = fake_of(u);
                 n++;
-                check(u->rep == &W.rep && u->slot == i && (uint32_t)u->id == i);
-                check(u->state == UPREQ_SENDING || u->state == UPREQ_SENT || u->state == UPREQ_RESPONDING);
-                check(!u->cancelled || u->conn == NULL);
-                check(u->conn == NULL || u->conn == CONN);
-                if (u->state == UPREQ_SENDING)
+                check(u->backend == &W.rep.be && u->slot == i && (uint32_t)u->backend_id == i);
+                check(u->state == REQUEST_SENDING || u->state == REQUEST_SENT || u->state == REQUEST_RESPONDING);
+                check(!u->cancelled || u->sink == NULL);
+                check(u->sink == NULL || u->sink == &SINK);
+                if (u->state == REQUEST_SENDING)
                         sending++;
                 /* Once its response started, a request stays RESPONDING until it is finished:
                  * otherwise the replica's next RESP_BODY is rejected and the replica killed. */
                 if (f->responding)
-                        check(u->state == UPREQ_RESPONDING);
-                if (u->state == UPREQ_RESPONDING) {
+                        check(u->state == REQUEST_RESPONDING);
+                if (u->state == REQUEST_RESPONDING) {
                         f->responding = true;
                         check(u->resp_received < u->resp_body_len);
                         check(u->resp_body_len <= PROTO_MAX_RESP_BODY);
-                        if (u->conn) {
+                        if (u->sink) {
                                 check(f->begun && f->announced == u->resp_body_len);
                                 check(f->delivered == u->resp_received);
                         }
@@ -294,11 +344,16 @@ static void check_invariants(void) {
         }
         check(n == W.rep.ongoing);
         list_for_each_safe(pos, tmp, &W.rep.backlog) {
-                struct upreq *u = list_entry(pos, struct upreq, link);
-                check(u->rep == &W.rep && W.rep.slots[u->slot] == u && u->state == UPREQ_SENDING);
+                struct request *u = list_entry(pos, struct request, link);
+                check(u->backend == &W.rep.be && W.rep.slots[u->slot] == u && u->state == REQUEST_SENDING);
                 linked++;
         }
         check(linked == sending);
+        /* A stalled ring waits for a request whose sink is full and still waits. */
+        if (W.rep.stalled) {
+                check(in_slots(W.rep.stalled) && W.rep.stalled->sink && W.rep.stalled->sink_blocked);
+                check(W.rep.stalled->state == REQUEST_RESPONDING);
+        }
 }
 
 static void do_poll(void) {
@@ -308,6 +363,8 @@ static void do_poll(void) {
         W.in_poll = false;
         if (r >= 0) {
                 check((unsigned)r == W.finished);
+                if (W.rep.stalled)
+                        check(replica_link_poll(&W.rep) == 0); /* nothing is read while stalled */
                 check_invariants();
                 return;
         }
@@ -384,8 +441,8 @@ static void put_record(uint16_t type, const void *payload, uint32_t len) {
  * (an earlier generation), or whatever the input says. */
 static uint64_t pick_id(struct input *in, uint8_t sel) {
         uint32_t slot = sel % N_SLOTS;
-        struct upreq *u = W.rep.slots[slot];
-        uint64_t right = u ? u->id : ((uint64_t)W.rep.generation << 32 | slot);
+        struct request *u = W.rep.slots[slot];
+        uint64_t right = u ? u->backend_id : ((uint64_t)W.rep.generation << 32 | slot);
 
         switch ((sel >> 2) & 3) {
         case 1:
@@ -488,13 +545,14 @@ static void op_send(struct input *in) {
                 return; /* the router never assigns beyond max_ongoing_requests */
         struct fake *f = calloc(1, sizeof *f);
         check(f != NULL);
-        struct upreq *u = &f->u;
+        struct request *u = &f->u;
         struct http_request *q = &u->req;
 
-        u->conn = CONN;
+        u->sink = &SINK;
         list_init(&u->link);
         list_init(&u->tlink);
-        u->state = UPREQ_QUEUED;
+        list_init(&u->sink_link);
+        u->state = REQUEST_NEW;
         q->method = "GET";
         q->method_len = 3;
         q->target = "/x?a=1";
@@ -515,15 +573,47 @@ static void op_send(struct input *in) {
         u->body_len = body_sizes[(flags >> 1) & 3];
         f->drop_in_begin = flags & 8;
         f->drop_in_body = flags & 16;
-        replica_link_send(&W.rep, u);
+        f->full = flags & 64;
+        check(W.rep.be.ops->available(&W.rep.be));
+        W.rep.be.ops->send(&W.rep.be, u);
         if (flags & 32)
-                replica_link_cancel(u);
+                abandon(u);
 }
 
 static void op_cancel(struct input *in) {
-        struct upreq *u = W.rep.slots[get8(in) % N_SLOTS];
-        if (u)
-                replica_link_cancel(u);
+        struct request *u = W.rep.slots[get8(in) % N_SLOTS];
+        if (u && u->sink)
+                abandon(u);
+}
+
+/* A full sink has room again: request_sink_ready() resumes its backend, whose repoll runs from
+ * the loop. */
+static void op_resume(struct input *in) {
+        struct request *u = W.rep.slots[get8(in) % N_SLOTS];
+
+        if (u && u->sink) {
+                fake_of(u)->full = false;
+                if (u->sink_blocked) {
+                        u->sink_blocked = false;
+                        if (u->state == REQUEST_RESPONDING)
+                                u->backend->ops->resume(u);
+                }
+        }
+        if (W.deferred) {
+                struct loop_deferred *d = W.deferred;
+                W.deferred = NULL;
+                d->queued = false;
+                broken = false;
+                W.finished = 0;
+                W.in_poll = true;
+                d->fn(d);
+                W.in_poll = false;
+                if (broken) {
+                        uint32_t size = W.resp_size;
+                        world_kill();
+                        world_open(size);
+                }
+        }
 }
 
 /* The replica consumes the whole request ring. */
@@ -549,6 +639,7 @@ enum {
         OP_REQ_TAIL_SET,
         OP_KILL,
         OP_REQ_SLEEP,
+        OP_RESUME,
         N_OPS,
 };
 
@@ -615,6 +706,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         break;
                 case OP_REQ_SLEEP: /* the next request makes the proxy ring the doorbell */
                         atomic_store_explicit(&req_sh()->consumer_sleeping, 1, memory_order_relaxed);
+                        break;
+                case OP_RESUME:
+                        op_resume(&in);
                         break;
                 }
                 check_invariants();
