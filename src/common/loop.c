@@ -16,6 +16,7 @@ int loop_init(struct loop *l, unsigned entries) {
         int r = -EINVAL;
 
         list_init(&l->deferred);
+        l->now = now_ns();
         for (size_t i = 0; i < ELEMENTSOF(flag_sets); i++) {
                 struct io_uring_params p = {
                         .flags = flag_sets[i] | IORING_SETUP_CQSIZE,
@@ -81,6 +82,7 @@ int loop_run_once(struct loop *l, uint64_t timeout_ns) {
                 r = io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1, &ts, NULL);
         if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN)
                 return r;
+        l->now = now_ns();
 
         /* Callbacks may queue new submissions and even complete synchronously; we only look at
          * what is in the CQ now and advance once per batch. */

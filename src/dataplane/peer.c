@@ -692,7 +692,7 @@ static void in_submit(struct peer_in *pin, struct request *q, const char *app, s
                 request_fail(q, 404, "the path is not under the application's route_prefix");
                 return;
         }
-        q->start_ns = now_ns();
+        q->start_ns = loop_now(pin->ps->loop);
         pin->ps->stats.received++;
         r = router_submit(pin->ps->router, q, pin->ps->opts.request_timeout_s);
         if (r == -ENOENT)

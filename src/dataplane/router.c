@@ -126,7 +126,7 @@ int router_submit(struct router *r, struct request *q, double timeout_s) {
         struct backend *b;
 
         if (timeout_s > 0 && q->deadline_ns == 0) {
-                q->deadline_ns = now_ns() + sec_to_ns(timeout_s);
+                q->deadline_ns = loop_now(request_loop()) + sec_to_ns(timeout_s);
                 list_add_tail(&r->timeouts, &q->tlink);
         }
         /* Requests already waiting go first: a newcomer never overtakes the queue. */
@@ -247,5 +247,5 @@ void router_record(const struct request *q, int status) {
         st->requests++;
         if (status >= 400)
                 st->errors++;
-        latency_hist_observe(&st->latency, (double)(now_ns() - q->start_ns) / 1e6);
+        latency_hist_observe(&st->latency, (double)(loop_now(request_loop()) - q->start_ns) / 1e6);
 }

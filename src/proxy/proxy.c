@@ -95,7 +95,7 @@ static void timer_set(struct conn *c, struct list *lst, double seconds) {
         c->tlist = NULL;
         if (seconds <= 0)
                 return;
-        c->deadline_ns = now_ns() + sec_to_ns(seconds);
+        c->deadline_ns = loop_now(c->p->loop) + sec_to_ns(seconds);
         list_add_tail(lst, &c->tlink);
         c->tlist = lst;
 }
@@ -144,7 +144,7 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
                 return;
         }
         buf_consume(&c->out, (size_t)res);
-        c->last_send_ns = now_ns();
+        c->last_send_ns = loop_now(c->p->loop);
         if (c->out.len == 0) {
                 struct buf t = c->out;
                 c->out = c->pending;
@@ -195,7 +195,7 @@ static void conn_flush(struct conn *c) {
         sqe = loop_sqe(c->p->loop, &c->op_send);
         io_uring_prep_send(sqe, c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
         if (!c->sending && c->out.len)
-                c->last_send_ns = now_ns();
+                c->last_send_ns = loop_now(c->p->loop);
         c->sending = true;
         c->refs++;
 }
@@ -384,14 +384,10 @@ static bool builtin(struct conn *c, const struct http_request *q) {
 /* Too many request bodies are buffered on this node: 503 with Retry-After, and the
  * connection closes (its unread body would be taken for the next request). */
 static void budget_exhausted(struct conn *c) {
-        static uint64_t logged_ns;
-        uint64_t now = now_ns();
+        static struct log_limiter limiter;
 
-        if (!logged_ns || now - logged_ns > 60 * NSEC_PER_SEC) {
-                log_warning("the request-body budget (http_options.max_buffered_request_bytes) is exhausted: "
-                            "answering 503 until bodies drain");
-                logged_ns = now;
-        }
+        log_limited(&limiter, LOG_WARNING, "the request-body budget (http_options.max_buffered_request_bytes) is "
+                                           "exhausted: answering 503 until bodies drain");
         respond_simple(c, 503, "503 Service Unavailable: too many request bodies buffered; retry later\n", true);
 }
 
@@ -498,8 +494,9 @@ static size_t conn_request_end(const struct conn *c) {
         return c->body_kind == HTTP_BODY_CHUNKED ? c->raw_off : c->head_len + c->body_have;
 }
 
-/* The whole request is in c->in: hand it to the router. */
-static void request_complete(struct conn *c) {
+/* The whole request is in c->in: hand it to the router. `parsed` is the head as just parsed
+ * (pointing into c->in) when it is still valid, else NULL and the head is parsed again. */
+static void request_complete(struct conn *c, const struct http_request *parsed) {
         struct proxy *p = c->p;
         struct request *q;
         size_t end = conn_request_end(c);
@@ -527,8 +524,18 @@ static void request_complete(struct conn *c) {
         q->body_budget = c->body_reserved;
         c->body_reserved = 0;
         c->parse_prev = 0;
-        /* Re-parse the head from its final home (the buffer may have moved while the body came). */
-        r = http_parse_request(q->raw, c->head_len, 0, &p->limits, &q->req);
+        if (parsed) {
+                /* The buffer did not move: the pointers stay valid in q->raw. */
+                memcpy(&q->req, parsed, offsetof(struct http_request, headers) + parsed->n_headers * sizeof parsed->headers[0]);
+                q->req.n_headers = parsed->n_headers;
+                q->req.body_kind = parsed->body_kind;
+                q->req.content_length = parsed->content_length;
+                q->req.keep_alive = parsed->keep_alive;
+                q->req.expect_continue = parsed->expect_continue;
+                q->req.head_len = parsed->head_len;
+                r = (int)parsed->head_len;
+        } else /* re-parse the head from its final home (the buffer may have moved while the body came) */
+                r = http_parse_request(q->raw, c->head_len, 0, &p->limits, &q->req);
         if (r <= 0 || request_normalize_path(q) < 0 || router_set_path(c->route, q) < 0) {
                 request_free(q); /* cannot happen: it parsed and routed before */
                 respond_error(c, 400, true);
@@ -539,7 +546,7 @@ static void request_complete(struct conn *c) {
         q->body_len = c->body_have;
         q->dep = c->route->ingress;
         c->cur = q;
-        q->start_ns = now_ns();
+        q->start_ns = loop_now(p->loop);
         c->state = CONN_UPSTREAM;
         c->response_begun = false;
         c->discard_body = false;
@@ -559,6 +566,8 @@ static void request_complete(struct conn *c) {
 
 static void conn_process(struct conn *c) {
         struct proxy *p = c->p;
+        const struct http_request *parsed = NULL; /* the head parsed in this pass, in p->scratch */
+        const char *parsed_in = NULL;             /* ... pointing into this buffer */
 
         while (!c->closing && !c->close_after_write) {
                 if (c->state == CONN_UPSTREAM || c->state == CONN_WAIT)
@@ -591,6 +600,8 @@ static void conn_process(struct conn *c) {
                                 timer_set(c, &p->active_list, p->opts.header_timeout_s);
                         if (!head_complete(c, &p->scratch))
                                 continue;
+                        parsed = &p->scratch;
+                        parsed_in = c->in.data;
                 }
                 if (c->state == CONN_BODY) {
                         int r = body_progress(c);
@@ -602,7 +613,8 @@ static void conn_process(struct conn *c) {
                                 timer_set(c, &p->active_list, p->opts.header_timeout_s);
                                 break;
                         }
-                        request_complete(c);
+                        request_complete(c, parsed && parsed_in == c->in.data ? parsed : NULL);
+                        parsed = NULL;
                 }
         }
         if (!c->closing && !c->recv_armed && (c->state != CONN_UPSTREAM || c->in.len < PIPELINE_SOFT_LIMIT))
@@ -610,6 +622,39 @@ static void conn_process(struct conn *c) {
 }
 
 /* ---- the connection as a request's sink ---- */
+
+/* "HTTP/1.1 200 OK\r\nContent-Length: N\r\n" without printf (it is on every response). */
+static void put_status_line(struct buf *o, int status, bool with_length, uint64_t body_len) {
+        const char *reason = http_status_reason(status);
+        size_t rl = strlen(reason);
+        char line[96], digits[24];
+        size_t n = 0, nd = 0;
+
+        if (rl > 40)
+                rl = 40;
+        memcpy(line, "HTTP/1.1 ", 9);
+        n = 9;
+        line[n++] = (char)('0' + status / 100 % 10);
+        line[n++] = (char)('0' + status / 10 % 10);
+        line[n++] = (char)('0' + status % 10);
+        line[n++] = ' ';
+        memcpy(line + n, reason, rl);
+        n += rl;
+        memcpy(line + n, "\r\n", 2);
+        n += 2;
+        if (with_length) {
+                memcpy(line + n, "Content-Length: ", 16);
+                n += 16;
+                do
+                        digits[nd++] = (char)('0' + body_len % 10);
+                while ((body_len /= 10) > 0);
+                while (nd > 0)
+                        line[n++] = digits[--nd];
+                memcpy(line + n, "\r\n", 2);
+                n += 2;
+        }
+        (void)buf_append(o, line, n, OUT_LIMIT);
+}
 
 static void sink_begin(struct request *q, int status, const char *headers, size_t headers_len, uint64_t body_len) {
         struct conn *c = q->sink_ctx;
@@ -622,13 +667,10 @@ static void sink_begin(struct request *q, int status, const char *headers, size_
          * wrote is dropped, or the client would take it for the next response. 204 has no
          * Content-Length either; HEAD and 304 say what a GET would get. */
         c->discard_body = head || status == 204 || status == 304;
-        (void)buf_printf(o, OUT_LIMIT, "HTTP/1.1 %d %s\r\n", status, http_status_reason(status));
-        if (status != 204)
-                (void)buf_printf(o, OUT_LIMIT, "Content-Length: %llu\r\n", (unsigned long long)body_len);
+        put_status_line(o, status, status != 204, body_len);
         (void)buf_append(o, headers, headers_len, OUT_LIMIT);
         (void)buf_append(o, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n", c->keep_alive ? 2 : 21, OUT_LIMIT);
         c->response_begun = true;
-        timer_set(c, &c->p->active_list, send_timeout_s(c->p)); /* a client that stops reading */
         conn_flush(c);
 }
 
@@ -648,12 +690,18 @@ static void sink_body(struct request *q, const void *data, size_t len) {
 }
 
 static size_t sink_room(const struct request *q) {
-        const struct conn *c = q->sink_ctx;
+        struct conn *c = q->sink_ctx;
         size_t held = c->out.len + c->pending.len;
 
         if (c->discard_body)
                 return SIZE_MAX;
-        return held < OUT_BUDGET ? OUT_BUDGET - held : 0;
+        if (held < OUT_BUDGET)
+                return OUT_BUDGET - held;
+        /* Full: the replica waits for this client. One that stops reading is dropped after the
+         * send timeout (proxy_tick), which cancels the request and frees the replica's ring. */
+        if (!c->tlist)
+                timer_set(c, &c->p->active_list, send_timeout_s(c->p));
+        return 0;
 }
 
 static void conn_request_done(struct conn *c) {
@@ -723,8 +771,10 @@ static void on_accept(struct loop_op *op, int res, unsigned flags) {
                 return;
         }
         if (!p->accepting || (int)p->n_conns >= p->opts.max_connections) {
+                static struct log_limiter limiter;
                 if (p->accepting)
-                        log_warning("connection limit (%d) reached, refusing a connection", p->opts.max_connections);
+                        log_limited(&limiter, LOG_WARNING, "connection limit (http_options.max_connections = %d) reached: "
+                                    "refusing connections", p->opts.max_connections);
                 close(res);
                 return;
         }
