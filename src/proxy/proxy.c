@@ -664,10 +664,11 @@ static void sink_begin(struct request *q, int status, const char *headers, size_
         if (c->p->draining)
                 c->keep_alive = false;
         /* HEAD, 204 and 304 have no body on the wire (RFC 9110 §6.4.1): whatever the handler
-         * wrote is dropped, or the client would take it for the next response. 204 has no
-         * Content-Length either; HEAD and 304 say what a GET would get. */
+         * wrote is dropped, or the client would take it for the next response. HEAD says what
+         * a GET would get; 204 and 304 have no Content-Length (a 304's would have to be the
+         * length of the 200 it stands for, which the handler did not say). */
         c->discard_body = head || status == 204 || status == 304;
-        put_status_line(o, status, status != 204, body_len);
+        put_status_line(o, status, status != 204 && status != 304, body_len);
         (void)buf_append(o, headers, headers_len, OUT_LIMIT);
         (void)buf_append(o, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n", c->keep_alive ? 2 : 21, OUT_LIMIT);
         c->response_begun = true;

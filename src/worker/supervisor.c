@@ -616,29 +616,27 @@ static void requeue(struct supervisor *s, struct deployment *from, struct deploy
         }
 }
 
-/* Stops `extra` replicas: those still starting first (they serve nothing yet), then the
- * least busy ready ones (idle first), so the fewest requests wait for a drain. */
-static void scale_down(struct deployment *d, int extra) {
+struct replica *supervisor_next_to_stop(struct deployment *d) {
+        struct replica *best = NULL;
         struct list *pos, *tmp;
 
         list_for_each_safe(pos, tmp, &d->replicas) {
                 struct replica *rep = list_entry(pos, struct replica, be.link);
-                if (extra > 0 && rep->state == REPLICA_STARTING) {
-                        replica_stop(rep);
-                        extra--;
-                }
+                if (rep->state == REPLICA_STARTING)
+                        return rep; /* serves nothing yet */
+                if (rep->state == REPLICA_READY && (!best || rep->ongoing < best->ongoing))
+                        best = rep;
         }
-        while (extra-- > 0) {
-                struct replica *best = NULL;
-                list_for_each_safe(pos, tmp, &d->replicas) {
-                        struct replica *rep = list_entry(pos, struct replica, be.link);
-                        if (rep->state == REPLICA_READY && (!best || rep->ongoing < best->ongoing))
-                                best = rep;
-                }
-                if (!best)
-                        break;
-                replica_stop(best);
-        }
+        return best;
+}
+
+/* Stops `extra` replicas, in supervisor_next_to_stop() order, so the fewest requests wait for
+ * a drain. */
+static void scale_down(struct deployment *d, int extra) {
+        struct replica *rep;
+
+        while (extra-- > 0 && (rep = supervisor_next_to_stop(d)))
+                replica_stop(rep); /* no longer STARTING or READY */
 }
 
 static uint64_t tick_deployment(struct supervisor *s, struct deployment *d, uint64_t now) {

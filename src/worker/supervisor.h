@@ -41,6 +41,10 @@ int supervisor_set_node(struct supervisor *s, const char *node);
 struct cgroups;
 void supervisor_set_cgroups(struct supervisor *s, struct cgroups *cg);
 
+/* The replica a scale-down stops next: one still starting, else the ready one with the fewest
+ * requests in flight (an idle one when there is one); NULL when none is starting or ready. */
+struct replica *supervisor_next_to_stop(struct deployment *d);
+
 /* Calls fn for every deployment (live and retiring versions). */
 void supervisor_for_each(struct supervisor *s, void (*fn)(struct deployment *d, void *userdata), void *userdata);
 
