@@ -1005,15 +1005,20 @@ static void on_control(struct replica *rep, char *buf) {
         cJSON_Delete(msg);
 }
 
+/* A replica always runs under its supervisor, which stops it with the deployment's configured
+ * graceful_shutdown_timeout_s (the "stop" message). A signal reaches us when it was sent to the
+ * whole process group (Ctrl-C on `serve run`), while the worker is draining too: draining on our
+ * own would put the SDK's default timeout in place of the configured one (a later "stop" can
+ * only shorten a drain), so requests the worker still waits for were cut at 20 s whatever
+ * apps.yaml said. Wait for the stop instead; the worker going away ends us anyway (control
+ * socket EOF, PR_SET_PDEATHSIG). */
 static void on_signal(struct replica *rep) {
         struct signalfd_siginfo si;
 
         if (read(rep->sig_fd, &si, sizeof si) != sizeof si)
                 return;
-        log_info("Received %s", strsignal((int) si.ssi_signo));
-        begin_drain(rep, rep->dep->defaults.graceful_shutdown_timeout_s > 0
-                                 ? rep->dep->defaults.graceful_shutdown_timeout_s
-                                 : REPLICA_DEFAULT_GRACEFUL_S, 0);
+        log_info("Received %s: the worker stops this replica (graceful_shutdown_timeout_s)",
+                 strsignal((int) si.ssi_signo));
 }
 
 /* The main thread holds the ring while no handler thread is idle, and gives it back as soon as
