@@ -95,6 +95,10 @@ static struct deployment *deployment_build(const struct dep_spec *sp) {
         d->health_period_s = sp->health_period_s;
         d->health_timeout_s = sp->health_timeout_s;
         d->graceful_timeout_s = sp->graceful_timeout_s;
+        if (d->graceful_timeout_s > SUPERVISOR_SYSTEMD_STOP_S && getenv("INVOCATION_ID"))
+                log_warning("deployment %s/%s: graceful_shutdown_timeout_s %.0f is longer than serve-worker.service lets a "
+                            "stop take (TimeoutStopSec=15min): systemd kills what is left after %.0fs",
+                            sp->app, sp->name, d->graceful_timeout_s, SUPERVISOR_SYSTEMD_STOP_S);
         d->user_config_json = sp->user_config_json ? strdup(sp->user_config_json) : NULL;
         memcpy(d->version, sp->version, sizeof d->version);
         if (!d->app || !d->name || !d->module || !d->symbol || !d->args_json || !d->env ||
@@ -892,11 +896,18 @@ int supervisor_set_node(struct supervisor *s, const char *node) {
         return 0;
 }
 
-void supervisor_drain_begin(struct supervisor_drain *d, uint64_t now) {
-        log_info("stopping: finishing in-flight requests");
-        d->deadline = now + SUPERVISOR_DRAIN_LIMIT_NS;
-}
+void supervisor_drain_begin(struct supervisor *s, struct supervisor_drain *d, uint64_t now) {
+        struct list *pos, *tmp;
+        double limit = 0;
 
+        /* In-flight requests get what their deployments' graceful_shutdown_timeout_s allows
+         * (Ray's meaning of it), at least a moment for keep-alive clients to move on. */
+        list_for_each_safe(pos, tmp, &s->deployments)
+                limit = MAX(limit, list_entry(pos, struct deployment, link)->graceful_timeout_s);
+        limit = MAX(limit, SUPERVISOR_DRAIN_MIN_S);
+        log_info("stopping: finishing in-flight requests (up to %.1fs, graceful_shutdown_timeout_s)", limit);
+        d->deadline = now + sec_to_ns(limit);
+}
 bool supervisor_drain_step(struct supervisor *s, struct supervisor_drain *d, uint64_t now, bool force,
                            unsigned open_connections) {
         if (!d->deadline)

@@ -56,14 +56,17 @@ uint64_t supervisor_tick(struct supervisor *s, uint64_t now);
 bool supervisor_prepare_sleep(struct supervisor *s);
 void supervisor_awake(struct supervisor *s);
 
-/* A daemon's graceful stop, one step per loop iteration: in-flight requests finish (at most
- * DRAIN_LIMIT), then the replicas stop. Start it with supervisor_drain_begin(). */
+/* A daemon's graceful stop, one step per loop iteration: in-flight requests finish (for at most
+ * the largest graceful_shutdown_timeout_s of the deployments, at least SUPERVISOR_DRAIN_MIN_S),
+ * then the replicas stop (10 s more at most). Start it with supervisor_drain_begin(). */
 struct supervisor_drain {
         uint64_t deadline;
         bool replicas_stopping;
 };
-#define SUPERVISOR_DRAIN_LIMIT_NS (30 * NSEC_PER_SEC)
-void supervisor_drain_begin(struct supervisor_drain *d, uint64_t now);
+#define SUPERVISOR_DRAIN_MIN_S 2.0
+/* What units/serve-worker.service allows a stop (TimeoutStopSec=15min), less the 10 s above. */
+#define SUPERVISOR_SYSTEMD_STOP_S 890.0
+void supervisor_drain_begin(struct supervisor *s, struct supervisor_drain *d, uint64_t now);
 /* Returns true when the daemon may exit (everything stopped, or time is up, or force).
  * open_connections: client connections still open (their requests may still come). */
 bool supervisor_drain_step(struct supervisor *s, struct supervisor_drain *d, uint64_t now, bool force,

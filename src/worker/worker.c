@@ -712,7 +712,7 @@ int main(int argc, char **argv) {
                         if (w.head_up)
                                 head_send(&w, ctlmsg_new("goodbye"));
                         proxy_stop_accepting(w.proxy);
-                        supervisor_drain_begin(&w.drain, now);
+                        supervisor_drain_begin(w.sup, &w.drain, now);
                 }
                 if (supervisor_drain_step(w.sup, &w.drain, now, w.force, proxy_connections(w.proxy)))
                         break;

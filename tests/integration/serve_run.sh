@@ -160,6 +160,33 @@ check "SIGTERM exits 0" "$rc" "0"
 check "in-flight request finished during drain" "$(cat "$WORK/drain.code")" "200"
 check "no replica process left" "$(pgrep -f "serve-replica --control-fd" -P "$SERVE_PID" | wc -l)" "0"
 
+# ---- Ctrl-C honours graceful_shutdown_timeout_s beyond the old caps (20 s in the replica,
+# 30 s in the drain): the terminal signals the whole process group, replicas included, and a
+# 21 s request still finishes ----
+cat >"$WORK/graceful.yaml" <<'YAML'
+applications:
+  - name: evil
+    route_prefix: /evil
+    import_path: evil:app
+    deployments:
+      - name: Evil
+        graceful_shutdown_timeout_s: 24
+YAML
+GPORT=$(free_port)
+setsid "$SERVE" run --http-host 127.0.0.1 --http-port "$GPORT" "$WORK/graceful.yaml" >"$WORK/graceful.log" 2>&1 &
+GPID=$!
+wait_until 30 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:$GPORT/evil/)\" = 200 ]" ||
+        fail "serve run with graceful_shutdown_timeout_s 24 starts"
+curl -s -m 60 -o "$WORK/graceful.body" -w '%{http_code}' "http://127.0.0.1:$GPORT/evil/hold?ms=21000" >"$WORK/graceful.code" &
+gcurl=$!
+wait_until 10 grep -q "evil: holding a request" "$WORK/graceful.log" || fail "the long request reached the replica"
+kill -INT -- "-$GPID"
+wait "$GPID"; grc=$?
+wait "$gcurl"
+check "Ctrl-C: exits 0 after draining" "$grc" "0"
+check "Ctrl-C: a request of 21 s finishes within graceful_shutdown_timeout_s 24" "$(cat "$WORK/graceful.code")" "200"
+check "Ctrl-C: its body arrived" "$(cat "$WORK/graceful.body")" "held"
+
 # ---- request_timeout_s -> 504 ----
 cat >"$WORK/timeout.yaml" <<'YAML'
 http_options:
