@@ -1,174 +1,20 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/wait.h>
 
 #include "ctlmsg.h"
+#include "describe.h"
+#include "loop.h"
 #include "macros.h"
 #include "spec.h"
 #include "util.h"
 
-#define DESCRIBE_MAX (1u << 20)
-
-/* ---- application descriptions (from serve-replica --describe, so user code never runs in
- * a daemon's process) ---- */
-
-struct described_deployment {
-        char *name;
-        int num_replicas, max_ongoing, max_queued;
-        double health_period, health_timeout, graceful_timeout, num_cpus, num_gpus;
-};
-
-struct description {
-        char *module, *symbol, *ingress;
-        struct described_deployment *deps;
-        size_t n_deps;
-};
-
-static void description_free(struct description *d) {
-        free(d->module);
-        free(d->symbol);
-        free(d->ingress);
-        for (size_t i = 0; i < d->n_deps; i++)
-                free(d->deps[i].name);
-        free(d->deps);
-        memset(d, 0, sizeof *d);
-}
-
-static int run_describe(const char *replica_bin, const struct app_config *a, char **ret_out, char **ret_err) {
-        int out[2], err[2];
-        struct buf o = {}, e = {};
-        pid_t pid;
-        int status;
-
-        if (pipe2(out, O_CLOEXEC) < 0)
-                return -errno;
-        if (pipe2(err, O_CLOEXEC) < 0) {
-                close(out[0]);
-                close(out[1]);
-                return -errno;
-        }
-        /* posix_spawn (vfork-like): the head may be large, and a fork would copy its page
-         * tables for every application it describes. */
-        posix_spawn_file_actions_t fa;
-        posix_spawnattr_t attr;
-        sigset_t none;
-        char *argv[] = { "serve-replica", "--describe", a->import_path, "--working-dir", a->runtime_env.working_dir, NULL };
-        if (!a->runtime_env.working_dir)
-                argv[3] = NULL;
-        sigemptyset(&none);
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
-        posix_spawn_file_actions_adddup2(&fa, err[1], STDERR_FILENO);
-        posix_spawnattr_init(&attr);
-        posix_spawnattr_setsigmask(&attr, &none);
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
-        int sr = posix_spawn(&pid, replica_bin, &fa, &attr, argv, environ);
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&attr);
-        if (sr != 0) {
-                close(out[0]); close(out[1]); close(err[0]); close(err[1]);
-                if (asprintf(ret_err, "cannot run %s: %s", replica_bin, strerror(sr)) < 0)
-                        *ret_err = NULL;
-                return -sr;
-        }
-        close(out[1]);
-        close(err[1]);
-        struct pollfd pfd[2] = { { out[0], POLLIN, 0 }, { err[0], POLLIN, 0 } };
-        int open_fds = 2;
-        while (open_fds > 0) {
-                if (poll(pfd, 2, 30000) <= 0)
-                        break;
-                for (int i = 0; i < 2; i++) {
-                        char tmp[4096];
-                        ssize_t n;
-                        if (pfd[i].fd < 0 || !pfd[i].revents)
-                                continue;
-                        n = read(pfd[i].fd, tmp, sizeof tmp);
-                        if (n <= 0) {
-                                close(pfd[i].fd);
-                                pfd[i].fd = -1;
-                                open_fds--;
-                                continue;
-                        }
-                        (void)buf_append(i == 0 ? &o : &e, tmp, (size_t)n, DESCRIBE_MAX);
-                }
-        }
-        for (int i = 0; i < 2; i++)
-                if (pfd[i].fd >= 0)
-                        close(pfd[i].fd);
-        if (open_fds > 0)
-                kill(pid, SIGKILL);
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-                ;
-        (void)buf_append(&o, "", 1, DESCRIBE_MAX + 1);
-        (void)buf_append(&e, "", 1, DESCRIBE_MAX + 1);
-        while (e.len > 1 && (e.data[e.len - 2] == '\n'))
-                e.data[--e.len - 1] = 0;
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-                *ret_err = e.len > 1 ? strdup(e.data) : strdup("serve-replica --describe failed");
-                buf_free(&o);
-                buf_free(&e);
-                return -EINVAL;
-        }
-        buf_free(&e);
-        *ret_out = o.data;
-        return 0;
-}
-
-static double json_num(const cJSON *o, const char *k) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-        return cJSON_IsNumber(v) ? v->valuedouble : 0;
-}
-
-static int describe(const char *replica_bin, const struct app_config *a, struct description *ret, char **ret_err) {
-        _cleanup_free_ char *out = NULL;
-        char *err = NULL;
-        cJSON *j, *deps, *it;
-        int r;
-
-        r = run_describe(replica_bin, a, &out, &err);
-        if (r < 0) {
-                *ret_err = err;
-                return r;
-        }
-        j = cJSON_Parse(out);
-        if (!j) {
-                *ret_err = strdup("serve-replica --describe printed invalid JSON");
-                return -EINVAL;
-        }
-        memset(ret, 0, sizeof *ret);
-        ret->module = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(j, "module")) ?: "");
-        ret->symbol = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(j, "symbol")) ?: "");
-        ret->ingress = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(j, "ingress")) ?: "");
-        deps = cJSON_GetObjectItem(j, "deployments");
-        ret->n_deps = (size_t)cJSON_GetArraySize(deps);
-        ret->deps = calloc(ret->n_deps ? ret->n_deps : 1, sizeof *ret->deps);
-        size_t i = 0;
-        cJSON_ArrayForEach(it, deps) {
-                const cJSON *def = cJSON_GetObjectItem(it, "defaults");
-                struct described_deployment *d = &ret->deps[i++];
-                d->name = strdup(cJSON_GetStringValue(cJSON_GetObjectItem(it, "name")) ?: "");
-                d->num_replicas = (int)json_num(def, "num_replicas");
-                d->max_ongoing = (int)json_num(def, "max_ongoing_requests");
-                d->max_queued = (int)json_num(def, "max_queued_requests");
-                d->health_period = json_num(def, "health_check_period_s");
-                d->health_timeout = json_num(def, "health_check_timeout_s");
-                d->graceful_timeout = json_num(def, "graceful_shutdown_timeout_s");
-                d->num_cpus = json_num(def, "num_cpus");
-                d->num_gpus = json_num(def, "num_gpus");
-        }
-        cJSON_Delete(j);
-        return 0;
-}
-
+/* Describes running at once for one config: enough that a config of many applications is
+ * described in a fraction of its deadline, few enough not to load a machine with user code. */
+#define DESCRIBE_PARALLEL 4
 
 /* ---- specs ---- */
 
@@ -228,6 +74,7 @@ void dep_spec_set_version(struct dep_spec *d) {
         /* Not max_ongoing: running replicas take a new one in place. */
         (void)buf_printf(&b, SIZE_MAX, "%s\n%s\n%s\n%s\n%.6g\n%.6g\n%llu\n", d->module, d->symbol, d->args_json,
                          d->working_dir ?: "", d->num_cpus, d->num_gpus, (unsigned long long)d->memory);
+        (void)buf_printf(&b, SIZE_MAX, "code %016llx\n", (unsigned long long)d->module_hash);
         for (size_t i = 0; i < d->n_env; i++)
                 (void)buf_printf(&b, SIZE_MAX, "env %s\n", d->env[i]);
         for (size_t i = 0; i < d->n_resources; i++)
@@ -252,6 +99,7 @@ static int spec_build(const struct app_config *a, const struct deployment_config
         d->name = strdup(dd->name);
         d->module = strdup(desc->module);
         d->symbol = strdup(desc->symbol);
+        d->module_hash = desc->module_hash;
         d->args_json = strdup(a->args_json ?: "{}");
         d->working_dir = strdup_or_null(a->runtime_env.working_dir);
         d->env = calloc(a->runtime_env.n_env_vars + 1, sizeof(char *));
@@ -317,42 +165,37 @@ static int fail_at(char **ret_error, const struct serve_config *cfg, int line, i
         return -EINVAL;
 }
 
-int spec_resolve(const char *replica_bin, const struct serve_config *cfg, struct serve_spec **ret, char **ret_error) {
+/* Which application's description application i uses: the first one with the same code
+ * (import_path and working_dir), so shared code is described once. */
+static size_t code_owner(const struct serve_config *cfg, size_t i) {
+        const struct app_config *a = &cfg->apps[i];
+        for (size_t k = 0; k < i; k++)
+                if (streq(cfg->apps[k].import_path, a->import_path) &&
+                    streq_ptr(cfg->apps[k].runtime_env.working_dir, a->runtime_env.working_dir))
+                        return k;
+        return i;
+}
+
+/* Merges the config with the descriptions (desc[code_owner(i)] for application i). Returns 0
+ * and *ret, or -EINVAL with *ret_error, or -ENOMEM. */
+static int spec_assemble(const struct serve_config *cfg, const struct description *descs, struct serve_spec **ret,
+                         char **ret_error) {
         struct serve_spec *s = calloc(1, sizeof *s);
         int r = 0;
 
-        *ret_error = NULL;
         if (!s || !(s->apps = calloc(cfg->n_apps + 1, sizeof *s->apps))) {
                 free(s);
                 return -ENOMEM;
         }
-        /* Applications that share code (import_path and working_dir) are described once. */
-        struct description *cache = calloc(cfg->n_apps + 1, sizeof *cache);
-        if (!cache) {
-                serve_spec_free(s);
-                return -ENOMEM;
-        }
         for (size_t i = 0; i < cfg->n_apps && r == 0; i++) {
                 const struct app_config *a = &cfg->apps[i];
-                struct description desc = {};
-                char *err = NULL, field[128];
+                const struct description *desc = &descs[code_owner(cfg, i)];
+                char field[128];
 
-                snprintf(field, sizeof field, "applications[%zu].import_path", i);
-                for (size_t k = 0; k < i && !desc.module; k++)
-                        if (cache[k].module && streq(cfg->apps[k].import_path, a->import_path) &&
-                            streq_ptr(cfg->apps[k].runtime_env.working_dir, a->runtime_env.working_dir))
-                                desc = cache[k];
-                r = desc.module ? 0 : describe(replica_bin, a, &desc, &err);
-                if (r < 0) {
-                        r = fail_at(ret_error, cfg, a->line, a->column, field, "cannot load %s: %s", a->import_path,
-                                    err ? err : "unknown error");
-                        free(err);
-                        break;
-                }
                 for (size_t k = 0; k < a->n_deployments && r == 0; k++) {
                         bool found = false;
-                        for (size_t m = 0; m < desc.n_deps; m++)
-                                found |= streq(desc.deps[m].name, a->deployments[k].name);
+                        for (size_t m = 0; m < desc->n_deps; m++)
+                                found |= streq(desc->deps[m].name, a->deployments[k].name);
                         if (!found) {
                                 snprintf(field, sizeof field, "applications[%zu].deployments[%zu].name", i, k);
                                 r = fail_at(ret_error, cfg, a->deployments[k].line, a->deployments[k].column, field,
@@ -362,13 +205,13 @@ int spec_resolve(const char *replica_bin, const struct serve_config *cfg, struct
                 struct app_spec *as = &s->apps[s->n_apps++];
                 as->name = strdup(a->name);
                 as->route_prefix = strdup_or_null(a->route_prefix);
-                as->ingress = strdup(desc.ingress);
+                as->ingress = strdup(desc->ingress ?: "");
                 if (!as->name || !as->ingress || (a->route_prefix && !as->route_prefix))
                         r = -ENOMEM;
-                for (size_t m = 0; m < desc.n_deps && r == 0; m++) {
+                for (size_t m = 0; m < desc->n_deps && r == 0; m++) {
                         const struct deployment_config *dc = NULL;
                         for (size_t k = 0; k < a->n_deployments; k++)
-                                if (streq(desc.deps[m].name, a->deployments[k].name))
+                                if (streq(desc->deps[m].name, a->deployments[k].name))
                                         dc = &a->deployments[k];
                         struct dep_spec *nd = realloc(s->deps, (s->n_deps + 1) * sizeof *s->deps);
                         if (!nd) {
@@ -376,25 +219,231 @@ int spec_resolve(const char *replica_bin, const struct serve_config *cfg, struct
                                 break;
                         }
                         s->deps = nd;
-                        r = spec_build(a, dc, &desc, &desc.deps[m], &s->deps[s->n_deps++]);
+                        r = spec_build(a, dc, desc, &desc->deps[m], &s->deps[s->n_deps++]);
                 }
-                cache[i] = desc; /* owned by the cache now */
         }
-        /* Last to first: a copy of an earlier entry is skipped while that entry still exists. */
-        for (size_t i = cfg->n_apps; i-- > 0;) {
-                bool copy = false;
-                for (size_t k = 0; k < i; k++)
-                        copy |= cache[k].module && cache[k].module == cache[i].module;
-                if (!copy)
-                        description_free(&cache[i]);
-        }
-        free(cache);
         if (r < 0) {
                 serve_spec_free(s);
                 return r;
         }
         *ret = s;
         return 0;
+}
+
+/* ---- resolving: describes on the loop, then the merge ---- */
+
+struct resolve_slot {
+        struct spec_resolve *res;
+        size_t app;
+        struct describe_job *job;      /* while its describe runs */
+};
+
+struct spec_resolve {
+        struct loop *loop;
+        char *replica_bin;
+        const struct serve_config *cfg;
+        double timeout_s;
+        uint64_t deadline_ns;          /* for every describe of this config together */
+        struct description *descs;     /* per application; filled for the owner of its code */
+        struct resolve_slot *slots;    /* per application */
+        size_t next, running;          /* the next application to look at; describes running */
+        bool complete;
+        int r;
+        char *error;
+        struct serve_spec *spec;
+        struct loop_deferred deferred; /* the answer goes out from the loop, never from _start() */
+        spec_resolve_done done;
+        void *userdata;
+};
+
+static void resolve_free(struct spec_resolve *res) {
+        for (size_t i = 0; i < res->cfg->n_apps; i++) {
+                describe_cancel(res->slots[i].job);
+                description_free(&res->descs[i]);
+        }
+        loop_undefer(&res->deferred);
+        serve_spec_free(res->spec);
+        free(res->error);
+        free(res->slots);
+        free(res->descs);
+        free(res->replica_bin);
+        free(res);
+}
+
+static void resolve_answer(struct loop_deferred *d) {
+        struct spec_resolve *res = container_of(d, struct spec_resolve, deferred);
+
+        if (res->done)
+                res->done(res->userdata, res->r, res->r < 0 ? NULL : TAKE_PTR(res->spec),
+                          res->r < 0 ? res->error ?: strerror(-res->r) : NULL);
+        resolve_free(res);
+}
+
+/* Records the outcome once, stops the describes still running, and queues the answer. */
+static void resolve_complete(struct spec_resolve *res, int r, char *error) {
+        if (res->complete) {
+                free(error);
+                return;
+        }
+        res->complete = true;
+        res->r = r;
+        res->error = error;
+        for (size_t i = 0; i < res->cfg->n_apps; i++)
+                describe_cancel(TAKE_PTR(res->slots[i].job));
+        res->running = 0;
+        if (r == 0) {
+                res->r = spec_assemble(res->cfg, res->descs, &res->spec, &res->error);
+                if (res->r < 0 && !res->error)
+                        res->error = strdup(strerror(-res->r));
+        }
+        loop_defer(res->loop, &res->deferred);
+}
+
+static void on_described(void *userdata, int r, struct description *desc, const char *error);
+
+/* Starts describes up to DESCRIBE_PARALLEL; completes when none is left to run. */
+static void resolve_launch(struct spec_resolve *res) {
+        const struct serve_config *cfg = res->cfg;
+
+        while (!res->complete && res->running < DESCRIBE_PARALLEL && res->next < cfg->n_apps) {
+                size_t i = res->next++;
+                const struct app_config *a = &cfg->apps[i];
+                struct resolve_slot *sl = &res->slots[i];
+                char *err = NULL, *msg = NULL, field[128];
+                int r;
+
+                if (code_owner(cfg, i) != i)
+                        continue;
+                sl->res = res;
+                sl->app = i;
+                r = describe_start(res->loop, res->replica_bin, a->import_path, a->runtime_env.working_dir,
+                                   res->deadline_ns, on_described, sl, &sl->job, &err);
+                if (r < 0) {
+                        snprintf(field, sizeof field, "applications[%zu].import_path", i);
+                        (void)fail_at(&msg, cfg, a->line, a->column, field, "cannot load %s: %s", a->import_path,
+                                      err ?: strerror(-r));
+                        free(err);
+                        resolve_complete(res, r == -ENOMEM ? r : -EINVAL, msg);
+                        return;
+                }
+                res->running++;
+        }
+        if (!res->complete && res->running == 0 && res->next == cfg->n_apps)
+                resolve_complete(res, 0, NULL);
+}
+
+static void on_described(void *userdata, int r, struct description *desc, const char *error) {
+        struct resolve_slot *sl = userdata;
+        struct spec_resolve *res = sl->res;
+        const struct app_config *a = &res->cfg->apps[sl->app];
+        char *msg = NULL, field[128], why[256];
+
+        sl->job = NULL;
+        res->running--;
+        if (r < 0) {
+                if (r == -ETIMEDOUT)
+                        snprintf(why, sizeof why, "describe timed out after %g s", res->timeout_s);
+                snprintf(field, sizeof field, "applications[%zu].import_path", sl->app);
+                (void)fail_at(&msg, res->cfg, a->line, a->column, field, "cannot load %s: %s", a->import_path,
+                              r == -ETIMEDOUT ? why : error ?: strerror(-r));
+                resolve_complete(res, r == -ETIMEDOUT || r == -ENOMEM ? r : -EINVAL, msg);
+                return;
+        }
+        res->descs[sl->app] = *desc;
+        resolve_launch(res);
+}
+
+int spec_resolve_start(struct loop *loop, const char *replica_bin, const struct serve_config *cfg, double timeout_s,
+                       spec_resolve_done done, void *userdata, struct spec_resolve **ret) {
+        struct spec_resolve *res = calloc(1, sizeof *res);
+
+        if (!res)
+                return -ENOMEM;
+        res->loop = loop;
+        res->cfg = cfg;
+        res->timeout_s = timeout_s > 0 ? timeout_s : SPEC_DESCRIBE_TIMEOUT_S;
+        res->deadline_ns = now_ns() + sec_to_ns(res->timeout_s);
+        res->replica_bin = strdup(replica_bin);
+        res->descs = calloc(cfg->n_apps + 1, sizeof *res->descs);
+        res->slots = calloc(cfg->n_apps + 1, sizeof *res->slots);
+        res->deferred.fn = resolve_answer;
+        res->done = done;
+        res->userdata = userdata;
+        if (!res->replica_bin || !res->descs || !res->slots) {
+                free(res->replica_bin);
+                free(res->descs);
+                free(res->slots);
+                free(res);
+                return -ENOMEM;
+        }
+        resolve_launch(res);
+        *ret = res;
+        return 0;
+}
+
+void spec_resolve_cancel(struct spec_resolve *res) {
+        if (!res)
+                return;
+        res->done = NULL;
+        if (!res->complete) {
+                resolve_complete(res, -ECANCELED, NULL);
+                return; /* freed from the loop, like an answer */
+        }
+        /* Its answer is queued: it frees itself when the loop runs it. */
+}
+
+struct sync_answer {
+        bool done;
+        int r;
+        struct serve_spec *spec;
+        char *error;
+};
+
+static void sync_done(void *userdata, int r, struct serve_spec *spec, const char *error) {
+        struct sync_answer *a = userdata;
+        a->done = true;
+        a->r = r;
+        a->spec = spec;
+        a->error = error ? strdup(error) : NULL;
+}
+
+int spec_resolve_timeout(const char *replica_bin, const struct serve_config *cfg, double timeout_s,
+                         struct serve_spec **ret, char **ret_error) {
+        struct sync_answer a = {};
+        struct spec_resolve *res;
+        struct loop l;
+        int r;
+
+        *ret_error = NULL;
+        /* A loop of its own: the describes run as they do for a daemon's loop, deadline included. */
+        r = loop_init(&l, 64);
+        if (r < 0)
+                return error_set(r, ret_error, "cannot set up io_uring: %s", strerror(-r));
+        r = spec_resolve_start(&l, replica_bin, cfg, timeout_s, sync_done, &a, &res);
+        /* The first round does not wait: with nothing to describe the answer is already queued. */
+        for (uint64_t wait = 0; r >= 0 && !a.done; wait = NSEC_PER_SEC) {
+                r = loop_run_once(&l, wait);
+                if (r < 0) {
+                        spec_resolve_cancel(res);
+                        (void)error_set(r, ret_error, "event loop failed: %s", strerror(-r));
+                }
+        }
+        /* Killed describes are reaped and cancelled reads end before the loop goes away. */
+        loop_drain(&l, NSEC_PER_SEC);
+        loop_free(&l);
+        if (r < 0)
+                return r;
+        if (a.r < 0) {
+                *ret_error = a.error;
+                return a.r;
+        }
+        free(a.error);
+        *ret = a.spec;
+        return 0;
+}
+
+int spec_resolve(const char *replica_bin, const struct serve_config *cfg, struct serve_spec **ret, char **ret_error) {
+        return spec_resolve_timeout(replica_bin, cfg, SPEC_DESCRIBE_TIMEOUT_S, ret, ret_error);
 }
 
 /* ---- JSON ---- */
