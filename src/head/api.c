@@ -1,0 +1,226 @@
+/* The REST API (Ray Serve's paths where they exist): GET applications, nodes, config and
+ * /metrics for anyone who can reach the port; PUT and DELETE of the applications with the API
+ * token. Views are built from the latest reports; nothing here changes state but deploys. */
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "head.h"
+#include "log.h"
+#include "macros.h"
+#include "metrics.h"
+#include "report.h"
+
+static bool authorized(struct head *h, const struct httpd_request *rq) {
+        const struct http_header *a = http_request_header(rq->req, "Authorization");
+        char tok[4200];
+
+        if (!a || a->value_len < 7 || a->value_len - 7 >= sizeof tok || strncasecmp(a->value, "Bearer ", 7) != 0)
+                return false;
+        memcpy(tok, a->value + 7, a->value_len - 7);
+        tok[a->value_len - 7] = 0;
+        return token_equal(tok, h->api_token);
+}
+
+static const char *replica_state_of(const cJSON *r) { return cJSON_GetStringValue(cJSON_GetObjectItem(r, "state")) ?: "?"; }
+
+static cJSON *applications_json(struct head *h) {
+        cJSON *j = cJSON_CreateObject(), *apps, *http;
+        struct list *pos, *tmp;
+
+        cJSON_AddStringToObject(j, "proxy_location", proxy_location_to_string(h->cfg ? h->cfg->proxy_location : PROXY_EVERY_NODE));
+        http = cJSON_AddObjectToObject(j, "http_options");
+        if (h->cfg) {
+                cJSON_AddStringToObject(http, "host", h->cfg->http.host);
+                cJSON_AddNumberToObject(http, "port", h->cfg->http.port);
+        }
+        if (h->config_error) {
+                cJSON *e = cJSON_AddObjectToObject(j, "config_error");
+                cJSON_AddStringToObject(e, "message", h->config_error);
+                cJSON_AddNumberToObject(e, "time", h->config_error_at);
+        } else
+                cJSON_AddNullToObject(j, "config_error");
+        cJSON_AddStringToObject(j, "config_source", h->cfg_source ?: "file");
+        apps = cJSON_AddObjectToObject(j, "applications");
+        for (size_t ai = 0; h->spec && ai < h->spec->n_apps; ai++) {
+                const struct app_spec *as = &h->spec->apps[ai];
+                cJSON *a = cJSON_AddObjectToObject(apps, as->name), *deps;
+                bool app_running = true;
+                cJSON_AddStringToObject(a, "name", as->name);
+                if (as->route_prefix)
+                        cJSON_AddStringToObject(a, "route_prefix", as->route_prefix);
+                else
+                        cJSON_AddNullToObject(a, "route_prefix");
+                cJSON_AddNumberToObject(a, "last_deployed_time_s", h->deployed_at);
+                deps = cJSON_AddObjectToObject(a, "deployments");
+                for (size_t i = 0; i < h->spec->n_deps; i++) {
+                        const struct dep_spec *d = &h->spec->deps[i];
+                        if (!streq(d->app, as->name))
+                                continue;
+                        cJSON *dj = cJSON_AddObjectToObject(deps, d->name), *reps, *pend;
+                        int running = 0, total = 0;
+                        cJSON_AddStringToObject(dj, "name", d->name);
+                        cJSON_AddNumberToObject(dj, "target_replicas", d->replicas);
+                        cJSON_AddStringToObject(dj, "version", d->version);
+                        reps = cJSON_AddArrayToObject(dj, "replicas");
+                        list_for_each_safe(pos, tmp, &h->nodes) {
+                                struct node *n = list_entry(pos, struct node, link);
+                                const cJSON *it;
+                                if (!n->alive || !n->report)
+                                        continue;
+                                cJSON_ArrayForEach(it, cJSON_GetObjectItem(n->report, "replicas")) {
+                                        if (!streq(cJSON_GetStringValue(cJSON_GetObjectItem(it, "app")), d->app) ||
+                                            !streq(cJSON_GetStringValue(cJSON_GetObjectItem(it, "deployment")), d->name))
+                                                continue;
+                                        cJSON *r = cJSON_CreateObject();
+                                        cJSON_AddStringToObject(r, "replica_id", cJSON_GetStringValue(cJSON_GetObjectItem(it, "id")));
+                                        cJSON_AddStringToObject(r, "state", replica_state_of(it));
+                                        cJSON_AddNumberToObject(r, "pid", cJSON_GetNumberValue(cJSON_GetObjectItem(it, "pid")));
+                                        cJSON_AddStringToObject(r, "node_id", n->name);
+                                        cJSON_AddStringToObject(r, "node_ip", n->address);
+                                        cJSON_AddNumberToObject(r, "start_time_s",
+                                                                cJSON_GetNumberValue(cJSON_GetObjectItem(it, "started_at")));
+                                        cJSON_AddStringToObject(r, "version",
+                                                                cJSON_GetStringValue(cJSON_GetObjectItem(it, "version")) ?: "");
+                                        cJSON_AddNumberToObject(r, "ongoing", cJSON_GetNumberValue(cJSON_GetObjectItem(it, "ongoing")));
+                                        if (cJSON_GetObjectItem(it, "limits"))
+                                                cJSON_AddStringToObject(r, "limits", cJSON_GetStringValue(cJSON_GetObjectItem(it, "limits")));
+                                        if (cJSON_GetObjectItem(it, "gpus"))
+                                                cJSON_AddStringToObject(r, "gpus", cJSON_GetStringValue(cJSON_GetObjectItem(it, "gpus")));
+                                        cJSON_AddItemToArray(reps, r);
+                                        total++;
+                                        running += streq(replica_state_of(it), "RUNNING") &&
+                                                   streq_ptr(cJSON_GetStringValue(cJSON_GetObjectItem(it, "version")), d->version);
+                                }
+                        }
+                        pend = cJSON_AddArrayToObject(dj, "pending");
+                        const struct assignment *as2 = i < h->n_assign ? &h->assign[i] : NULL;
+                        if (as2 && as2->pending) {
+                                cJSON *p = cJSON_CreateObject();
+                                cJSON_AddNumberToObject(p, "count", as2->pending);
+                                cJSON_AddStringToObject(p, "reason", as2->pending_reason ?: "");
+                                cJSON_AddItemToArray(pend, p);
+                        }
+                        const char *status = running >= d->replicas && total == running ? "HEALTHY"
+                                             : as2 && as2->pending                      ? "UNHEALTHY"
+                                                                                        : "UPDATING";
+                        if (running >= d->replicas && total != running)
+                                status = "UPDATING";
+                        app_running &= streq(status, "HEALTHY");
+                        cJSON_AddStringToObject(dj, "status", status);
+                        cJSON_AddStringToObject(dj, "message",
+                                                as2 && as2->pending ? as2->pending_reason ?: "" : "");
+                        cJSON_AddNumberToObject(dj, "running_replicas", running);
+                }
+                cJSON_AddStringToObject(a, "status", app_running ? "RUNNING" : "DEPLOYING");
+                cJSON_AddStringToObject(a, "message", "");
+        }
+        return j;
+}
+
+static cJSON *nodes_json(struct head *h) {
+        cJSON *j = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(j, "nodes");
+        struct list *pos, *tmp;
+        uint64_t now = now_ns();
+
+        list_for_each_safe(pos, tmp, &h->nodes) {
+                struct node *n = list_entry(pos, struct node, link);
+                cJSON *o = cJSON_CreateObject(), *tot, *avail;
+                double used_cpu = 0, used_gpu = 0;
+                double used_mem = 0;
+                unsigned replicas = 0;
+                for (size_t k = 0; k < n->n_shares && h->spec; k++) {
+                        size_t i = n->shares[k].dep;
+                        if (i >= h->n_assign || n->shares[k].slot >= h->assign[i].n_slots)
+                                continue;
+                        const struct slot *s = &h->assign[i].slots[n->shares[k].slot];
+                        used_cpu += s->count * h->spec->deps[i].num_cpus;
+                        used_gpu += s->count * h->spec->deps[i].num_gpus;
+                        used_mem += (double)s->count * (double)h->spec->deps[i].memory;
+                        replicas += s->count;
+                }
+                cJSON_AddStringToObject(o, "node_id", n->name);
+                cJSON_AddStringToObject(o, "node_ip", n->address);
+                cJSON_AddStringToObject(o, "state", n->alive ? "ALIVE" : "DEAD");
+                cJSON_AddBoolToObject(o, "connected", n->nc != NULL);
+                cJSON_AddBoolToObject(o, "is_head_node", n->head_node);
+                cJSON_AddItemToObject(o, "labels", cJSON_Duplicate(n->labels, true));
+                tot = cJSON_AddObjectToObject(o, "resources_total");
+                cJSON_AddNumberToObject(tot, "CPU", n->cpus);
+                cJSON_AddNumberToObject(tot, "memory", (double)n->memory);
+                cJSON_AddNumberToObject(tot, "GPU", n->n_gpus);
+                for (size_t i = 0; i < n->n_custom; i++)
+                        cJSON_AddNumberToObject(tot, n->custom[i].name, n->custom[i].amount);
+                avail = cJSON_AddObjectToObject(o, "resources_available");
+                cJSON_AddNumberToObject(avail, "CPU", n->cpus - used_cpu);
+                cJSON_AddNumberToObject(avail, "memory", (double)n->memory - used_mem);
+                cJSON_AddNumberToObject(avail, "GPU", n->n_gpus - used_gpu);
+                cJSON_AddNumberToObject(o, "replicas", replicas);
+                cJSON_AddNumberToObject(o, "http_port", n->http_port);
+                cJSON_AddNumberToObject(o, "reports", (double)n->n_reports);
+                cJSON_AddNumberToObject(o, "metrics_port", n->metrics_port);
+                cJSON_AddNumberToObject(o, "last_heartbeat_s_ago", n->last_seen_ns ? (double)(now - n->last_seen_ns) / 1e9 : -1);
+                cJSON_AddItemToArray(arr, o);
+        }
+        return j;
+}
+
+static void render_metrics(struct head *h, struct httpd_response *resp) {
+        const char **names = calloc(h->n_nodes + 1, sizeof *names);
+        const cJSON **reports = calloc(h->n_nodes + 1, sizeof *reports);
+        struct list *pos, *tmp;
+        size_t n = 0;
+        unsigned alive = 0, dead = 0, pending = 0;
+
+        resp->content_type = "text/plain; version=0.0.4";
+        list_for_each_safe(pos, tmp, &h->nodes) {
+                struct node *nd = list_entry(pos, struct node, link);
+                names[n] = nd->name;
+                reports[n++] = nd->alive ? nd->report : NULL;
+                nd->alive ? alive++ : dead++;
+        }
+        (void)report_render_metrics(&resp->body, names, reports, n);
+        for (size_t i = 0; i < h->n_assign; i++)
+                pending += h->assign[i].pending;
+        metrics_family(&resp->body, "serve_nodes", METRICS_GAUGE, "Worker nodes by state");
+        const char *la[] = { "state", "ALIVE", NULL }, *ld[] = { "state", "DEAD", NULL };
+        metrics_sample(&resp->body, "serve_nodes", la, alive);
+        metrics_sample(&resp->body, "serve_nodes", ld, dead);
+        metrics_family(&resp->body, "serve_pending_replicas", METRICS_GAUGE, "Replicas that fit on no node");
+        metrics_sample(&resp->body, "serve_pending_replicas", NULL, pending);
+        free(names);
+        free(reports);
+}
+
+void on_api(void *userdata, const struct httpd_request *rq, struct httpd_response *resp) {
+        struct head *h = userdata;
+        bool put = httpd_is(rq, "PUT", "/api/serve/applications/") || httpd_is(rq, "PUT", "/api/serve/applications");
+        bool del = httpd_is(rq, "DELETE", "/api/serve/applications/") || httpd_is(rq, "DELETE", "/api/serve/applications");
+
+        if (httpd_is(rq, "GET", "/api/serve/applications/") || httpd_is(rq, "GET", "/api/serve/applications")) {
+                cJSON *j = applications_json(h);
+                httpd_respond_json(resp, 200, j);
+                cJSON_Delete(j);
+        } else if (httpd_is(rq, "GET", "/api/cluster/nodes")) {
+                cJSON *j = nodes_json(h);
+                httpd_respond_json(resp, 200, j);
+                cJSON_Delete(j);
+        } else if (httpd_is(rq, "GET", "/api/serve/config")) {
+                resp->content_type = "application/yaml";
+                (void)buf_append(&resp->body, h->cfg_text ?: "", strlen(h->cfg_text ?: ""), SIZE_MAX);
+        } else if (httpd_is(rq, "GET", "/metrics")) {
+                render_metrics(h, resp);
+        } else if (httpd_is(rq, "GET", "/-/healthz")) {
+                resp->content_type = "text/plain";
+                (void)buf_append(&resp->body, "success", 7, SIZE_MAX);
+        } else if (put || del) {
+                if (!authorized(h, rq)) {
+                        log_warning("%s /api/serve/applications/ from %s refused: missing or invalid bearer token",
+                                    put ? "PUT" : "DELETE", rq->peer);
+                        httpd_respond_error(resp, 401, "missing or invalid bearer token");
+                        return;
+                }
+                deploy_from_api(h, rq, put ? rq->body : NULL, put ? rq->body_len : 0, resp);
+        } else
+                httpd_respond_error(resp, 404, "no such endpoint");
+}
