@@ -23,6 +23,11 @@ struct run {
         struct proxy *proxy;
         struct serve_config *cfg;
         const char *file;
+        const char *replica_bin;
+        /* A reload being described (user code, off the loop: a hanging describe must not stall
+         * the proxy or the replicas' supervision); a SIGHUP meanwhile waits for it. */
+        struct spec_resolve *resolving;
+        struct serve_config *reload_cfg;
         const char *host_override;
         int port_override;
         int sfd;
@@ -89,21 +94,24 @@ static void on_signal(struct loop_op *op, int res, unsigned flags) {
         io_uring_prep_read(sqe, rn->sfd, &rn->si, sizeof rn->si, 0);
 }
 
-static void do_reload(struct run *rn) {
-        struct serve_config *cfg = NULL;
-        char *err = NULL;
-        int r;
+static void reload_failed(const char *why) {
+        log_error("reload failed, still serving the previous config: %s", why);
+        sd_notify(0, "READY=1\nSTATUS=reload failed; serving the previous config");
+}
 
-        sd_notify(0, "RELOADING=1");
-        log_info("reloading %s", rn->file);
-        r = config_load_file(rn->file, &cfg, &err);
-        if (r >= 0)
-                r = supervisor_apply(rn->sup, cfg, &err);
+static void on_reload_resolved(void *userdata, int r, struct serve_spec *spec, const char *error) {
+        struct run *rn = userdata;
+        struct serve_config *cfg = TAKE_PTR(rn->reload_cfg);
+
+        rn->resolving = NULL;
+        if (r >= 0) {
+                r = supervisor_apply_spec(rn->sup, spec);
+                error = r < 0 ? strerror(-r) : NULL;
+        }
+        serve_spec_free(spec);
         if (r < 0) {
-                log_error("reload failed, still serving the previous config: %s", err ? err : strerror(-r));
-                free(err);
+                reload_failed(error);
                 config_free(cfg);
-                sd_notify(0, "READY=1\nSTATUS=reload failed; serving the previous config");
                 return;
         }
         struct proxy_options po;
@@ -115,9 +123,37 @@ static void do_reload(struct run *rn) {
         sd_notify(0, "READY=1\nSTATUS=serving");
 }
 
+/* Parses FILE now; describes its applications off the loop (bounded by
+ * SPEC_DESCRIBE_TIMEOUT_S) and applies it when that is done. */
+static void do_reload(struct run *rn) {
+        struct serve_config *cfg = NULL;
+        char *err = NULL;
+        int r;
+
+        sd_notify(0, "RELOADING=1");
+        log_info("reloading %s", rn->file);
+        r = config_load_file(rn->file, &cfg, &err);
+        if (r >= 0)
+                r = spec_resolve_start(&rn->loop, rn->replica_bin, cfg, SPEC_DESCRIBE_TIMEOUT_S, on_reload_resolved, rn,
+                                       &rn->resolving);
+        if (r < 0) {
+                reload_failed(err ? err : strerror(-r));
+                free(err);
+                config_free(cfg);
+                return;
+        }
+        rn->reload_cfg = cfg;
+}
+
+static void reload_cancel(struct run *rn) {
+        spec_resolve_cancel(TAKE_PTR(rn->resolving));
+        config_free(TAKE_PTR(rn->reload_cfg));
+}
+
 static void run_free(struct run *rn) {
         struct router *r = router_get();
 
+        reload_cancel(rn);
         proxy_free(rn->proxy);
         supervisor_free(rn->sup);
         router_set_routes(r, NULL, 0);
@@ -184,6 +220,7 @@ int serve_run(int argc, char **argv) {
                 return 1;
         }
         replica_bin = spec_find_replica_bin();
+        rn.replica_bin = replica_bin;
         r = supervisor_new(&rn.loop, router_get(), replica_bin, &rn.sup);
         if (r >= 0)
                 r = supervisor_apply(rn.sup, rn.cfg, &err);
@@ -224,12 +261,13 @@ int serve_run(int argc, char **argv) {
                         log_error_errno(r, "event loop failed: %m");
                         break;
                 }
-                if (rn.reload && !rn.stop) {
+                if (rn.reload && !rn.stop && !rn.resolving) {
                         rn.reload = false;
                         do_reload(&rn);
                 }
                 if (rn.stop && !rn.drain.deadline) {
                         sd_notify(0, "STOPPING=1");
+                        reload_cancel(&rn);
                         proxy_stop_accepting(rn.proxy);
                         supervisor_drain_begin(&rn.drain, now);
                 }
