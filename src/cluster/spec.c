@@ -241,7 +241,8 @@ struct resolve_slot {
 struct spec_resolve {
         struct loop *loop;
         char *replica_bin;
-        const struct serve_config *cfg;
+        const struct serve_config *cfg; /* the caller's: gone once `done` returned */
+        size_t n_apps;
         double timeout_s;
         uint64_t deadline_ns;          /* for every describe of this config together */
         struct description *descs;     /* per application; filled for the owner of its code */
@@ -257,7 +258,7 @@ struct spec_resolve {
 };
 
 static void resolve_free(struct spec_resolve *res) {
-        for (size_t i = 0; i < res->cfg->n_apps; i++) {
+        for (size_t i = 0; i < res->n_apps; i++) {
                 describe_cancel(res->slots[i].job);
                 description_free(&res->descs[i]);
         }
@@ -288,7 +289,7 @@ static void resolve_complete(struct spec_resolve *res, int r, char *error) {
         res->complete = true;
         res->r = r;
         res->error = error;
-        for (size_t i = 0; i < res->cfg->n_apps; i++)
+        for (size_t i = 0; i < res->n_apps; i++)
                 describe_cancel(TAKE_PTR(res->slots[i].job));
         res->running = 0;
         if (r == 0) {
@@ -361,6 +362,7 @@ int spec_resolve_start(struct loop *loop, const char *replica_bin, const struct 
                 return -ENOMEM;
         res->loop = loop;
         res->cfg = cfg;
+        res->n_apps = cfg->n_apps;
         res->timeout_s = timeout_s > 0 ? timeout_s : SPEC_DESCRIBE_TIMEOUT_S;
         res->deadline_ns = now_ns() + sec_to_ns(res->timeout_s);
         res->replica_bin = strdup(replica_bin);

@@ -22,6 +22,7 @@
 #define HTTPD_HEADER_TIMEOUT_S 10.0
 #define HTTPD_IDLE_TIMEOUT_S 10.0
 
+struct cJSON;
 struct hconn;
 
 struct httpd_request {
