@@ -86,6 +86,7 @@ void build_config_message(struct head *h) {
                 cJSON_AddNumberToObject(http, "header_timeout_s", ho->header_timeout_s);
                 cJSON_AddNumberToObject(http, "max_request_body_bytes", (double)ho->max_request_body_bytes);
                 cJSON_AddNumberToObject(http, "max_connections", ho->max_connections);
+                cJSON_AddNumberToObject(http, "max_buffered_request_bytes", (double)ho->max_buffered_request_bytes);
         }
         routes = cJSON_AddArrayToObject(m, "routes");
         deps = cJSON_AddArrayToObject(m, "deployments");
