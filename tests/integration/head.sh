@@ -195,6 +195,48 @@ wait_until 10 bash -c "[ \$(curl -fsS -m 5 $API/api/cluster/nodes | jq '[.nodes[
 check "identical bytes keep the version" "$(version)" "$v1"
 check "identical bytes restart nothing" "$(running code Echo)" "$pids1"
 
+# ---- liveness: a head that stalled takes in the reports before judging the nodes ----
+settle() { local r0; r0=$(reports_total); wait_until 20 bash -c "[ \$(curl -fsS -m 5 $API/api/cluster/nodes | jq '[.nodes[] | select(.state==\"ALIVE\") | .reports] | add') -ge $((r0 + 4)) ]"; }
+n_dead=$(head_log_count ' is dead ')
+# The stall itself (not a wait for readiness): longer than worker_timeout_s.
+kill -STOP "$HEAD_PID"; sleep 3; kill -CONT "$HEAD_PID"
+settle
+check "a head stalled past worker_timeout_s declares no node dead when it resumes" "$(head_log_count ' is dead ')" "$n_dead"
+check "and both nodes are ALIVE" "$(alive_nodes)" 2
+
+# ---- a node declared dead that reports again keeps the replicas it runs ----
+# One more application with a single replica: placement puts it on the first node, and when
+# both that node (coming back) and the other one hold a copy, the first node's is kept (ties
+# go to the earlier node). Without adoption the node that comes back would have its replica
+# stopped and the copy started meanwhile would stay.
+{ apps_yaml; cat <<EOF
+  - name: one
+    route_prefix: /one
+    import_path: echo:app
+    deployments:
+      - name: Echo
+        num_replicas: 1
+        ray_actor_options: {num_cpus: 0.25}
+EOF
+} >"$CONF/apps.yaml.new" && mv "$CONF/apps.yaml.new" "$CONF/apps.yaml"
+kill -HUP "$HEAD_PID"
+wait_until 60 bash -c "[ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.one.deployments.Echo.replicas[]? | select(.state==\"RUNNING\")] | length') = 1 ]"
+first=$(nodes_json | jq -r '.nodes[0].node_id')
+victim_pid=$(running one Echo | awk -v n="$first" '$1 == n { print $2 }')
+[ -n "$victim_pid" ] && pass "a single replica is placed on the first node ($first)" || fail "a single replica is placed on the first node ($first: $(running one Echo))"
+victim=${first#node-}
+kill -STOP "${WPID[$victim]}"
+wait_until 30 bash -c "[ \"\$(curl -fsS -m 5 $API/api/cluster/nodes | jq -r '.nodes[] | select(.node_id==\"$first\") | .state')\" = DEAD ]"
+wait_until 60 bash -c "[ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.one.deployments.Echo.replicas[] | select(.state==\"RUNNING\" and .node_id!=\"$first\")] | length') = 1 ]"
+check "a silent node is declared dead and its replica placed again" "$(running one Echo | grep -vc "^$first ")" 1
+kill -CONT "${WPID[$victim]}"
+wait_until 30 bash -c "[ \$(curl -fsS -m 5 $API/api/cluster/nodes | jq '[.nodes[] | select(.state==\"ALIVE\")] | length') = 2 ]"
+wait_until 60 bash -c "[ \$(curl -fsS -m 5 $API/api/serve/applications/ | jq '[.applications.one.deployments.Echo.replicas[]] | length') = 1 ]"
+settle
+check_contains "the node that reports again is alive again" "$(cat "$WORK/head.log")" "node $first is alive again"
+check "the replica it kept running is kept (pid $victim_pid)" "$(running one Echo)" "$first $victim_pid"
+check "the other deployment is back to two replicas" "$(running code Echo | grep -c .)" 2
+
 # ---- the REST API port: header timeout, connection cap ----
 kill -TERM "$HEAD_PID"; wait "$HEAD_PID"
 check "serve-head stops cleanly" "$?" 0
