@@ -1,9 +1,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <poll.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "httpd.h"
 #include "log.h"
@@ -12,20 +10,17 @@
 #define NOTICE_INTERVAL_NS (60 * NSEC_PER_SEC)
 #define MAX_HEAD 65536
 
-/* Where a connection is. Only WAITING and READING wait on the client for a request, only
- * SENDING for it to take the answer; DEFERRED waits on the owner. */
+/* Where a connection is. READING waits on the client for a request, SENDING for it to take
+ * the answer; DEFERRED waits on the owner. */
 enum hconn_phase {
-        HC_WAITING,  /* accepted, no byte yet: a poll on the bare socket, no buffer */
-        HC_READING,  /* a netconn reads the request */
+        HC_READING,  /* the request arrives (netconn holds no buffer until bytes do) */
         HC_DEFERRED, /* the handler answers later */
         HC_SENDING,  /* the response is going out; closed once sent */
 };
 
 struct hconn {
-        struct httpd *h;           /* NULL once detached: only the poll of a WAITING socket is left */
-        int fd;                    /* WAITING: the socket */
-        struct netconn *nc;        /* from READING on */
-        struct loop_op op_poll;
+        struct httpd *h;           /* NULL once unlinked from it */
+        struct netconn *nc;
         enum hconn_phase phase;
         bool head_done;            /* the request head is in: the body is arriving */
         uint64_t accepted_ns, progress_ns;
@@ -92,14 +87,9 @@ static void hconn_unlink(struct hconn *hc) {
         hc->h = NULL;
 }
 
-/* Closes a connection at once. A WAITING socket is shut down so its poll completes, and the
- * completion frees it. */
+/* Closes a connection at once. */
 static void hconn_close(struct hconn *hc) {
         hconn_unlink(hc);
-        if (hc->phase == HC_WAITING) {
-                shutdown(hc->fd, SHUT_RDWR);
-                return;
-        }
         hc->nc->userdata = NULL;
         netconn_close(hc->nc, false);
         free(hc);
@@ -201,28 +191,6 @@ static void on_close(struct netconn *nc, int err) {
 
 static const struct netconn_ops ops = { .on_data = on_data, .on_close = on_close, .on_drain = on_drain };
 
-/* The first bytes arrived (or the peer went away): now the connection gets its buffers. */
-static void on_readable(struct loop_op *op, int res, unsigned flags) {
-        struct hconn *hc = container_of(op, struct hconn, op_poll);
-        struct httpd *h = hc->h;
-        int fd = hc->fd;
-
-        hc->fd = -1;
-        if (!h) {
-                close(fd);
-                free(hc);
-                return;
-        }
-        if (netconn_adopt(h->listener.loop, fd, &ops, hc, &hc->nc) < 0) {
-                hconn_unlink(hc);
-                free(hc);
-                return;
-        }
-        hc->phase = HC_READING;
-        hc->progress_ns = now_ns();
-        hc->nc->in_limit = h->opts.max_body + MAX_HEAD;
-}
-
 static void on_accept(struct netlistener *l, int fd) {
         struct httpd *h = l->userdata;
         uint64_t now = now_ns();
@@ -241,10 +209,12 @@ static void on_accept(struct netlistener *l, int fd) {
                 close(fd);
                 return;
         }
-        *hc = (struct hconn){ .h = h, .fd = fd, .phase = HC_WAITING, .accepted_ns = now, .progress_ns = now };
-        hc->op_poll.cb = on_readable;
-        struct io_uring_sqe *sqe = loop_sqe(l->loop, &hc->op_poll);
-        io_uring_prep_poll_add(sqe, fd, POLLIN);
+        *hc = (struct hconn){ .h = h, .phase = HC_READING, .accepted_ns = now, .progress_ns = now };
+        if (netconn_adopt(l->loop, fd, &ops, hc, &hc->nc) < 0) {
+                free(hc);
+                return;
+        }
+        hc->nc->in_limit = h->opts.max_body + MAX_HEAD;
         list_add_tail(&h->conns, &hc->link);
         h->n_conns++;
         notice_flush(h, &h->refused, "refused at the connection limit", now);
@@ -259,7 +229,6 @@ static void check_timeouts(struct httpd *h, uint64_t now) {
         list_for_each_safe(pos, tmp, &h->conns) {
                 struct hconn *hc = list_entry(pos, struct hconn, link);
                 switch (hc->phase) {
-                case HC_WAITING:
                 case HC_READING:
                         if (!hc->head_done && now - hc->accepted_ns >= h->header_timeout_ns) {
                                 notice(h, &h->timed_out, "closed a connection that sent no complete request in time",

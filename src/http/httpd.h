@@ -7,8 +7,8 @@
  * at once (beyond it a new one is closed as soon as it is accepted), the time to send a request
  * head, the time without progress while a body arrives or a response leaves, the bytes of
  * bodies buffered across all connections. A connection holds no receive buffer until its first
- * bytes arrive. Each cause (the limit, a timeout) is logged once, then at most once a minute
- * with a count. */
+ * bytes arrive (netconn waits for them with a poll). Each cause (the limit, a timeout) is logged
+ * once, then at most once a minute with a count. */
 #pragma once
 
 #include <stddef.h>
