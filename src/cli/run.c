@@ -269,7 +269,7 @@ int serve_run(int argc, char **argv) {
                         sd_notify(0, "STOPPING=1");
                         reload_cancel(&rn);
                         proxy_stop_accepting(rn.proxy);
-                        supervisor_drain_begin(&rn.drain, now);
+                        supervisor_drain_begin(rn.sup, &rn.drain, now);
                 }
                 if (supervisor_drain_step(rn.sup, &rn.drain, now, rn.force, proxy_connections(rn.proxy)))
                         break;
