@@ -71,6 +71,20 @@ static double num(const cJSON *o, const char *k) {
 
 static const char *str(const cJSON *o, const char *k) { return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, k)) ?: ""; }
 
+/* One family with a sample per node, from a field of the node's report's "peers" object. */
+static int node_peer_metric(struct buf *b, const char *const *names, const cJSON *const *reports, size_t n,
+                            const char *family, enum metrics_type type, const char *help, const char *field) {
+        int r = metrics_family(b, family, type, help);
+
+        for (size_t i = 0; r >= 0 && i < n; i++) {
+                const cJSON *pj = reports[i] ? cJSON_GetObjectItemCaseSensitive(reports[i], "peers") : NULL;
+                const char *l[] = { "node", names[i], NULL };
+                if (pj)
+                        r = metrics_sample(b, family, l, num(pj, field));
+        }
+        return r;
+}
+
 int report_render_metrics(struct buf *b, const char *const *names, const cJSON *const *reports, size_t n) {
         static const struct {
                 const char *name, *help, *array, *field;
@@ -140,32 +154,15 @@ int report_render_metrics(struct buf *b, const char *const *names, const cJSON *
                     (r = metrics_sample(b, "serve_cross_node_requests", li, num(pj, "received"))) < 0)
                         return r;
         }
-        if ((r = metrics_family(b, "serve_peer_requests_refused", METRICS_COUNTER,
-                                "Requests from peer nodes refused by a limit (body size, streams, body budget)")) < 0)
+        if ((r = node_peer_metric(b, names, reports, n, "serve_peer_requests_refused", METRICS_COUNTER,
+                                  "Requests from peer nodes refused by a limit (body size, streams, body budget)",
+                                  "refused")) < 0 ||
+            (r = node_peer_metric(b, names, reports, n, "serve_peer_links_dropped", METRICS_COUNTER,
+                                  "Peer data links this node closed because the peer misbehaved or did not read",
+                                  "links_dropped")) < 0 ||
+            (r = node_peer_metric(b, names, reports, n, "serve_request_body_bytes_buffered", METRICS_GAUGE,
+                                  "Request body bytes buffered on the node (bounded by max_buffered_request_bytes)",
+                                  "body_buffered")) < 0)
                 return r;
-        for (size_t i = 0; i < n; i++) {
-                const cJSON *pj = reports[i] ? cJSON_GetObjectItemCaseSensitive(reports[i], "peers") : NULL;
-                const char *l[] = { "node", names[i], NULL };
-                if (pj && (r = metrics_sample(b, "serve_peer_requests_refused", l, num(pj, "refused"))) < 0)
-                        return r;
-        }
-        if ((r = metrics_family(b, "serve_peer_links_dropped", METRICS_COUNTER,
-                                "Peer data links this node closed because the peer misbehaved or did not read")) < 0)
-                return r;
-        for (size_t i = 0; i < n; i++) {
-                const cJSON *pj = reports[i] ? cJSON_GetObjectItemCaseSensitive(reports[i], "peers") : NULL;
-                const char *l[] = { "node", names[i], NULL };
-                if (pj && (r = metrics_sample(b, "serve_peer_links_dropped", l, num(pj, "links_dropped"))) < 0)
-                        return r;
-        }
-        if ((r = metrics_family(b, "serve_request_body_bytes_buffered", METRICS_GAUGE,
-                                "Request body bytes buffered on the node (bounded by max_buffered_request_bytes)")) < 0)
-                return r;
-        for (size_t i = 0; i < n; i++) {
-                const cJSON *pj = reports[i] ? cJSON_GetObjectItemCaseSensitive(reports[i], "peers") : NULL;
-                const char *l[] = { "node", names[i], NULL };
-                if (pj && (r = metrics_sample(b, "serve_request_body_bytes_buffered", l, num(pj, "body_buffered"))) < 0)
-                        return r;
-        }
         return 0;
 }

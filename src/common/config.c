@@ -82,9 +82,21 @@ static const char *const http_keys[] = {
         "header_timeout_s", "max_connections", "max_buffered_request_bytes",
 };
 
+/* A positive number of bytes. */
+static int get_byte_count(struct yt_parser *p, const struct yt_node *v, uint64_t *ret) {
+        long long n;
+        int r = yt_scalar_int64(v, &n);
+
+        if (r == -ERANGE)
+                return yt_fail(p, v, "too large: %s", YT_DESCRIBE(v));
+        if (r < 0 || n < 1)
+                return yt_fail(p, v, "must be a positive number of bytes, got %s", YT_DESCRIBE(v));
+        *ret = (uint64_t)n;
+        return 0;
+}
+
 static int http_field(struct yt_parser *p, unsigned idx, const struct yt_node *v, void *userdata) {
         struct http_options *h = userdata;
-        long long body;
 
         switch (idx) {
         case 0:
@@ -95,30 +107,14 @@ static int http_field(struct yt_parser *p, unsigned idx, const struct yt_node *v
                 return yt_get_double(p, v, false, &h->request_timeout_s);
         case 3:
                 return yt_get_double(p, v, true, &h->keep_alive_timeout_s);
-        case 4: {
-                int r = yt_scalar_int64(v, &body);
-                if (r == -ERANGE)
-                        return yt_fail(p, v, "too large: %s", YT_DESCRIBE(v));
-                if (r < 0 || body < 1)
-                        return yt_fail(p, v, "must be a positive number of bytes, got %s",
-                                       YT_DESCRIBE(v));
-                h->max_request_body_bytes = (uint64_t) body;
-                return 0;
-        }
+        case 4:
+                return get_byte_count(p, v, &h->max_request_body_bytes);
         case 5:
                 return yt_get_double(p, v, false, &h->header_timeout_s);
         case 6:
                 return yt_get_int(p, v, 1, INT_MAX, "a positive integer", &h->max_connections);
-        case 7: {
-                int r = yt_scalar_int64(v, &body);
-                if (r == -ERANGE)
-                        return yt_fail(p, v, "too large: %s", YT_DESCRIBE(v));
-                if (r < 0 || body < 1)
-                        return yt_fail(p, v, "must be a positive number of bytes, got %s",
-                                       YT_DESCRIBE(v));
-                h->max_buffered_request_bytes = (uint64_t) body;
-                return 0;
-        }
+        case 7:
+                return get_byte_count(p, v, &h->max_buffered_request_bytes);
         }
         return 0;
 }
