@@ -596,7 +596,7 @@ static int top_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
                 r = yt_parse_fields(p, v, http_keys, ELEMENTSOF(http_keys), http_field, &c->http);
                 if (r >= 0 && c->http.max_buffered_request_bytes < c->http.max_request_body_bytes)
                         return yt_fail(p, v,
-                                       "http_options.max_buffered_request_bytes (%llu) is smaller than "
+                                       "max_buffered_request_bytes (%llu) is smaller than "
                                        "max_request_body_bytes (%llu): no request of the largest size could be taken",
                                        (unsigned long long)c->http.max_buffered_request_bytes,
                                        (unsigned long long)c->http.max_request_body_bytes);

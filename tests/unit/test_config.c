@@ -287,6 +287,11 @@ static void test_errors(void) {
                     "        health_check_period_s: soon\n",
                     "t.yaml:5:32: applications[0].deployments[0].health_check_period_s: must be a "
                     "positive number, got \"soon\"");
+        parse_fails("http_options:\n  max_request_body_bytes: 2000\n  max_buffered_request_bytes: 1000\n",
+                    "t.yaml:2:3: http_options: max_buffered_request_bytes (1000) is smaller than "
+                    "max_request_body_bytes (2000): no request of the largest size could be taken");
+        parse_fails("http_options:\n  max_buffered_request_bytes: 0\n",
+                    "t.yaml:2:31: http_options.max_buffered_request_bytes: must be a positive number of bytes, got \"0\"");
         parse_fails("proxy_location: Everywhere\n",
                     "t.yaml:1:17: proxy_location: must be one of EveryNode, HeadOnly, Disabled, got \"Everywhere\"");
         /* negative counts */
