@@ -32,6 +32,10 @@
  *       1 MiB REQ_BODY frame and PARTIAL_BYTES of its payload), prints "conns: N opened, K
  *       closed by the worker" once they are connected and K did not change for 1 s, then holds
  *       them until SIGTERM (or 300 s) and prints "conns: K closed by the worker" again.
+ *   stall HOST PORT N BODY_BYTES HERE_BYTES
+ *       Opens N links; on each sends one REQ for echo:/echo announcing a BODY_BYTES body with only
+ *       HERE_BYTES of it, then nothing. Prints "stall: N sent", holds them until SIGTERM (or
+ *       300 s), then prints "stall: K closed by the worker".
  *   http-slowread HOST PORT PATH
  *       HTTP: sends "GET PATH" with a tiny receive buffer and reads nothing; prints
  *       "sent local_port=P", then waits for SIGUSR1 (at most 300 s), then reads everything until
@@ -618,6 +622,38 @@ static int mode_conns(int n, size_t partial) {
         return 0;
 }
 
+static int mode_stall(int n, uint64_t body_len, size_t here) {
+        int *fds = calloc((size_t) n, sizeof *fds);
+        struct bytes b = {};
+        int sent = 0;
+
+        if (!fds)
+                return 2;
+        signal(SIGTERM, on_signal);
+        signal(SIGINT, on_signal);
+        add_req(&b, 1, "echo", "/echo", body_len, here);
+        for (int i = 0; i < n; i++) {
+                fds[i] = dial(false, 0);
+                if (fds[i] < 0 || send_all(fds[i], b.p, b.len) < 0) {
+                        fprintf(stderr, "link %d: could not send\n", i);
+                        continue;
+                }
+                sent++;
+        }
+        printf("stall: %d sent\n", sent);
+        fflush(stdout);
+        uint64_t end = now_ms() + 300000;
+        while (!got_signal && now_ms() < end)
+                usleep(50 * 1000);
+        printf("stall: %u closed by the worker\n", count_closed(fds, n));
+        for (int i = 0; i < n; i++)
+                if (fds[i] >= 0)
+                        close(fds[i]);
+        free(fds);
+        free(b.p);
+        return 0;
+}
+
 static int mode_slowread(const char *path) {
         char req[2048], buf[65536];
         struct sockaddr_in me;
@@ -669,7 +705,7 @@ static int mode_slowread(const char *path) {
 }
 
 static int usage(void) {
-        fprintf(stderr, "usage: hostile_peer flood|frame|request|cancel|conns|http-slowread HOST PORT ...\n"
+        fprintf(stderr, "usage: hostile_peer flood|frame|request|cancel|conns|stall|http-slowread HOST PORT ...\n"
                         "(see the comment at the top of tests/tools/hostile_peer.c)\n");
         return 2;
 }
@@ -691,6 +727,8 @@ int main(int argc, char **argv) {
                 return mode_cancel(atol(argv[4]));
         if (strcmp(argv[1], "conns") == 0 && argc >= 5)
                 return mode_conns(atoi(argv[4]), argc >= 6 ? (size_t) atol(argv[5]) : 0);
+        if (strcmp(argv[1], "stall") == 0 && argc == 7)
+                return mode_stall(atoi(argv[4]), strtoull(argv[5], NULL, 10), (size_t) atol(argv[6]));
         if (strcmp(argv[1], "http-slowread") == 0 && argc == 5)
                 return mode_slowread(argv[4]);
         return usage();
