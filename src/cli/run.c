@@ -211,6 +211,7 @@ int serve_run(int argc, char **argv) {
                 return 1;
         }
 
+        daemon_set_limits();
         rn.sfd = signalfd_daemon();
 
         r = loop_init(&rn.loop, 1024);

@@ -1,5 +1,7 @@
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <systemd/sd-daemon.h>
 
@@ -35,4 +37,15 @@ uint64_t watchdog_tick(struct watchdog *w, uint64_t now) {
                 w->next_ns = now + w->interval_ns;
         }
         return w->next_ns - now;
+}
+
+void daemon_set_limits(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void)setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        (void)mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+        (void)mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
 }

@@ -8,6 +8,12 @@
  * signalfd, read in the event loop) and ignores SIGPIPE. Returns the fd or -errno. */
 int signalfd_daemon(void);
 
+/* For the data-plane daemons: the soft limit of open files raised to the hard one (our own caps
+ * bound connections, not RLIMIT_NOFILE's default 1024), and large allocations (bodies, frames,
+ * responses) returned to the kernel when freed instead of kept at a flood's peak by glibc's
+ * adaptive thresholds. */
+void daemon_set_limits(void);
+
 /* systemd's watchdog (WatchdogSec=): WATCHDOG=1 is sent from the event loop at half the
  * interval, so a stuck loop gets the daemon restarted. Disabled when not asked for. */
 struct watchdog {

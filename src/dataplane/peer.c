@@ -12,6 +12,8 @@
 #define MAX_STREAMS_IN 1024u            /* requests one peer may have here at once */
 #define STREAM_BUCKETS 256u             /* a power of two; chains stay short (<= 4 on average) */
 #define MAX_LINKS_IN 4096u              /* peer links open at once on the data port */
+/* A REQ frame's part before its body: fixed fields, application, HTTP head (<= 64 KiB). */
+#define PEER_MAX_PREFIX (16u + PEER_MAX_APP + 65536u)
 /* Response bytes queued to one peer before its streams stop taking more from the replicas
  * (they resume when it reads): what a peer that never reads can make us hold. */
 #define LINK_OUT_BUDGET (4u << 20)
@@ -51,6 +53,9 @@ struct peer_in {
         uint64_t discard_stream;     /* or the stream whose body frames we drop */
         uint64_t discard_left;
         bool discarding;
+        /* Body bytes of the current frame still to come: they are copied into the request (or
+         * dropped) as they arrive, so a link never buffers a whole frame. */
+        uint64_t frame_left;
         bool dead;                   /* torn down from the loop (teardown) */
         struct loop_deferred teardown;
         struct list link;
@@ -701,16 +706,17 @@ static void in_submit(struct peer_in *pin, struct request *q, const char *app, s
                 request_fail(q, 503, "queue full: too many requests waiting for this deployment");
 }
 
-/* A REQ frame. Returns 0, or -EBADMSG to drop the connection. */
-static int in_request(struct peer_in *pin, const struct peer_frame_header *h, const char *pl) {
+/* The start of a REQ frame (its body comes after, as frame_left bytes and REQ_BODY frames).
+ * Returns 0, or -EBADMSG to drop the connection. */
+static int in_request(struct peer_in *pin, const struct peer_frame_header *h, const struct peer_req *req) {
         const struct peers_options *o = &pin->ps->opts;
-        struct peer_req pr;
+        struct peer_req pr = *req;
         struct request *q;
         int r;
 
-        if (peer_wire_parse_req(h, pl, &pr) < 0 || stream_find(pin, h->stream))
+        if (stream_find(pin, h->stream))
                 return -EBADMSG; /* a stream id still in use is a protocol error */
-        uint64_t body_left = pr.body_len - pr.body_here;
+        uint64_t body_left = pr.body_len;
         if (pin->n_streams >= MAX_STREAMS_IN) {
                 in_refuse(pin, h->stream, body_left, PEER_FAIL, 503, "too many requests from this node at once");
                 return 0;
@@ -753,8 +759,7 @@ static int in_request(struct peer_in *pin, const struct peer_frame_header *h, co
         q->body = q->raw + pr.head_len;
         q->body_len = pr.body_len;
         q->local_only = true;
-        memcpy(q->raw + pr.head_len, pr.body, pr.body_here);
-        q->body_sent = pr.body_here; /* body bytes received so far (reset when submitted) */
+        q->body_sent = 0; /* body bytes received so far (reset when submitted) */
         list_add_tail(bucket_of(pin, h->stream), &q->sink_link);
         pin->n_streams++;
         if (body_left == 0) {
@@ -768,40 +773,67 @@ static int in_request(struct peer_in *pin, const struct peer_frame_header *h, co
         return 0;
 }
 
-/* Returns 0, or -EBADMSG to drop the connection. */
-static int in_frame(struct peer_in *pin, const struct peer_frame_header *h, const char *pl) {
+/* n body bytes of the request being received (or of one being dropped). */
+static void in_body_bytes(struct peer_in *pin, const char *data, size_t n) {
         struct request *q = pin->assembling;
 
         if (pin->discarding) {
-                /* The body of a refused request: frames of one request are contiguous. */
-                if (h->type != PEER_REQ_BODY || h->stream != pin->discard_stream || h->len > pin->discard_left)
-                        return -EBADMSG;
-                pin->discard_left -= h->len;
+                pin->discard_left -= n;
                 pin->discarding = pin->discard_left > 0;
-                return 0;
+                return;
         }
-        if (q && (h->type != PEER_REQ_BODY || h->stream != q->sink_id))
-                return -EBADMSG;
-        switch (h->type) {
-        case PEER_REQ:
-                return in_request(pin, h, pl);
-        case PEER_REQ_BODY:
-                if (!q || h->len > q->body_len - q->body_sent)
-                        return -EBADMSG;
-                memcpy((char *)q->body + q->body_sent, pl, h->len);
-                q->body_sent += h->len;
-                if (q->body_sent == q->body_len) {
-                        q->body_sent = 0;
-                        in_submit(pin, q, pin->assembling_app, strlen(pin->assembling_app));
-                }
+        memcpy((char *)q->body + q->body_sent, data, n);
+        q->body_sent += n;
+        if (q->body_sent == q->body_len) {
+                q->body_sent = 0;
+                in_submit(pin, q, pin->assembling_app, strlen(pin->assembling_app));
+        }
+}
+
+/* The next frame's header (and for REQ its head) at the start of the link's input. Returns the
+ * bytes to consume (> 0), 0 when more must arrive, or -EBADMSG to drop the connection. */
+static ssize_t in_frame_start(struct peer_in *pin, const char *data, size_t len) {
+        const size_t hdr = sizeof(struct peer_frame_header);
+        struct peer_frame_header h;
+        struct request *q = pin->assembling;
+        struct peer_req pr;
+        size_t need;
+        int r;
+
+        if (len < hdr)
                 return 0;
+        memcpy(&h, data, hdr);
+        if (h.len > PEER_FRAME_MAX)
+                return -EBADMSG;
+        /* The frames of one request are contiguous. */
+        if ((q || pin->discarding) &&
+            (h.type != PEER_REQ_BODY || h.stream != (q ? q->sink_id : pin->discard_stream)))
+                return -EBADMSG;
+        switch (h.type) {
+        case PEER_REQ:
+                r = peer_wire_req_start(&h, data + hdr, len - hdr, &pr, &need);
+                if (r == -EAGAIN)
+                        return need <= PEER_MAX_PREFIX ? 0 : -EBADMSG;
+                if (r < 0 || pr.prefix_len > PEER_MAX_PREFIX || in_request(pin, &h, &pr) < 0)
+                        return -EBADMSG;
+                pin->frame_left = h.len - pr.prefix_len;
+                return (ssize_t)(hdr + pr.prefix_len);
+        case PEER_REQ_BODY:
+                if (!q && !pin->discarding)
+                        return -EBADMSG;
+                if (h.len > (q ? q->body_len - q->body_sent : pin->discard_left))
+                        return -EBADMSG;
+                pin->frame_left = h.len;
+                return (ssize_t)hdr;
         case PEER_CANCEL:
+                if (h.len != 0)
+                        return -EBADMSG;
                 /* Unknown streams are ignored: the answer may have crossed the cancel. */
-                if ((q = stream_find(pin, h->stream)) && q != pin->assembling) {
+                if ((q = stream_find(pin, h.stream))) {
                         stream_gone(q);
                         request_abandon(q);
                 }
-                return 0;
+                return (ssize_t)hdr;
         default:
                 return -EBADMSG; /* responses never travel this way */
         }
@@ -845,14 +877,9 @@ static void in_teardown_later(struct peer_in *pin, const char *why) {
 
 static void in_on_data(struct netconn *nc) {
         struct peer_in *pin = nc->userdata;
-        struct peer_frame_header h;
-        const char *pl;
-        int r;
+        ssize_t n;
 
-        /* While the peer does not read what we owe it, we read nothing more from it: its
-         * bytes wait in the socket, and the link's progress timeout ends a peer that never
-         * reads. */
-        while (pin && !pin->dead && (r = peer_wire_next(nc->in.data, nc->in.len, &h, &pl)) != 0) {
+        while (pin && !pin->dead) {
                 if (netconn_unsent(nc) >= LINK_OUT_BUDGET) {
                         /* It does not read what we owe it: read nothing more from it (its bytes
                          * wait in the kernel) until it does; if it never does, the progress
@@ -861,20 +888,40 @@ static void in_on_data(struct netconn *nc) {
                         (void)netconn_set_idle_timeout(nc, sec_to_ns(pin->ps->opts.link_timeout_s));
                         return;
                 }
-                if (r < 0 || in_frame(pin, &h, pl) < 0) {
+                if (pin->frame_left > 0) {
+                        n = (ssize_t)MIN(pin->frame_left, (uint64_t)nc->in.len);
+                        if (n == 0)
+                                break;
+                        pin->frame_left -= (uint64_t)n;
+                        in_body_bytes(pin, nc->in.data, (size_t)n);
+                } else if ((n = in_frame_start(pin, nc->in.data, nc->in.len)) == 0)
+                        break;
+                if (n < 0) {
                         in_teardown_later(pin, "it sent an invalid frame");
                         return;
                 }
-                buf_consume(&nc->in, sizeof h + h.len);
+                buf_consume(&nc->in, (size_t)n);
         }
+        if (!pin || pin->dead)
+                return;
+        /* Idle between requests, a link may stay open (it is capped); in the middle of a frame
+         * or a request it must make progress, or it holds a request's body budget for nothing. */
+        bool midway = nc->in.len > 0 || pin->frame_left > 0 || pin->assembling || pin->discarding;
+        (void)netconn_set_idle_timeout(nc, midway ? sec_to_ns(pin->ps->opts.link_timeout_s) : 0);
 }
 
 static void in_on_close(struct netconn *nc, int err) {
         struct peer_in *pin = nc->userdata;
 
-        (void)err;
         if (!pin)
                 return;
+        if (err < 0 && err != -ECONNRESET && err != -EPIPE) {
+                /* Closed for the peer's behaviour (no progress, too much unread), not by it. */
+                static struct log_limiter limiter;
+                pin->ps->stats.links_dropped++;
+                log_limited(&limiter, LOG_WARNING, "peer %s: closed its data link: %s", nc->peer,
+                            err == -ETIMEDOUT ? "no progress within the link timeout" : strerror(-err));
+        }
         pin->nc = NULL;
         in_free(pin);
 }
@@ -902,7 +949,9 @@ static void on_peer_accept(struct netlistener *l, int fd) {
                 free(pin);
                 return;
         }
-        pin->nc->in_limit = 2 * PEER_FRAME_MAX + 64;
+        /* Body bytes are copied out as they arrive: a link buffers at most a frame's head part
+         * and what one read brings. */
+        pin->nc->in_limit = PEER_MAX_PREFIX + sizeof(struct peer_frame_header) + (512u << 10);
         pin->nc->out_limit = LINK_OUT_LIMIT + PEER_FRAME_MAX;
         list_add_tail(&ps->ins, &pin->link);
         log_debug("peer connected from %s", pin->nc->peer);

@@ -21,31 +21,47 @@ int peer_wire_next(const void *data, size_t len, struct peer_frame_header *ret_h
         return 1;
 }
 
-int peer_wire_parse_req(const struct peer_frame_header *h, const char *pl, struct peer_req *ret) {
+int peer_wire_req_start(const struct peer_frame_header *h, const char *pl, size_t avail, struct peer_req *ret,
+                        size_t *ret_need) {
         uint16_t al;
         uint32_t hl;
-        uint64_t bl;
+        uint64_t bl, prefix;
 
         if (h->type != PEER_REQ || h->len < 16)
                 return -EBADMSG;
+        avail = MIN(avail, (size_t)h->len);
+        if (avail < 16) {
+                *ret_need = 16;
+                return -EAGAIN;
+        }
         memcpy(&al, pl, 2);
         memcpy(&hl, pl + 4, 4);
         memcpy(&bl, pl + 8, 8);
         /* All sums in 64 bits: h->len <= 2^20, al < 2^16, hl < 2^32. */
-        if (al == 0 || al > PEER_MAX_APP || hl == 0 || (uint64_t)16 + al + hl > h->len)
+        prefix = (uint64_t)16 + al + hl;
+        if (al == 0 || al > PEER_MAX_APP || hl == 0 || prefix > h->len || h->len - prefix > bl)
                 return -EBADMSG;
-        if (h->len - 16 - al - hl > bl)
-                return -EBADMSG;
+        if (avail < prefix) {
+                *ret_need = (size_t)prefix;
+                return -EAGAIN;
+        }
         *ret = (struct peer_req){
                 .app = pl + 16,
                 .app_len = al,
                 .head = pl + 16 + al,
                 .head_len = hl,
                 .body_len = bl,
-                .body = pl + 16 + al + hl,
-                .body_here = h->len - 16 - al - hl,
+                .body = pl + prefix,
+                .body_here = avail - (size_t)prefix,
+                .prefix_len = (size_t)prefix,
         };
         return 0;
+}
+
+int peer_wire_parse_req(const struct peer_frame_header *h, const char *pl, struct peer_req *ret) {
+        size_t need;
+        int r = peer_wire_req_start(h, pl, h->len, ret, &need);
+        return r == -EAGAIN ? -EBADMSG : r;
 }
 
 /* Header lines from a peer: "Name: value\r\n"..., no bare CR or LF, no empty name. */
@@ -140,7 +156,8 @@ int peer_wire_put_req(struct buf *b, size_t limit, uint64_t stream, const char *
         uint32_t hl = (uint32_t)head_len;
         size_t first, need;
 
-        if (app_len == 0 || app_len > PEER_MAX_APP || 16 + app_len + head_len > PEER_FRAME_MAX || body_len > SIZE_MAX / 2)
+        if (app_len == 0 || app_len > PEER_MAX_APP || head_len == 0 || 16 + app_len + head_len > PEER_FRAME_MAX ||
+            body_len > SIZE_MAX / 2)
                 return -EMSGSIZE;
         memcpy(fixed, &al, 2);
         memcpy(fixed + 2, &zero, 2);

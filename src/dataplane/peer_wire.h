@@ -54,9 +54,15 @@ struct peer_req {
         const char *head;       /* the HTTP request head, up to and including its empty line */
         size_t head_len;
         uint64_t body_len;      /* the whole body */
-        const char *body;       /* the part of it in this frame */
+        const char *body;       /* the part of it in this frame (that arrived) */
         size_t body_here;
+        size_t prefix_len;      /* payload bytes before the body: fixed part, app, head */
 };
+/* The start of a REQ frame from the first `avail` bytes of its payload (the rest of its body
+ * may still be on its way): returns 0 with *ret set (body_here: the body bytes among them),
+ * -EAGAIN with *ret_need (payload bytes needed before the body) or -EBADMSG. */
+int peer_wire_req_start(const struct peer_frame_header *h, const char *payload, size_t avail, struct peer_req *ret,
+                        size_t *ret_need);
 /* Returns 0, or -EBADMSG when the lengths do not add up. body_len is not limited here: the
  * caller checks it against max_request_body_bytes and answers 413. */
 int peer_wire_parse_req(const struct peer_frame_header *h, const char *payload, struct peer_req *ret);
@@ -78,7 +84,7 @@ int peer_wire_parse_resp(const struct peer_frame_header *h, const char *payload,
 int peer_wire_put(struct buf *b, size_t limit, uint8_t type, uint16_t status, uint64_t stream, const void *p1,
                   size_t l1, const void *p2, size_t l2);
 /* Appends a REQ frame with as much of the body as fits, then REQ_BODY frames for the rest.
- * Returns 0, -ENOBUFS (nothing appended) or -EMSGSIZE (app or head too long for a frame). */
+ * Returns 0, -ENOBUFS (nothing appended) or -EMSGSIZE (no app or head, or too long for a frame). */
 int peer_wire_put_req(struct buf *b, size_t limit, uint64_t stream, const char *app, size_t app_len,
                       const char *head, size_t head_len, const char *body, uint64_t body_len);
 /* Appends a RESP frame (no body bytes). Returns 0 or -ENOBUFS. */

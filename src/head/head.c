@@ -221,6 +221,7 @@ int main(int argc, char **argv) {
                 return 1;
         }
 
+        daemon_set_limits();
         h.sfd = signalfd_daemon();
         r = loop_init(&h.loop, 4096);
         if (r < 0) {

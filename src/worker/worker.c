@@ -662,6 +662,7 @@ int main(int argc, char **argv) {
         clock_gettime(CLOCK_MONOTONIC, &mt);
         w.wall_offset_s = (double)rt.tv_sec + rt.tv_nsec / 1e9 - ((double)mt.tv_sec + mt.tv_nsec / 1e9);
 
+        daemon_set_limits();
         w.sfd = signalfd_daemon();
 
         r = setup(&w);

@@ -527,8 +527,12 @@ static unsigned count_closed(int *fds, int n) {
                 }
                 struct pollfd p = { .fd = fds[i], .events = POLLIN | POLLRDHUP };
                 if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLIN))) {
-                        ssize_t r = recv(fds[i], tmp, sizeof tmp, MSG_DONTWAIT);
-                        if (r == 0 || (r < 0 && errno != EAGAIN)) {
+                        /* What the worker answered before it closed (a FAIL for a refused
+                         * request) comes first: read past it to the end of the stream. */
+                        ssize_t r;
+                        while ((r = recv(fds[i], tmp, sizeof tmp, MSG_DONTWAIT)) > 0)
+                                ;
+                        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
                                 close(fds[i]);
                                 fds[i] = -1;
                                 closed++;
