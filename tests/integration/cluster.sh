@@ -6,38 +6,11 @@
 # loss of a worker and of the head (under load, zero failures; no healthy replica restarted).
 . "$(dirname "$0")/lib.sh"
 
-HEAD_BIN=$top_builddir/serve-head
-WORKER_BIN=$top_builddir/serve-worker
-CLI=$top_builddir/serve
-export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs"
-
 command -v jq >/dev/null || { echo "1..0 # SKIP jq is not installed (scripts/install-deps test)"; exit 77; }
 command -v wrk >/dev/null || { echo "1..0 # SKIP wrk is not installed (scripts/install-deps test)"; exit 77; }
 
-NET=127.0.10
-CONF=$WORK/conf
-STATE=$WORK/state
-mkdir -p "$CONF" "$STATE"
-API_PORT=$(free_port)
-CTL_PORT=$(free_port)
-HTTP_PORT=$(free_port)
-DATA_PORT=$(free_port)
-METRICS_PORT=$(free_port)
-API=http://$NET.1:$API_PORT
-( umask 077; echo "join-$RANDOM$RANDOM" >"$CONF/join-token"; echo "api-$RANDOM$RANDOM" >"$CONF/api-token"
-  echo "wrong-token" >"$CONF/bad-token" )
-
-cat >"$CONF/cluster.yaml" <<EOF
-head:
-  api_host: $NET.1
-  api_port: $API_PORT
-  control_host: $NET.1
-  control_port: $CTL_PORT
-  api_token_file: api-token
-  join_token_file: join-token
-worker_heartbeat_interval_s: 0.2
-worker_timeout_s: 2
-EOF
+cluster_init 127.0.10 2
+( umask 077; echo "wrong-token" >"$CONF/bad-token" )
 
 # write_apps ECHO_REPLICAS ECHO_MODULE [ECHO_MAX_ONGOING]: the applications under test.
 write_apps() {

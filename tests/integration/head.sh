@@ -8,41 +8,15 @@
 # A head and two workers on 127.0.12.x (cluster.sh uses 127.0.10.x: they may run together).
 . "$(dirname "$0")/lib.sh"
 
-HEAD_BIN=$top_builddir/serve-head
-WORKER_BIN=$top_builddir/serve-worker
-CLI=$top_builddir/serve
-export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs"
-
 command -v jq >/dev/null || { echo "1..0 # SKIP jq is not installed (scripts/install-deps test)"; exit 77; }
 command -v python3 >/dev/null || { echo "1..0 # SKIP python3 is not installed"; exit 77; }
 
-NET=127.0.12
-CONF=$WORK/conf
-STATE=$WORK/state
-CODE=$WORK/code
-mkdir -p "$CONF" "$STATE" "$CODE"
-API_PORT=$(free_port)
-CTL_PORT=$(free_port)
-HTTP_PORT=$(free_port)
-DATA_PORT=$(free_port)
-METRICS_PORT=$(free_port)
-API=http://$NET.1:$API_PORT
-DESCRIBE_TIMEOUT=6
-( umask 077; echo "join-$RANDOM$RANDOM" >"$CONF/join-token"; echo "api-$RANDOM$RANDOM" >"$CONF/api-token" )
-TOKEN=$(cat "$CONF/api-token")
-
 # Heartbeats every 0.2 s, dead after 2 s of silence: far less than a describe may take.
-cat >"$CONF/cluster.yaml" <<EOF
-head:
-  api_host: $NET.1
-  api_port: $API_PORT
-  control_host: $NET.1
-  control_port: $CTL_PORT
-  api_token_file: api-token
-  join_token_file: join-token
-worker_heartbeat_interval_s: 0.2
-worker_timeout_s: 2
-EOF
+cluster_init 127.0.12 2
+CODE=$WORK/code
+mkdir -p "$CODE"
+DESCRIBE_TIMEOUT=6
+TOKEN=$(cat "$CONF/api-token")
 
 # The application's code lives at one path; tests replace the file there (a new inode, as an
 # install does: the running replicas keep the old one mapped).

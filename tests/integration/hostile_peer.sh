@@ -21,8 +21,6 @@
 # Nodes on 127.0.13.x, so it runs beside the other cluster tests.
 . "$(dirname "$0")/lib.sh"
 
-HEAD_BIN=$top_builddir/serve-head
-WORKER_BIN=$top_builddir/serve-worker
 TOOL=$top_builddir/tests/tools/hostile_peer
 
 command -v jq >/dev/null || { echo "1..0 # SKIP jq is not installed (scripts/install-deps test)"; exit 77; }
@@ -33,30 +31,8 @@ command -v ss >/dev/null || { echo "1..0 # SKIP ss (iproute2) is not installed";
 ulimit -n 16384 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge 8192 ] || MANY_SKIP="the descriptor limit is $(ulimit -n)"
 
-NET=127.0.13
-CONF=$WORK/conf
-STATE=$WORK/state
-mkdir -p "$CONF" "$STATE"
-API_PORT=$(free_port)
-CTL_PORT=$(free_port)
-HTTP_PORT=$(free_port)
-DATA_PORT=$(free_port)
-METRICS_PORT=$(free_port)
-API=http://$NET.1:$API_PORT
+cluster_init 127.0.13 5
 WLOG=$WORK/worker.log
-( umask 077; echo "join-$RANDOM$RANDOM" >"$CONF/join-token"; echo "api-$RANDOM$RANDOM" >"$CONF/api-token" )
-
-cat >"$CONF/cluster.yaml" <<EOF
-head:
-  api_host: $NET.1
-  api_port: $API_PORT
-  control_host: $NET.1
-  control_port: $CTL_PORT
-  api_token_file: api-token
-  join_token_file: join-token
-worker_heartbeat_interval_s: 0.2
-worker_timeout_s: 5
-EOF
 cat >"$CONF/apps.yaml" <<EOF
 http_options:
   keep_alive_timeout_s: 1

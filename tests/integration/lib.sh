@@ -91,3 +91,36 @@ raw() {
         )
         printf '%s' "$out"
 }
+
+# cluster_init NET [WORKER_TIMEOUT_S]: the configuration of a head on NET.1 (workers on NET.2,
+# NET.3...): CONF and STATE directories, free ports (API_PORT, CTL_PORT, HTTP_PORT, DATA_PORT,
+# METRICS_PORT), API (the head's URL), fresh join and API tokens (mode 0600) and cluster.yaml
+# with heartbeats every 0.2 s. HEAD_BIN, WORKER_BIN and CLI name the binaries under test.
+cluster_init() {
+        NET=$1
+        HEAD_BIN=$top_builddir/serve-head
+        WORKER_BIN=$top_builddir/serve-worker
+        CLI=$top_builddir/serve
+        export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs"
+        CONF=$WORK/conf
+        STATE=$WORK/state
+        mkdir -p "$CONF" "$STATE"
+        API_PORT=$(free_port)
+        CTL_PORT=$(free_port)
+        HTTP_PORT=$(free_port)
+        DATA_PORT=$(free_port)
+        METRICS_PORT=$(free_port)
+        API=http://$NET.1:$API_PORT
+        ( umask 077; echo "join-$RANDOM$RANDOM" >"$CONF/join-token"; echo "api-$RANDOM$RANDOM" >"$CONF/api-token" )
+        cat >"$CONF/cluster.yaml" <<EOC
+head:
+  api_host: $NET.1
+  api_port: $API_PORT
+  control_host: $NET.1
+  control_port: $CTL_PORT
+  api_token_file: api-token
+  join_token_file: join-token
+worker_heartbeat_interval_s: 0.2
+worker_timeout_s: ${2:-2}
+EOC
+}
