@@ -42,6 +42,7 @@ struct worker {
         struct peers *peers;
         struct httpd metrics;
         bool metrics_open;
+        bool loop_ready;
 
         struct netconn *head;
         bool head_up, welcomed;
@@ -586,6 +587,7 @@ static int setup(struct worker *w) {
         r = loop_init(&w->loop, 1024);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up io_uring: %m");
+        w->loop_ready = true;
         w->replica_bin = spec_find_replica_bin();
         r = supervisor_new(&w->loop, router_get(), w->replica_bin, &w->sup);
         if (r >= 0)
@@ -624,6 +626,28 @@ static int setup(struct worker *w) {
                 w->metrics_open = true;
         }
         return 0;
+}
+
+/* Frees what setup() made, however far it got; after a stop, once the loop ran dry. */
+static void worker_done(struct worker *w) {
+        if (w->metrics_open)
+                httpd_close(&w->metrics);
+        peers_stop(w->peers);
+        if (w->loop_ready)
+                loop_drain(&w->loop, 500 * NSEC_PER_MSEC);
+        peers_free(w->peers);
+        proxy_free(w->proxy);
+        supervisor_free(w->sup);
+        router_set_routes(router_get(), NULL, 0);
+        if (w->loop_ready)
+                loop_free(&w->loop);
+        cgroups_done(&w->cgroups);
+        worker_config_free(w->cfg);
+        cJSON_Delete(w->config);
+        free(w->token);
+        free(w->replica_bin);
+        if (w->sfd >= 0)
+                close(w->sfd);
 }
 
 int main(int argc, char **argv) {
@@ -668,6 +692,7 @@ int main(int argc, char **argv) {
         r = setup(&w);
         if (r < 0) {
                 sd_notifyf(0, "STATUS=failed to start: %s", strerror(-r));
+                worker_done(&w);
                 return 1;
         }
         w.op_signal.cb = on_signal;
@@ -724,21 +749,6 @@ int main(int argc, char **argv) {
                 netconn_close(w.head, true);
         }
         log_info("stopped");
-        if (w.metrics_open)
-                httpd_close(&w.metrics);
-        peers_stop(w.peers);
-        loop_drain(&w.loop, 500 * NSEC_PER_MSEC);
-        peers_free(w.peers);
-        proxy_free(w.proxy);
-        supervisor_free(w.sup);
-        router_set_routes(router_get(), NULL, 0);
-        loop_free(&w.loop);
-        cgroups_done(&w.cgroups);
-        worker_config_free(w.cfg);
-        cJSON_Delete(w.config);
-        free(w.token);
-        free(w.replica_bin);
-        if (w.sfd >= 0)
-                close(w.sfd);
+        worker_done(&w);
         return w.fatal ? 1 : 0;
 }

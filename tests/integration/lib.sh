@@ -36,11 +36,19 @@ finish() {
         [ "$FAIL" -eq 0 ]
 }
 
+# Ports handed out by free_port in this test: a port is free until something binds it, so two
+# calls before anything binds must not return the same one.
+FREE_PORTS_GIVEN=$WORK/.ports
 free_port() {
         local p
         for _ in $(seq 1 50); do
                 p=$((20000 + RANDOM % 12000)) # below the ephemeral port range
-                if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+                grep -qx "$p" "$FREE_PORTS_GIVEN" 2>/dev/null && continue
+                if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+                        echo "$p" >>"$FREE_PORTS_GIVEN"
+                        echo "$p"
+                        return
+                fi
         done
         echo 0
 }
