@@ -23,22 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "peer_wire.h"
 #include "util.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-const char *__ubsan_default_options(void);
-
-/* Undefined behaviour is a finding, not a log line. */
-const char *__ubsan_default_options(void) {
-        return "halt_on_error=1:print_stacktrace=1";
-}
-
-#define check(cond)              \
-        do {                     \
-                if (!(cond))     \
-                        abort(); \
-        } while (0)
 
 #define HDR 16u
 #define BIG (3u << 20)

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "fuzz.h"
 #include "macros.h"
 #include "proto.h"
 #include "request.h"
@@ -30,19 +31,6 @@
 #include "segment.h"
 #include "replica_link.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-const char *__ubsan_default_options(void);
-
-/* Undefined behaviour is a finding, not a log line. */
-const char *__ubsan_default_options(void) {
-        return "halt_on_error=1:print_stacktrace=1";
-}
-
-#define check(cond)              \
-        do {                     \
-                if (!(cond))     \
-                        abort(); \
-        } while (0)
 
 #define N_SLOTS 4
 #define REQ_RING_SIZE 4096u
