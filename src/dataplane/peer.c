@@ -139,7 +139,6 @@ int peers_set_placed(struct peers *ps, const char *app, const char *name, int pl
 void peers_attach(struct peers *ps, struct deployment *d) {
         struct remote_group *g = group_find(ps, d->app, d->name, true);
 
-        d->remote = g;
         d->remote_backends = g ? &g->backends : NULL;
         d->remote_placed = g ? &g->placed : NULL;
         if (d->queue_len > 0)

@@ -19,7 +19,6 @@
 #include "util.h"
 
 struct deployment;
-struct remote_group;
 struct supervisor;
 
 enum replica_state {
@@ -75,8 +74,7 @@ struct deployment {
         double num_cpus;           /* ray_actor_options: the replica cgroup's cpu.max */
         uint64_t memory;           /* and memory.max (0 = none) */
         size_t n_gpus;
-        struct remote_group *remote; /* replicas of (app, name) on other nodes; NULL on a single node */
-        struct list *remote_backends; /* its backends (struct backend), or NULL */
+        struct list *remote_backends; /* replicas of (app, name) on other nodes as backends; NULL on one node */
         const int *remote_placed;  /* replicas of (app, name) placed in the whole cluster, or NULL */
 
         struct list replicas;

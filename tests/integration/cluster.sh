@@ -52,46 +52,16 @@ EOF
 }
 
 HEAD_PID=
-start_head() {
-        "$HEAD_BIN" -c "$CONF" --state-dir "$STATE" >>"$WORK/head.log" 2>&1 &
-        HEAD_PID=$!
-        SERVE_PIDS+=("$HEAD_PID")
-        wait_until 20 curl -fs -o /dev/null -m 2 "$API/-/healthz"
-}
-
-declare -A WPID
-start_worker() { # start_worker N [TOKEN_FILE]
-        local n=$1 tok=${2:-join-token}
-        cat >"$CONF/worker-$n.yaml" <<EOF
-head_address: $NET.1:$CTL_PORT
-join_token_file: $tok
-node_name: node-$n
-node_address: $NET.$((n + 1))
-http_host: $NET.$((n + 1))
-http_port: $HTTP_PORT
-data_port: $DATA_PORT
-metrics_port: $METRICS_PORT
-resources: {num_cpus: 2$( [ "$n" = 1 ] && echo ", num_gpus: 2")}
-EOF
-        "$WORKER_BIN" -c "$CONF/worker-$n.yaml" >>"$WORK/worker-$n.log" 2>&1 &
-        WPID[$n]=$!
-        SERVE_PIDS+=("${WPID[$n]}")
-}
-
-apps_json() { curl -fsS -m 5 "$API/api/serve/applications/"; }
-nodes_json() { curl -fsS -m 5 "$API/api/cluster/nodes"; }
-# running APP DEP: "node pid" lines of the RUNNING replicas
-running() { apps_json | jq -r --arg a "$1" --arg d "$2" '.applications[$a].deployments[$d].replicas[] | select(.state=="RUNNING") | "\(.node_id) \(.pid)"' | sort; }
+# Node 1 has two GPUs (fractional-GPU placement).
+worker_resources() { echo "{num_cpus: 2$( [ "$1" = 1 ] && echo ", num_gpus: 2")}"; }
 n_running() { running "$1" "$2" | grep -c . ; }
 all_replicas() { apps_json | jq -r '.applications[].deployments[].replicas[] | "\(.replica_id) \(.pid) \(.state)"' | sort; }
 healthy() { [ "$(apps_json | jq -r --arg a "$1" --arg d "$2" '.applications[$a].deployments[$d].status')" = HEALTHY ]; }
 node_http() { echo "http://$NET.$(($1 + 1)):$HTTP_PORT"; }
 proxy_ready() { [ "$(http_code "$(node_http "$1")/-/healthz")" = 200 ]; }
 # reports_total: heartbeats the head has received from all nodes together
-reports_total() { nodes_json | jq '[.nodes[].reports] | add'; }
 # settle: wait until every alive node reported twice more (what changed is then visible)
 settle() { local r0; r0=$(reports_total); wait_until 20 bash -c "[ \$(curl -fsS -m 5 $API/api/cluster/nodes | jq '[.nodes[] | select(.state==\"ALIVE\") | .reports] | add') -ge $((r0 + 6)) ]"; }
-head_log_count() { grep -c "$1" "$WORK/head.log" || true; }
 
 # load NAME URL SECONDS: wrk in the background (counts every non-2xx and socket error);
 # load_result NAME waits for it and sets NON2XX, ERRORS, REQS.

@@ -45,43 +45,10 @@ EOF
 }
 write_apps() { apps_yaml "$@" >"$CONF/apps.yaml.new" && mv "$CONF/apps.yaml.new" "$CONF/apps.yaml"; }
 
-HEAD_PID=
-start_head() { # start_head [OPTIONS...]
-        "$HEAD_BIN" -c "$CONF" --state-dir "$STATE" "$@" >>"$WORK/head.log" 2>&1 &
-        HEAD_PID=$!
-        SERVE_PIDS+=("$HEAD_PID")
-        wait_until 20 curl -fs -o /dev/null -m 2 "$API/-/healthz"
-}
-
-declare -A WPID
-start_worker() {
-        local n=$1
-        cat >"$CONF/worker-$n.yaml" <<EOF
-head_address: $NET.1:$CTL_PORT
-join_token_file: join-token
-node_name: node-$n
-node_address: $NET.$((n + 1))
-http_host: $NET.$((n + 1))
-http_port: $HTTP_PORT
-data_port: $DATA_PORT
-metrics_port: $METRICS_PORT
-resources: {num_cpus: 2}
-EOF
-        "$WORKER_BIN" -c "$CONF/worker-$n.yaml" >>"$WORK/worker-$n.log" 2>&1 &
-        WPID[$n]=$!
-        SERVE_PIDS+=("${WPID[$n]}")
-}
-
-apps_json() { curl -fsS -m 5 "$API/api/serve/applications/"; }
-nodes_json() { curl -fsS -m 5 "$API/api/cluster/nodes"; }
 alive_nodes() { nodes_json | jq '[.nodes[] | select(.state=="ALIVE")] | length'; }
-# running APP DEP: "node pid" lines of its RUNNING replicas
-running() { apps_json | jq -r --arg a "$1" --arg d "$2" '.applications[$a].deployments[$d].replicas[] | select(.state=="RUNNING") | "\(.node_id) \(.pid)"' | sort; }
 version() { apps_json | jq -r '.applications.code.deployments.Echo.version'; }
 healthy() { [ "$(apps_json | jq -r '.applications.code.deployments.Echo.status')" = HEALTHY ]; }
-reports_total() { nodes_json | jq '[.nodes[].reports] | add'; }
 describing() { pgrep -f "serve-replica --describe hang_describe:app" >/dev/null; }
-head_log_count() { grep -c "$1" "$WORK/head.log" || true; }
 put_apps() { # put_apps FILE OUT [CURL_OPTIONS...]: prints the status code
         local f=$1 out=$2; shift 2
         curl -s -o "$out" -w '%{http_code}' "$@" -X PUT -H "Authorization: Bearer $TOKEN" --data-binary @"$f" \

@@ -132,3 +132,43 @@ worker_heartbeat_interval_s: 0.2
 worker_timeout_s: ${2:-2}
 EOC
 }
+
+# start_head [OPTIONS...]: serve-head on the cluster_init config (log: $WORK/head.log); returns
+# once its API answers. Sets HEAD_PID.
+start_head() {
+        "$HEAD_BIN" -c "$CONF" --state-dir "$STATE" "$@" >>"$WORK/head.log" 2>&1 &
+        HEAD_PID=$!
+        SERVE_PIDS+=("$HEAD_PID")
+        wait_until 20 curl -fs -o /dev/null -m 2 "$API/-/healthz"
+}
+
+# start_worker N [TOKEN_FILE]: serve-worker node-N on NET.(N+1) (log: $WORK/worker-N.log), in
+# the background; WPID[N] is its pid. Its resources are `worker_resources N` when the test
+# defines that function, else 2 CPUs.
+declare -A WPID
+start_worker() {
+        local n=$1 tok=${2:-join-token} res="{num_cpus: 2}"
+        declare -F worker_resources >/dev/null && res=$(worker_resources "$n")
+        cat >"$CONF/worker-$n.yaml" <<EOC
+head_address: $NET.1:$CTL_PORT
+join_token_file: $tok
+node_name: node-$n
+node_address: $NET.$((n + 1))
+http_host: $NET.$((n + 1))
+http_port: $HTTP_PORT
+data_port: $DATA_PORT
+metrics_port: $METRICS_PORT
+resources: $res
+EOC
+        "$WORKER_BIN" -c "$CONF/worker-$n.yaml" >>"$WORK/worker-$n.log" 2>&1 &
+        WPID[$n]=$!
+        SERVE_PIDS+=("${WPID[$n]}")
+}
+
+# The head's REST views, and what tests ask of them.
+apps_json() { curl -fsS -m 5 "$API/api/serve/applications/"; }
+nodes_json() { curl -fsS -m 5 "$API/api/cluster/nodes"; }
+# running APP DEP: "node pid" lines of the RUNNING replicas
+running() { apps_json | jq -r --arg a "$1" --arg d "$2" '.applications[$a].deployments[$d].replicas[] | select(.state=="RUNNING") | "\(.node_id) \(.pid)"' | sort; }
+reports_total() { nodes_json | jq '[.nodes[].reports] | add'; }
+head_log_count() { grep -c "$1" "$WORK/head.log" || true; }
