@@ -51,6 +51,7 @@ struct conn {
         uint64_t body_have;         /* decoded body bytes, stored at in.data + head_len */
         const struct route *route;
         uint64_t body_reserved;     /* of the global request-body budget, for the body being read */
+        char *norm_path;            /* its normalised path when that differs from what was sent */
 
         struct request *cur;        /* queued or in flight */
         uint64_t last_send_ns;      /* when a send last made progress */
@@ -208,6 +209,7 @@ static void conn_free(struct conn *c) {
         list_del(&c->link);
         timer_clear(c);
         request_budget_return(c->body_reserved);
+        free(c->norm_path);
         buf_free(&c->in);
         buf_free(&c->out);
         buf_free(&c->pending);
@@ -427,6 +429,16 @@ static bool head_complete(struct conn *c, const struct http_request *q) {
                 respond_error(c, 400, true);
                 return false;
         }
+        free(c->norm_path);
+        c->norm_path = NULL;
+        if ((size_t)nl != q->path_len || memcmp(norm, q->path, q->path_len) != 0) {
+                norm[nl] = 0;
+                c->norm_path = strdup(norm); /* rare: the request keeps it */
+                if (!c->norm_path) {
+                        respond_error(c, 503, true);
+                        return false;
+                }
+        }
         c->route = router_match(p->router, norm, (size_t)nl);
         if (!c->route || !c->route->ingress) {
                 /* Unread bodies would be taken for the next request: close instead. */
@@ -536,7 +548,9 @@ static void request_complete(struct conn *c, const struct http_request *parsed) 
                 r = (int)parsed->head_len;
         } else /* re-parse the head from its final home (the buffer may have moved while the body came) */
                 r = http_parse_request(q->raw, c->head_len, 0, &p->limits, &q->req);
-        if (r <= 0 || request_normalize_path(q) < 0 || router_set_path(c->route, q) < 0) {
+        q->norm_path = c->norm_path; /* normalised once, when the head arrived */
+        c->norm_path = NULL;
+        if (r <= 0 || router_set_path(c->route, q) < 0) {
                 request_free(q); /* cannot happen: it parsed and routed before */
                 respond_error(c, 400, true);
                 return;
