@@ -1,0 +1,1 @@
+#include "jointoken.h"
