@@ -68,6 +68,16 @@ int pki_cert_hash(const char *pem, char ret_hex[PKI_HASH_HEX + 1]);
 int pki_verify_chain(const char *chain_pem, const char *ca_pem, const char *ca_hash, const char *unit,
                      char **ret_ca_pem, char **ret_error);
 
+/* pki_verify_chain() against ca_pem without checking the validity period: a stored identity
+ * still loads when its certificate has expired (its owner must then join again). Returns 0 or
+ * -EPERM/-EINVAL with *ret_error. */
+int pki_verify_chain_any_time(const char *chain_pem, const char *ca_pem, const char *unit, char **ret_error);
+/* Whether key_pem is the private key of the first certificate of cert_pem. Returns 1, 0, or
+ * -EINVAL when either does not parse. */
+int pki_key_matches_cert(const char *key_pem, const char *cert_pem);
+/* Whether name can be a certificate's CN or OU here: 1 to 200 characters of A-Z a-z 0-9 . _ - */
+bool pki_name_valid(const char *name);
+
 /* Writes data to path atomically (a temporary file in the same directory, fsync, rename) with
  * mode; when running as root, gives it the owner of the directory. Returns 0 or a negative errno. */
 int pki_write_file(const char *path, const char *data, unsigned mode);
