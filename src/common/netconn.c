@@ -12,6 +12,7 @@
 #include "log.h"
 #include "macros.h"
 #include "netconn.h"
+#include "tls-internal.h"
 
 /* Reserved once bytes arrive (never while idle), and what an emptied buffer shrinks back to. */
 #define RECV_CHUNK (16u * 1024)
@@ -62,6 +63,7 @@ static void maybe_free(struct netconn *nc) {
         buf_free(&nc->in);
         buf_free(&nc->out);
         buf_free(&nc->pending);
+        tls_conn_free(nc->tls); /* only now: no io_uring operation refers to the fd any more */
         free(nc);
 }
 
@@ -100,6 +102,7 @@ static void do_close(struct netconn *nc) {
                 nc->listener = NULL;
         }
         if (nc->fd >= 0) {
+                tls_conn_shutdown(nc->tls);
                 /* Shutting the socket down completes any recv/send in flight; their completions
                  * then drop the last references. */
                 shutdown(nc->fd, SHUT_RDWR);
@@ -117,6 +120,7 @@ static void do_close(struct netconn *nc) {
 static void fail(struct netconn *nc, int err) {
         if (nc->closed)
                 return;
+        tls_conn_failed_early(nc->tls, err);
         do_close(nc);
         if (!nc->ops->on_close || nc->close_after_write)
                 return;
@@ -145,9 +149,31 @@ static void on_close_done(struct loop_op *op, int res, unsigned flags) {
         maybe_free(nc);
 }
 
+/* TLS: what is queued is encrypted and written once the socket is writable (a poll completes at
+ * once when it is), so whatever the owner queued until then goes out together, in full
+ * records, and on_drain follows from the loop as after a send. Nothing goes out before the
+ * handshake is done. */
+static void start_send_tls(struct netconn *nc) {
+        if (!nc->tls->handshake_done)
+                return;
+        if (netconn_unsent(nc) == 0) {
+                if (nc->close_after_write)
+                        do_close(nc);
+                return;
+        }
+        struct io_uring_sqe *sqe = loop_sqe(nc->loop, &nc->op_send);
+        io_uring_prep_poll_add(sqe, nc->fd, nc->tls->send_events);
+        nc->sending = true;
+        nc->refs++;
+}
+
 static void start_send(struct netconn *nc) {
         if (nc->sending || nc->closed || nc->connecting)
                 return;
+        if (nc->tls) {
+                start_send_tls(nc);
+                return;
+        }
         if (nc->blob) {
                 struct io_uring_sqe *sqe = loop_sqe(nc->loop, &nc->op_send);
                 io_uring_prep_send(sqe, nc->fd, nc->blob->data + nc->blob_off, nc->blob->len - nc->blob_off, MSG_NOSIGNAL);
@@ -172,6 +198,54 @@ static void start_send(struct netconn *nc) {
         nc->refs++;
 }
 
+/* n bytes of the blob, or else of out, were sent. */
+static void sent(struct netconn *nc, size_t n) {
+        if (nc->blob) {
+                nc->blob_off += n;
+                if (nc->blob_off == nc->blob->len) {
+                        netblob_unref(nc->blob);
+                        nc->blob = NULL;
+                        nc->blob_off = 0;
+                }
+        } else
+                buf_consume(&nc->out, n);
+}
+
+/* The socket is ready for what the last TLS write waited for: writes what is queued until the
+ * socket is full (then polls again). Returns 0 or a negative errno. */
+static int send_tls(struct netconn *nc) {
+        int r = 1;
+
+        while (r > 0) {
+                const char *p;
+                size_t len, n;
+
+                if (nc->blob) {
+                        p = nc->blob->data + nc->blob_off;
+                        len = nc->blob->len - nc->blob_off;
+                } else {
+                        if (nc->out.len == 0 && nc->pending.len > 0)
+                                SWAP(nc->out, nc->pending);
+                        if (nc->out.len == 0)
+                                break;
+                        p = nc->out.data;
+                        len = nc->out.len;
+                }
+                /* After -EAGAIN the same bytes are offered again, at the start of blob or out
+                 * (the owner's writes meanwhile went to pending): OpenSSL requires it. */
+                r = tls_conn_write(nc->tls, p, len, &n);
+                if (r > 0)
+                        sent(nc, n);
+        }
+        if (tls_conn_moved(nc->tls))
+                progress(nc);
+        if (r == -EAGAIN) {
+                start_send_tls(nc);
+                return 0;
+        }
+        return r < 0 ? r : 0;
+}
+
 static void on_send(struct loop_op *op, int res, unsigned flags) {
         struct netconn *nc = container_of(op, struct netconn, op_send);
 
@@ -181,21 +255,22 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
                 maybe_free(nc);
                 return;
         }
-        if (res <= 0) {
-                fail(nc, res < 0 ? res : -EPIPE);
-                maybe_free(nc);
-                return;
-        }
-        progress(nc);
-        if (nc->blob) {
-                nc->blob_off += (size_t)res;
-                if (nc->blob_off == nc->blob->len) {
-                        netblob_unref(nc->blob);
-                        nc->blob = NULL;
-                        nc->blob_off = 0;
+        if (nc->tls) {
+                int r = res < 0 ? res : send_tls(nc);
+                if (r < 0) {
+                        fail(nc, r);
+                        maybe_free(nc);
+                        return;
                 }
-        } else
-                buf_consume(&nc->out, (size_t)res);
+        } else {
+                if (res <= 0) {
+                        fail(nc, res < 0 ? res : -EPIPE);
+                        maybe_free(nc);
+                        return;
+                }
+                progress(nc);
+                sent(nc, (size_t)res);
+        }
         /* A burst (a broadcast, a big response) must not stay reserved for an idle connection. */
         if (nc->out.len == 0 && nc->out.cap > OUT_KEEP)
                 buf_free(&nc->out);
@@ -243,6 +318,61 @@ static int read_available(struct netconn *nc, size_t *ret_got) {
         return r;
 }
 
+/* read_available() for TLS: OpenSSL reads the socket and hands out at most one record per call,
+ * so only its "want read" says the socket is empty. */
+static int read_available_tls(struct netconn *nc, size_t *ret_got) {
+        size_t got = 0, n;
+        int r;
+
+        for (;;) {
+                if (buf_reserve(&nc->in, RECV_CHUNK, nc->in_limit + RECV_CHUNK) < 0) {
+                        r = -ENOMEM;
+                        break;
+                }
+                r = tls_conn_read(nc->tls, nc->in.data + nc->in.len, nc->in.cap - nc->in.len, &n);
+                if (r <= 0)
+                        break;
+                nc->in.len += n;
+                got += n;
+                if (got >= RECV_BUDGET || nc->in.len > nc->in_limit)
+                        break;
+        }
+        if (r == -EAGAIN)
+                r = 1; /* arm_recv() polls for what OpenSSL waits for */
+        /* Bytes that made no application data yet (part of a record) are progress too. */
+        if (tls_conn_moved(nc->tls) && got == 0)
+                progress(nc);
+        *ret_got = got;
+        return r;
+}
+
+/* Takes the handshake as far as the socket allows. Once it is done the owner hears of the
+ * connection (on_connect, on both sides: it checks the peer there), then what it queued
+ * meanwhile goes out, encrypted. */
+static void tls_step(struct netconn *nc) {
+        int r = tls_conn_handshake(nc->tls);
+
+        if (tls_conn_moved(nc->tls))
+                progress(nc);
+        if (r == -EAGAIN) {
+                arm_recv(nc);
+                return;
+        }
+        if (r < 0) {
+                fail(nc, r);
+                return;
+        }
+        if (!nc->close_after_write && nc->ops->on_connect) { /* no callback after netconn_close() */
+                nc->in_callback = true;
+                nc->ops->on_connect(nc);
+                nc->in_callback = false;
+        }
+        if (!nc->closed) {
+                arm_recv(nc);
+                start_send(nc);
+        }
+}
+
 /* What on_data left in the buffer is kept; the room around it is given back. */
 static void shrink_in(struct netconn *nc) {
         if (nc->in.len == 0) {
@@ -275,7 +405,12 @@ static void on_readable(struct loop_op *op, int res, unsigned flags) {
                 maybe_free(nc);
                 return;
         }
-        r = read_available(nc, &got);
+        if (nc->tls && !nc->tls->handshake_done) {
+                tls_step(nc);
+                maybe_free(nc);
+                return;
+        }
+        r = nc->tls ? read_available_tls(nc, &got) : read_available(nc, &got);
         if (got > 0) {
                 progress(nc);
                 if (nc->close_after_write)
@@ -309,7 +444,15 @@ static void arm_recv(struct netconn *nc) {
                 return;
         /* Wait for bytes without a buffer, so an idle connection costs no receive memory. */
         struct io_uring_sqe *sqe = loop_sqe(nc->loop, &nc->op_recv);
-        io_uring_prep_poll_add(sqe, nc->fd, POLLIN);
+        if (!nc->tls)
+                io_uring_prep_poll_add(sqe, nc->fd, POLLIN);
+        else if (nc->tls->handshake_done && tls_conn_has_pending(nc->tls))
+                /* Decrypted bytes wait in OpenSSL (reading stopped, or the owner paused): no poll
+                 * would report them, so the next batch reads them. */
+                io_uring_prep_nop(sqe);
+        else
+                /* Readable, or writable when OpenSSL must write before it reads on. */
+                io_uring_prep_poll_add(sqe, nc->fd, nc->tls->recv_events);
         nc->recv_armed = true;
         nc->refs++;
 }
@@ -325,6 +468,17 @@ static void on_connect(struct loop_op *op, int res, unsigned flags) {
         }
         if (res < 0) {
                 fail(nc, res);
+                maybe_free(nc);
+                return;
+        }
+        if (nc->tls) { /* the owner hears of it once the handshake is done */
+                int r = fd_nonblock(nc->fd, true);
+                if (r < 0)
+                        fail(nc, r);
+                else if (nc->close_after_write && netconn_unsent(nc) == 0)
+                        do_close(nc);
+                else
+                        tls_step(nc);
                 maybe_free(nc);
                 return;
         }
@@ -577,6 +731,28 @@ uint64_t netconn_tick(struct loop *loop, uint64_t now) {
                 }
         }
         return next;
+}
+
+int netconn_start_tls(struct netconn *nc, struct tls_ctx *ctx) {
+        int r;
+
+        if (nc->tls || nc->closed)
+                return -EINVAL;
+        /* OpenSSL reads and writes the socket itself, so it must never block; the plaintext
+         * path needs no O_NONBLOCK (MSG_DONTWAIT, io_uring). An outgoing connection gets it
+         * once connected: io_uring's connect is left as plaintext has it. */
+        if (!nc->connecting && (r = fd_nonblock(nc->fd, true)) < 0)
+                return r;
+        nc->tls = tls_conn_new(ctx, nc->fd);
+        if (!nc->tls)
+                return -ENOMEM;
+        /* A client on an accepted socket speaks first: its hello goes out now (no callback can
+         * run: the handshake cannot finish before the server answers), and the poll that
+         * netconn_adopt() armed waits for the answer. A server waits for the hello on that poll;
+         * an outgoing connection starts once connected. */
+        if (nc->tls->side == TLS_CLIENT && !nc->connecting)
+                tls_step(nc);
+        return 0;
 }
 
 /* ---- listeners ---- */

@@ -26,6 +26,7 @@
 
 struct netconn;
 struct netconn_timerq;
+struct netconn_tls;
 struct netlistener;
 
 /* Immutable bytes shared by many connections (a broadcast): sent without a copy per
@@ -81,6 +82,7 @@ struct netconn {
         uint64_t progress_ns;      /* last byte received or sent */
         struct netlistener *listener; /* counts this connection against its limit */
         struct list listener_link;
+        struct netconn_tls *tls;   /* NULL for plaintext; see tls.h, netconn_start_tls() */
 };
 
 /* Starts connecting to host:port (numeric or a name, resolved now). Returns 0 and the
