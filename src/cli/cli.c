@@ -447,7 +447,7 @@ struct cli {
 struct command {
         const char *name, *synopsis, *summary, *help;
         bool json, yes;
-        size_t n_args;
+        size_t n_args, max_args; /* max_args 0: exactly n_args */
         int (*run)(struct cli *c);
 };
 
@@ -679,7 +679,40 @@ static int get_and_render(struct cli *c, const char *path, int (*render)(const c
 
 static int cmd_status(struct cli *c) { return get_and_render(c, "/api/serve/applications/", cli_render_status); }
 
-static int cmd_nodes(struct cli *c) { return get_and_render(c, "/api/cluster/nodes", cli_render_nodes); }
+/* `serve nodes remove NAME`: the node leaves the cluster; the head revokes its certificates. */
+static int nodes_remove(struct cli *c, const char *name) {
+        _cleanup_free_ char *token = NULL, *path = NULL;
+        const char *source = NULL;
+        struct http_response resp = {};
+        int ret;
+
+        for (const char *p = name; *p; p++)
+                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr("._-", *p)))
+                        return usage_error(c, "'%s' is not a node name (letters, digits, '.', '_', '-')", name);
+        ret = load_token(c, &token, &source);
+        if (ret)
+                return ret;
+        if (asprintf(&path, "/api/cluster/nodes/%s", name) < 0) {
+                fprintf(c->err, "serve: out of memory\n");
+                return 1;
+        }
+        ret = api_call(c, "DELETE", path, token, NULL, NULL, 0, &resp);
+        if (ret == 0)
+                ret = check_response(c, &resp, source);
+        if (ret == 0)
+                fprintf(c->out, "removed node %s from %s: its replicas move to other nodes, its certificates are revoked\n",
+                        name, c->address);
+        http_response_done(&resp);
+        return ret;
+}
+
+static int cmd_nodes(struct cli *c) {
+        if (c->n_args == 0)
+                return get_and_render(c, "/api/cluster/nodes", cli_render_nodes);
+        if (c->n_args == 2 && streq(c->args[0], "remove") && !c->json)
+                return nodes_remove(c, c->args[1]);
+        return usage_error(c, "usage: serve nodes [--json] | serve nodes remove NAME");
+}
 
 static int cmd_config(struct cli *c) {
         struct http_response resp = {};
@@ -790,13 +823,18 @@ static const struct command commands[] = {
           .n_args = 1, .run = cmd_deploy },
         { "config", "config", "Print the config serve-head last applied",
           "Prints the config text (apps.yaml) serve-head last applied.\n", .run = cmd_config },
-        { "nodes", "nodes [--json]", "The cluster's nodes: state, resources, replicas, heartbeat",
+        { "nodes", "nodes [--json] | nodes remove NAME", "The cluster's nodes: state, resources, replicas,\n"
+          "                    heartbeat; or remove one from the cluster",
           "Lists every node that joined serve-head: name, IP, ALIVE/DEAD, CPU, memory and GPUs\n"
           "(used/total), custom resources, replicas and time since its last heartbeat.\n"
           "\n"
+          "serve nodes remove NAME: the node leaves the cluster. Its replicas are placed on other\n"
+          "nodes, its certificates are revoked (its links to the head and to other nodes are closed\n"
+          "and it cannot reconnect; to join again it needs a new join token). Needs the API token.\n"
+          "\n"
           "Options:\n"
           "  --json              Print serve-head's JSON answer instead of a table\n",
-          .json = true, .run = cmd_nodes },
+          .json = true, .max_args = 2, .run = cmd_nodes },
         { "shutdown", "shutdown [-y]", "Remove every application (drain, then stop replicas)",
           "Removes every application: proxies stop routing to them, in-flight requests finish,\n"
           "replicas stop. Asks for confirmation on a terminal; without one, --yes is required.\n"
@@ -880,7 +918,7 @@ int cli_main(int argc, char **argv, FILE *out, FILE *err) {
                 return usage_error(&c, "%s does not take --yes", cmd->name);
         if (c.n_args < cmd->n_args)
                 return usage_error(&c, "missing argument (usage: serve %s)", cmd->synopsis);
-        if (c.n_args > cmd->n_args)
+        if (c.n_args > MAX(cmd->n_args, cmd->max_args))
                 return usage_error(&c, "unexpected argument '%s' (usage: serve %s)", c.args[cmd->n_args],
                                    cmd->synopsis);
 

@@ -148,8 +148,10 @@ int jointoken_parse(const char *text, struct jointoken *ret) {
         /* SRV1.<hash>.<id>.<secret>: exactly four fields. */
         for (p = text;; n++) {
                 const char *dot = strchr(p, '.');
-                if (n == 4)
-                        return -EINVAL;
+                if (n == 4) {
+                        n = 5; /* too many fields (unless the secret is join_token_file's, above) */
+                        break;
+                }
                 f[n] = p;
                 len[n] = dot ? (size_t)(dot - p) : strlen(p);
                 if (!dot) {
@@ -157,6 +159,29 @@ int jointoken_parse(const char *text, struct jointoken *ret) {
                         break;
                 }
                 p = dot + 1;
+        }
+        /* The long-lived token with the CA hash (`serve-head --join-token show`): its secret is
+         * join_token_file's, whatever the operator wrote there (no whitespace, maybe dots). */
+        char hash[PKI_HASH_HEX + 1] = "";
+        if (n >= 3 && len[1] == PKI_HASH_HEX)
+                memcpy(hash, f[1], PKI_HASH_HEX);
+        if (n >= 3 && len[0] == strlen(TOKEN_PREFIX) && strncmp(f[0], TOKEN_PREFIX, len[0]) == 0 &&
+            len[1] == PKI_HASH_HEX && is_lower_hex(hash, PKI_HASH_HEX) && len[2] == strlen(JOINTOKEN_DEFAULT_ID) &&
+            strncmp(f[2], JOINTOKEN_DEFAULT_ID, len[2]) == 0) {
+                const char *sec = f[2] + len[2] + 1;
+                if (n < 4 || !*sec)
+                        return -EINVAL;
+                for (p = sec; *p; p++)
+                        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+                                return -EINVAL;
+                struct jointoken t = {};
+                memcpy(t.ca_hash, f[1], PKI_HASH_HEX);
+                strcpy(t.id, JOINTOKEN_DEFAULT_ID);
+                t.secret = strdup(sec);
+                if (!t.secret)
+                        return -ENOMEM;
+                *ret = t;
+                return 0;
         }
         if (n != 4 || len[0] != strlen(TOKEN_PREFIX) || strncmp(f[0], TOKEN_PREFIX, len[0]) != 0 ||
             len[1] != PKI_HASH_HEX || len[2] != JOINTOKEN_ID_HEX || len[3] != JOINTOKEN_SECRET_HEX)

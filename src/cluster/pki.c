@@ -560,7 +560,7 @@ int pki_ca_issue(struct pki_ca *ca, const char *csr_pem, const char *name, const
         if (X509_set_version(x, X509_VERSION_3) != 1 || ASN1_INTEGER_set_uint64(X509_get_serialNumber(x), serial) != 1 ||
             !name_add(subject, "O", "serve") || !name_add(subject, "OU", unit) || !name_add(subject, "CN", name) ||
             X509_set_issuer_name(x, X509_get_subject_name(ca->cert)) != 1 ||
-            !cert_set_times(x, now - CLOCK_SKEW_S, not_after) || X509_set_pubkey(x, pub) != 1)
+            !cert_set_times(x, now - MIN((int64_t)CLOCK_SKEW_S, validity_s / 4), not_after) || X509_set_pubkey(x, pub) != 1)
                 return fail(-EINVAL, ret_error, "cannot build the certificate for %s", name);
         X509V3_set_ctx(&ctx, ca->cert, x, NULL, NULL, 0);
         if (!ext_add(x, &ctx, NID_basic_constraints, "CA:FALSE") ||

@@ -35,7 +35,7 @@ const char *pki_ca_hash(const struct pki_ca *ca);
 int64_t pki_ca_not_after(const struct pki_ca *ca);
 
 /* Issues a certificate for `name` (CN) and `unit` (OU) to the key of csr_pem (whose signature
- * is checked; its subject is ignored), valid from now - 5 minutes (clock skew) for validity_s
+ * is checked; its subject is ignored), valid from now - min(5 minutes, validity_s / 4) (clock skew) for validity_s
  * seconds (never past the CA's own expiry), with the given serial. The result is the leaf
  * followed by the CA certificate (a chain a peer can verify and pin). Returns 0 and
  * *ret_chain_pem (malloc'd), or a negative errno with *ret_error. */

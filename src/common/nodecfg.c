@@ -343,8 +343,18 @@ static int finish(struct yt_parser *p, int r, char **ret_error) {
 
 static const char *const worker_keys[] = {
         "head_address", "join_token_file", "node_name", "node_address", "http_host", "http_port",
-        "data_port", "metrics_port", "labels", "resources",
+        "data_port", "metrics_port", "labels", "resources", "transport", "state_dir", "ca_file",
 };
+
+static int get_transport(struct yt_parser *p, const struct yt_node *v, enum transport *ret) {
+        if (yt_scalar_is(v, "tls"))
+                *ret = TRANSPORT_TLS;
+        else if (yt_scalar_is(v, "plaintext"))
+                *ret = TRANSPORT_PLAINTEXT;
+        else
+                return yt_fail(p, v, "must be tls or plaintext, got %s", YT_DESCRIBE(v));
+        return 0;
+}
 
 static int worker_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
                         void *userdata) {
@@ -371,6 +381,12 @@ static int worker_field(struct yt_parser *p, unsigned idx, const struct yt_node 
                 return parse_labels(p, v, &c->labels, &c->n_labels);
         case 9:
                 return parse_resource_spec(p, v, &c->resources);
+        case 10:
+                return get_transport(p, v, &c->transport);
+        case 11:
+                return yt_get_string(p, v, false, &c->state_dir);
+        case 12:
+                return yt_get_string(p, v, false, &c->ca_file);
         }
         return 0;
 }
@@ -403,8 +419,9 @@ int worker_config_parse(const char *name, const char *text, size_t len, struct w
                 .http_port = NODECFG_DEFAULT_HTTP_PORT,
                 .data_port = NODECFG_DEFAULT_DATA_PORT,
                 .metrics_port = NODECFG_DEFAULT_METRICS_PORT,
+                .state_dir = strdup(NODECFG_DEFAULT_WORKER_STATE_DIR),
         };
-        if (!c->path || !c->join_token_file || !c->node_name || !c->node_address || !c->http_host) {
+        if (!c->path || !c->join_token_file || !c->node_name || !c->node_address || !c->http_host || !c->state_dir) {
                 r = -ENOMEM;
                 goto out;
         }
@@ -452,6 +469,8 @@ void worker_config_free(struct worker_config *c) {
         free(c->node_name);
         free(c->node_address);
         free(c->http_host);
+        free(c->state_dir);
+        free(c->ca_file);
         labels_free(c->labels, c->n_labels);
         resource_spec_done(&c->resources);
         free(c);
@@ -575,8 +594,54 @@ static int autoscaler_field(struct yt_parser *p, unsigned idx, const struct yt_n
         return yt_get_double(p, v, false, &c->autoscaler_interval_s);
 }
 
+static const char *const tls_keys[] = { "ca_cert_file", "ca_key_file", "node_cert_validity_s" };
+
+struct tls_state {
+        struct cluster_config *c;
+        const struct yt_node *cert, *key;
+};
+
+static int tls_field(struct yt_parser *p, unsigned idx, const struct yt_node *v, void *userdata) {
+        struct tls_state *t = userdata;
+
+        switch (idx) {
+        case 0:
+                t->cert = v;
+                return yt_get_string(p, v, false, &t->c->ca_cert_file);
+        case 1:
+                t->key = v;
+                return yt_get_string(p, v, false, &t->c->ca_key_file);
+        case 2:
+                if (yt_get_double(p, v, false, &t->c->node_cert_validity_s) < 0)
+                        return -EINVAL;
+                if (t->c->node_cert_validity_s < 10)
+                        return yt_fail(p, v, "must be at least 10 (seconds), got %g", t->c->node_cert_validity_s);
+                return 0;
+        }
+        return 0;
+}
+
+/* The CA is the operator's (both files) or ours (neither): half of one is a mistake. */
+static int parse_tls(struct yt_parser *p, const struct yt_node *v, struct cluster_config *c) {
+        struct tls_state t = { .c = c };
+        int r;
+
+        if (yt_is_null(v))
+                return 0;
+        r = yt_expect_mapping(p, v);
+        if (r >= 0)
+                r = yt_parse_fields(p, v, tls_keys, ELEMENTSOF(tls_keys), tls_field, &t);
+        if (r >= 0 && !!t.cert != !!t.key) {
+                size_t saved = yt_path_push(p, t.cert ? ".ca_key_file" : ".ca_cert_file");
+                r = yt_fail(p, t.cert ? t.cert : t.key,
+                            "ca_cert_file and ca_key_file go together (the CA's certificate and its key)");
+                yt_path_pop(p, saved);
+        }
+        return r;
+}
+
 static const char *const cluster_keys[] = {
-        "head", "worker_heartbeat_interval_s", "worker_timeout_s", "worker_groups", "autoscaler",
+        "head", "worker_heartbeat_interval_s", "worker_timeout_s", "worker_groups", "autoscaler", "transport", "tls",
 };
 
 struct cluster_state {
@@ -614,6 +679,10 @@ static int cluster_field(struct yt_parser *p, unsigned idx, const struct yt_node
                         return r;
                 return yt_parse_fields(p, v, autoscaler_keys, ELEMENTSOF(autoscaler_keys),
                                        autoscaler_field, c);
+        case 5:
+                return get_transport(p, v, &c->transport);
+        case 6:
+                return parse_tls(p, v, c);
         }
         return 0;
 }
@@ -642,6 +711,7 @@ int cluster_config_parse(const char *name, const char *text, size_t len,
                 .worker_heartbeat_interval_s = 1,
                 .worker_timeout_s = 10,
                 .autoscaler_interval_s = 5,
+                .node_cert_validity_s = NODECFG_DEFAULT_NODE_CERT_VALIDITY_S,
         };
         if (!c->path || !c->head.api_host || !c->head.control_host || !c->head.api_token_file ||
             !c->head.join_token_file) {
@@ -701,6 +771,8 @@ void cluster_config_free(struct cluster_config *c) {
         free(c->head.control_host);
         free(c->head.api_token_file);
         free(c->head.join_token_file);
+        free(c->ca_cert_file);
+        free(c->ca_key_file);
         for (size_t i = 0; i < c->n_groups; i++) {
                 struct worker_group *g = &c->groups[i];
                 free(g->name);

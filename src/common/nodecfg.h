@@ -16,6 +16,15 @@
 #define NODECFG_DEFAULT_HTTP_PORT 8000
 #define NODECFG_DEFAULT_DATA_PORT 8267
 #define NODECFG_DEFAULT_METRICS_PORT 8268
+#define NODECFG_DEFAULT_WORKER_STATE_DIR "/var/lib/serve/worker"
+/* Where serve-head keeps its CA with the default --state-dir: a worker on the head's own
+ * machine trusts it when its join token is a bare secret. */
+#define NODECFG_DEFAULT_CA_FILE "/var/lib/serve/pki/ca.crt"
+#define NODECFG_DEFAULT_NODE_CERT_VALIDITY_S (24 * 3600)
+
+/* How nodes talk to each other: mutually authenticated TLS 1.3 (the default), or plaintext on
+ * an isolated network (an explicit opt-out, warned about at every start). */
+enum transport { TRANSPORT_TLS, TRANSPORT_PLAINTEXT };
 
 struct node_label {
         char *key;
@@ -53,6 +62,10 @@ struct worker_config {
         struct node_label *labels;
         size_t n_labels;
         struct resource_spec resources;
+        enum transport transport; /* default TRANSPORT_TLS */
+        char *state_dir;        /* the node's key and certificates; default NODECFG_DEFAULT_WORKER_STATE_DIR */
+        char *ca_file;          /* the cluster CA to trust with a bare join token; NULL: the default
+                                 * NODECFG_DEFAULT_CA_FILE if it exists */
 };
 
 struct head_config {
@@ -84,6 +97,9 @@ struct cluster_config {
         struct worker_group *groups;
         size_t n_groups;
         double autoscaler_interval_s;       /* > 0; default 5 */
+        enum transport transport;           /* default TRANSPORT_TLS */
+        char *ca_cert_file, *ca_key_file;   /* tls: an operator's CA; NULL: made in <state-dir>/pki */
+        double node_cert_validity_s;        /* tls: >= 10; default NODECFG_DEFAULT_NODE_CERT_VALIDITY_S */
 };
 
 /* Parses worker.yaml text; `name` is the file name used in messages. Returns 0 and *ret (free

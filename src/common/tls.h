@@ -27,7 +27,7 @@ struct tls_config {
         const char *cert_pem, *key_pem;
         /* The trust anchor (PEM, one or more certificates). NULL: the peer's chain is not
          * verified by this layer (a worker bootstrapping from a pinned CA hash checks it
-         * itself with tls_peer_chain_pem()); a peer certificate is still required of a server. */
+         * itself with netconn_tls_peer_chain_pem()); a peer certificate is still required of a server. */
         const char *ca_pem;
         /* Server side: refuse a client that presents no certificate (the data port). false:
          * a certificate is optional, but verified when present (the control port, where

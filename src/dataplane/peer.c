@@ -46,7 +46,7 @@ void peers_update_begin(struct peers *ps) {
         }
 }
 
-struct peer *peers_update_node(struct peers *ps, const char *name, const char *address, int port) {
+struct peer *peers_update_node(struct peers *ps, const char *name, const char *address, int port, uint64_t min_serial) {
         struct list *pos, *tmp;
         struct peer *p;
 
@@ -55,6 +55,7 @@ struct peer *peers_update_node(struct peers *ps, const char *name, const char *a
                 if (!streq(p->name, name))
                         continue;
                 p->seen = true;
+                p->min_serial = min_serial;
                 if (p->gone) {
                         p->gone = false;
                         p->next_connect_ns = 0;
@@ -80,6 +81,7 @@ struct peer *peers_update_node(struct peers *ps, const char *name, const char *a
         }
         p->ps = ps;
         p->port = port;
+        p->min_serial = min_serial;
         p->seen = true;
         p->unblock.fn = peer_unblock;
         list_init(&p->unblock.link);
@@ -126,6 +128,31 @@ void peers_update_end(struct peers *ps) {
                 peer_disconnect(p, "the node serving the request left the cluster");
                 p->next_connect_ns = UINT64_MAX;
         }
+        /* Links from nodes that left the list, or whose certificate is now revoked, go too. */
+        list_for_each_safe(pos, tmp, &ps->ins) {
+                struct peer_in *pin = list_entry(pos, struct peer_in, link);
+                if (pin->node && !peers_may_link(ps, pin->node, pin->serial)) {
+                        log_info("closing the data link from node %s: it is no longer a member of the cluster", pin->node);
+                        peer_in_close(pin);
+                }
+        }
+}
+
+bool peers_may_link(const struct peers *ps, const char *name, uint64_t serial) {
+        struct list *pos;
+
+        for (pos = ps->peers.next; pos != &ps->peers; pos = pos->next) {
+                const struct peer *p = list_entry(pos, struct peer, link);
+                if (streq(p->name, name))
+                        return p->seen && !p->gone && serial >= p->min_serial;
+        }
+        return false;
+}
+
+void peers_set_tls(struct peers *ps, struct tls_ctx *client, struct tls_ctx *server, const char *unit) {
+        ps->tls_client = client;
+        ps->tls_server = server;
+        ps->tls_unit = unit;
 }
 
 int peers_set_placed(struct peers *ps, const char *app, const char *name, int placed) {

@@ -20,6 +20,7 @@
 #include "netconn.h"
 #include "peer_wire.h"
 #include "router.h"
+#include "tls.h"
 #include "util.h"
 
 /* A replica set of (app, deployment) on one peer, as the head last described it. */
@@ -54,6 +55,16 @@ int peers_new(struct loop *loop, struct router *router, const char *host, int po
               struct peers **ret);
 /* New limits from a reloaded config. */
 void peers_set_options(struct peers *ps, const struct peers_options *opts);
+/* Makes every data link mutually authenticated TLS: ours connect with `client` and peers'
+ * are accepted with `server` (both verify against the cluster CA; the contexts are shared
+ * with the caller, who may renew their certificate in place). A link is used only when the
+ * certificate's unit is `unit` and it names the node we meant (outgoing) or a node of the
+ * current peer list whose certificate is not revoked (incoming); anything else is closed
+ * before a byte of it is read, and logged (rate-limited). Call before the first update. */
+void peers_set_tls(struct peers *ps, struct tls_ctx *client, struct tls_ctx *server, const char *unit);
+/* (Both contexts NULL: TLS is required but this node has no certificate yet: the data port
+ * refuses every link and no link is made, until peers_set_tls() gives them.) */
+
 /* Closes the listener and every connection (requests at peers fail). The loop must run
  * (loop_drain) before peers_free(), which frees the memory those operations refer to. */
 void peers_stop(struct peers *ps);
@@ -62,8 +73,9 @@ void peers_free(struct peers *ps);
 /* Starts describing a new peer list: every peer and target is marked unseen. */
 void peers_update_begin(struct peers *ps);
 /* Adds or refreshes peer `name` at address:port (connects in the background, reconnecting
- * with backoff). Returns the peer or NULL on allocation failure. */
-struct peer *peers_update_node(struct peers *ps, const char *name, const char *address, int port);
+ * with backoff). With TLS, its certificates with a serial below min_serial are revoked.
+ * Returns the peer or NULL on allocation failure. */
+struct peer *peers_update_node(struct peers *ps, const char *name, const char *address, int port, uint64_t min_serial);
 /* Says that `peer` has `ready` replicas of app/name taking max_ongoing requests each. */
 int peers_update_target(struct peers *ps, struct peer *peer, const char *app, const char *name, int ready, int max_ongoing);
 /* Says how many replicas of app/name the head placed in the whole cluster. */
@@ -87,5 +99,6 @@ struct peer_stats {
         uint64_t sent, received, rejected, failed_over;
         uint64_t refused;     /* requests from peers refused by a limit (413, 503) */
         uint64_t links_dropped; /* peer links closed for misbehaving or not reading */
+        uint64_t links_refused; /* TLS: no, foreign, revoked or unlisted certificate */
 };
 void peers_stats(const struct peers *ps, struct peer_stats *ret);

@@ -51,11 +51,31 @@ void peer_disconnect(struct peer *p, const char *why) {
         peer_fail_all(p, why);
 }
 
+static struct log_limiter refused_limiter;
+static void backoff(struct peer *p);
+
 static void out_on_connect(struct netconn *nc) {
         struct peer *p = nc->userdata;
+        const struct tls_peer *tp = netconn_tls_peer(nc);
+
+        /* The node we meant, not whatever answers at its address. */
+        if (p->ps->tls_client && (!tp || !streq(tp->unit, p->ps->tls_unit) || !streq(tp->name, p->name))) {
+                p->ps->stats.links_refused++;
+                log_limited(&refused_limiter, LOG_WARNING, "data connection to node %s (%s) refused: it presented %s%s",
+                            p->name, nc->peer, tp ? "the certificate of " : "no certificate", tp ? tp->name : "");
+                p->nc = NULL;
+                nc->userdata = NULL;
+                netconn_close(nc, false);
+                backoff(p);
+                return;
+        }
+        (void)netconn_set_idle_timeout(nc, 0);
         p->up = true;
         p->backoff_ns = 0;
-        log_info("data connection to node %s (%s) is up", p->name, nc->peer);
+        if (tp)
+                log_info("data connection to node %s (%s) is up: %s", p->name, nc->peer, tls_mode_name(netconn_tls_ktls(nc)));
+        else
+                log_info("data connection to node %s (%s) is up", p->name, nc->peer);
         p->ps->kick = true; /* requests that waited for a peer may go now */
 }
 
@@ -68,6 +88,11 @@ static void out_on_close(struct netconn *nc, int err) {
         struct peer *p = nc->userdata;
         if (!p)
                 return;
+        if (!p->up && netconn_is_tls(nc) && netconn_tls_error(nc)) {
+                p->ps->stats.links_refused++;
+                log_limited(&refused_limiter, LOG_WARNING, "data connection to node %s (%s): TLS handshake failed (%s)",
+                            p->name, nc->peer, netconn_tls_error(nc));
+        }
         if (p->up)
                 log_warning("data connection to node %s lost: %s", p->name, err ? strerror(-err) : "closed by the peer");
         p->nc = NULL;
@@ -77,7 +102,13 @@ static void out_on_close(struct netconn *nc, int err) {
 }
 
 void peer_connect(struct peer *p) {
-        int r = netconn_connect(p->ps->loop, p->address, p->port, &out_ops, p, &p->nc);
+        int r;
+
+        if (p->ps->tls_unit && !p->ps->tls_client) { /* no certificate yet */
+                backoff(p);
+                return;
+        }
+        r = netconn_connect(p->ps->loop, p->address, p->port, &out_ops, p, &p->nc);
         if (r < 0) {
                 p->nc = NULL;
                 backoff(p);
@@ -87,6 +118,18 @@ void peer_connect(struct peer *p) {
         /* Our own requests: at most the busy budget plus one request's body. */
         p->nc->out_limit = LINK_REQ_BUDGET + (size_t)MIN(p->ps->opts.max_body, (uint64_t)SIZE_MAX / 4) + (2u << 20);
         p->nc->in_limit = 2 * PEER_FRAME_MAX + 64;
+        if (p->ps->tls_client) {
+                r = netconn_start_tls(p->nc, p->ps->tls_client);
+                /* A connect or handshake that hangs must not keep the peer down forever. */
+                if (r >= 0)
+                        r = netconn_set_idle_timeout(p->nc, sec_to_ns(p->ps->opts.link_timeout_s));
+                if (r < 0) {
+                        p->nc->userdata = NULL;
+                        netconn_close(p->nc, false);
+                        p->nc = NULL;
+                        backoff(p);
+                }
+        }
 }
 
 /* ---- our requests at peers: a remote target is a backend ---- */

@@ -26,6 +26,7 @@ struct peer {
         struct peers *ps;
         char *name, *address;
         int port;
+        uint64_t min_serial;    /* TLS: its certificates below this serial are revoked */
         struct netconn *nc;
         bool up, seen, gone;
         uint64_t next_connect_ns, backoff_ns;
@@ -56,6 +57,8 @@ struct peer_in {
          * dropped) as they arrive, so a link never buffers a whole frame. */
         uint64_t frame_left;
         bool dead;                   /* torn down from the loop (teardown) */
+        char *node;                  /* TLS: the node its certificate names, once authenticated */
+        uint64_t serial;             /* ... and that certificate's serial */
         struct loop_deferred teardown;
         struct list link;
 };
@@ -68,7 +71,13 @@ struct peers {
         struct list peers, groups, ins;
         struct peer_stats stats;
         bool kick;
+        struct tls_ctx *tls_client, *tls_server; /* NULL: plaintext, or not yet (tls_unit set) */
+        const char *tls_unit;                    /* NULL: plaintext */
 };
+
+/* peer.c */
+/* A node of the current peer list called name whose certificate serial is not revoked. */
+bool peers_may_link(const struct peers *ps, const char *name, uint64_t serial);
 
 /* peer_client.c */
 extern const struct backend_ops peer_remote_backend_ops;

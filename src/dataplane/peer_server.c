@@ -10,6 +10,7 @@
 
 static const struct netconn_ops in_ops;
 static const struct sink_ops stream_sink_ops;
+static struct log_limiter refused_limiter;
 
 /* ---- requests from peers: a stream is a sink ---- */
 
@@ -325,6 +326,7 @@ static void in_free(struct peer_in *pin) {
                 }
         }
         list_del(&pin->link);
+        free(pin->node);
         free(pin);
 }
 
@@ -390,7 +392,11 @@ static void in_on_close(struct netconn *nc, int err) {
 
         if (!pin)
                 return;
-        if (err < 0 && err != -ECONNRESET && err != -EPIPE) {
+        if (netconn_is_tls(nc) && !netconn_tls_peer(nc)) {
+                pin->ps->stats.links_refused++;
+                log_limited(&refused_limiter, LOG_WARNING, "refused a data connection from %s: TLS handshake failed (%s)",
+                            nc->peer, netconn_tls_error(nc) ?: "closed during the handshake");
+        } else if (err < 0 && err != -ECONNRESET && err != -EPIPE) {
                 /* Closed for the peer's behaviour (no progress, too much unread), not by it. */
                 static struct log_limiter limiter;
                 pin->ps->stats.links_dropped++;
@@ -401,7 +407,36 @@ static void in_on_close(struct netconn *nc, int err) {
         in_free(pin);
 }
 
+/* TLS: the handshake is done. Only a node of the current peer list, with a certificate that is
+ * not revoked, may send requests; nothing it sent has been read yet. */
+static void in_on_secure(struct netconn *nc) {
+        struct peer_in *pin = nc->userdata;
+        const struct tls_peer *tp = netconn_tls_peer(nc);
+
+        if (!pin)
+                return;
+        if (!tp || !tp->has_cert || !streq(tp->unit, pin->ps->tls_unit) || !peers_may_link(pin->ps, tp->name, tp->serial)) {
+                pin->ps->stats.links_refused++;
+                log_limited(&refused_limiter, LOG_WARNING,
+                            "refused a data connection from %s: %s%s%s", nc->peer,
+                            !tp || !tp->has_cert ? "no certificate" : "certificate of ",
+                            tp && tp->has_cert ? tp->name : "",
+                            tp && tp->has_cert ? ", which is not a current member of the cluster" : "");
+                peer_in_close(pin);
+                return;
+        }
+        pin->node = strdup(tp->name);
+        pin->serial = tp->serial;
+        if (!pin->node) {
+                peer_in_close(pin);
+                return;
+        }
+        (void)netconn_set_idle_timeout(nc, 0);
+        log_debug("peer %s connected from %s (%s)", pin->node, nc->peer, tls_mode_name(netconn_tls_ktls(nc)));
+}
+
 static const struct netconn_ops in_ops = {
+        .on_connect = in_on_secure,
         .on_data = in_on_data,
         .on_close = in_on_close,
         .on_drain = in_on_drain,
@@ -409,8 +444,13 @@ static const struct netconn_ops in_ops = {
 
 void peer_in_accept(struct netlistener *l, int fd) {
         struct peers *ps = l->userdata;
-        struct peer_in *pin = calloc(1, sizeof *pin);
+        struct peer_in *pin;
 
+        if (ps->tls_unit && !ps->tls_server) { /* TLS, but no certificate yet: nobody gets in */
+                close(fd);
+                return;
+        }
+        pin = calloc(1, sizeof *pin);
         if (!pin) {
                 close(fd);
                 return;
@@ -429,6 +469,14 @@ void peer_in_accept(struct netlistener *l, int fd) {
         pin->nc->in_limit = PEER_MAX_PREFIX + sizeof(struct peer_frame_header) + (512u << 10);
         pin->nc->out_limit = LINK_OUT_LIMIT + PEER_FRAME_MAX;
         list_add_tail(&ps->ins, &pin->link);
+        if (ps->tls_server) {
+                /* A stranger gets the link timeout to finish its handshake. */
+                if (netconn_start_tls(pin->nc, ps->tls_server) < 0 ||
+                    netconn_set_idle_timeout(pin->nc, sec_to_ns(ps->opts.link_timeout_s)) < 0) {
+                        peer_in_close(pin);
+                        return;
+                }
+        }
         log_debug("peer connected from %s", pin->nc->peer);
 }
 

@@ -188,12 +188,46 @@ static void render_metrics(struct head *h, struct httpd_response *resp) {
         metrics_sample(&resp->body, "serve_nodes", ld, dead);
         metrics_family(&resp->body, "serve_pending_replicas", METRICS_GAUGE, "Replicas that fit on no node");
         metrics_sample(&resp->body, "serve_pending_replicas", NULL, pending);
+        trust_render_metrics(h, &resp->body);
         free(names);
         free(reports);
 }
 
+/* DELETE /api/cluster/nodes/NAME: the node leaves the cluster; its certificates are revoked. */
+static void remove_node(struct head *h, const struct httpd_request *rq, const char *rest, size_t len,
+                        struct httpd_response *resp) {
+        char name[256];
+
+        if (!authorized(h, rq)) {
+                log_warning("DELETE /api/cluster/nodes/ from %s refused: missing or invalid bearer token", rq->peer);
+                httpd_respond_error(resp, 401, "missing or invalid bearer token");
+                return;
+        }
+        snprintf(name, sizeof name, "%.*s", (int)MIN(len, sizeof name - 1), rest);
+        if (len >= sizeof name || strlen(name) != len || !node_name_valid(name)) {
+                httpd_respond_error(resp, 400, "not a node name");
+                return;
+        }
+        int r = nodes_remove(h, name);
+        if (r == -ENOENT) {
+                httpd_respond_error(resp, 404, "no such node");
+                return;
+        }
+        if (r < 0) {
+                httpd_respond_error(resp, 500, "cannot remove the node");
+                return;
+        }
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "removed", name);
+        cJSON_AddBoolToObject(j, "certificates_revoked", h->trust != NULL);
+        httpd_respond_json(resp, 200, j);
+        cJSON_Delete(j);
+}
+
 void on_api(void *userdata, const struct httpd_request *rq, struct httpd_response *resp) {
         struct head *h = userdata;
+        const char *rest;
+        size_t rest_len;
         bool put = httpd_is(rq, "PUT", "/api/serve/applications/") || httpd_is(rq, "PUT", "/api/serve/applications");
         bool del = httpd_is(rq, "DELETE", "/api/serve/applications/") || httpd_is(rq, "DELETE", "/api/serve/applications");
 
@@ -213,6 +247,8 @@ void on_api(void *userdata, const struct httpd_request *rq, struct httpd_respons
         } else if (httpd_is(rq, "GET", "/-/healthz")) {
                 resp->content_type = "text/plain";
                 (void)buf_append(&resp->body, "success", 7, SIZE_MAX);
+        } else if (httpd_prefix_is(rq, "DELETE", "/api/cluster/nodes/", &rest, &rest_len)) {
+                remove_node(h, rq, rest, rest_len, resp);
         } else if (put || del) {
                 if (!authorized(h, rq)) {
                         log_warning("%s /api/serve/applications/ from %s refused: missing or invalid bearer token",

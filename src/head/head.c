@@ -62,6 +62,19 @@ static void usage(FILE *f) {
                 "                         Time a REST API client has to send its request head (default %g)\n"
                 "      --api-idle-timeout SECONDS\n"
                 "                         Time a REST API request body or response may stall (default %g)\n"
+                "\n"
+                "Join tokens (the cluster CA is in STATE-DIR/pki unless cluster.yaml's tls: names one):\n"
+                "      --join-token create [--ttl DURATION] [--uses N] [--name NODE]\n"
+                "                         Mint a token and print it (SRV1.<CA hash>.<id>.<secret>): put it\n"
+                "                         in a new node's join_token_file. DURATION: 900, 15m, 2h, 7d\n"
+                "                         (default: no expiry); N: joins it allows (default: unlimited);\n"
+                "                         NODE: the only node name it admits\n"
+                "      --join-token list  The tokens, their uses left and expiry (never the secrets)\n"
+                "      --join-token revoke ID\n"
+                "                         Revoke a token (\"default\": join_token_file's long-lived one)\n"
+                "      --join-token show  Print join_token_file's token with the CA hash, for nodes\n"
+                "                         that join with it\n"
+                "\n"
                 "  -h, --help             Show this help\n"
                 "      --version          Show the version\n"
                 "\n"
@@ -138,6 +151,10 @@ int main(int argc, char **argv) {
                 { "api-max-connections", required_argument, NULL, 'M' },
                 { "api-header-timeout", required_argument, NULL, 'T' },
                 { "api-idle-timeout", required_argument, NULL, 'I' },
+                { "join-token", required_argument, NULL, 'J' },
+                { "ttl", required_argument, NULL, 't' },
+                { "uses", required_argument, NULL, 'u' },
+                { "name", required_argument, NULL, 'n' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },
                 {},
@@ -146,6 +163,7 @@ int main(int argc, char **argv) {
                           .describe_timeout_s = SPEC_DESCRIBE_TIMEOUT_S,
                           .api_opts = { .max_body = MAX_API_BODY, .what = "the REST API" } };
         bool check_only = false;
+        const char *jt_action = NULL, *jt_ttl = NULL, *jt_uses = NULL, *jt_name = NULL, *jt_id = NULL;
         char *err = NULL;
         int c, r;
 
@@ -193,6 +211,18 @@ int main(int argc, char **argv) {
                         h.api_opts.max_connections = (unsigned)v;
                         break;
                 }
+                case 'J':
+                        jt_action = optarg;
+                        break;
+                case 't':
+                        jt_ttl = optarg;
+                        break;
+                case 'u':
+                        jt_uses = optarg;
+                        break;
+                case 'n':
+                        jt_name = optarg;
+                        break;
                 case 'h':
                         usage(stdout);
                         return 0;
@@ -204,8 +234,14 @@ int main(int argc, char **argv) {
                         return 2;
                 }
         }
+        if (jt_action && streq(jt_action, "revoke") && optind < argc)
+                jt_id = argv[optind++];
         if (optind != argc) {
                 fprintf(stderr, "serve-head: unexpected argument '%s'\n", argv[optind]);
+                return 2;
+        }
+        if (!jt_action && (jt_ttl || jt_uses || jt_name)) {
+                fprintf(stderr, "serve-head: --ttl, --uses and --name go with --join-token create\n");
                 return 2;
         }
         list_init(&h.nodes);
@@ -216,6 +252,16 @@ int main(int argc, char **argv) {
         r = load_files(&h, check_only);
         if (check_only || r < 0)
                 return r < 0 ? 1 : 0;
+        if (jt_action) {
+                r = trust_join_token_command(&h, jt_action, jt_ttl, jt_uses, jt_name, jt_id);
+                cluster_config_free(h.ccfg);
+                free(h.join_token);
+                free(h.api_token);
+                free(h.replica_bin);
+                free(h.apps_path);
+                free(h.cluster_path);
+                return r;
+        }
         if (mkdir(h.state_dir, 0700) < 0 && errno != EEXIST) {
                 log_error_errno(errno, "Cannot create the state directory %s: %m", h.state_dir);
                 return 1;
@@ -229,7 +275,11 @@ int main(int argc, char **argv) {
                 return 1;
         }
 
+        if (trust_init(&h) < 0)
+                return 1;
         recover(&h);
+        if (trust_start(&h) < 0)
+                return 1;
         if (!h.spec || !streq_ptr(h.cfg_source, "api")) {
                 r = load_apps_file(&h, &err);
                 if (r < 0) {
@@ -269,8 +319,9 @@ int main(int argc, char **argv) {
         }
         h.op_signal.cb = on_signal;
         on_signal(&h.op_signal, 0, 0);
-        log_info("serving the API on http://%s:%d, workers connect to %s:%d", h.ccfg->head.api_host, h.ccfg->head.api_port,
-                 h.ccfg->head.control_host, h.ccfg->head.control_port);
+        log_info("serving the API on http://%s:%d, workers connect to %s:%d (%s)", h.ccfg->head.api_host, h.ccfg->head.api_port,
+                 h.ccfg->head.control_host, h.ccfg->head.control_port,
+                 h.trust ? "mutually authenticated TLS" : "plaintext");
         sd_notifyf(0, "READY=1\nSTATUS=serving %zu application(s)", h.spec ? h.spec->n_apps : 0);
         h.dirty = true;
         struct watchdog wd;
@@ -280,6 +331,7 @@ int main(int argc, char **argv) {
                 uint64_t now = now_ns();
 
                 uint64_t wd_next = watchdog_tick(&wd, now);
+                trust_tick(&h);
                 if (h.reload && !h.deploy) {
                         h.reload = false;
                         deploy_reload(&h);
@@ -319,6 +371,7 @@ int main(int argc, char **argv) {
         netblob_unref(h.config_msg);
         free(h.routing_text);
         free(h.saved_state);
+        trust_free(&h);
         free(h.join_token);
         free(h.api_token);
         free(h.replica_bin);

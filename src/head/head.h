@@ -6,6 +6,7 @@
  *   deploy.c     applying a config (file, SIGHUP, the API): describes run off the loop
  *   api.c        the REST API views and /metrics
  *   persist.c    the state file: what is saved and how a restart recovers from it
+ *   trust.c      the cluster CA: joins, certificates, revocation, `--join-token`
  *
  * Everything runs on one thread, from one io_uring loop. */
 #pragma once
@@ -29,6 +30,10 @@
 #define ROUTING_MIN_INTERVAL_NS (200 * NSEC_PER_MSEC)
 #define RECONCILE_MIN_INTERVAL_NS (50 * NSEC_PER_MSEC) /* a burst of registrations: one placement */
 #define HELLO_TIMEOUT_NS (10 * NSEC_PER_SEC)
+/* Connections that have not said hello (or joined) yet, at most: strangers cannot hold more. */
+#define MAX_PENDING_CONNS 256
+/* A message from a connection that has not authenticated: a join (token + certificate request). */
+#define UNAUTH_MSG_MAX (64u << 10)
 
 struct node {
         struct head *h;
@@ -50,6 +55,7 @@ struct node {
         struct share { uint32_t dep, slot; } *shares;
         size_t n_shares, cap_shares;
         uint64_t ready_sig;            /* hash of its RUNNING replicas: routing changes when it does */
+        uint64_t renewed_ns;           /* when its certificate was last renewed */
         long long sent_config_epoch;
         struct list link;
 };
@@ -59,6 +65,8 @@ struct pending_conn {
         struct head *h;
         struct netconn *nc;
         uint64_t since_ns;
+        char *cert_name;               /* TLS: the node its certificate names (it may say hello) */
+        bool may_join;                 /* TLS without a certificate: it may only join */
         struct list link;
 };
 
@@ -85,6 +93,7 @@ struct head {
         char *apps_path, *cluster_path;
         struct cluster_config *ccfg;
         char *join_token, *api_token;
+        struct trust *trust;           /* NULL with transport: plaintext */
         char *replica_bin;
         double describe_timeout_s;     /* all describes of one config together */
         struct httpd_options api_opts;
@@ -135,6 +144,9 @@ void nodes_check_liveness(struct head *h);
 /* Counts every node as just seen: after a long startup, before the workers could reconnect. */
 void nodes_restart_clocks(struct head *h);
 void nodes_free_all(struct head *h);
+/* `serve nodes remove`: forgets the node (its replicas are placed elsewhere), closes its link and
+ * revokes its certificates. Returns 0 or -ENOENT. */
+int nodes_remove(struct head *h, const char *name);
 
 /* reconcile.c */
 void assignments_free(struct assignment *a, size_t n);
@@ -168,6 +180,38 @@ void deploy_cancel(struct head *h);
 
 /* api.c */
 void on_api(void *userdata, const struct httpd_request *rq, struct httpd_response *resp);
+
+/* trust.c */
+/* Loads (or makes) the CA; warns about transport: plaintext. Returns 0 or a negative errno (logged). */
+int trust_init(struct head *h);
+/* Issues the head's own certificate and the control port's TLS context (after recover()). */
+int trust_start(struct head *h);
+/* Renews the head's certificate when due. */
+void trust_tick(struct head *h);
+void trust_free(struct head *h);
+/* The control port's TLS context, or NULL in plaintext. */
+struct tls_ctx *trust_ctx(const struct head *h);
+/* After a control connection's handshake: 1 and *ret_name for a node's valid certificate, 0 for
+ * none (it may join), -EPERM for a revoked or wrong-role one (logged, rate-limited). */
+int trust_check_peer(struct head *h, struct netconn *nc, const char **ret_name);
+/* Logs (rate-limited) a control connection whose TLS handshake failed. */
+void trust_note_refused_handshake(struct head *h, struct netconn *nc);
+/* A `join` from a connection without a certificate: answers `joined` or `refused` and closes. */
+void trust_on_join(struct head *h, struct netconn *nc, const cJSON *m);
+/* A `renew` over node n's authenticated link: answers `certificate`. */
+void trust_on_renew(struct head *h, struct node *n, const cJSON *m);
+/* Certificates of node `name` with a lower serial are revoked (0: none). */
+uint64_t trust_min_serial(const struct head *h, const char *name);
+/* Revokes every certificate of node `name` issued so far. */
+int trust_revoke(struct head *h, const char *name);
+void trust_save(const struct head *h, cJSON *state);
+void trust_recover(struct head *h, const cJSON *state);
+void trust_render_metrics(const struct head *h, struct buf *b);
+/* serve-head --join-token ACTION: returns the exit status. */
+int trust_join_token_command(struct head *h, const char *action, const char *ttl, const char *uses, const char *name,
+                             const char *id);
+/* Letters, digits, '.', '_', '-'; 1 to 200 characters. */
+bool node_name_valid(const char *name);
 
 /* persist.c */
 /* Writes the state file when what it would hold changed. */

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "macros.h"
 #include "report.h"
+#include "tls.h"
 
 void node_free(struct node *n) {
         if (!n)
@@ -204,6 +205,7 @@ static uint64_t ready_signature(const cJSON *report) {
 }
 
 static const struct netconn_ops node_ops;
+static struct log_limiter hello_limiter, pending_limiter;
 
 static void refuse(struct netconn *nc, const char *reason) {
         cJSON *m = ctlmsg_new("refused");
@@ -223,9 +225,12 @@ static void on_hello(struct pending_conn *pc, cJSON *m) {
         char err[256] = "";
         struct node *n;
 
+        _cleanup_free_ char *cert_name = TAKE_PTR(pc->cert_name);
         list_del(&pc->link);
         free(pc);
-        if (ctl_get_string(m, "token", 4096, true, &token, err, sizeof err) < 0 || !token_equal(token, h->join_token)) {
+        /* With TLS the node proved its name with its certificate; in plaintext it shows the token. */
+        if (!h->trust && (ctl_get_string(m, "token", 4096, true, &token, err, sizeof err) < 0 ||
+                          !token_equal(token, h->join_token))) {
                 log_error("refused a worker from %s: invalid join token (compare its join_token_file with %s)", nc->peer,
                           h->ccfg->head.join_token_file);
                 refuse(nc, "invalid join token");
@@ -238,9 +243,15 @@ static void on_hello(struct pending_conn *pc, cJSON *m) {
                 refuse(nc, err);
                 return;
         }
-        if (!name[0] || strpbrk(name, " /\t\r\n")) {
+        if (!node_name_valid(name)) {
                 log_error("refused a worker from %s: invalid node name '%s'", nc->peer, name);
                 refuse(nc, "invalid node name");
+                return;
+        }
+        if (cert_name && !streq(cert_name, name)) {
+                log_error("refused a worker from %s: it says it is node %s, but its certificate is node %s's", nc->peer, name,
+                          cert_name);
+                refuse(nc, "the node name does not match the certificate");
                 return;
         }
         n = node_find(h, name);
@@ -338,6 +349,8 @@ static void node_on_data(struct netconn *nc) {
                                 n->ready_sig = sig;
                                 n->h->routing_dirty = true;
                         }
+                } else if (streq(type, "renew")) {
+                        trust_on_renew(n->h, n, m);
                 } else if (streq(type, "goodbye")) {
                         log_info("node %s is stopping", n->name);
                         node_lost(n, "it stopped");
@@ -349,23 +362,66 @@ static void node_on_data(struct netconn *nc) {
 
 static const struct netconn_ops node_ops = { .on_data = node_on_data, .on_close = node_on_close };
 
+static void pending_free(struct pending_conn *pc) {
+        list_del(&pc->link);
+        free(pc->cert_name);
+        free(pc);
+}
+
+/* The TLS handshake is done: a node's certificate may say hello; none may only join. */
+static void pending_on_secure(struct netconn *nc) {
+        struct pending_conn *pc = nc->userdata;
+        const char *name = NULL;
+
+        if (!pc)
+                return;
+        int r = trust_check_peer(pc->h, nc, &name);
+        if (r < 0) {
+                pending_free(pc);
+                refuse(nc, "this node's certificate is revoked or not a node's");
+                return;
+        }
+        if (r > 0) {
+                pc->cert_name = strdup(name);
+                if (!pc->cert_name) {
+                        pending_free(pc);
+                        nc->userdata = NULL;
+                        netconn_close(nc, false);
+                        return;
+                }
+                nc->in_limit = CTLMSG_MAX + 4; /* authenticated: a hello may list many replicas */
+        } else
+                pc->may_join = true;
+}
+
 static void pending_on_data(struct netconn *nc) {
         struct pending_conn *pc = nc->userdata;
+        struct head *h;
         cJSON *m = NULL;
         const char *type = NULL, *why = NULL;
         int r;
 
         if (!pc)
                 return;
+        h = pc->h;
         r = ctlmsg_decode(&nc->in, &m, &type, &why);
         if (r == 0)
                 return;
-        if (r < 0 || !streq(type, "hello")) {
-                log_error("refused a connection from %s: %s", nc->peer, r < 0 ? why : "the first message must be hello");
-                list_del(&pc->link);
-                free(pc);
+        if (r >= 0 && streq(type, "join") && pc->may_join) {
+                pending_free(pc);
+                trust_on_join(h, nc, m);
                 cJSON_Delete(m);
-                refuse(nc, r < 0 ? why : "the first message must be hello");
+                return;
+        }
+        if (r < 0 || !streq(type, "hello") || (h->trust && !pc->cert_name)) {
+                const char *reason = r < 0                    ? why
+                                     : streq(type, "join")     ? "this connection already has a certificate"
+                                     : !streq(type, "hello")   ? "the first message must be hello"
+                                                               : "no certificate: join first with a join token";
+                log_limited(&hello_limiter, LOG_ERR, "refused a connection from %s: %s", nc->peer, reason);
+                pending_free(pc);
+                cJSON_Delete(m);
+                refuse(nc, reason);
                 return;
         }
         nc->ops = &node_ops;
@@ -379,16 +435,30 @@ static void pending_on_close(struct netconn *nc, int err) {
         struct pending_conn *pc = nc->userdata;
         if (!pc)
                 return;
-        list_del(&pc->link);
-        free(pc);
+        if (netconn_is_tls(nc) && !netconn_tls_peer(nc))
+                trust_note_refused_handshake(pc->h, nc);
+        pending_free(pc);
 }
 
-static const struct netconn_ops pending_ops = { .on_data = pending_on_data, .on_close = pending_on_close };
+static const struct netconn_ops pending_ops = {
+        .on_connect = pending_on_secure, .on_data = pending_on_data, .on_close = pending_on_close
+};
 
 void on_ctl_accept(struct netlistener *l, int fd) {
         struct head *h = l->userdata;
-        struct pending_conn *pc = calloc(1, sizeof *pc);
+        struct pending_conn *pc;
+        struct list *pos, *tmp;
+        size_t n = 0;
 
+        list_for_each_safe(pos, tmp, &h->pending)
+                n++;
+        if (n >= MAX_PENDING_CONNS) {
+                log_limited(&pending_limiter, LOG_WARNING,
+                            "refusing a control connection from a new peer: %d are still unauthenticated", MAX_PENDING_CONNS);
+                close(fd);
+                return;
+        }
+        pc = calloc(1, sizeof *pc);
         if (!pc) {
                 close(fd);
                 return;
@@ -399,7 +469,15 @@ void on_ctl_accept(struct netlistener *l, int fd) {
                 free(pc);
                 return;
         }
-        pc->nc->in_limit = CTLMSG_MAX + 4;
+        if (h->trust && netconn_start_tls(pc->nc, trust_ctx(h)) < 0) {
+                pc->nc->userdata = NULL;
+                netconn_close(pc->nc, false);
+                free(pc);
+                return;
+        }
+        /* Until it is authenticated, a stranger's message is small: a join or, in plaintext, a
+         * hello whose token is checked first. A plaintext hello lists the node's replicas. */
+        pc->nc->in_limit = h->trust ? UNAUTH_MSG_MAX : CTLMSG_MAX + 4;
         list_add_tail(&h->pending, &pc->link);
 }
 
@@ -430,11 +508,11 @@ void nodes_check_liveness(struct head *h) {
         list_for_each_safe(pos, tmp, &h->pending) {
                 struct pending_conn *pc = list_entry(pos, struct pending_conn, link);
                 if (pc->since_ns + HELLO_TIMEOUT_NS < now) {
-                        log_warning("closing a connection from %s that never said hello", pc->nc->peer);
+                        log_limited(&pending_limiter, LOG_WARNING, "closing a connection from %s that never said hello",
+                                    pc->nc->peer);
                         pc->nc->userdata = NULL;
                         netconn_close(pc->nc, false);
-                        list_del(&pc->link);
-                        free(pc);
+                        pending_free(pc);
                 }
         }
 }
@@ -456,7 +534,37 @@ void nodes_free_all(struct head *h) {
                 struct pending_conn *pc = list_entry(pos, struct pending_conn, link);
                 pc->nc->userdata = NULL;
                 netconn_close(pc->nc, false);
-                list_del(&pc->link);
-                free(pc);
+                pending_free(pc);
         }
+}
+
+int nodes_remove(struct head *h, const char *name) {
+        struct node *n = node_find(h, name);
+        int r;
+
+        if (!n)
+                return -ENOENT;
+        r = trust_revoke(h, name);
+        if (r < 0)
+                return r;
+        log_info("removing node %s from the cluster%s", name, n->alive ? ": placing its replicas elsewhere" : "");
+        node_free(n); /* closes its link */
+        h->n_nodes--;
+        h->dirty = true;
+        h->routing_dirty = true;
+        /* Forget its place in the assignment, so its replicas are placed elsewhere. */
+        for (size_t i = 0; i < h->n_assign; i++) {
+                struct assignment *a = &h->assign[i];
+                for (size_t k = 0; k < a->n_slots; k++)
+                        if (streq(a->slots[k].node, name)) {
+                                free(a->slots[k].node);
+                                if (a->slots[k].gpus)
+                                        for (unsigned j = 0; j < a->slots[k].count; j++)
+                                                free(a->slots[k].gpus[j]);
+                                free(a->slots[k].gpus);
+                                a->slots[k--] = a->slots[--a->n_slots];
+                        }
+        }
+        save_state(h);
+        return 0;
 }

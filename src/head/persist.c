@@ -56,6 +56,7 @@ void save_state(struct head *h) {
                         }
                         cJSON_AddItemToArray(assign, o);
                 }
+        trust_save(h, s);
         char *text = cJSON_PrintUnformatted(s);
         if (text && h->saved_state && streq(text, h->saved_state)) {
                 free(text);
@@ -87,6 +88,7 @@ void recover(struct head *h) {
                 free(err);
                 return;
         }
+        trust_recover(h, s);
         const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(s, "config"));
         const char *source = cJSON_GetStringValue(cJSON_GetObjectItem(s, "config_source"));
         h->config_epoch = (long long)cJSON_GetNumberValue(cJSON_GetObjectItem(s, "config_epoch"));

@@ -189,6 +189,12 @@ void build_routing(struct head *h) {
                 cJSON_AddStringToObject(no, "name", n->name);
                 cJSON_AddStringToObject(no, "address", n->address);
                 cJSON_AddNumberToObject(no, "data_port", n->data_port);
+                uint64_t ms = trust_min_serial(h, n->name);
+                if (ms) { /* its certificates below this serial are revoked: as text, JSON numbers are doubles */
+                        char sbuf[32];
+                        snprintf(sbuf, sizeof sbuf, "%llu", (unsigned long long)ms);
+                        cJSON_AddStringToObject(no, "min_serial", sbuf);
+                }
                 cJSON_AddItemToArray(nodes, no);
                 /* One pass over the report (not one per deployment: with 1000 nodes and 100
                  * deployments that was most of the head's CPU). A node lists its replicas

@@ -403,3 +403,14 @@ bool httpd_is(const struct httpd_request *rq, const char *method, const char *pa
         return rq->req->method_len == ml && memcmp(rq->req->method, method, ml) == 0 && rq->req->path_len == pl &&
                memcmp(rq->req->path, path, pl) == 0;
 }
+
+bool httpd_prefix_is(const struct httpd_request *rq, const char *method, const char *prefix, const char **ret_rest,
+                     size_t *ret_len) {
+        size_t ml = strlen(method), pl = strlen(prefix);
+        if (rq->req->method_len != ml || memcmp(rq->req->method, method, ml) != 0 || rq->req->path_len < pl ||
+            memcmp(rq->req->path, prefix, pl) != 0)
+                return false;
+        *ret_rest = rq->req->path + pl;
+        *ret_len = rq->req->path_len - pl;
+        return true;
+}

@@ -100,3 +100,7 @@ void httpd_respond_json(struct httpd_response *resp, int status, const struct cJ
 void httpd_respond_error(struct httpd_response *resp, int status, const char *message);
 /* True when method and the path (without query) match exactly. */
 bool httpd_is(const struct httpd_request *rq, const char *method, const char *path);
+/* True when method matches and the path (without query) starts with prefix; *ret_rest and
+ * *ret_len are what follows it (not NUL-terminated). */
+bool httpd_prefix_is(const struct httpd_request *rq, const char *method, const char *prefix, const char **ret_rest,
+                     size_t *ret_len);

@@ -24,16 +24,20 @@
 #include "spec.h"
 #include "supervisor.h"
 #include "cgroup.h"
+#include "enroll.h"
+#include "metrics.h"
+#include "pki.h"
 
 #define HEAD_BACKOFF_MIN_NS (100 * NSEC_PER_MSEC)
 #define HEAD_BACKOFF_MAX_NS (2 * NSEC_PER_SEC)
 #define MAX_ASSIGN_ITEMS 100000
+#define HEAD_HANDSHAKE_TIMEOUT_NS (10 * NSEC_PER_SEC)
 
 struct worker {
         struct loop loop;
         const char *cfg_path;
         struct worker_config *cfg;
-        char *token;
+        struct enroll *enroll;
         struct node_resources res;
         char *replica_bin;
 
@@ -51,6 +55,7 @@ struct worker {
         cJSON *config;
         long long config_epoch;
         bool have_assign, proxy_stopped;
+        bool joining;                  /* getting this node's certificate: no head link yet */
         double wall_offset_s;
 
         int sfd;
@@ -135,7 +140,8 @@ static void head_send(struct worker *w, cJSON *m) {
 
 static cJSON *hello_message(struct worker *w) {
         cJSON *m = ctlmsg_new("hello"), *node, *labels, *res, *gpus, *custom, *reps;
-        bool ok = m && cJSON_AddStringToObject(m, "token", w->token) && (node = cJSON_AddObjectToObject(m, "node")) &&
+        const char *token = enroll_hello_token(w->enroll);
+        bool ok = m && (!token || cJSON_AddStringToObject(m, "token", token)) && (node = cJSON_AddObjectToObject(m, "node")) &&
                   cJSON_AddStringToObject(node, "name", w->cfg->node_name) &&
                   cJSON_AddStringToObject(node, "address", w->cfg->node_address) &&
                   cJSON_AddNumberToObject(node, "http_port", w->cfg->http_port) &&
@@ -372,7 +378,8 @@ static int on_routing(struct worker *w, const cJSON *m, char *err, size_t errlen
         cJSON_ArrayForEach(it, nodes) {
                 if ((r = ctl_get_string(it, "name", 200, true, &s, err, errlen)) < 0 ||
                     (r = ctl_get_string(it, "address", 200, true, &s, err, errlen)) < 0 ||
-                    (r = ctl_get_int(it, "data_port", 1, 65535, true, &v, err, errlen)) < 0)
+                    (r = ctl_get_int(it, "data_port", 1, 65535, true, &v, err, errlen)) < 0 ||
+                    (r = ctl_get_string(it, "min_serial", 20, false, &s, err, errlen)) < 0)
                         return r;
         }
         cJSON_ArrayForEach(it, deps) {
@@ -399,9 +406,11 @@ static int on_routing(struct worker *w, const cJSON *m, char *err, size_t errlen
         int i = 0;
         cJSON_ArrayForEach(it, nodes) {
                 const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(it, "name"));
+                const char *ms = cJSON_GetStringValue(cJSON_GetObjectItem(it, "min_serial"));
                 if (!streq(name, w->cfg->node_name))
                         peers[i] = peers_update_node(w->peers, name, cJSON_GetStringValue(cJSON_GetObjectItem(it, "address")),
-                                                     (int)cJSON_GetNumberValue(cJSON_GetObjectItem(it, "data_port")));
+                                                     (int)cJSON_GetNumberValue(cJSON_GetObjectItem(it, "data_port")),
+                                                     ms ? strtoull(ms, NULL, 10) : 0);
                 i++;
         }
         cJSON_ArrayForEach(it, deps) {
@@ -443,6 +452,12 @@ static void head_drop(struct worker *w, const char *why) {
 
 static void head_on_connect(struct netconn *nc) {
         struct worker *w = nc->userdata;
+        /* Nothing is read from it, let alone applied, before it proved it is the head. */
+        if (enroll_check_head(w->enroll, nc) < 0) {
+                head_drop(w, "not the cluster's head");
+                return;
+        }
+        (void)netconn_set_idle_timeout(nc, 0);
         w->head_up = true;
         w->head_backoff_ns = 0;
         log_info("connected to serve-head at %s, registering as %s", w->cfg->head_address, w->cfg->node_name);
@@ -479,6 +494,8 @@ static void head_on_data(struct netconn *nc) {
                         cJSON_Delete(m);
                         head_drop(w, "refused");
                         return;
+                } else if (streq(type, "certificate")) {
+                        (void)enroll_on_certificate(w->enroll, m);
                 } else if (streq(type, "config") || streq(type, "assign") || streq(type, "routing")) {
                         r = streq(type, "config") ? on_config(w, m, err, sizeof err)
                             : streq(type, "assign") ? on_assign(w, m, err, sizeof err)
@@ -496,6 +513,7 @@ static void head_on_close(struct netconn *nc, int err) {
         struct worker *w = nc->userdata;
         if (!w)
                 return;
+        enroll_note_head_closed(w->enroll, nc);
         w->head = NULL;
         head_drop(w, err ? strerror(-err) : "connection closed");
 }
@@ -508,6 +526,16 @@ static const struct netconn_ops head_ops = {
 
 static void head_connect(struct worker *w) {
         int r = netconn_connect(&w->loop, w->cfg->head_host, w->cfg->head_port, &head_ops, w, &w->head);
+        if (r >= 0 && enroll_is_tls(w->enroll)) {
+                r = netconn_start_tls(w->head, enroll_client_ctx(w->enroll));
+                /* The connect and handshake must finish in time; then the heartbeats count. */
+                if (r >= 0)
+                        r = netconn_set_idle_timeout(w->head, HEAD_HANDSHAKE_TIMEOUT_NS);
+                if (r < 0) {
+                        w->head->userdata = NULL;
+                        netconn_close(w->head, false);
+                }
+        }
         if (r < 0) {
                 w->head = NULL;
                 log_debug("cannot connect to serve-head at %s: %s", w->cfg->head_address, strerror(-r));
@@ -530,6 +558,14 @@ static void on_metrics(void *userdata, const struct httpd_request *rq, struct ht
         resp->content_type = "text/plain; version=0.0.4";
         if (!rep || report_render_metrics(&resp->body, names, reps, 1) < 0)
                 httpd_respond_error(resp, 500, "cannot render metrics");
+        else {
+                struct peer_stats ps;
+                peers_stats(w->peers, &ps);
+                enroll_render_metrics(w->enroll, &resp->body);
+                metrics_family(&resp->body, "serve_peer_links_refused_total", METRICS_COUNTER,
+                               "Data links refused: no, foreign, revoked or unlisted certificate");
+                metrics_sample(&resp->body, "serve_peer_links_refused_total", NULL, (double)ps.links_refused);
+        }
         cJSON_Delete(rep);
 }
 
@@ -566,17 +602,19 @@ static int setup(struct worker *w) {
                 return r;
         }
         log_set_node(w->cfg->node_name);
-        char *tf = path_relative_to_file(w->cfg_path, w->cfg->join_token_file);
-        if (!tf)
-                return -ENOMEM;
-        free(w->cfg->join_token_file);
-        w->cfg->join_token_file = tf;
-        r = read_token_file(w->cfg->join_token_file, &w->token, &err);
-        if (r < 0) {
-                log_error("%s", err ? err : strerror(-r));
-                free(err);
-                return r;
+        char **paths[] = { &w->cfg->join_token_file, &w->cfg->state_dir, &w->cfg->ca_file };
+        for (size_t i = 0; i < ELEMENTSOF(paths); i++) {
+                if (!*paths[i])
+                        continue;
+                char *p = path_relative_to_file(w->cfg_path, *paths[i]);
+                if (!p)
+                        return -ENOMEM;
+                free(*paths[i]);
+                *paths[i] = p;
         }
+        r = enroll_init(w->cfg, &w->enroll);
+        if (r < 0)
+                return r;
         r = resources_discover(&w->res);
         if (r < 0)
                 log_warning_errno(r, "resource discovery failed, using worker.yaml's values only: %m");
@@ -588,6 +626,13 @@ static int setup(struct worker *w) {
         if (r < 0)
                 return log_error_errno(r, "Cannot set up io_uring: %m");
         w->loop_ready = true;
+        w->op_signal.cb = on_signal;
+        on_signal(&w->op_signal, 0, 0);
+        /* A node without a certificate joins from the loop: its proxy answers 503 meanwhile. */
+        r = enroll_start(w->enroll, &w->loop);
+        if (r < 0)
+                return r;
+        w->joining = r == 0;
         w->replica_bin = spec_find_replica_bin();
         r = supervisor_new(&w->loop, router_get(), w->replica_bin, &w->sup);
         if (r >= 0)
@@ -617,6 +662,9 @@ static int setup(struct worker *w) {
         r = peers_new(&w->loop, router_get(), w->cfg->node_address, w->cfg->data_port, &pro, &w->peers);
         if (r < 0)
                 return r;
+        /* Until it has a certificate (joining), the data port takes no link at all. */
+        if (enroll_is_tls(w->enroll))
+                peers_set_tls(w->peers, enroll_client_ctx(w->enroll), enroll_server_ctx(w->enroll), PKI_UNIT_NODE);
         apply_http_options(w, NULL);
         if (w->cfg->metrics_port > 0) {
                 r = httpd_open(&w->metrics, &w->loop, w->cfg->node_address, w->cfg->metrics_port, 0, on_metrics, w);
@@ -642,9 +690,9 @@ static void worker_done(struct worker *w) {
         if (w->loop_ready)
                 loop_free(&w->loop);
         cgroups_done(&w->cgroups);
+        enroll_free(w->enroll);
         worker_config_free(w->cfg);
         cJSON_Delete(w->config);
-        free(w->token);
         free(w->replica_bin);
         if (w->sfd >= 0)
                 close(w->sfd);
@@ -695,10 +743,9 @@ int main(int argc, char **argv) {
                 worker_done(&w);
                 return 1;
         }
-        w.op_signal.cb = on_signal;
-        on_signal(&w.op_signal, 0, 0);
-        sd_notify(0, "STATUS=waiting for serve-head");
-        head_connect(&w);
+        sd_notify(0, w.joining ? "STATUS=joining the cluster" : "STATUS=waiting for serve-head");
+        if (!w.joining)
+                head_connect(&w);
         watchdog_init(&w.watchdog);
 
         for (;;) {
@@ -711,12 +758,26 @@ int main(int argc, char **argv) {
                 if (nc_next != UINT64_MAX)
                         timeout = MIN(timeout, nc_next > now ? nc_next - now : 0);
                 timeout = MIN(timeout, watchdog_tick(&w.watchdog, now));
-                if (!w.head && !w.stop) {
+                if (w.joining && !w.stop) {
+                        uint64_t wait_ns = 0;
+                        r = enroll_join_step(w.enroll, now, &wait_ns);
+                        if (r < 0) {
+                                w.fatal = w.stop = true;
+                        } else if (r > 0) {
+                                w.joining = false;
+                                peers_set_tls(w.peers, enroll_client_ctx(w.enroll), enroll_server_ctx(w.enroll),
+                                              PKI_UNIT_NODE);
+                        } else
+                                timeout = MIN(timeout, wait_ns);
+                }
+                if (!w.head && !w.stop && !w.joining) {
                         if (now >= w.head_next_ns)
                                 head_connect(&w);
                         else
                                 timeout = MIN(timeout, w.head_next_ns - now);
                 }
+                if (w.head_up && w.welcomed)
+                        head_send(&w, enroll_renew_message(w.enroll));
                 if (w.head_up && w.welcomed && now >= w.next_report_ns) {
                         head_send(&w, report_build(w.sup, router_get(), w.peers, w.wall_offset_s));
                         w.next_report_ns = now + sec_to_ns(w.hb_interval_s);

@@ -198,8 +198,8 @@ start_worker 9 bad-token
 wait_until 20 bash -c "! kill -0 ${WPID[9]} 2>/dev/null"
 wait "${WPID[9]}"; rc=$?
 check "a worker with a bad join token exits with an error" "$rc" 1
-check_contains "the worker says it was refused" "$(cat "$WORK/worker-9.log")" "refused this node: invalid join token"
-check_contains "the head says why it refused" "$(cat "$WORK/head.log")" "invalid join token"
+check_contains "the worker says it was refused" "$(cat "$WORK/worker-9.log")" "refused to let this node join: unknown token"
+check_contains "the head says why it refused" "$(cat "$WORK/head.log")" "refused to let node-9 join from"
 check "the refused worker is not a node" "$(nodes_json | jq '[.nodes[] | select(.node_id=="node-9")] | length')" 0
 
 # ---- the head dies under load: nothing fails; on restart nothing restarts ----

@@ -104,6 +104,7 @@ raw() {
 # NET.3...): CONF and STATE directories, free ports (API_PORT, CTL_PORT, HTTP_PORT, DATA_PORT,
 # METRICS_PORT), API (the head's URL), fresh join and API tokens (mode 0600) and cluster.yaml
 # with heartbeats every 0.2 s. HEAD_BIN, WORKER_BIN and CLI name the binaries under test.
+# TRANSPORT (default tls, the product's default) goes into cluster.yaml and every worker.yaml.
 cluster_init() {
         NET=$1
         HEAD_BIN=$top_builddir/serve-head
@@ -130,6 +131,7 @@ head:
   join_token_file: join-token
 worker_heartbeat_interval_s: 0.2
 worker_timeout_s: ${2:-2}
+transport: ${TRANSPORT:-tls}
 EOC
 }
 
@@ -146,11 +148,17 @@ start_head() {
 # the background; WPID[N] is its pid. Its resources are `worker_resources N` when the test
 # defines that function, else 2 CPUs.
 declare -A WPID
+# Each worker keeps its key and certificate in $WORK/node-N; with the head's long-lived token
+# (a bare secret) it trusts the CA file in the head's state directory, as a worker on the
+# head's own machine does (NO_CA_FILE=1: it does not; its token must carry the CA hash).
 start_worker() {
         local n=$1 tok=${2:-join-token} res="{num_cpus: 2}"
         declare -F worker_resources >/dev/null && res=$(worker_resources "$n")
         cat >"$CONF/worker-$n.yaml" <<EOC
 head_address: $NET.1:$CTL_PORT
+transport: ${TRANSPORT:-tls}
+state_dir: $WORK/node-$n
+${NO_CA_FILE:+#}ca_file: $STATE/pki/ca.crt
 join_token_file: $tok
 node_name: node-$n
 node_address: $NET.$((n + 1))

@@ -213,11 +213,19 @@ in_ct node2 dpkg -i "/var/tmp/$(basename "$DEB")" >"$WORK/dpkg2.log" 2>&1
 check "dpkg -i on the second node" "$?" 0
 in_ct node2 systemctl disable --now serve-head >/dev/null 2>&1
 in_ct node2 systemctl stop serve-worker
-in_ct node1 cat /etc/serve/join-token | in_ct node2 sh -c 'cat >/etc/serve/join-token'
+# node2 joins with a single-use token minted on the head (it carries the head's CA hash: node2
+# checks the head with it before sending the secret), over TLS.
+in_ct node1 serve-head --join-token create --ttl 15m --uses 1 --name node2 2>/dev/null |
+        in_ct node2 sh -c 'cat >/etc/serve/join-token'
+check_contains "the token minted on the head reached node2" "$(in_ct node2 cat /etc/serve/join-token)" "SRV1."
 in_ct node2 sh -c "sed -i 's|^head_address: .*|head_address: $NET.1:8266|; s|^node_address: .*|node_address: $NET.2|' /etc/serve/worker.yaml"
 in_ct node2 systemctl start serve-worker
 wait_until 60 bash -c "[ \$(nsenter -t ${LEADER[node1]} -a serve nodes --json | grep -c '\"ALIVE\"') = 2 ]"
 check "serve nodes on the head shows two alive nodes" "$(in_ct node1 serve nodes --json | grep -c '"ALIVE"')" 2
+check_contains "node2 joined the head over TLS with the token" "$(in_ct node1 journalctl -u serve-head --no-pager)" "node node2 joined from"
+check "node2's key and certificate are the serve user's, mode 0600" \
+        "$(in_ct node2 stat -c '%U %a' /var/lib/serve/worker/node.key /var/lib/serve/worker/node.crt | tr '\n' ' ')" "serve 600 serve 600 "
+check_contains "node2 authenticated the head" "$(in_ct node2 journalctl -u serve-worker --no-pager)" "serve-head at $NET.1:8266 authenticated"
 wait_until 30 answers 2 "http://$NET.2:8000/hello"
 check "the second node serves the application" "$(curl_in 2 -d two "http://$NET.2:8000/hello")" "two"
 in_ct node1 sed -i 's|num_replicas: 1|num_replicas: 2|' /etc/serve/apps.yaml

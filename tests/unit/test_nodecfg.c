@@ -139,6 +139,8 @@ static void test_worker_defaults(void) {
         ok(c->http_port == 8000 && c->data_port == 8267 && c->metrics_port == 8268,
            "default ports 8000, 8267, 8268");
         is_int(c->n_labels, 0, "no labels");
+        ok(c->transport == TRANSPORT_TLS && strcmp(c->state_dir, "/var/lib/serve/worker") == 0 && !c->ca_file,
+           "TLS by default, identity in /var/lib/serve/worker, no ca_file");
         const struct resource_spec *s = &c->resources;
         ok(!s->has_num_cpus && !s->has_memory && !s->has_num_gpus && !s->has_gpu_memory &&
                    !s->has_custom,
@@ -218,7 +220,11 @@ static void test_worker_errors(void) {
         worker_fails("head_address: h:1\nhttp_prot: 80\n",
                      "worker.yaml:2:1: http_prot: unknown key (did you mean \"http_port\"?); "
                      "allowed here: head_address, join_token_file, node_name, node_address, "
-                     "http_host, http_port, data_port, metrics_port, labels, resources");
+                     "http_host, http_port, data_port, metrics_port, labels, resources, transport, "
+                     "state_dir, ca_file");
+        /* trust: the transport is spelled out; nothing else is guessed */
+        worker_fails("head_address: h:1\ntransport: ssl\n",
+                     "worker.yaml:2:12: transport: must be tls or plaintext, got \"ssl\"");
         worker_fails("head_address: h:1\nresources: {num_cpu: 4}\n",
                      "worker.yaml:2:13: resources.num_cpu: unknown key (did you mean "
                      "\"num_cpus\"?); allowed here: num_cpus, memory, num_gpus, gpu_memory, custom");
@@ -343,6 +349,17 @@ static void test_cluster_defaults(void) {
                 ok(near(c->worker_heartbeat_interval_s, 1) && near(c->worker_timeout_s, 10) &&
                            near(c->autoscaler_interval_s, 5) && c->n_groups == 0,
                    "heartbeat 1 s, timeout 10 s, autoscaler 5 s, no groups");
+                ok(c->transport == TRANSPORT_TLS && !c->ca_cert_file && !c->ca_key_file &&
+                           near(c->node_cert_validity_s, 86400),
+                   "TLS by default, the head's own CA, node certificates valid one day");
+                cluster_config_free(c);
+        }
+        struct cluster_config *c = cluster_ok("transport: plaintext\ntls: {ca_cert_file: ca.crt, ca_key_file: ca.key, "
+                                              "node_cert_validity_s: 3600}\n");
+        if (c) {
+                ok(c->transport == TRANSPORT_PLAINTEXT && strcmp(c->ca_cert_file, "ca.crt") == 0 &&
+                           strcmp(c->ca_key_file, "ca.key") == 0 && near(c->node_cert_validity_s, 3600),
+                   "transport, the operator's CA files and the validity are read");
                 cluster_config_free(c);
         }
 }
@@ -391,7 +408,16 @@ static void test_cluster_errors(void) {
         cluster_fails("worker_group: []\n",
                       "cluster.yaml:1:1: worker_group: unknown key (did you mean "
                       "\"worker_groups\"?); allowed here: head, worker_heartbeat_interval_s, "
-                      "worker_timeout_s, worker_groups, autoscaler");
+                      "worker_timeout_s, worker_groups, autoscaler, transport, tls");
+        cluster_fails("transport: none\n", "cluster.yaml:1:12: transport: must be tls or plaintext, got \"none\"");
+        cluster_fails("tls: {ca_cert_file: /etc/ca.crt}\n",
+                      "cluster.yaml:1:21: tls.ca_key_file: ca_cert_file and ca_key_file go together (the CA's "
+                      "certificate and its key)");
+        cluster_fails("tls:\n  node_cert_validity_s: 5\n",
+                      "cluster.yaml:2:25: tls.node_cert_validity_s: must be at least 10 (seconds), got 5");
+        cluster_fails("tls: {ca_file: x}\n",
+                      "cluster.yaml:1:7: tls.ca_file: unknown key; allowed here: "
+                      "ca_cert_file, ca_key_file, node_cert_validity_s");
         cluster_fails("a: &x 1\nb: *x\n",
                       "cluster.yaml:2:4: YAML aliases (*x) are not supported; write the value out");
 }
