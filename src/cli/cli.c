@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "client.h"
 #include "macros.h"
+#include "nodecfg.h"
 #include "util.h"
 
 #define DEFAULT_ADDRESS "http://localhost:8265"
@@ -686,9 +687,8 @@ static int nodes_remove(struct cli *c, const char *name) {
         struct http_response resp = {};
         int ret;
 
-        for (const char *p = name; *p; p++)
-                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr("._-", *p)))
-                        return usage_error(c, "'%s' is not a node name (letters, digits, '.', '_', '-')", name);
+        if (!node_name_valid(name))
+                return usage_error(c, "'%s' is not a node name (letters, digits, '.', '_', '-')", name);
         ret = load_token(c, &token, &source);
         if (ret)
                 return ret;

@@ -21,6 +21,7 @@
 #include <openssl/x509v3.h>
 
 #include "common/macros.h"
+#include "common/nodecfg.h"
 #include "common/util.h"
 #include "cluster/pki.h"
 
@@ -95,22 +96,7 @@ static const char *name_shown(const char *name, char buf[68]) {
         return buf;
 }
 
-bool pki_name_valid(const char *name) {
-        size_t n;
-
-        if (!name)
-                return false;
-        n = strlen(name);
-        if (n == 0 || n > NAME_LEN_MAX)
-                return false;
-        for (size_t i = 0; i < n; i++) {
-                char c = name[i];
-                if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                      c == '_' || c == '-'))
-                        return false;
-        }
-        return true;
-}
+bool pki_name_valid(const char *name) { return node_name_valid(name); }
 
 static BIO *bio_from(const char *text) {
         return BIO_new_mem_buf(text, -1);

@@ -7,7 +7,6 @@
 
 #include "macros.h"
 #include "metrics.h"
-#include "tls.h"
 
 const double latency_bounds_ms[LATENCY_BUCKETS - 1] = { LATENCY_BOUNDS_MS };
 _Static_assert(ELEMENTSOF(((double[]){ LATENCY_BOUNDS_MS })) == LATENCY_BUCKETS - 1, "bucket count");
@@ -273,33 +272,4 @@ int metrics_histogram(struct buf *b, const char *name, const char *const *labels
         if (r < 0)
                 truncate_to(b, start);
         return r;
-}
-
-int metrics_tls(struct buf *b, bool tls) {
-        struct tls_stats st = {};
-        const char *tx[] = { "direction", "tx", NULL }, *rx[] = { "direction", "rx", NULL };
-        int r;
-
-        if (tls)
-                tls_stats_get(&st);
-        if ((r = metrics_family(b, "serve_transport_tls", METRICS_GAUGE,
-                                "1 when links between nodes use mutually authenticated TLS, 0 for transport: plaintext")) < 0 ||
-            (r = metrics_sample(b, "serve_transport_tls", NULL, tls)) < 0)
-                return r;
-        if (!tls)
-                return 0;
-        if ((r = metrics_family(b, "serve_tls_handshakes_total", METRICS_COUNTER, "Completed TLS handshakes")) < 0 ||
-            (r = metrics_sample(b, "serve_tls_handshakes_total", NULL, (double)st.handshakes)) < 0 ||
-            (r = metrics_family(b, "serve_tls_handshake_failures_total", METRICS_COUNTER,
-                                "TLS handshakes that failed: no, foreign, expired or invalid certificate")) < 0 ||
-            (r = metrics_sample(b, "serve_tls_handshake_failures_total", NULL, (double)st.failures)) < 0 ||
-            (r = metrics_family(b, "serve_tls_handshake_seconds_total", METRICS_COUNTER,
-                                "Time spent in completed TLS handshakes")) < 0 ||
-            (r = metrics_sample(b, "serve_tls_handshake_seconds_total", NULL, (double)st.handshake_ns / 1e9)) < 0 ||
-            (r = metrics_family(b, "serve_tls_ktls_handshakes_total", METRICS_COUNTER,
-                                "Completed handshakes whose link the kernel encrypts (kTLS), by direction")) < 0 ||
-            (r = metrics_sample(b, "serve_tls_ktls_handshakes_total", tx, (double)st.ktls_tx)) < 0 ||
-            (r = metrics_sample(b, "serve_tls_ktls_handshakes_total", rx, (double)st.ktls_rx)) < 0)
-                return r;
-        return 0;
 }

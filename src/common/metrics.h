@@ -63,9 +63,3 @@ int metrics_family(struct buf *b, const char *name, enum metrics_type type, cons
 int metrics_sample(struct buf *b, const char *name, const char *const *labels, double value);
 /* Writes name_bucket{...,le="..."} lines (cumulative, le="+Inf" == count), name_sum, name_count. */
 int metrics_histogram(struct buf *b, const char *name, const char *const *labels, const struct latency_hist *h);
-
-/* The TLS families of a daemon's /metrics (tls.h's counters): serve_transport_tls (1 or 0),
- * serve_tls_handshakes_total, serve_tls_handshake_failures_total,
- * serve_tls_handshake_seconds_total and serve_tls_ktls_handshakes_total{direction="tx"|"rx"}
- * (handshakes whose link the kernel encrypts: kTLS in use). Returns as the renderers above. */
-int metrics_tls(struct buf *b, bool tls);

@@ -366,7 +366,12 @@ static int worker_field(struct yt_parser *p, unsigned idx, const struct yt_node 
         case 1:
                 return yt_get_string(p, v, false, &c->join_token_file);
         case 2:
-                return yt_get_name(p, v, &c->node_name);
+                if (yt_get_name(p, v, &c->node_name) < 0)
+                        return -EINVAL;
+                if (!node_name_valid(c->node_name))
+                        return yt_fail(p, v, "must be 1 to 200 letters, digits, '.', '_' or '-' (it names this node's "
+                                             "certificate), got %s", YT_DESCRIBE(v));
+                return 0;
         case 3:
                 return get_ip(p, v, &c->node_address);
         case 4:
@@ -389,6 +394,17 @@ static int worker_field(struct yt_parser *p, unsigned idx, const struct yt_node 
                 return yt_get_string(p, v, false, &c->ca_file);
         }
         return 0;
+}
+
+bool node_name_valid(const char *name) {
+        size_t n = name ? strlen(name) : 0;
+
+        if (n == 0 || n > 200)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!isalnum((unsigned char)name[i]) && !strchr("._-", name[i]))
+                        return false;
+        return true;
 }
 
 static char *default_node_name(void) {

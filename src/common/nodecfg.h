@@ -118,6 +118,10 @@ int cluster_config_parse(const char *name, const char *text, size_t len,
 int cluster_config_load_file(const char *path, struct cluster_config **ret, char **ret_error);
 void cluster_config_free(struct cluster_config *c);
 
+/* A node name: 1 to 200 characters of A-Z a-z 0-9 '.' '_' '-' (host names fit). It is what
+ * the node's certificate names, so worker.yaml's node_name must be one. */
+bool node_name_valid(const char *name);
+
 /* Reads a join or API token: the file's contents with surrounding whitespace trimmed. The file
  * must not be readable or writable by group or others (a token anyone on the node can read
  * lets anyone join the cluster or change it). Returns 0 and *ret_token (malloc'd), or -EPERM

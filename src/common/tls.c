@@ -17,6 +17,7 @@
 #include <openssl/x509v3.h>
 
 #include "macros.h"
+#include "metrics.h"
 #include "netconn.h"
 #include "tls-internal.h"
 #include "tls.h"
@@ -640,4 +641,33 @@ const char *tls_mode_name(unsigned ktls) {
         default:
                 return "user-space TLS";
         }
+}
+
+int tls_render_metrics(struct buf *b, bool tls) {
+        struct tls_stats st = {};
+        const char *tx[] = { "direction", "tx", NULL }, *rx[] = { "direction", "rx", NULL };
+        int r;
+
+        if (tls)
+                tls_stats_get(&st);
+        if ((r = metrics_family(b, "serve_transport_tls", METRICS_GAUGE,
+                                "1 when links between nodes use mutually authenticated TLS, 0 for transport: plaintext")) < 0 ||
+            (r = metrics_sample(b, "serve_transport_tls", NULL, tls)) < 0)
+                return r;
+        if (!tls)
+                return 0;
+        if ((r = metrics_family(b, "serve_tls_handshakes_total", METRICS_COUNTER, "Completed TLS handshakes")) < 0 ||
+            (r = metrics_sample(b, "serve_tls_handshakes_total", NULL, (double)st.handshakes)) < 0 ||
+            (r = metrics_family(b, "serve_tls_handshake_failures_total", METRICS_COUNTER,
+                                "TLS handshakes that failed: no, foreign, expired or invalid certificate")) < 0 ||
+            (r = metrics_sample(b, "serve_tls_handshake_failures_total", NULL, (double)st.failures)) < 0 ||
+            (r = metrics_family(b, "serve_tls_handshake_seconds_total", METRICS_COUNTER,
+                                "Time spent in completed TLS handshakes")) < 0 ||
+            (r = metrics_sample(b, "serve_tls_handshake_seconds_total", NULL, (double)st.handshake_ns / 1e9)) < 0 ||
+            (r = metrics_family(b, "serve_tls_ktls_handshakes_total", METRICS_COUNTER,
+                                "Completed handshakes whose link the kernel encrypts (kTLS), by direction")) < 0 ||
+            (r = metrics_sample(b, "serve_tls_ktls_handshakes_total", tx, (double)st.ktls_tx)) < 0 ||
+            (r = metrics_sample(b, "serve_tls_ktls_handshakes_total", rx, (double)st.ktls_rx)) < 0)
+                return r;
+        return 0;
 }

@@ -89,5 +89,12 @@ struct tls_stats {
         uint64_t ktls_tx, ktls_rx;  /* completed handshakes with kTLS in that direction */
 };
 void tls_stats_get(struct tls_stats *ret);
+/* The TLS families of a daemon's /metrics: serve_transport_tls (1, or 0 with tls false: the
+ * plaintext opt-out), serve_tls_handshakes_total, serve_tls_handshake_failures_total,
+ * serve_tls_handshake_seconds_total and serve_tls_ktls_handshakes_total{direction="tx"|"rx"}
+ * (handshakes whose link the kernel encrypts: kTLS in use). Returns 0 or the error of
+ * metrics.h's renderers. */
+struct buf;
+int tls_render_metrics(struct buf *b, bool tls);
 /* "kTLS (tx+rx)", "kTLS (tx only)" or "user-space TLS": for one log line per link. */
 const char *tls_mode_name(unsigned ktls);

@@ -210,8 +210,6 @@ void trust_render_metrics(const struct head *h, struct buf *b);
 /* serve-head --join-token ACTION: returns the exit status. */
 int trust_join_token_command(struct head *h, const char *action, const char *ttl, const char *uses, const char *name,
                              const char *id);
-/* Letters, digits, '.', '_', '-'; 1 to 200 characters. */
-bool node_name_valid(const char *name);
 
 /* persist.c */
 /* Writes the state file when what it would hold changed. */

@@ -262,15 +262,6 @@ static void join_refuse(struct head *h, struct netconn *nc, const char *name, co
         answer(nc, m);
 }
 
-bool node_name_valid(const char *name) {
-        if (!name[0] || strlen(name) > 200)
-                return false;
-        for (const char *p = name; *p; p++)
-                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr("._-", *p)))
-                        return false;
-        return true;
-}
-
 void trust_on_join(struct head *h, struct netconn *nc, const cJSON *m) {
         struct trust *t = h->trust;
         const char *id, *secret, *name, *csr, *reason = NULL;
@@ -404,7 +395,7 @@ void trust_recover(struct head *h, const cJSON *state) {
 void trust_render_metrics(const struct head *h, struct buf *b) {
         const struct trust *t = h->trust;
 
-        (void)metrics_tls(b, t != NULL);
+        (void)tls_render_metrics(b, t != NULL);
         if (!t)
                 return;
         metrics_family(b, "serve_node_joins_total", METRICS_COUNTER, "Nodes that joined with a token");

@@ -227,6 +227,9 @@ static int take_certificate(struct enroll *e, const char *chain, const char *key
         if (r >= 0 && (pki_cert_info(chain, &info) < 0 || !streq(info.name, e->cfg->node_name))) {
                 r = -EINVAL;
                 err = strdup("it names another node");
+        } else if (r >= 0 && pki_key_matches_cert(key, chain) != 1) {
+                r = -EINVAL;
+                err = strdup("it is not for the key this node asked with");
         }
         if (r < 0)
                 return log_error_errno(r, "serve-head sent a certificate this node cannot use: %s", err ?: strerror(-r));
@@ -482,7 +485,7 @@ int enroll_on_certificate(struct enroll *e, const cJSON *m) {
 }
 
 void enroll_render_metrics(const struct enroll *e, struct buf *b) {
-        (void)metrics_tls(b, e->tls);
+        (void)tls_render_metrics(b, e->tls);
         if (!e->tls || !e->have_identity)
                 return;
         metrics_family(b, "serve_node_certificate_expiry_seconds", METRICS_GAUGE,

@@ -12,6 +12,9 @@ command -v jq >/dev/null || { echo "1..0 # SKIP jq is not installed (scripts/ins
 command -v python3 >/dev/null || { echo "1..0 # SKIP python3 is not installed"; exit 77; }
 
 # Heartbeats every 0.2 s, dead after 2 s of silence: far less than a describe may take.
+# The nodes talk plaintext here (the documented opt-out; cluster.sh and trust.sh run TLS): the
+# head's behaviour must not depend on the transport, and the opt-out must keep working.
+TRANSPORT=plaintext
 cluster_init 127.0.12 2
 CODE=$WORK/code
 mkdir -p "$CODE"
@@ -62,6 +65,9 @@ start_worker 1
 start_worker 2
 wait_until 30 bash -c "[ \$(curl -fsS -m 5 $API/api/cluster/nodes | jq '[.nodes[] | select(.state==\"ALIVE\")] | length') = 2 ]"
 check "two workers register" "$(alive_nodes)" 2
+check_contains "plaintext: the head warns about it" "$(cat "$WORK/head.log")" "transport: plaintext in"
+check_contains "plaintext: so does each worker" "$(cat "$WORK/worker-1.log")" "transport: plaintext in"
+check "plaintext: the head makes no CA" "$(ls "$STATE/pki" 2>/dev/null | wc -l)" 0
 wait_until 60 healthy
 check "the code application runs two replicas" "$(running code Echo | grep -c .)" 2
 pids0=$(running code Echo)

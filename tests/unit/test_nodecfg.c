@@ -223,6 +223,9 @@ static void test_worker_errors(void) {
                      "http_host, http_port, data_port, metrics_port, labels, resources, transport, "
                      "state_dir, ca_file");
         /* trust: the transport is spelled out; nothing else is guessed */
+        worker_fails("head_address: h:1\nnode_name: my node\n",
+                     "worker.yaml:2:12: node_name: must be 1 to 200 letters, digits, '.', '_' or '-' (it names "
+                     "this node's certificate), got \"my node\"");
         worker_fails("head_address: h:1\ntransport: ssl\n",
                      "worker.yaml:2:12: transport: must be tls or plaintext, got \"ssl\"");
         worker_fails("head_address: h:1\nresources: {num_cpu: 4}\n",

@@ -509,6 +509,17 @@ static void test_token_text(void) {
            "as token \"default\" without a CA hash");
         jointoken_done(&t);
         ok(jointoken_parse("", &t) == -EINVAL, "an empty token is refused");
+
+        /* `serve-head --join-token show`: the file's secret, whatever it is, with the CA hash. */
+        char *shown = jointoken_format(hash, JOINTOKEN_DEFAULT_ID, "join-12.34");
+        is_int(jointoken_parse(shown, &t), 0, "the long-lived token with the CA hash parses (%s)", shown);
+        ok(strcmp(t.id, JOINTOKEN_DEFAULT_ID) == 0 && strcmp(t.ca_hash, hash) == 0 && strcmp(t.secret, "join-12.34") == 0,
+           "as token \"default\" with the CA hash and the secret, dots and all");
+        jointoken_done(&t);
+        free(shown);
+        char *empty = jointoken_format(hash, JOINTOKEN_DEFAULT_ID, "");
+        ok(jointoken_parse(empty, &t) == -EINVAL, "... but not with an empty secret");
+        free(empty);
 }
 
 static char *tokens_text(const char *tdir) {
