@@ -1,5 +1,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -22,6 +23,8 @@
 #define OUT_KEEP (64u * 1024)
 
 #define REFUSAL_LOG_INTERVAL_NS (60 * NSEC_PER_SEC)
+/* Freed connections after which netconn_tick() gives memory back to the system. */
+#define TRIM_AFTER_FREED 64
 
 /* Connections of one loop with the same progress timeout, oldest progress first: progress
  * moves a connection to the tail, so the head is always the next to expire. Few exist (one per
@@ -56,9 +59,14 @@ void netblob_unref(struct netblob *b) {
                 free(b);
 }
 
+/* Connections freed on this thread since memory was last given back (netconn_tick). */
+static _Thread_local unsigned freed_since_trim;
+static _Thread_local uint64_t last_trim_ns;
+
 static void maybe_free(struct netconn *nc) {
         if (!nc->closed || nc->refs > 0 || nc->in_callback)
                 return;
+        freed_since_trim++;
         netblob_unref(nc->blob);
         buf_free(&nc->in);
         buf_free(&nc->out);
@@ -699,9 +707,22 @@ int netconn_set_idle_timeout(struct netconn *nc, uint64_t timeout_ns) {
         return 0;
 }
 
+/* Thousands of links that closed (a peer's burst, an attacker's) leave their buffers and TLS
+ * state in holes of the heap that glibc keeps: give those pages back once the burst is over,
+ * at most once a second (malloc_trim walks the heap: a few ms for 100 MiB). */
+static void trim_after_burst(uint64_t now) {
+        if (freed_since_trim < TRIM_AFTER_FREED || now - last_trim_ns < NSEC_PER_SEC)
+                return;
+        freed_since_trim = 0;
+        last_trim_ns = now;
+        (void)malloc_trim(0);
+}
+
 uint64_t netconn_tick(struct loop *loop, uint64_t now) {
         uint64_t next = UINT64_MAX;
         struct list *pos, *tmp;
+
+        trim_after_burst(now);
 
         if (!timerqs.next)
                 return next;

@@ -122,7 +122,8 @@ int netconn_set_idle_timeout(struct netconn *nc, uint64_t timeout_ns);
 
 /* Closes the connections of `loop` whose progress timeout passed at `now` (CLOCK_MONOTONIC ns,
  * as now_ns()); their on_close(-ETIMEDOUT) runs from the loop. Owners call it from their
- * periodic tick. Returns the earliest deadline still pending, or UINT64_MAX when none.
+ * periodic tick. After a burst of closed connections (64 or more since), it also gives the
+ * memory they held back to the system (malloc_trim), at most once a second. Returns the earliest deadline still pending, or UINT64_MAX when none.
  * Cost: connections with the same timeout on a loop sit in one FIFO ordered by last progress;
  * progress moves a connection to the tail (O(1) per event, one clock read), and a tick looks
  * only at the heads that expired. */

@@ -6,9 +6,11 @@
 # connections than the port takes, and holds them (empty, or each with a frame cut short).
 #
 # What a user would notice, and the bounds this test states:
-#   - the worker's RSS stays below its baseline + 64 MiB while each runs, and is back below its
-#     baseline + 32 MiB within 30 s after the client went away (the allocator may keep some
-#     freed memory: what must not stay is what the client made the worker buffer);
+#   - the worker's RSS stays below its baseline + 64 MiB while each runs (plus 24 KiB a link
+#     while the data port holds its 4096 idle links: what an authenticated TLS link costs, see
+#     below), and is back below its baseline + 32 MiB within 30 s after the client went away
+#     (the allocator may keep some freed memory: what must not stay is what the client made the
+#     worker buffer);
 #   - no replica logs a ring error or is killed, and the replicas' PIDs do not change;
 #   - an ordinary HTTP client on the worker's :8000 keeps being served (requests to the flooded
 #     replica may wait until the worker drops the link that does not read: its progress timeout
@@ -18,10 +20,20 @@
 #     request's body after its progress timeout (and the request-body budget such a request
 #     held comes back: HTTP clients' bodies are accepted again); requests that are merely wrong get their answer (FAIL 404/400/413,
 #     REJECT 503) and the link stays usable; idle links past the port's cap (4096) are refused.
+# The data port speaks mutually authenticated TLS 1.3 (transport: tls, the default): the hostile
+# client is a node of the cluster gone bad. A second worker, node-2, joins with too little CPU
+# to host a replica (0.2 < 0.25), and the client presents node-2's key and certificate (issued
+# by the cluster CA, which it also trusts), so every frame above travels inside an
+# authenticated link. And a client that is not a node gets nothing processed: with no
+# certificate, a self-signed one, or no TLS at all, a valid request gets no answer and the link
+# is refused (serve_peer_links_refused_total grows), while none of the hostile links was
+# refused (they were authenticated) and the worker completed a handshake with each link it took.
 # Nodes on 127.0.13.x, so it runs beside the other cluster tests.
 . "$(dirname "$0")/lib.sh"
 
 TOOL=$top_builddir/tests/tools/hostile_peer
+# Who the tool is comes from HOSTILE_TLS_* (see hostile_peer.c): each call below says it.
+unset HOSTILE_TLS HOSTILE_TLS_CERT HOSTILE_TLS_KEY HOSTILE_TLS_CA
 
 command -v jq >/dev/null || { echo "1..0 # SKIP jq is not installed (scripts/install-deps test)"; exit 77; }
 command -v ss >/dev/null || { echo "1..0 # SKIP ss (iproute2) is not installed"; exit 77; }
@@ -32,7 +44,7 @@ ulimit -n 16384 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge 8192 ] || MANY_SKIP="the descriptor limit is $(ulimit -n)"
 
 cluster_init 127.0.13 5
-WLOG=$WORK/worker.log
+WLOG=$WORK/worker-1.log
 cat >"$CONF/apps.yaml" <<EOF
 http_options:
   keep_alive_timeout_s: 1
@@ -55,34 +67,30 @@ applications:
         num_replicas: 1
         ray_actor_options: {num_cpus: 0.25}
 EOF
-cat >"$CONF/worker.yaml" <<EOF
-head_address: $NET.1:$CTL_PORT
-join_token_file: join-token
-node_name: node-1
-node_address: $NET.2
-http_host: $NET.2
-http_port: $HTTP_PORT
-data_port: $DATA_PORT
-metrics_port: $METRICS_PORT
-resources: {num_cpus: 2}
-EOF
+# node-1 hosts the replicas; node-2 (0.2 CPU: no replica fits) lends the hostile client its identity.
+worker_resources() { if [ "$1" = 2 ]; then echo "{num_cpus: 0.2}"; else echo "{num_cpus: 2}"; fi; }
 
-"$HEAD_BIN" -c "$CONF" --state-dir "$STATE" >>"$WORK/head.log" 2>&1 &
-SERVE_PIDS+=($!)
-wait_until 20 curl -fs -o /dev/null -m 2 "$API/-/healthz" || { fail "serve-head starts"; sed 's/^/#   /' "$WORK/head.log"; finish; exit 1; }
-"$WORKER_BIN" -c "$CONF/worker.yaml" >>"$WLOG" 2>&1 &
-WPID=$!
-SERVE_PIDS+=("$WPID")
+start_head || { fail "serve-head starts"; sed 's/^/#   /' "$WORK/head.log"; finish; exit 1; }
+start_worker 1
+W1=${WPID[1]}
+start_worker 2
 
 W=http://$NET.2:$HTTP_PORT
-apps_json() { curl -fsS -m 5 "$API/api/serve/applications/"; }
+# The hostile client is node-2: its stored key and certificate, and the cluster CA to check node-1.
+NODE2=("HOSTILE_TLS_CERT=$WORK/node-2/node.crt" "HOSTILE_TLS_KEY=$WORK/node-2/node.key" "HOSTILE_TLS_CA=$STATE/pki/ca.crt")
+node_state() { nodes_json | jq -r --arg n "$1" '.nodes[] | select(.node_id == $n) | .state'; }
 healthy() { [ "$(apps_json | jq -r --arg a "$1" --arg d "$2" '.applications[$a].deployments[$d].status')" = HEALTHY ]; }
 # replica_pids: the PIDs of the running replicas, sorted
 replica_pids() { apps_json | jq -r '[.applications[].deployments[].replicas[] | select(.state=="RUNNING") | .pid] | sort | join(" ")'; }
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$WPID/status" 2>/dev/null || echo 0; }
-dropped() { curl -s -m 5 "http://$NET.2:$METRICS_PORT/metrics" | awk '/^serve_peer_links_dropped[{ ]/ { print $NF }'; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$W1/status" 2>/dev/null || echo 0; }
+# metric NAME: node-1's value of NAME on its /metrics (summed over label sets)
+metric() { curl -s -m 5 "http://$NET.2:$METRICS_PORT/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $NF; f = 1 } END { if (f) print s }'; }
+dropped() { metric serve_peer_links_dropped; }
+refused() { metric serve_peer_links_refused_total; }
+handshakes() { metric serve_tls_handshakes_total; }
 ring_errors() { grep -cE 'Failed to read the request ring|Invalid request record|killing it|wrote an invalid record' "$WLOG"; }
-peer() { "$TOOL" "$1" "$NET.2" "$DATA_PORT" "${@:2}"; }
+# peer MODE ARGS...: the hostile client on node-1's data port, as node-2 (unpeer: as no node)
+peer() { env "${NODE2[@]}" "$TOOL" "$1" "$NET.2" "$DATA_PORT" "${@:2}"; }
 served() { [ "$(curl -s -m 60 -d "$2" "$W$1")" = "$2" ]; }
 rss_near_base() { [ "$(rss_kb)" -lt $((BASE + 32 * 1024)) ]; }
 # Under AddressSanitizer the allocator keeps freed memory in quarantine: RSS says nothing there.
@@ -92,24 +100,56 @@ wait_until 30 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -m 2 $W/-/h
         pass "the worker's proxy is up" || fail "the worker's proxy is up"
 wait_until 30 healthy echo Echo && wait_until 30 healthy shapes Shapes &&
         pass "echo and shapes are running" || fail "echo and shapes are running"
-check "a legitimate peer request is served" "$(peer request echo:/echo)" "RESP 200 len=2 body=bb"
+wait_until 30 bash -c "[ \"\$(curl -fsS -m 5 '$API/api/cluster/nodes' | jq -r '.nodes[] | select(.node_id == \"node-2\") | .state')\" = ALIVE ]" &&
+        pass "node-2 joined the cluster (ALIVE)" || fail "node-2 joined the cluster (ALIVE; $(node_state node-2))"
+check "node-2 stored its key and certificate (mode 0600)" \
+        "$(stat -c '%a' "$WORK/node-2/node.key" "$WORK/node-2/node.crt" 2>&1 | tr '\n' ' ')" "600 600 "
+check "the replicas run on node-1 only" "$(apps_json | jq -r '[.applications[].deployments[].replicas[].node_id] | unique | join(" ")')" "node-1"
+# node-1 takes data links only from the nodes in its peer list: node-2 is there once node-1 dialled it.
+wait_until 30 grep -q 'data connection to node node-2 .* is up' "$WLOG" &&
+        pass "node-1 lists node-2 as a peer (its data link to node-2 is up)" ||
+        fail "node-1 lists node-2 as a peer (its data link to node-2 is up)"
+check "a legitimate peer request is served (over TLS, as node-2)" "$(peer request echo:/echo)" "RESP 200 len=2 body=bb"
+
+# ---- a client that is not a node of the cluster: nothing it sends is processed ----
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/OU=serve-node/CN=node-2" \
+        -keyout "$WORK/self.key" -out "$WORK/self.crt" >/dev/null 2>&1
+unpeer() { "$TOOL" "$1" "$NET.2" "$DATA_PORT" "${@:2}"; }
+r0=$(refused)
+check "TLS without a certificate: a valid request gets no answer, the link is closed" \
+        "$(HOSTILE_TLS_CA=$STATE/pki/ca.crt unpeer request echo:/echo 2>/dev/null)" "closed"
+r1=$(refused)
+check "... and serve_peer_links_refused_total counts it ($r0 -> $r1)" "$([ "${r1:-0}" -gt "${r0:-0}" ] && echo yes)" "yes"
+check "TLS with a self-signed certificate for node-2: a valid request gets no answer, the link is closed" \
+        "$(HOSTILE_TLS_CERT=$WORK/self.crt HOSTILE_TLS_KEY=$WORK/self.key HOSTILE_TLS_CA=$STATE/pki/ca.crt unpeer request echo:/echo 2>/dev/null)" "closed"
+r2=$(refused)
+check "... and serve_peer_links_refused_total counts it ($r1 -> $r2)" "$([ "${r2:-0}" -gt "${r1:-0}" ] && echo yes)" "yes"
+out=$(unpeer request echo:/echo 2>/dev/null)
+check "plaintext frames on the TLS data port: no answer" "$([ "$out" = closed ] || [ "$out" = timeout ] && echo yes)" "yes"
+r3=$(refused)
+check "... and serve_peer_links_refused_total counts it ($r2 -> $r3)" "$([ "${r3:-0}" -gt "${r2:-0}" ] && echo yes)" "yes"
+check_contains "node-1 logs why it refused them" "$(grep 'refused a data connection' "$WLOG")" "refused a data connection from"
+R0=$(refused)
 # Warm up what a flood touches (peer links, big frames, the proxy), then take the baseline.
 peer request echo:/echo:1000000 >/dev/null
 served /echo warm
 PIDS=$(replica_pids)
 BASE=$(rss_kb)
-echo "# worker pid $WPID, baseline RSS $BASE kB, replicas $PIDS"
+echo "# worker pid $W1, baseline RSS $BASE kB, replicas $PIDS"
 BOUND=$((BASE + 64 * 1024))
 MAXRSS=0
 sample() { local r; r=$(rss_kb); [ "$r" -gt "$MAXRSS" ] && MAXRSS=$r; }
-# after MODE: what must hold once the client went away.
+# after MODE [LINKS]: what must hold once the client went away. LINKS: the idle links the client
+# held, each of which may cost the worker 24 KiB of TLS state on top of the 64 MiB.
 after() {
+        local links=${2:-0} what="baseline + 64 MiB"
+        [ "$links" -gt 0 ] && what="baseline + 64 MiB + 24 KiB x $links links"
         sample
         if [ -n "$SANITIZED" ]; then
                 pass "$1: RSS not measured in a sanitizer build (max $MAXRSS kB, baseline $BASE kB)"
         else
-                check "$1: the worker's RSS stayed below baseline + 64 MiB (max $MAXRSS kB, baseline $BASE kB)" \
-                        "$([ "$MAXRSS" -lt "$BOUND" ] && echo yes)" "yes"
+                check "$1: the worker's RSS stayed below $what (max $MAXRSS kB, baseline $BASE kB)" \
+                        "$([ "$MAXRSS" -lt $((BOUND + links * 24)) ] && echo yes)" "yes"
                 wait_until 30 rss_near_base && pass "$1: then RSS is back below baseline + 32 MiB" ||
                         fail "$1: then RSS is back below baseline + 32 MiB ($(rss_kb) kB)"
         fi
@@ -153,7 +193,7 @@ after "unknown cancels"
 
 # ---- (a) a flood of 60,000-byte requests that never reads its answers ----
 d0=$(dropped)
-"$TOOL" flood "$NET.2" "$DATA_PORT" 10 >"$WORK/flood.out" 2>&1 &
+env "${NODE2[@]}" "$TOOL" flood "$NET.2" "$DATA_PORT" 10 >"$WORK/flood.out" 2>&1 &
 fpid=$!
 SERVE_PIDS+=("$fpid")
 echo_ok=0 shapes_ok=0 tries=0
@@ -178,7 +218,7 @@ after "flood"
 head -c 1048576 /dev/zero >"$WORK/1m.bin"
 post_1m() { http_code --data-binary @"$WORK/1m.bin" "$W/echo"; }
 check "an HTTP POST of 1 MiB is served" "$(post_1m)" "200"
-"$TOOL" stall "$NET.2" "$DATA_PORT" 5 1048576 1000 >"$WORK/stall.out" 2>&1 &
+env "${NODE2[@]}" "$TOOL" stall "$NET.2" "$DATA_PORT" 5 1048576 1000 >"$WORK/stall.out" 2>&1 &
 SPID=$!
 SERVE_PIDS+=("$SPID")
 wait_until 20 grep -q '^stall: 5 sent' "$WORK/stall.out" || echo "# $(cat "$WORK/stall.out")"
@@ -194,9 +234,10 @@ check "the 5 links stalled mid-request were closed by the worker" "$(tail -n 1 "
 after "requests whose body never comes"
 
 # ---- (d) more connections than the data port takes, held ----
-data_links() { ss -Htn state established "( sport = :$DATA_PORT )" | grep -c .; }
+# data_links: the links node-1's data port holds (node-2's own data link to node-1 is one of them)
+data_links() { ss -Htn state established "( src $NET.2:$DATA_PORT )" | grep -c .; }
 hold_conns() { # hold_conns NAME N PARTIAL_BYTES
-        "$TOOL" conns "$NET.2" "$DATA_PORT" "$2" "$3" >"$WORK/$1.out" 2>&1 &
+        env "${NODE2[@]}" "$TOOL" conns "$NET.2" "$DATA_PORT" "$2" "$3" >"$WORK/$1.out" 2>&1 &
         CPID=$!
         SERVE_PIDS+=("$CPID")
         wait_until 120 grep -q 'opened' "$WORK/$1.out" || echo "# $1: the connections did not open in time" >&2
@@ -211,25 +252,37 @@ release_conns() { # release_conns NAME
         wait "$CPID"
         echo "# $1: $(tr '\n' ' ' <"$WORK/$1.out")"
 }
+# What the data port holds before: node-2's own link (it counts against the cap too).
+wait_until 10 bash -c "[ \$(ss -Htn state established '( src $NET.2:$DATA_PORT )' | grep -c .) -le 1 ]"
+L0=$(data_links)
+echo "# node-1's data port holds $L0 link(s) before the connections below"
 if [ -n "${MANY_SKIP:-}" ]; then
         pass "5000 connections: not tried ($MANY_SKIP)"
 else
+        h0=$(handshakes)
         hold_conns "5000 connections" 5000 0
+        h1=$(handshakes)
         opened=$(sed -n 's/^conns: \([0-9]*\) opened.*/\1/p' "$WORK/5000 connections.out")
         refused=$(sed -n 's/^conns: [0-9]* opened, \([0-9]*\) closed.*/\1/p' "$WORK/5000 connections.out")
         check "5000 connections: all connected" "$opened" "5000"
-        check "5000 connections: those past the data port's cap (4096) are closed" "$refused" "904"
+        check "5000 connections: those past the data port's cap (4096, $L0 held by node-2) are closed" "$refused" "$((5000 - 4096 + L0))"
+        check "5000 connections: each one the port took is an authenticated link (serve_tls_handshakes_total $h0 -> $h1)" \
+                "$([ "${h1:-0}" -ge $((${h0:-0} + 4096 - L0)) ] && echo yes)" "yes"
         check "5000 connections: the worker says once that the cap was hit" \
                 "$(grep -c 'Refusing new connections to the data port' "$WLOG")" "1"
         release_conns "5000 connections"
-        after "5000 connections"
+        # An authenticated TLS 1.3 link costs the worker about 24 KiB a plaintext one does not
+        # (OpenSSL's state for the session and the peer's certificate chain: a bare OpenSSL 3
+        # server holding 4000 such links idle grows by 24 KiB a link), so the port's 4096 idle
+        # links cannot fit in 64 MiB: while they are held the bound grows by 24 KiB a link.
+        after "5000 connections" 4096
 fi
 
 # Each connection sends the header of a 1 MiB frame and all of its payload but 1 KiB, then
 # nothing: a link stalled mid-frame holds its input buffer until the worker drops it.
 d0=$(dropped)
 hold_conns "500 connections stalled mid-frame" 500 1047552
-wait_until 30 bash -c "[ \$(ss -Htn state established '( sport = :$DATA_PORT )' | grep -c .) = 0 ]" &&
+wait_until 30 bash -c "[ \$(ss -Htn state established '( src $NET.2:$DATA_PORT )' | grep -c .) -le $L0 ]" &&
         pass "500 connections stalled mid-frame: the worker closes them (progress timeout)" ||
         fail "500 connections stalled mid-frame: the worker closes them (progress timeout; $(data_links) still open)"
 d1=$(dropped)
@@ -238,7 +291,12 @@ check "500 connections stalled mid-frame: serve_peer_links_dropped counts them (
 release_conns "500 connections stalled mid-frame"
 after "500 connections stalled mid-frame"
 
-kill -TERM "$WPID"
-wait "$WPID"
+# Every hostile link above was an authenticated one (node-2's identity): none was refused, and
+# what closed them was their behaviour (serve_peer_links_dropped), not who they were.
+check "none of the hostile links was refused: they were authenticated as node-2 (serve_peer_links_refused_total stayed $R0)" \
+        "$([ -n "$R0" ] && refused)" "${R0:-(node-1 has no serve_peer_links_refused_total)}"
+
+kill -TERM "$W1"
+wait "$W1"
 check "the worker stops cleanly" "$?" "0"
 finish
