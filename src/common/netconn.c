@@ -157,11 +157,11 @@ static void on_close_done(struct loop_op *op, int res, unsigned flags) {
         maybe_free(nc);
 }
 
-/* TLS: what is queued is encrypted and written once the socket is writable (a poll completes at
- * once when it is), so whatever the owner queued until then goes out together, in full
- * records, and on_drain follows from the loop as after a send. Nothing goes out before the
- * handshake is done. */
-static void start_send_tls(struct netconn *nc) {
+/* TLS: what is queued is encrypted and written after the current batch of completions (deferred
+ * work), so whatever the owner queued until then goes out together, in full records, with no
+ * round trip through the ring; only a socket that is full (wait_ready) is polled for. on_drain
+ * follows from the loop as after a send. Nothing goes out before the handshake is done. */
+static void start_send_tls(struct netconn *nc, bool wait_ready) {
         if (!nc->tls->handshake_done)
                 return;
         if (netconn_unsent(nc) == 0) {
@@ -169,17 +169,28 @@ static void start_send_tls(struct netconn *nc) {
                         do_close(nc);
                 return;
         }
-        struct io_uring_sqe *sqe = loop_sqe(nc->loop, &nc->op_send);
-        io_uring_prep_poll_add(sqe, nc->fd, nc->tls->send_events);
+        if (wait_ready) {
+                struct io_uring_sqe *sqe = loop_sqe(nc->loop, &nc->op_send);
+                io_uring_prep_poll_add(sqe, nc->fd, nc->tls->send_events);
+        } else
+                loop_defer(nc->loop, &nc->send_deferred);
         nc->sending = true;
         nc->refs++;
+}
+
+static void on_send(struct loop_op *op, int res, unsigned flags);
+
+/* The deferred TLS write: as a poll that found the socket writable. */
+static void run_send_deferred(struct loop_deferred *d) {
+        struct netconn *nc = container_of(d, struct netconn, send_deferred);
+        on_send(&nc->op_send, 0, 0);
 }
 
 static void start_send(struct netconn *nc) {
         if (nc->sending || nc->closed || nc->connecting)
                 return;
         if (nc->tls) {
-                start_send_tls(nc);
+                start_send_tls(nc, false);
                 return;
         }
         if (nc->blob) {
@@ -248,7 +259,7 @@ static int send_tls(struct netconn *nc) {
         if (tls_conn_moved(nc->tls))
                 progress(nc);
         if (r == -EAGAIN) {
-                start_send_tls(nc);
+                start_send_tls(nc, true);
                 return 0;
         }
         return r < 0 ? r : 0;
@@ -343,6 +354,10 @@ static int read_available_tls(struct netconn *nc, size_t *ret_got) {
                 nc->in.len += n;
                 got += n;
                 if (got >= RECV_BUDGET || nc->in.len > nc->in_limit)
+                        break;
+                /* OpenSSL holds nothing more: as after a short recv(), the poll says whether the
+                 * socket does, rather than a read() that finds it empty. */
+                if (!tls_conn_buffered(nc->tls))
                         break;
         }
         if (r == -EAGAIN)
@@ -518,6 +533,7 @@ static struct netconn *netconn_alloc(struct loop *loop, int fd, const struct net
         nc->op_connect.cb = on_connect;
         nc->op_close.cb = on_close_done;
         nc->deferred.fn = run_on_close;
+        nc->send_deferred.fn = run_send_deferred;
         list_init(&nc->timer_link);
         list_init(&nc->listener_link);
         (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

@@ -77,6 +77,7 @@ struct netconn {
         bool close_pending;        /* on_close(close_err) waits in the loop's deferred queue */
         int close_err;
         struct loop_deferred deferred;
+        struct loop_deferred send_deferred; /* TLS: the write after this batch of completions */
         struct netconn_timerq *timerq; /* the FIFO of connections sharing its idle timeout */
         struct list timer_link;
         uint64_t progress_ns;      /* last byte received or sent */

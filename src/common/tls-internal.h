@@ -20,6 +20,7 @@ struct netconn_tls {
         bool handshake_done;
         bool fatal;             /* OpenSSL reported a fatal error: no close_notify may follow */
         bool failure_counted;
+        bool read_starved;      /* the last read wanted more bytes than the socket had */
         /* What the connection's read (op_recv) and write (op_send) slots poll for next: POLLIN,
          * or POLLOUT when OpenSSL must write before it can read (a KeyUpdate's answer) or, for
          * writes, POLLIN when it must read first. The handshake runs on the read slot. */
@@ -52,6 +53,8 @@ int tls_conn_write(struct netconn_tls *t, const void *buf, size_t len, size_t *r
 /* Whether OpenSSL holds received bytes not handed out yet: a poll on the socket would not
  * report them. */
 bool tls_conn_has_pending(const struct netconn_tls *t);
+/* OpenSSL holds bytes read from the socket (decrypted or not): reading on needs no poll. */
+bool tls_conn_buffered(const struct netconn_tls *t);
 
 /* Whether bytes went through the socket since the last call (progress, for the timeout, even
  * when no application byte came of it: a handshake, a record still incomplete). */

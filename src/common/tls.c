@@ -193,6 +193,8 @@ static int ctx_build(enum tls_side side, bool require_peer_cert, const char *cer
                                        (side == TLS_SERVER ? SSL_OP_CIPHER_SERVER_PREFERENCE : 0));
         SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                                     SSL_MODE_RELEASE_BUFFERS);
+        /* One read() takes every record that arrived, not a header and then a body each. */
+        SSL_CTX_set_read_ahead(c, 1);
         if (cert_pem && (r = use_identity(c, cert_pem, key_pem, ret_error)) < 0)
                 goto fail;
         if (ca_pem && (r = use_ca(c, ca_pem, ret_error)) < 0)
@@ -521,11 +523,14 @@ int tls_conn_read(struct netconn_tls *t, void *buf, size_t len, size_t *ret_n) {
         errno = 0;
         if (SSL_read_ex(t->ssl, buf, len, &n) == 1) {
                 t->recv_events = POLLIN;
+                t->read_starved = false;
                 *ret_n = n;
                 return 1;
         }
         *ret_n = 0;
-        return classify(t, 0, errno, &t->recv_events);
+        int r = classify(t, 0, errno, &t->recv_events);
+        t->read_starved = r == -EAGAIN;
+        return r;
 }
 
 int tls_conn_write(struct netconn_tls *t, const void *buf, size_t len, size_t *ret_n) {
@@ -544,9 +549,13 @@ int tls_conn_write(struct netconn_tls *t, const void *buf, size_t len, size_t *r
         return r == 0 ? -EPIPE : r;
 }
 
+bool tls_conn_buffered(const struct netconn_tls *t) { return SSL_has_pending(t->ssl); }
+
 bool tls_conn_has_pending(const struct netconn_tls *t) {
-        /* Decrypted bytes only: a record still incomplete is completed by bytes a poll sees. */
-        return SSL_pending(t->ssl) > 0;
+        /* Decrypted bytes, or (read ahead) whole records read from the socket but not yet
+         * decrypted: a read stopped by a budget leaves them. What is left after OpenSSL asked for
+         * more is part of a record, which only bytes a poll sees can complete. */
+        return SSL_pending(t->ssl) > 0 || (!t->read_starved && SSL_has_pending(t->ssl));
 }
 
 bool tls_conn_moved(struct netconn_tls *t) {

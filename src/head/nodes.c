@@ -378,7 +378,14 @@ static void pending_on_secure(struct netconn *nc) {
         int r = trust_check_peer(pc->h, nc, &name);
         if (r < 0) {
                 pending_free(pc);
-                refuse(nc, "this node's certificate is revoked or not a node's");
+                cJSON *m = ctlmsg_new("refused");
+                cJSON_AddStringToObject(m, "reason", "this node was removed from the cluster: its certificate is revoked");
+                cJSON_AddBoolToObject(m, "revoked", true);
+                if (ctlmsg_encode(netconn_outbuf(nc), m) == 0)
+                        netconn_flush(nc);
+                cJSON_Delete(m);
+                nc->userdata = NULL;
+                netconn_close(nc, true);
                 return;
         }
         if (r > 0) {

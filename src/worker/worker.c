@@ -488,8 +488,14 @@ static void head_on_data(struct netconn *nc) {
                         log_info("registered with serve-head as node %s", w->cfg->node_name);
                 } else if (streq(type, "refused")) {
                         const char *reason = cJSON_GetStringValue(cJSON_GetObjectItem(m, "reason"));
-                        log_error("serve-head at %s refused this node: %s (check join_token_file %s)",
-                                  w->cfg->head_address, reason ? reason : "no reason given", w->cfg->join_token_file);
+                        if (cJSON_IsTrue(cJSON_GetObjectItem(m, "revoked")))
+                                /* Not undone here: a token left on the node would bring it back. */
+                                log_error("serve-head at %s refused this node: %s; to join again, remove %s/node.crt "
+                                          "and give it a new join token",
+                                          w->cfg->head_address, reason ? reason : "certificate revoked", w->cfg->state_dir);
+                        else
+                                log_error("serve-head at %s refused this node: %s (check join_token_file %s)",
+                                          w->cfg->head_address, reason ? reason : "no reason given", w->cfg->join_token_file);
                         w->fatal = w->stop = true;
                         cJSON_Delete(m);
                         head_drop(w, "refused");

@@ -209,7 +209,7 @@ out=$("$CLI" --address "$API" --token-file "$CONF/api-token" nodes remove node-2
 check_contains "serve nodes remove node-2" "$out" "removed node node-2"
 wait_until 20 exited 2
 check "the removed node cannot reconnect: its worker exits 1" "$(exit_status 2)" 1
-check_contains "... saying it was refused" "$(cat "$WORK/worker-2.log")" "refused this node"
+check_contains "... saying it was removed and how to come back" "$(cat "$WORK/worker-2.log")" "refused this node: this node was removed from the cluster: its certificate is revoked; to join again, remove"
 "$WORKER_BIN" -c "$CONF/worker-2.yaml" >>"$WORK/worker-2b.log" 2>&1
 check "... and again after a restart" "$?" 1
 check "the head no longer lists it" "$(nodes_json | jq '[.nodes[] | select(.node_id=="node-2")] | length')" 0
