@@ -30,8 +30,10 @@
 #define ROUTING_MIN_INTERVAL_NS (200 * NSEC_PER_MSEC)
 #define RECONCILE_MIN_INTERVAL_NS (50 * NSEC_PER_MSEC) /* a burst of registrations: one placement */
 #define HELLO_TIMEOUT_NS (10 * NSEC_PER_SEC)
-/* Connections that have not said hello (or joined) yet, at most: strangers cannot hold more. */
-#define MAX_PENDING_CONNS 256
+/* Connections that have not said hello (or joined) yet, at most: strangers cannot hold more
+ * (each at most a TLS state and an UNAUTH_MSG_MAX message: ~100 KiB), and a reconnect storm
+ * of a thousand nodes after a head restart mostly gets in at once (the rest retry). */
+#define MAX_PENDING_CONNS 1024
 /* A message from a connection that has not authenticated: a join (token + certificate request). */
 #define UNAUTH_MSG_MAX (64u << 10)
 
