@@ -81,15 +81,6 @@ static bool is_lower_hex(const char *s, size_t n) {
         return true;
 }
 
-static void hex_encode(const unsigned char *p, size_t n, char *out) {
-        static const char digits[] = "0123456789abcdef";
-        for (size_t i = 0; i < n; i++) {
-                out[2 * i] = digits[p[i] >> 4];
-                out[2 * i + 1] = digits[p[i] & 15];
-        }
-        out[2 * n] = '\0';
-}
-
 static int sha256(const char *text, unsigned char ret[SHA256_LEN]) {
         unsigned len = 0;
         if (EVP_Digest(text, strlen(text), ret, &len, EVP_sha256(), NULL) != 1 || len != SHA256_LEN)

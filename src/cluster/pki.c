@@ -77,15 +77,6 @@ static int64_t now_unix(void) {
         return (int64_t)time(NULL);
 }
 
-static void hex_encode(const unsigned char *p, size_t n, char *out) {
-        static const char digits[] = "0123456789abcdef";
-        for (size_t i = 0; i < n; i++) {
-                out[2 * i] = digits[p[i] >> 4];
-                out[2 * i + 1] = digits[p[i] & 15];
-        }
-        out[2 * n] = '\0';
-}
-
 /* name for a message: at most 64 characters, anything unprintable as '?' (it may come from a
  * peer, and ends up in logs). */
 static const char *name_shown(const char *name, char buf[68]) {
@@ -197,8 +188,6 @@ static bool key_strong(const EVP_PKEY *k) {
 
 int pki_read_file(const char *path, bool private_file, char **ret) {
         _cleanup_close_ int fd = -1;
-        _cleanup_free_ char *data = NULL;
-        size_t len = 0, cap;
         struct stat st;
 
         if (!path || !ret)
@@ -214,53 +203,7 @@ int pki_read_file(const char *path, bool private_file, char **ret) {
                 return -EINVAL;
         if (private_file && (st.st_mode & 077))
                 return -EPERM;
-        if (st.st_size > PKI_FILE_MAX)
-                return -EFBIG;
-        cap = (size_t)st.st_size + 1;
-        data = malloc(cap);
-        if (!data)
-                return -ENOMEM;
-        for (;;) {
-                if (len + 1 >= cap) {
-                        /* The file grew since fstat(). */
-                        if (cap > PKI_FILE_MAX)
-                                return -EFBIG;
-                        size_t ncap = MIN(cap * 2, (size_t)PKI_FILE_MAX + 1);
-                        char *n = realloc(data, ncap);
-                        if (!n)
-                                return -ENOMEM;
-                        data = n;
-                        cap = ncap;
-                }
-                ssize_t k = read(fd, data + len, cap - 1 - len);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        break;
-                len += (size_t)k;
-        }
-        data[len] = '\0';
-        *ret = TAKE_PTR(data);
-        return 0;
-}
-
-static int write_all(int fd, const char *p, size_t len) {
-        while (len > 0) {
-                ssize_t k = write(fd, p, len);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -EIO;
-                p += k;
-                len -= (size_t)k;
-        }
-        return 0;
+        return read_fd(fd, PKI_FILE_MAX, ret, NULL);
 }
 
 /* Owner, mode, contents, fsync: everything but the rename. */
@@ -282,13 +225,6 @@ static int write_temp(int fd, const char *dir, const char *data, unsigned mode) 
         r = write_all(fd, data, strlen(data));
         if (r < 0)
                 return r;
-        return fsync(fd) < 0 ? -errno : 0;
-}
-
-static int fsync_dir(const char *dir) {
-        _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
         return fsync(fd) < 0 ? -errno : 0;
 }
 

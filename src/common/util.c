@@ -35,24 +35,21 @@ int fd_nonblock(int fd, bool nonblock) {
         return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
 }
 
-int read_file(const char *path, size_t max, char **ret, size_t *ret_len) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+int read_fd(int fd, size_t max, char **ret, size_t *ret_len) {
         _cleanup_free_ char *data = NULL;
         struct stat st;
         size_t len = 0;
 
-        if (fd < 0)
-                return -errno;
         if (fstat(fd, &st) < 0)
                 return -errno;
         if ((uint64_t)st.st_size > max)
                 return -EFBIG;
-        data = malloc(max + 1 < (size_t)st.st_size + 4096 ? max + 1 : (size_t)st.st_size + 4096);
+        size_t cap = max + 1 < (size_t)st.st_size + 4096 ? max + 1 : (size_t)st.st_size + 4096;
+        data = malloc(cap);
         if (!data)
                 return -ENOMEM;
-        size_t cap = max + 1 < (size_t)st.st_size + 4096 ? max + 1 : (size_t)st.st_size + 4096;
         for (;;) {
-                if (len + 1 >= cap) {
+                if (len + 1 >= cap) { /* the file grew since fstat() */
                         if (cap > max)
                                 return -EFBIG;
                         size_t ncap = MIN(cap * 2, max + 1);
@@ -77,6 +74,39 @@ int read_file(const char *path, size_t max, char **ret, size_t *ret_len) {
         if (ret_len)
                 *ret_len = len;
         return 0;
+}
+
+int read_file(const char *path, size_t max, char **ret, size_t *ret_len) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+        if (fd < 0)
+                return -errno;
+        return read_fd(fd, max, ret, ret_len);
+}
+
+int write_all(int fd, const void *data, size_t len) {
+        const char *p = data;
+
+        while (len > 0) {
+                ssize_t k = write(fd, p, len);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        return -EIO;
+                p += k;
+                len -= (size_t)k;
+        }
+        return 0;
+}
+
+int fsync_dir(const char *dir) {
+        _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        return fsync(fd) < 0 ? -errno : 0;
 }
 
 int buf_reserve(struct buf *b, size_t extra, size_t limit) {
@@ -159,3 +189,13 @@ void strv_free(char **v, size_t n) {
         free(v);
 }
 
+void hex_encode(const void *data, size_t n, char *out) {
+        static const char digits[] = "0123456789abcdef";
+        const unsigned char *p = data;
+
+        for (size_t i = 0; i < n; i++) {
+                out[2 * i] = digits[p[i] >> 4];
+                out[2 * i + 1] = digits[p[i] & 15];
+        }
+        out[2 * n] = '\0';
+}

@@ -22,6 +22,14 @@ int error_set(int r, char **ret_error, const char *fmt, ...) __attribute__((form
 
 /* Reads a whole file (at most max bytes, NUL-terminated). Returns 0, -EFBIG, or -errno. */
 int read_file(const char *path, size_t max, char **ret, size_t *ret_len);
+/* The same from an open file (read to its end). */
+int read_fd(int fd, size_t max, char **ret, size_t *ret_len);
+/* Writes all of data (retrying short writes and EINTR). Returns 0 or -errno (-EIO for 0). */
+int write_all(int fd, const void *data, size_t len);
+/* fsync()s a directory: a rename in it is on disk. Returns 0 or -errno. */
+int fsync_dir(const char *dir);
+/* n bytes as 2n lowercase hex digits and a NUL into out (2n + 1 bytes). */
+void hex_encode(const void *data, size_t n, char *out);
 
 /* `path` if absolute, else `path` relative to the directory holding `file` (config files name
  * other files relative to themselves). Returns a malloc'd string or NULL. */

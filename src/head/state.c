@@ -13,29 +13,6 @@
 #include "common/util.h"
 #include "head/state.h"
 
-static int write_all(int fd, const char *p, size_t len) {
-        while (len > 0) {
-                ssize_t k = write(fd, p, len);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -EIO;
-                p += k;
-                len -= (size_t)k;
-        }
-        return 0;
-}
-
-static int fsync_dir(const char *dir) {
-        _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        return fsync(fd) < 0 ? -errno : 0;
-}
-
 /* Writes the temp file and renames it into place; the caller removes the temp file on failure. */
 static int save_via(const char *tmp, int fd, const char *path, const char *dir, const char *text, size_t len) {
         int r;
