@@ -332,6 +332,16 @@ static int store_load(const char *dir, struct store *ret) {
         return 0;
 }
 
+/* Locks the store (how: LOCK_EX to change it, LOCK_SH to read it) and loads it; the lock is
+ * held until *ret_lock is closed. Returns 0 or a negative errno. */
+static int store_open(const char *dir, int how, int *ret_lock, struct store *s) {
+        int lock = store_lock(dir, how);
+        if (lock < 0)
+                return lock;
+        *ret_lock = lock;
+        return store_load(dir, s);
+}
+
 /* Tokens that expired or were used up more than a day ago say nothing useful any more. */
 static bool token_stale(const struct token *t, int64_t now) {
         if (t->expires != 0 && now - t->expires > GC_AFTER_S)
@@ -414,10 +424,7 @@ int jointoken_create(const char *dir, const char *ca_hash, uint64_t ttl_s, unsig
         if (!dir || !ca_hash || !is_lower_hex(ca_hash, PKI_HASH_HEX) || !ret_text || (name && !pki_name_valid(name)) ||
             ttl_s > TTL_MAX_S)
                 return -EINVAL;
-        lock = store_lock(dir, LOCK_EX);
-        if (lock < 0)
-                return lock;
-        r = store_load(dir, &s);
+        r = store_open(dir, LOCK_EX, &lock, &s);
         if (r < 0)
                 return r;
         if (s.n_tokens >= TOKENS_MAX)
@@ -474,10 +481,7 @@ int jointoken_consume(const char *dir, const char *id, const char *secret, const
 
         if (!dir || !id || !secret)
                 return -EINVAL;
-        lock = store_lock(dir, LOCK_EX);
-        if (lock < 0)
-                return lock;
-        r = store_load(dir, &s);
+        r = store_open(dir, LOCK_EX, &lock, &s);
         if (r < 0)
                 return r;
         r = sha256(secret, got);
@@ -540,10 +544,7 @@ int jointoken_revoke(const char *dir, const char *id, const char *default_secret
 
         if (!dir || !id)
                 return -EINVAL;
-        lock = store_lock(dir, LOCK_EX);
-        if (lock < 0)
-                return lock;
-        r = store_load(dir, &s);
+        r = store_open(dir, LOCK_EX, &lock, &s);
         if (r < 0)
                 return r;
         if (streq(id, JOINTOKEN_DEFAULT_ID)) {
@@ -590,10 +591,7 @@ int jointoken_list(const char *dir, FILE *out) {
 
         if (!dir || !out)
                 return -EINVAL;
-        lock = store_lock(dir, LOCK_SH);
-        if (lock < 0)
-                return lock;
-        r = store_load(dir, &s);
+        r = store_open(dir, LOCK_SH, &lock, &s);
         if (r < 0)
                 return r;
         fprintf(out, "%-16s  %-24s  %-9s  %-20s  %s\n", "ID", "NODE", "USES-LEFT", "EXPIRES", "STATE");

@@ -56,14 +56,9 @@ _printf_(3, 4) static int fail(int r, char **ret_error, const char *fmt, ...) {
         va_list ap;
 
         ERR_clear_error();
-        if (ret_error) {
-                char *m = NULL;
-                va_start(ap, fmt);
-                if (vasprintf(&m, fmt, ap) < 0)
-                        m = NULL;
-                va_end(ap);
-                *ret_error = m;
-        }
+        va_start(ap, fmt);
+        r = error_setv(r, ret_error, fmt, ap);
+        va_end(ap);
         return r;
 }
 

@@ -13,17 +13,22 @@ uint64_t now_ns(void) {
         return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
+int error_setv(int r, char **ret_error, const char *fmt, va_list ap) {
+        if (ret_error) {
+                char *m = NULL;
+                if (vasprintf(&m, fmt, ap) < 0)
+                        m = NULL;
+                *ret_error = m;
+        }
+        return r;
+}
+
 int error_set(int r, char **ret_error, const char *fmt, ...) {
         va_list ap;
 
-        if (ret_error) {
-                char *m = NULL;
-                va_start(ap, fmt);
-                if (vasprintf(&m, fmt, ap) < 0)
-                        m = NULL;
-                va_end(ap);
-                *ret_error = m;
-        }
+        va_start(ap, fmt);
+        r = error_setv(r, ret_error, fmt, ap);
+        va_end(ap);
         return r;
 }
 

@@ -1,6 +1,7 @@
 /* Time, file descriptor and string helpers shared by the daemons. */
 #pragma once
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -19,6 +20,7 @@ int fd_nonblock(int fd, bool nonblock);
 /* Stores a malloc'd formatted message in *ret_error (unless ret_error is NULL) and returns r,
  * so a parser can write `return error_set(-EINVAL, ret_error, "...", ...);`. */
 int error_set(int r, char **ret_error, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int error_setv(int r, char **ret_error, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
 
 /* Reads a whole file (at most max bytes, NUL-terminated). Returns 0, -EFBIG, or -errno. */
 int read_file(const char *path, size_t max, char **ret, size_t *ret_len);
