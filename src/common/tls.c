@@ -680,3 +680,22 @@ int tls_render_metrics(struct buf *b, bool tls) {
                 return r;
         return 0;
 }
+
+int netconn_connect_tls(struct loop *loop, const char *host, int port, const struct netconn_ops *ops, void *userdata,
+                        struct tls_ctx *ctx, uint64_t timeout_ns, struct netconn **ret) {
+        struct netconn *nc;
+        int r = netconn_connect(loop, host, port, ops, userdata, &nc);
+
+        if (r < 0)
+                return r;
+        if (ctx)
+                r = netconn_start_tls(nc, ctx);
+        if (r >= 0)
+                r = netconn_set_idle_timeout(nc, timeout_ns);
+        if (r < 0) {
+                netconn_close(nc, false);
+                return r;
+        }
+        *ret = nc;
+        return 0;
+}

@@ -65,6 +65,14 @@ struct tls_peer {
  * Returns 0 or a negative errno (nothing was changed). */
 int netconn_start_tls(struct netconn *nc, struct tls_ctx *ctx);
 
+/* netconn_connect() then netconn_start_tls() with ctx (NULL: a plaintext connection), and the
+ * progress timeout set to timeout_ns, so a connect or handshake that hangs ends (the owner may
+ * set another once on_connect ran). On failure nothing is left open. Returns 0 and *ret, or a
+ * negative errno. */
+struct netconn_ops;
+int netconn_connect_tls(struct loop *loop, const char *host, int port, const struct netconn_ops *ops, void *userdata,
+                        struct tls_ctx *ctx, uint64_t timeout_ns, struct netconn **ret);
+
 bool netconn_is_tls(const struct netconn *nc);
 /* The peer's certificate (valid from on_connect on). NULL for a plaintext connection or
  * before the handshake completed. */

@@ -108,7 +108,9 @@ void peer_connect(struct peer *p) {
                 backoff(p);
                 return;
         }
-        r = netconn_connect(p->ps->loop, p->address, p->port, &out_ops, p, &p->nc);
+        /* A connect or handshake that hangs must not keep the peer down forever. */
+        r = netconn_connect_tls(p->ps->loop, p->address, p->port, &out_ops, p, p->ps->tls_client,
+                                sec_to_ns(p->ps->opts.link_timeout_s), &p->nc);
         if (r < 0) {
                 p->nc = NULL;
                 backoff(p);
@@ -118,18 +120,6 @@ void peer_connect(struct peer *p) {
         /* Our own requests: at most the busy budget plus one request's body. */
         p->nc->out_limit = LINK_REQ_BUDGET + (size_t)MIN(p->ps->opts.max_body, (uint64_t)SIZE_MAX / 4) + (2u << 20);
         p->nc->in_limit = 2 * PEER_FRAME_MAX + 64;
-        if (p->ps->tls_client) {
-                r = netconn_start_tls(p->nc, p->ps->tls_client);
-                /* A connect or handshake that hangs must not keep the peer down forever. */
-                if (r >= 0)
-                        r = netconn_set_idle_timeout(p->nc, sec_to_ns(p->ps->opts.link_timeout_s));
-                if (r < 0) {
-                        p->nc->userdata = NULL;
-                        netconn_close(p->nc, false);
-                        p->nc = NULL;
-                        backoff(p);
-                }
-        }
 }
 
 /* ---- our requests at peers: a remote target is a backend ---- */

@@ -313,16 +313,8 @@ static const struct netconn_ops join_ops = {
 };
 
 static int join_attempt(struct enroll *e) {
-        int r = netconn_connect(e->loop, e->cfg->head_host, e->cfg->head_port, &join_ops, e, &e->join_nc);
-        if (r >= 0) {
-                r = netconn_start_tls(e->join_nc, e->join_ctx);
-                if (r >= 0)
-                        r = netconn_set_idle_timeout(e->join_nc, JOIN_TIMEOUT_NS);
-                if (r < 0) {
-                        e->join_nc->userdata = NULL;
-                        netconn_close(e->join_nc, false);
-                }
-        }
+        int r = netconn_connect_tls(e->loop, e->cfg->head_host, e->cfg->head_port, &join_ops, e, e->join_ctx,
+                                    JOIN_TIMEOUT_NS, &e->join_nc);
         if (r < 0) {
                 e->join_nc = NULL;
                 e->join_retry = true;

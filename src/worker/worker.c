@@ -531,17 +531,9 @@ static const struct netconn_ops head_ops = {
 };
 
 static void head_connect(struct worker *w) {
-        int r = netconn_connect(&w->loop, w->cfg->head_host, w->cfg->head_port, &head_ops, w, &w->head);
-        if (r >= 0 && enroll_is_tls(w->enroll)) {
-                r = netconn_start_tls(w->head, enroll_client_ctx(w->enroll));
-                /* The connect and handshake must finish in time; then the heartbeats count. */
-                if (r >= 0)
-                        r = netconn_set_idle_timeout(w->head, HEAD_HANDSHAKE_TIMEOUT_NS);
-                if (r < 0) {
-                        w->head->userdata = NULL;
-                        netconn_close(w->head, false);
-                }
-        }
+        /* The connect and handshake must finish in time; then the heartbeats count. */
+        int r = netconn_connect_tls(&w->loop, w->cfg->head_host, w->cfg->head_port, &head_ops, w,
+                                    enroll_client_ctx(w->enroll), HEAD_HANDSHAKE_TIMEOUT_NS, &w->head);
         if (r < 0) {
                 w->head = NULL;
                 log_debug("cannot connect to serve-head at %s: %s", w->cfg->head_address, strerror(-r));
@@ -782,9 +774,9 @@ int main(int argc, char **argv) {
                         else
                                 timeout = MIN(timeout, w.head_next_ns - now);
                 }
-                if (w.head_up && w.welcomed)
-                        head_send(&w, enroll_renew_message(w.enroll));
                 if (w.head_up && w.welcomed && now >= w.next_report_ns) {
+                        /* Once a heartbeat: is the certificate due for renewal? */
+                        head_send(&w, enroll_renew_message(w.enroll));
                         head_send(&w, report_build(w.sup, router_get(), w.peers, w.wall_offset_s));
                         w.next_report_ns = now + sec_to_ns(w.hb_interval_s);
                 }
