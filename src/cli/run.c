@@ -13,6 +13,7 @@
 #include "loop.h"
 #include "proxy.h"
 #include "run.h"
+#include "scaler.h"
 #include "spec.h"
 #include "supervisor.h"
 
@@ -22,6 +23,8 @@ struct run {
         struct supervisor *sup;
         struct proxy *proxy;
         struct serve_config *cfg;
+        struct serve_spec *spec;       /* applied; autoscaled counts are the scaler's */
+        struct scaler *scaler;
         const char *file;
         const char *replica_bin;
         /* A reload being described (user code, off the loop: a hanging describe must not stall
@@ -74,6 +77,8 @@ static void proxy_options_from(const struct run *rn, const struct serve_config *
         };
 }
 
+static double now_s(void) { return (double)now_ns() / 1e9; }
+
 static void on_signal(struct loop_op *op, int res, unsigned flags) {
         struct run *rn = (struct run *)((char *)op - offsetof(struct run, op_signal));
 
@@ -105,15 +110,18 @@ static void on_reload_resolved(void *userdata, int r, struct serve_spec *spec, c
 
         rn->resolving = NULL;
         if (r >= 0) {
+                (void)scaler_sync(rn->scaler, spec, now_s(), NULL, NULL);
                 r = supervisor_apply_spec(rn->sup, spec);
                 error = r < 0 ? strerror(-r) : NULL;
         }
-        serve_spec_free(spec);
         if (r < 0) {
+                serve_spec_free(spec);
                 reload_failed(error);
                 config_free(cfg);
                 return;
         }
+        serve_spec_free(rn->spec);
+        rn->spec = spec;
         struct proxy_options po;
         proxy_options_from(rn, cfg, &po);
         proxy_update_options(rn->proxy, &po);
@@ -150,12 +158,35 @@ static void reload_cancel(struct run *rn) {
         config_free(TAKE_PTR(rn->reload_cfg));
 }
 
+/* The autoscaler's turn: the load since the last one, then decisions applied to the replicas. */
+static void take_load(void *userdata, const struct deployment *d, double busy_s) {
+        struct run *rn = userdata;
+        struct scaler_load l = { .busy_s = busy_s, .waiting_at_zero = supervisor_deployment_waiting_at_zero(d) };
+        scaler_add_load(rn->scaler, d->app, d->name, &l);
+}
+
+static uint64_t autoscale_tick(struct run *rn, uint64_t now) {
+        double next_s = 1;
+
+        if (!rn->spec)
+                return UINT64_MAX;
+        supervisor_take_load(rn->sup, now, take_load, rn);
+        if (scaler_tick(rn->scaler, rn->spec, (double)now / 1e9, &next_s) > 0)
+                for (size_t i = 0; i < rn->spec->n_deps; i++)
+                        if (rn->spec->deps[i].autoscaling)
+                                (void)supervisor_scale(rn->sup, rn->spec->deps[i].app, rn->spec->deps[i].name,
+                                                       rn->spec->deps[i].replicas);
+        return now + sec_to_ns(next_s);
+}
+
 static void run_free(struct run *rn) {
         struct router *r = router_get();
 
         reload_cancel(rn);
         proxy_free(rn->proxy);
         supervisor_free(rn->sup);
+        serve_spec_free(rn->spec);
+        scaler_free(rn->scaler);
         router_set_routes(r, NULL, 0);
         config_free(rn->cfg);
         if (rn->sfd >= 0)
@@ -224,7 +255,13 @@ int serve_run(int argc, char **argv) {
         rn.replica_bin = replica_bin;
         r = supervisor_new(&rn.loop, router_get(), replica_bin, &rn.sup);
         if (r >= 0)
-                r = supervisor_apply(rn.sup, rn.cfg, &err);
+                r = scaler_new(&rn.scaler);
+        if (r >= 0)
+                r = spec_resolve(replica_bin, rn.cfg, &rn.spec, &err);
+        if (r >= 0)
+                r = scaler_sync(rn.scaler, rn.spec, now_s(), NULL, NULL);
+        if (r >= 0)
+                r = supervisor_apply_spec(rn.sup, rn.spec);
         if (r < 0) {
                 fprintf(stderr, "serve run: %s\n", err ? err : strerror(-r));
                 free(err);
@@ -245,11 +282,16 @@ int serve_run(int argc, char **argv) {
         log_info("serving %zu application(s) from %s on http://%s:%d", rn.cfg->n_apps, rn.file, po.host, po.port);
         sd_notify(0, "READY=1\nSTATUS=serving");
         watchdog_init(&rn.watchdog);
+        uint64_t autoscale_next = 0;
 
         for (;;) {
                 uint64_t now = now_ns(), t1, t2, timeout;
 
-                t1 = supervisor_tick(rn.sup, now);
+                /* A request waiting for a first replica is heard at once (and the replica
+                 * starts in this turn's supervisor tick). */
+                if (now >= autoscale_next || supervisor_waiting_at_zero(rn.sup))
+                        autoscale_next = autoscale_tick(&rn, now);
+                t1 = MIN(supervisor_tick(rn.sup, now), autoscale_next - now);
                 t2 = MIN(proxy_tick(rn.proxy, now), router_tick(router_get(), now));
                 timeout = MIN(MIN(t1, t2), watchdog_tick(&rn.watchdog, now));
                 if (timeout == 0)

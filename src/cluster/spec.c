@@ -136,11 +136,12 @@ static int spec_build(const struct app_config *a, const struct deployment_config
                 d->num_gpus = dd->num_gpus;
         }
         d->max_per_node = c->max_replicas_per_node;
-        if (c->num_replicas_auto && !(dc && dc->has_autoscaling))
-                d->replicas = 1;
-        if (dc && dc->has_autoscaling && !(set & DEPLOY_SET_NUM_REPLICAS))
-                d->replicas = dc->autoscaling.initial_replicas >= 0 ? dc->autoscaling.initial_replicas
-                                                                    : dc->autoscaling.min_replicas;
+        if (dc && dc->has_autoscaling) { /* num_replicas: auto is autoscaling with Ray's defaults for it */
+                d->autoscaling = true;
+                d->as = dc->autoscaling;
+                d->scales_from_zero = d->as.min_replicas == 0;
+                d->replicas = d->as.initial_replicas >= 0 ? d->as.initial_replicas : d->as.min_replicas;
+        }
         if (d->max_ongoing < 1)
                 d->max_ongoing = 1;
         if (c->user_config_json && !(d->user_config_json = strdup(c->user_config_json)))
@@ -470,6 +471,7 @@ cJSON *dep_spec_to_json(const struct dep_spec *d) {
              cJSON_AddNumberToObject(j, "memory", (double)d->memory) && (res = cJSON_AddObjectToObject(j, "resources")) &&
              cJSON_AddNumberToObject(j, "max_per_node", d->max_per_node) &&
              cJSON_AddStringToObject(j, "version", d->version) && cJSON_AddNumberToObject(j, "replicas", d->replicas) &&
+             (!d->scales_from_zero || cJSON_AddTrueToObject(j, "scales_from_zero")) &&
              (gpus = cJSON_AddArrayToObject(j, "gpus"));
         for (size_t i = 0; ok && i < d->n_env; i++)
                 ok = cJSON_AddItemToArray(env, cJSON_CreateString(d->env[i]));
@@ -529,6 +531,8 @@ int dep_spec_from_json(const cJSON *j, struct dep_spec *d, char *err, size_t err
         if ((r = ctl_get_int(j, "max_per_node", 0, 1 << 20, false, &v, err, errlen)) < 0)
                 goto fail;
         d->max_per_node = (int)v;
+        if ((r = ctl_get_bool(j, "scales_from_zero", false, &d->scales_from_zero, err, errlen)) < 0)
+                goto fail;
         if ((r = ctl_get_double(j, "health_period_s", 1e-3, 1e9, true, &d->health_period_s, err, errlen)) < 0 ||
             (r = ctl_get_double(j, "health_timeout_s", 1e-3, 1e9, true, &d->health_timeout_s, err, errlen)) < 0 ||
             (r = ctl_get_double(j, "graceful_timeout_s", 0, 1e9, true, &d->graceful_timeout_s, err, errlen)) < 0 ||

@@ -30,6 +30,9 @@ struct dep_spec {
         int max_per_node;             /* 0 = unlimited */
         char **gpus;                  /* worker: CUDA_VISIBLE_DEVICES for each local replica */
         size_t n_gpus;
+        bool autoscaling;             /* replicas follow the load (head and serve run: `as`) */
+        struct autoscaling_config as; /* not sent to workers */
+        bool scales_from_zero;        /* autoscaled with min_replicas 0: requests wait for a first replica */
         uint64_t module_hash;         /* of the module's bytes (head only: workers get `version`) */
         char version[17];             /* hash of what forces new replicas when it changes */
         int line, column;             /* where its apps.yaml entry (or application) starts */

@@ -59,6 +59,8 @@ void deployment_config_defaults(struct deployment_config *d) {
                         .downscale_delay_s = 600,
                         .upscaling_factor = 1,
                         .downscaling_factor = 1,
+                        .downscale_to_zero_delay_s = -1,
+                        .aggregation_function = AUTOSCALING_AGG_MEAN,
                 },
         };
 }
@@ -172,7 +174,9 @@ static int actor_field(struct yt_parser *p, unsigned idx, const struct yt_node *
 static const char *const autoscaling_keys[] = {
         "min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
         "metrics_interval_s", "look_back_period_s", "upscale_delay_s", "downscale_delay_s",
-        "upscaling_factor", "downscaling_factor", "smoothing_factor",
+        "upscaling_factor", "downscaling_factor", "smoothing_factor", "downscale_to_zero_delay_s",
+        "aggregation_function", "target_cpu_utilization", "target_runqueue_delay_ms",
+        "upscale_smoothing_factor", "downscale_smoothing_factor",
 };
 
 struct autoscaling_state {
@@ -187,6 +191,7 @@ static int autoscaling_field(struct yt_parser *p, unsigned idx, const struct yt_
                              void *userdata) {
         struct autoscaling_state *s = userdata;
         struct autoscaling_config *a = s->a;
+        int r = 0;
 
         switch (idx) {
         case 0:
@@ -217,17 +222,49 @@ static int autoscaling_field(struct yt_parser *p, unsigned idx, const struct yt_
         case 10:
                 s->smoothing_set = true;
                 return yt_get_double(p, v, false, &s->smoothing);
+        case 11:
+                return yt_get_double(p, v, true, &a->downscale_to_zero_delay_s);
+        case 12:
+                if (yt_scalar_is(v, "mean") || yt_scalar_is(v, "MEAN"))
+                        a->aggregation_function = AUTOSCALING_AGG_MEAN;
+                else if (yt_scalar_is(v, "max") || yt_scalar_is(v, "MAX"))
+                        a->aggregation_function = AUTOSCALING_AGG_MAX;
+                else if (yt_scalar_is(v, "min") || yt_scalar_is(v, "MIN"))
+                        a->aggregation_function = AUTOSCALING_AGG_MIN;
+                else
+                        return yt_fail(p, v, "must be mean, max or min");
+                return 0;
+        case 13:
+                r = yt_get_double(p, v, false, &a->target_cpu_utilization);
+                if (r >= 0 && a->target_cpu_utilization > 1)
+                        r = yt_fail(p, v, "must be a share of the replica's num_cpus, in (0, 1]");
+                return r;
+        case 14:
+                return yt_get_double(p, v, false, &a->target_runqueue_delay_ms);
+        case 15: /* Ray's older names for the two factors: the newer ones win */
+                if (!s->upscaling_set)
+                        r = yt_get_double(p, v, false, &a->upscaling_factor);
+                s->upscaling_set = true;
+                return r;
+        case 16:
+                if (!s->downscaling_set)
+                        r = yt_get_double(p, v, false, &a->downscaling_factor);
+                s->downscaling_set = true;
+                return r;
         }
         return 0;
 }
 
-static int parse_autoscaling(struct yt_parser *p, const struct yt_node *v,
+/* Parsed once the whole deployment has been (num_replicas: "auto" changes max_replicas' default). */
+static int parse_autoscaling(struct yt_parser *p, const struct yt_node *v, bool num_replicas_auto,
                              struct autoscaling_config *a) {
         struct autoscaling_state s = { .a = a };
         int r;
 
-        r = yt_expect_mapping(p, v);
-        if (r >= 0)
+        if (num_replicas_auto)
+                a->max_replicas = AUTOSCALING_AUTO_MAX_REPLICAS;
+        r = v ? yt_expect_mapping(p, v) : 0;
+        if (r >= 0 && v)
                 r = yt_parse_fields(p, v, autoscaling_keys, ELEMENTSOF(autoscaling_keys),
                                     autoscaling_field, &s);
         if (r < 0)
@@ -278,7 +315,7 @@ static const char *const deployment_keys[] = {
 
 struct deployment_state {
         struct deployment_config *d;
-        const struct yt_node *name, *num_replicas;
+        const struct yt_node *name, *num_replicas, *autoscaling;
 };
 
 static int deployment_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
@@ -318,7 +355,8 @@ static int deployment_field(struct yt_parser *p, unsigned idx, const struct yt_n
                         return 0;
                 d->set |= DEPLOY_SET_AUTOSCALING;
                 d->has_autoscaling = true;
-                return parse_autoscaling(p, v, &d->autoscaling);
+                s->autoscaling = v; /* parsed at the end: it depends on num_replicas */
+                return 0;
         case 6:
                 d->set |= DEPLOY_SET_HEALTH_PERIOD;
                 return yt_get_double(p, v, false, &d->health_check_period_s);
@@ -372,7 +410,14 @@ static int parse_deployment(struct yt_parser *p, const struct yt_node *v, size_t
                 saved = yt_path_push(p, ".num_replicas");
                 r = yt_fail(p, s.num_replicas,
                             "must not be a number when autoscaling_config is set (use \"auto\" or remove one)");
-        } else
+        } else if (d->has_autoscaling || d->num_replicas_auto) {
+                saved = yt_path_push(p, ".autoscaling_config");
+                r = parse_autoscaling(p, s.autoscaling, d->num_replicas_auto, &d->autoscaling);
+                d->has_autoscaling = true;
+                if (r >= 0)
+                        yt_path_pop(p, saved);
+        }
+        if (r >= 0)
                 for (size_t k = 0; k < i; k++)
                         if (streq(app->deployments[k].name, d->name)) {
                                 saved = yt_path_push(p, ".name");

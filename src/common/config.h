@@ -50,7 +50,15 @@ struct autoscaling_config {
         double downscale_delay_s;     /* default 600 */
         double upscaling_factor;      /* default 1 (0 = unset) */
         double downscaling_factor;    /* default 1 */
+        double downscale_to_zero_delay_s; /* default -1 = downscale_delay_s */
+        int aggregation_function;     /* AUTOSCALING_AGG_*: mean (default), max, min */
+        double target_cpu_utilization;    /* share of the replica's num_cpus, (0, 1]; 0 = unused */
+        double target_runqueue_delay_ms;  /* mean run-queue delay per wakeup; 0 = unused */
 };
+
+enum { AUTOSCALING_AGG_MEAN, AUTOSCALING_AGG_MAX, AUTOSCALING_AGG_MIN };
+/* num_replicas: "auto" (Ray's defaults for it): autoscaling with this max_replicas, unless set. */
+#define AUTOSCALING_AUTO_MAX_REPLICAS 100
 
 /* Which deployment fields the file set explicitly: those override the deployment's defaults in
  * code; the others take the code's defaults, then the system defaults above. */

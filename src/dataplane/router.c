@@ -106,6 +106,8 @@ static bool may_wait(const struct deployment *dep, const struct request *q) {
                 return dep->n_ready > 0 || (dep->target_replicas > 0 && !dep->retiring);
         if (dep->n_replicas > 0 || dep->target_replicas > 0)
                 return true;
+        if (dep->scales_from_zero && !dep->retiring)
+                return true; /* the autoscaler starts one for it (bounded by request_timeout_s) */
         if (!dep->remote_backends)
                 return false;
         for (pos = dep->remote_backends->next; pos != dep->remote_backends; pos = pos->next) {

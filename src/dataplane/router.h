@@ -86,6 +86,12 @@ struct deployment {
         uint64_t next_start_ns;
         bool retiring;             /* replaced by a newer version or removed: drain then stop */
         int remote_inflight;       /* requests of ours at peers that point here: keeps it alive */
+        bool scales_from_zero;     /* autoscaled from zero: a request may wait for a first replica */
+        /* The autoscaler's input: requests ongoing at its replicas plus queued here, integrated
+         * over time (request-seconds), since the supervisor last handed it over. */
+        double load_s;
+        uint64_t load_at_ns;
+        int load_now;
         struct dep_stats *stats;
         struct list link;          /* in the supervisor's deployment list */
         struct supervisor *sup;

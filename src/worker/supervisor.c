@@ -88,6 +88,7 @@ static struct deployment *deployment_build(const struct dep_spec *sp) {
         d->env = strv_copy(sp->env, sp->n_env);
         d->n_env = sp->n_env;
         d->target_replicas = sp->replicas;
+        d->scales_from_zero = sp->scales_from_zero;
         d->num_cpus = sp->num_cpus;
         d->memory = sp->memory;
         d->max_ongoing = sp->max_ongoing;
@@ -558,6 +559,7 @@ int supervisor_apply_spec(struct supervisor *s, const struct serve_spec *spec) {
                                 log_info("deployment %s/%s: num_replicas %d -> %d", d->app, d->name, old->target_replicas,
                                          d->target_replicas);
                         old->target_replicas = d->target_replicas;
+                        old->scales_from_zero = d->scales_from_zero;
                         if (old->max_ongoing != d->max_ongoing) {
                                 log_info("deployment %s/%s: max_ongoing_requests %d -> %d", d->app, d->name, old->max_ongoing,
                                          d->max_ongoing);
@@ -646,7 +648,7 @@ static void scale_down(struct deployment *d, int extra) {
 static uint64_t tick_deployment(struct supervisor *s, struct deployment *d, uint64_t now) {
         struct list *pos, *tmp;
         uint64_t next = 100 * NSEC_PER_MSEC;
-        int live = 0;
+        int live = 0, ongoing = 0;
 
         /* A retiring version hands its routes and queue to its successor once that is ready. */
         if (d->retiring) {
@@ -674,6 +676,7 @@ health:
 
                 if (rep->state == REPLICA_DEAD)
                         continue;
+                ongoing += rep->ongoing;
                 pr = replica_link_poll(rep);
                 if (pr < 0) {
                         on_link_broken(rep);
@@ -708,6 +711,13 @@ health:
                 }
                 live++;
         }
+
+        /* The load until now was what the previous tick saw (it changes only by events, and
+         * every batch of events ends in a tick). */
+        if (d->load_at_ns && now > d->load_at_ns)
+                d->load_s += d->load_now * (double)(now - d->load_at_ns) / 1e9;
+        d->load_at_ns = now;
+        d->load_now = ongoing + d->queue_len;
 
         if (d->retiring || s->stopping)
                 return next;
@@ -879,6 +889,49 @@ int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deploy
                 }
         }
         return 0;
+}
+
+void supervisor_take_load(struct supervisor *s, uint64_t now,
+                          void (*fn)(void *userdata, const struct deployment *d, double busy_s), void *userdata) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &s->deployments) {
+                struct deployment *d = list_entry(pos, struct deployment, link);
+                if (d->load_at_ns && now > d->load_at_ns) {
+                        d->load_s += d->load_now * (double)(now - d->load_at_ns) / 1e9;
+                        d->load_at_ns = now;
+                }
+                fn(userdata, d, d->load_s);
+                d->load_s = 0;
+        }
+}
+
+bool supervisor_waiting_at_zero(const struct supervisor *s) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, (struct list *)&s->deployments) {
+                const struct deployment *d = list_entry(pos, struct deployment, link);
+                if (supervisor_deployment_waiting_at_zero(d) > 0)
+                        return true;
+        }
+        return false;
+}
+
+int supervisor_deployment_waiting_at_zero(const struct deployment *d) {
+        if (!d->scales_from_zero || d->queue_len == 0 || d->n_replicas > 0 || d->target_replicas > 0)
+                return 0;
+        return d->remote_placed && *d->remote_placed > 0 ? 0 : d->queue_len;
+}
+
+int supervisor_scale(struct supervisor *s, const char *app, const char *name, int replicas) {
+        struct list *pos, *tmp;
+        int found = -ENOENT;
+        list_for_each_safe(pos, tmp, &s->deployments) {
+                struct deployment *d = list_entry(pos, struct deployment, link);
+                if (d->retiring || !streq(d->app, app) || !streq(d->name, name))
+                        continue;
+                d->target_replicas = replicas;
+                found = 0;
+        }
+        return found;
 }
 
 void supervisor_for_each(struct supervisor *s, void (*fn)(struct deployment *d, void *userdata), void *userdata) {

@@ -45,6 +45,18 @@ void supervisor_set_cgroups(struct supervisor *s, struct cgroups *cg);
  * requests in flight (an idle one when there is one); NULL when none is starting or ready. */
 struct replica *supervisor_next_to_stop(struct deployment *d);
 
+/* The autoscaler's input: calls fn for every deployment (live and retiring versions) with the
+ * request-seconds (ongoing at its replicas + queued here) since the previous call. */
+void supervisor_take_load(struct supervisor *s, uint64_t now,
+                          void (*fn)(void *userdata, const struct deployment *d, double busy_s), void *userdata);
+/* Requests of d waiting for a first replica: it scales from zero and none is placed anywhere. */
+int supervisor_deployment_waiting_at_zero(const struct deployment *d);
+/* True when some deployment has such requests (the autoscaler must hear of them now). */
+bool supervisor_waiting_at_zero(const struct supervisor *s);
+/* The autoscaler's decision on one machine: (app, name) runs `replicas` (the live version; a
+ * scale-down drains: see supervisor_next_to_stop). Returns 0 or -ENOENT. */
+int supervisor_scale(struct supervisor *s, const char *app, const char *name, int replicas);
+
 /* Calls fn for every deployment (live and retiring versions). */
 void supervisor_for_each(struct supervisor *s, void (*fn)(struct deployment *d, void *userdata), void *userdata);
 
