@@ -2,14 +2,13 @@
  * tracepoints. Every program exists twice, as tp_btf (typed arguments, direct loads: the cheap
  * one, kernels >= 5.5 with BTF) and as raw_tp (the fallback); the loader loads one set.
  *
- * CPU time: each CPU remembers when it last switched tasks, so at sched_switch the outgoing task
- * ran for (now - last switch); no per-task state is needed.
+ * CPU time: the kernel's sum_exec_runtime of a tracked task, from its switch-in to its switch-out.
  * Run-queue delay: from the moment a tracked task becomes runnable (sched_wakeup,
  * sched_wakeup_new, or preempted while still running at sched_switch) to sched_switch putting it
  * on a CPU. The wakeup tracepoints run in the *waker's* context, so the woken task is the
  * tracepoint's argument, never the current task (the classic runqlat copying mistake keys the
- * delay by the waker). Only tracked tasks touch the wakeups map, so an idle node costs two hash
- * lookups per switch. */
+ * delay by the waker). Only tracked tasks read the clock or touch the wakeups map; any other
+ * task costs an inlined array lookup (see LOADMON_PID_INDEX). */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
@@ -42,6 +41,20 @@ struct {
 
 struct {
         __uint(type, BPF_MAP_TYPE_ARRAY);
+        __uint(max_entries, LOADMON_PID_INDEX);
+        __type(key, __u32);
+        __type(value, struct loadmon_pid_entry);
+} pid_index SEC(".maps");
+
+struct {
+        __uint(type, BPF_MAP_TYPE_ARRAY);
+        __uint(max_entries, LOADMON_CG_INDEX);
+        __type(key, __u32);
+        __type(value, struct loadmon_cg_entry);
+} cg_index SEC(".maps");
+
+struct {
+        __uint(type, BPF_MAP_TYPE_ARRAY);
         __uint(max_entries, LOADMON_MAX_SLOTS);
         __type(key, __u32);
         __type(value, struct loadmon_stats);
@@ -54,12 +67,19 @@ struct {
         __type(value, __u64); /* when it became runnable (ns) */
 } wakeups SEC(".maps");
 
+/* The tracked task running on this CPU, and its sum_exec_runtime when it got the CPU. */
+struct oncpu {
+        __u32 tid;
+        __u32 slot;
+        __u64 runtime;
+};
+
 struct {
         __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
         __uint(max_entries, 1);
         __type(key, __u32);
-        __type(value, __u64); /* this CPU's last sched_switch (ns) */
-} last_switch SEC(".maps");
+        __type(value, struct oncpu);
+} oncpu SEC(".maps");
 
 /* Kernels before 5.14 call task_struct's state `state`. */
 struct task_struct___o {
@@ -77,14 +97,32 @@ static __always_inline long task_state(struct task_struct *t) {
  * each program keeps only its own branch. */
 #define TASK_FIELD(btf, t, f) ((btf) ? (t)->f : BPF_CORE_READ((t), f))
 
-static __always_inline struct loadmon_stats *slot_of(struct task_struct *t, __u32 tgid) {
-        __u32 *slot = bpf_map_lookup_elem(&pids, &tgid);
+/* The slot of task t (of process tgid), or -1 when it is not tracked. */
+static __always_inline __s64 slot_of(struct task_struct *t, __u32 tgid, bool btf) {
+        __u32 i = tgid & (LOADMON_PID_INDEX - 1), *slot;
+        struct loadmon_pid_entry *pe = bpf_map_lookup_elem(&pid_index, &i);
 
-        if (!slot && n_cgroups) {
-                __u64 id = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
-                slot = bpf_map_lookup_elem(&cgroups, &id);
+        if (pe && pe->tgid == tgid)
+                return pe->slot;
+        if (pe && pe->tgid == LOADMON_COLLIDE && (slot = bpf_map_lookup_elem(&pids, &tgid)))
+                return *slot;
+        if (n_cgroups) {
+                __u64 id = btf ? t->cgroups->dfl_cgrp->kn->id : BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+                struct loadmon_cg_entry *ce;
+                i = (__u32)id & (LOADMON_CG_INDEX - 1);
+                ce = bpf_map_lookup_elem(&cg_index, &i);
+                if (ce && ce->cgid == id && id)
+                        return ce->slot;
+                if (ce && ce->cgid == LOADMON_COLLIDE && (slot = bpf_map_lookup_elem(&cgroups, &id)))
+                        return *slot;
         }
-        return slot ? bpf_map_lookup_elem(&stats, slot) : NULL;
+        return -1;
+}
+
+static __always_inline struct loadmon_stats *stats_of(__s64 slot) {
+        __u32 k = (__u32)slot;
+
+        return slot >= 0 ? bpf_map_lookup_elem(&stats, &k) : NULL;
 }
 
 static __always_inline __u32 log2_u64(__u64 v) {
@@ -102,7 +140,7 @@ static __always_inline int on_wakeup(struct task_struct *p, bool btf) {
         __u32 tgid = TASK_FIELD(btf, p, tgid), tid;
         __u64 now;
 
-        if (!tgid || !slot_of(p, tgid))
+        if (!tgid || slot_of(p, tgid, btf) < 0)
                 return 0;
         tid = TASK_FIELD(btf, p, pid);
         now = bpf_ktime_get_ns();
@@ -110,35 +148,50 @@ static __always_inline int on_wakeup(struct task_struct *p, bool btf) {
         return 0;
 }
 
+/* CPU time is the kernel's own sum_exec_runtime (what /proc/PID/stat reports), already brought
+ * up to date for prev when sched_switch fires: its growth between a tracked task's switch-in and
+ * switch-out on this CPU. Untracked switches read no clock and touch no per-CPU state. */
 static __always_inline int on_switch(struct task_struct *prev, struct task_struct *next, bool btf) {
         struct loadmon_stats *st;
+        struct oncpu *oc = NULL;
         __u32 zero = 0, tgid, tid;
-        __u64 now = bpf_ktime_get_ns(), since, *last, *ts;
-
-        last = bpf_map_lookup_elem(&last_switch, &zero);
-        if (!last)
-                return 0;
-        since = *last;
-        *last = now;
+        __u64 now = 0, *ts;
+        __s64 slot;
 
         tgid = TASK_FIELD(btf, prev, tgid);
-        if (tgid && (st = slot_of(prev, tgid))) {
-                if (since)
-                        __sync_fetch_and_add(&st->cpu_ns, now - since);
+        if (tgid && (slot = slot_of(prev, tgid, btf)) >= 0 && (st = stats_of(slot))) {
+                tid = TASK_FIELD(btf, prev, pid);
+                oc = bpf_map_lookup_elem(&oncpu, &zero);
+                if (oc && oc->tid == tid && oc->slot == (__u32)slot) {
+                        __u64 rt = TASK_FIELD(btf, prev, se.sum_exec_runtime);
+                        if (rt > oc->runtime)
+                                __sync_fetch_and_add(&st->cpu_ns, rt - oc->runtime);
+                }
+                if (oc)
+                        oc->tid = 0;
                 /* Preempted, still runnable: it waits for a CPU from now on. */
                 if (task_state(prev) == TASK_RUNNING) {
-                        tid = TASK_FIELD(btf, prev, pid);
+                        now = bpf_ktime_get_ns();
                         bpf_map_update_elem(&wakeups, &tid, &now, BPF_ANY);
                 }
         }
 
         tgid = TASK_FIELD(btf, next, tgid);
-        if (!tgid || !(st = slot_of(next, tgid)))
+        if (!tgid || (slot = slot_of(next, tgid, btf)) < 0 || !(st = stats_of(slot)))
                 return 0;
         tid = TASK_FIELD(btf, next, pid);
+        if (!oc)
+                oc = bpf_map_lookup_elem(&oncpu, &zero);
+        if (oc) {
+                oc->tid = tid;
+                oc->slot = (__u32)slot;
+                oc->runtime = TASK_FIELD(btf, next, se.sum_exec_runtime);
+        }
         ts = bpf_map_lookup_elem(&wakeups, &tid);
         if (!ts)
                 return 0;
+        if (!now)
+                now = bpf_ktime_get_ns();
         __u64 delay = now > *ts ? now - *ts : 0, us = delay / 1000;
         __u32 b = us ? log2_u64(us) : 0;
         bpf_map_delete_elem(&wakeups, &tid);

@@ -106,28 +106,79 @@ static int zero_slot(struct loadmon_bpf *b, uint32_t slot) {
         return bpf_map__update_elem(b->skel->maps.stats, &slot, sizeof slot, &zero, sizeof zero, BPF_ANY);
 }
 
+/* Rewrites entry i of the pid index from the pids map (which holds every tracked tgid): the one
+ * tgid that maps to i, none, or LOADMON_COLLIDE. The programs read an entry as a whole or see
+ * the old one; either answer is right for a key being added or removed. */
+static int pid_index_update(struct loadmon_bpf *b, uint32_t i) {
+        struct loadmon_pid_entry e = {};
+        uint32_t key, next, slot;
+        unsigned n = 0;
+        int r;
+
+        for (r = bpf_map__get_next_key(b->skel->maps.pids, NULL, &next, sizeof next); r == 0;
+             r = bpf_map__get_next_key(b->skel->maps.pids, &key, &next, sizeof next)) {
+                key = next;
+                if ((key & (LOADMON_PID_INDEX - 1)) != i ||
+                    bpf_map__lookup_elem(b->skel->maps.pids, &key, sizeof key, &slot, sizeof slot, 0) < 0)
+                        continue;
+                e = (struct loadmon_pid_entry){ .tgid = ++n > 1 ? LOADMON_COLLIDE : key, .slot = slot };
+        }
+        if (r != -ENOENT)
+                return r;
+        return bpf_map__update_elem(b->skel->maps.pid_index, &i, sizeof i, &e, sizeof e, BPF_ANY);
+}
+
+static int cg_index_update(struct loadmon_bpf *b, uint32_t i) {
+        struct loadmon_cg_entry e = {};
+        uint64_t key, next;
+        uint32_t slot;
+        unsigned n = 0;
+        int r;
+
+        for (r = bpf_map__get_next_key(b->skel->maps.cgroups, NULL, &next, sizeof next); r == 0;
+             r = bpf_map__get_next_key(b->skel->maps.cgroups, &key, &next, sizeof next)) {
+                key = next;
+                if (((uint32_t)key & (LOADMON_CG_INDEX - 1)) != i ||
+                    bpf_map__lookup_elem(b->skel->maps.cgroups, &key, sizeof key, &slot, sizeof slot, 0) < 0)
+                        continue;
+                e = (struct loadmon_cg_entry){ .cgid = ++n > 1 ? LOADMON_COLLIDE : key, .slot = slot };
+        }
+        if (r != -ENOENT)
+                return r;
+        return bpf_map__update_elem(b->skel->maps.cg_index, &i, sizeof i, &e, sizeof e, BPF_ANY);
+}
+
 int loadmon_bpf_track_pid(struct loadmon_bpf *b, uint32_t slot, pid_t tgid) {
         uint32_t key = (uint32_t)tgid;
         int r;
 
-        if (tgid <= 0)
+        if (tgid <= 0 || key == LOADMON_COLLIDE)
                 return -EINVAL;
         if ((r = zero_slot(b, slot)) < 0)
                 return r;
-        return bpf_map__update_elem(b->skel->maps.pids, &key, sizeof key, &slot, sizeof slot, BPF_ANY);
+        r = bpf_map__update_elem(b->skel->maps.pids, &key, sizeof key, &slot, sizeof slot, BPF_NOEXIST);
+        if (r < 0)
+                return r;
+        if ((r = pid_index_update(b, key & (LOADMON_PID_INDEX - 1))) < 0)
+                (void)bpf_map__delete_elem(b->skel->maps.pids, &key, sizeof key, 0);
+        return r;
 }
 
 int loadmon_bpf_track_cgroup(struct loadmon_bpf *b, uint32_t slot, uint64_t cgid) {
         int r;
 
-        if (cgid == 0)
+        if (cgid == 0 || cgid == LOADMON_COLLIDE)
                 return -EINVAL;
         if ((r = zero_slot(b, slot)) < 0)
                 return r;
         r = bpf_map__update_elem(b->skel->maps.cgroups, &cgid, sizeof cgid, &slot, sizeof slot, BPF_NOEXIST);
         if (r < 0)
                 return r;
-        /* Pairs with the programs' plain read of n_cgroups: the key is in the map before they
+        if ((r = cg_index_update(b, (uint32_t)cgid & (LOADMON_CG_INDEX - 1))) < 0) {
+                (void)bpf_map__delete_elem(b->skel->maps.cgroups, &cgid, sizeof cgid, 0);
+                return r;
+        }
+        /* Pairs with the programs' plain read of n_cgroups: the key is in the maps before they
          * are told to look. */
         __atomic_store_n(&b->skel->bss->n_cgroups, ++b->n_cgroups, __ATOMIC_RELEASE);
         return 0;
@@ -135,16 +186,21 @@ int loadmon_bpf_track_cgroup(struct loadmon_bpf *b, uint32_t slot, uint64_t cgid
 
 int loadmon_bpf_untrack_pid(struct loadmon_bpf *b, pid_t tgid) {
         uint32_t key = (uint32_t)tgid;
+        int r = bpf_map__delete_elem(b->skel->maps.pids, &key, sizeof key, 0);
 
-        return bpf_map__delete_elem(b->skel->maps.pids, &key, sizeof key, 0);
+        if (r < 0)
+                return r;
+        return pid_index_update(b, key & (LOADMON_PID_INDEX - 1));
 }
 
 int loadmon_bpf_untrack_cgroup(struct loadmon_bpf *b, uint64_t cgid) {
         int r = bpf_map__delete_elem(b->skel->maps.cgroups, &cgid, sizeof cgid, 0);
 
-        if (r == 0 && b->n_cgroups > 0)
+        if (r < 0)
+                return r;
+        if (b->n_cgroups > 0)
                 __atomic_store_n(&b->skel->bss->n_cgroups, --b->n_cgroups, __ATOMIC_RELEASE);
-        return r;
+        return cg_index_update(b, (uint32_t)cgid & (LOADMON_CG_INDEX - 1));
 }
 
 int loadmon_bpf_read(struct loadmon_bpf *b, uint32_t slot, struct loadmon_stats *ret) {

@@ -10,6 +10,26 @@
 #define LOADMON_MAX_SLOTS 1024     /* replicas on one node */
 #define LOADMON_MAX_WAKEUPS 16384  /* tracked threads waiting for a CPU at once */
 
+/* Every scheduler event asks "is this task tracked?", almost always of a task that is not. A
+ * hash lookup per question costs more than the rest of a program, so the question goes first to
+ * a direct-mapped index (an array lookup the verifier inlines): entry (key % size) holds the one
+ * tracked key that maps there, 0 when none does, or LOADMON_COLLIDE when several do (then the
+ * pids/cgroups hash maps, which always hold every key, answer). */
+#define LOADMON_PID_INDEX 65536    /* entries; a power of two */
+#define LOADMON_CG_INDEX 4096      /* entries; a power of two */
+#define LOADMON_COLLIDE 0xffffffffu
+
+struct loadmon_pid_entry {
+        __u32 tgid;                /* 0: none; LOADMON_COLLIDE: ask the pids map */
+        __u32 slot;
+};
+
+struct loadmon_cg_entry {
+        __u64 cgid;                /* 0: none; LOADMON_COLLIDE: ask the cgroups map */
+        __u32 slot;
+        __u32 pad;
+};
+
 /* Run-queue delay histogram: bucket i (i < LOADMON_RQ_BUCKETS - 1) counts delays below
  * 2^(i+1) microseconds (and at least 2^i, except bucket 0); the last bucket is +Inf. */
 #define LOADMON_RQ_BUCKETS 20
