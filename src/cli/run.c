@@ -10,6 +10,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "log.h"
+#include "loadmon.h"
 #include "loop.h"
 #include "proxy.h"
 #include "run.h"
@@ -21,6 +22,7 @@
 struct run {
         struct loop loop;
         struct supervisor *sup;
+        struct loadmon *loadmon;
         struct proxy *proxy;
         struct serve_config *cfg;
         struct serve_spec *spec;       /* applied; autoscaled counts are the scaler's */
@@ -185,6 +187,7 @@ static void run_free(struct run *rn) {
         reload_cancel(rn);
         proxy_free(rn->proxy);
         supervisor_free(rn->sup);
+        loadmon_free(rn->loadmon);
         serve_spec_free(rn->spec);
         scaler_free(rn->scaler);
         router_set_routes(r, NULL, 0);
@@ -254,6 +257,8 @@ int serve_run(int argc, char **argv) {
         replica_bin = spec_find_replica_bin();
         rn.replica_bin = replica_bin;
         r = supervisor_new(&rn.loop, router_get(), replica_bin, &rn.sup);
+        if (r >= 0 && (r = loadmon_new(&rn.loadmon)) >= 0)
+                supervisor_set_loadmon(rn.sup, rn.loadmon);
         if (r >= 0)
                 r = scaler_new(&rn.scaler);
         if (r >= 0)

@@ -15,6 +15,36 @@
                         return -EINVAL; \
         } while (0)
 
+/* A replica's optional "rq_delay": {"buckets": [REPORT_RQ_BUCKETS cumulative counts], "sum": s,
+ * "count": n}; buckets may be missing (the fallback has no histogram). */
+static int validate_rq_delay(const cJSON *rep, char *err, size_t errlen) {
+        const cJSON *o, *b, *v;
+        double count, sum, prev = 0;
+        int i = 0;
+
+        CHECK(ctl_get_object(rep, "rq_delay", false, &o, err, errlen));
+        if (!o)
+                return 0;
+        CHECK(ctl_get_double(o, "count", 0, 1e18, true, &count, err, errlen));
+        CHECK(ctl_get_double(o, "sum", 0, 1e12, true, &sum, err, errlen));
+        CHECK(ctl_get_array(o, "buckets", REPORT_RQ_BUCKETS, false, &b, err, errlen));
+        if (!b)
+                return 0;
+        cJSON_ArrayForEach(v, b) {
+                if (!cJSON_IsNumber(v) || !(v->valuedouble >= prev) || v->valuedouble > 1e18) {
+                        snprintf(err, errlen, "field rq_delay.buckets: not a cumulative count");
+                        return -EINVAL;
+                }
+                prev = v->valuedouble;
+                i++;
+        }
+        if (i != REPORT_RQ_BUCKETS || prev != count) {
+                snprintf(err, errlen, "field rq_delay.buckets: want %d cumulative counts ending at count", REPORT_RQ_BUCKETS);
+                return -EINVAL;
+        }
+        return 0;
+}
+
 int report_validate(const cJSON *msg, char *err, size_t errlen) {
         const cJSON *reps, *deps, *stats, *it, *pj;
         const char *sv;
@@ -40,6 +70,8 @@ int report_validate(const cJSON *msg, char *err, size_t errlen) {
                 CHECK(ctl_get_double(it, "started_at", 0, 1e11, false, &dv, err, errlen));
                 CHECK(ctl_get_string(it, "gpus", 64, false, &sv, err, errlen));
                 CHECK(ctl_get_string(it, "limits", 256, false, &sv, err, errlen));
+                CHECK(ctl_get_double(it, "cpu_s", 0, 1e12, false, &dv, err, errlen));
+                CHECK(validate_rq_delay(it, err, errlen));
         }
         cJSON_ArrayForEach(it, deps) {
                 CHECK(ctl_get_string(it, "app", 200, true, &sv, err, errlen));
@@ -61,6 +93,12 @@ int report_validate(const cJSON *msg, char *err, size_t errlen) {
                 }
         }
         CHECK(ctl_get_object(msg, "peers", false, &pj, err, errlen));
+        CHECK(ctl_get_object(msg, "load", false, &pj, err, errlen));
+        if (pj) {
+                CHECK(ctl_get_int(pj, "ebpf", 0, 1, true, &iv, err, errlen));
+                CHECK(ctl_get_double(pj, "listen_queue", 0, 1e12, false, &dv, err, errlen));
+                CHECK(ctl_get_double(pj, "listen_overflows", 0, 1e18, false, &dv, err, errlen));
+        }
         return 0;
 }
 
@@ -83,6 +121,93 @@ static int node_peer_metric(struct buf *b, const char *const *names, const cJSON
                         r = metrics_sample(b, family, l, num(pj, field));
         }
         return r;
+}
+
+#define RQ_FAMILY "serve_replica_runqueue_delay_seconds"
+
+/* One replica's run-queue delay histogram (only the +Inf bucket when the report has none). */
+static int render_rq_delay(struct buf *b, const char *const *labels, const cJSON *o) {
+        const cJSON *buckets = cJSON_GetObjectItemCaseSensitive(o, "buckets"), *v;
+        const char *l[16];
+        char le[32];
+        size_t nl = 0;
+        int i = 0, r;
+
+        while (labels[nl] && nl < ELEMENTSOF(l) - 3)
+                l[nl] = labels[nl], nl++;
+        l[nl] = "le";
+        l[nl + 1] = le;
+        l[nl + 2] = NULL;
+        cJSON_ArrayForEach(v, buckets) {
+                if (i >= REPORT_RQ_BUCKETS - 1)
+                        break;
+                snprintf(le, sizeof le, "%.9g", (double)(2ull << i) / 1e6);
+                if ((r = metrics_sample(b, RQ_FAMILY "_bucket", l, v->valuedouble)) < 0)
+                        return r;
+                i++;
+        }
+        snprintf(le, sizeof le, "+Inf");
+        if ((r = metrics_sample(b, RQ_FAMILY "_bucket", l, num(o, "count"))) < 0 ||
+            (r = metrics_sample(b, RQ_FAMILY "_sum", labels, num(o, "sum"))) < 0 ||
+            (r = metrics_sample(b, RQ_FAMILY "_count", labels, num(o, "count"))) < 0)
+                return r;
+        return 0;
+}
+
+/* The load monitor's families: per replica CPU time and run-queue delay, per node the listener. */
+static int render_load(struct buf *b, const char *const *names, const cJSON *const *reports, size_t n) {
+        static const struct {
+                const char *name, *help, *field;
+                enum metrics_type type;
+        } node_fams[] = {
+                { "serve_load_monitor_ebpf", "1 when the eBPF load monitor runs, 0 on its /proc fallback", "ebpf", METRICS_GAUGE },
+                { "serve_node_listen_queue", "Connections waiting in the HTTP listener's accept queue", "listen_queue",
+                  METRICS_GAUGE },
+                { "serve_node_listen_overflows_total", "Connections the kernel dropped on a full accept queue (TcpExt ListenOverflows)",
+                  "listen_overflows", METRICS_COUNTER },
+        };
+        const cJSON *it;
+        int r;
+
+        if ((r = metrics_family(b, "serve_replica_cpu_seconds_total", METRICS_COUNTER, "CPU time of a replica's processes")) < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                if (!reports[i])
+                        continue;
+                cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(reports[i], "replicas")) {
+                        const char *labels[] = { "node", names[i], "application", str(it, "app"), "deployment",
+                                                 str(it, "deployment"), "replica", str(it, "id"), NULL };
+                        if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(it, "cpu_s")) &&
+                            (r = metrics_sample(b, "serve_replica_cpu_seconds_total", labels, num(it, "cpu_s"))) < 0)
+                                return r;
+                }
+        }
+        if ((r = metrics_family(b, "serve_replica_runqueue_delay_seconds", METRICS_HISTOGRAM,
+                                "Time a replica's threads waited for a CPU once runnable")) < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                if (!reports[i])
+                        continue;
+                cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(reports[i], "replicas")) {
+                        const cJSON *o = cJSON_GetObjectItemCaseSensitive(it, "rq_delay");
+                        const char *labels[] = { "node", names[i], "application", str(it, "app"), "deployment",
+                                                 str(it, "deployment"), "replica", str(it, "id"), NULL };
+                        if (cJSON_IsObject(o) && (r = render_rq_delay(b, labels, o)) < 0)
+                                return r;
+                }
+        }
+        for (size_t f = 0; f < ELEMENTSOF(node_fams); f++) {
+                if ((r = metrics_family(b, node_fams[f].name, node_fams[f].type, node_fams[f].help)) < 0)
+                        return r;
+                for (size_t i = 0; i < n; i++) {
+                        const cJSON *lj = reports[i] ? cJSON_GetObjectItemCaseSensitive(reports[i], "load") : NULL;
+                        const char *l[] = { "node", names[i], NULL };
+                        if (lj && cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(lj, node_fams[f].field)) &&
+                            (r = metrics_sample(b, node_fams[f].name, l, num(lj, node_fams[f].field))) < 0)
+                                return r;
+                }
+        }
+        return 0;
 }
 
 int report_render_metrics(struct buf *b, const char *const *names, const cJSON *const *reports, size_t n) {
@@ -141,6 +266,8 @@ int report_render_metrics(struct buf *b, const char *const *names, const cJSON *
                                 return r;
                 }
         }
+        if ((r = render_load(b, names, reports, n)) < 0)
+                return r;
         if ((r = metrics_family(b, "serve_cross_node_requests", METRICS_COUNTER,
                                 "Requests this node sent to (direction=out) or served for (direction=in) peer nodes")) < 0)
                 return r;

@@ -7,6 +7,11 @@
 
 #include "util.h"
 
+/* A replica's run-queue delay histogram (`rq_delay` in a report: cumulative "buckets", "sum" in
+ * seconds, "count"): bucket i < REPORT_RQ_BUCKETS - 1 counts waits shorter than 2^(i+1)
+ * microseconds, the last one is +Inf. The layout is fixed, as the eBPF programs fill it. */
+#define REPORT_RQ_BUCKETS 20
+
 /* Checks every field of a received report. Returns 0 or -EINVAL with the reason in err. */
 int report_validate(const cJSON *msg, char *err, size_t errlen);
 

@@ -16,6 +16,7 @@
 #include "replica_link.h"
 #include "spec.h"
 #include "cgroup.h"
+#include "loadmon.h"
 
 #define RING_SIZE (1u << 20)
 #define STARTUP_TIMEOUT_NS (120 * NSEC_PER_SEC)
@@ -28,6 +29,7 @@ struct supervisor {
         char *replica_bin;
         char *node;                /* in a cluster: replica ids end in @node */
         struct cgroups *cg;        /* replica cgroups, when serve-worker runs delegated */
+        struct loadmon *lm;        /* CPU time and run-queue delay per replica, or NULL */
         struct list deployments;
         bool stopping;
 };
@@ -237,6 +239,7 @@ static void on_exit_ready(struct loop_op *op, int res, unsigned flags) {
                 uint64_t backoff = MIN(BACKOFF_MAX_NS, (NSEC_PER_SEC / 4) << MIN(d->failures, 8u));
                 d->next_start_ns = now_ns() + backoff;
         }
+        loadmon_untrack(d->sup->lm, rep->id); /* before its pid can be reused */
         rep->pid = -1; /* reaped: never signal that pid again */
         replica_kill(rep, rep->kill_timeout ? 504 : 502, "the replica died");
         if (rep->ctl_armed || rep->bell_armed) {
@@ -400,6 +403,8 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
                 if (r < 0)
                         log_warning_errno(r, "replica %s: cannot send its start message: %m", rep->id);
         }
+        if (s->lm && (r = loadmon_track(s->lm, rep->id, pid, rep->cgroup)) < 0)
+                log_warning_errno(r, "replica %s: not measured by the load monitor: %m", rep->id);
         list_add_tail(&d->replicas, &rep->be.link);
         d->n_replicas++;
         struct io_uring_sqe *sqe = loop_sqe(s->loop, &rep->op_exit);
@@ -856,6 +861,31 @@ static const char *replica_state_name(enum replica_state st) {
         }
 }
 
+/* The load monitor's numbers of one replica: "cpu_s" and "rq_delay" (see report.h). Returns 0
+ * (also when it has none) or -ENOMEM. */
+static int report_load(const struct supervisor *s, const struct replica *rep, cJSON *o) {
+        struct loadmon_replica lr;
+        cJSON *rq, *b;
+
+        if (!s->lm || loadmon_replica(s->lm, rep->id, &lr) < 0)
+                return 0;
+        if (!cJSON_AddNumberToObject(o, "cpu_s", lr.cpu_seconds) || !(rq = cJSON_AddObjectToObject(o, "rq_delay")) ||
+            !cJSON_AddNumberToObject(rq, "sum", lr.rq_sum_seconds) || !cJSON_AddNumberToObject(rq, "count", (double)lr.rq_count))
+                return -ENOMEM;
+        if (!lr.has_buckets)
+                return 0;
+        if (!(b = cJSON_AddArrayToObject(rq, "buckets")))
+                return -ENOMEM;
+        for (size_t i = 0; i < REPORT_RQ_BUCKETS; i++) {
+                cJSON *v = cJSON_CreateNumber((double)lr.rq_buckets[i]);
+                if (!v || !cJSON_AddItemToArray(b, v)) {
+                        cJSON_Delete(v);
+                        return -ENOMEM;
+                }
+        }
+        return 0;
+}
+
 int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deployments, double wall_offset_s) {
         struct list *pos, *tmp, *p2, *t2;
 
@@ -874,7 +904,8 @@ int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deploy
                             !cJSON_AddNumberToObject(o, "pid", rep->pid) || !cJSON_AddNumberToObject(o, "ongoing", rep->ongoing) ||
                             !cJSON_AddNumberToObject(o, "started_at", wall_offset_s + (double)rep->started_ns / 1e9) ||
                             (rep->gpus[0] && !cJSON_AddStringToObject(o, "gpus", rep->gpus)) ||
-                            (rep->limits && !cJSON_AddStringToObject(o, "limits", rep->limits)))
+                            (rep->limits && !cJSON_AddStringToObject(o, "limits", rep->limits)) ||
+                            report_load(s, rep, o) < 0)
                                 return -ENOMEM;
                 }
                 if (deployments) {
@@ -980,3 +1011,5 @@ bool supervisor_drain_step(struct supervisor *s, struct supervisor_drain *d, uin
 }
 
 void supervisor_set_cgroups(struct supervisor *s, struct cgroups *cg) { s->cg = cg; }
+
+void supervisor_set_loadmon(struct supervisor *s, struct loadmon *lm) { s->lm = lm; }

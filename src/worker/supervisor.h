@@ -41,6 +41,11 @@ int supervisor_set_node(struct supervisor *s, const char *node);
 struct cgroups;
 void supervisor_set_cgroups(struct supervisor *s, struct cgroups *cg);
 
+/* The load monitor that measures every replica started from now on (see loadmon.h); lm must
+ * outlive the supervisor. Reports then carry each replica's "cpu_s" and "rq_delay". */
+struct loadmon;
+void supervisor_set_loadmon(struct supervisor *s, struct loadmon *lm);
+
 /* The replica a scale-down stops next: one still starting, else the ready one with the fewest
  * requests in flight (an idle one when there is one); NULL when none is starting or ready. */
 struct replica *supervisor_next_to_stop(struct deployment *d);

@@ -24,6 +24,7 @@
 #include "spec.h"
 #include "supervisor.h"
 #include "cgroup.h"
+#include "loadmon.h"
 #include "enroll.h"
 #include "metrics.h"
 #include "pki.h"
@@ -65,6 +66,7 @@ struct worker {
         struct supervisor_drain drain;
         struct watchdog watchdog;
         struct cgroups cgroups;
+        struct loadmon *loadmon;
 };
 
 
@@ -131,6 +133,25 @@ fail:
         return NULL;
 }
 
+/* Adds the load monitor's node numbers to report m: "load": {"ebpf", "listen_queue",
+ * "listen_overflows"} (the last two when they could be read). Returns m, or NULL (m freed). */
+static cJSON *report_add_load(struct worker *w, cJSON *m) {
+        struct loadmon_node ln;
+        cJSON *l;
+
+        if (!m || !w->loadmon)
+                return m;
+        if (!(l = cJSON_AddObjectToObject(m, "load")) || !cJSON_AddNumberToObject(l, "ebpf", loadmon_ebpf(w->loadmon)))
+                goto fail;
+        if (loadmon_node(w->loadmon, w->cfg->http_host, w->cfg->http_port, &ln) == 0 &&
+            (!cJSON_AddNumberToObject(l, "listen_queue", (double)ln.listen_queue) ||
+             !cJSON_AddNumberToObject(l, "listen_overflows", (double)ln.listen_overflows)))
+                goto fail;
+        return m;
+fail:
+        cJSON_Delete(m);
+        return NULL;
+}
 
 static void head_send(struct worker *w, cJSON *m) {
         if (m && w->head && w->head_up && ctlmsg_encode(netconn_outbuf(w->head), m) == 0)
@@ -550,7 +571,7 @@ static void on_metrics(void *userdata, const struct httpd_request *rq, struct ht
                 httpd_respond_error(resp, 404, "only GET /metrics is served here");
                 return;
         }
-        cJSON *rep = report_build(w->sup, router_get(), w->peers, w->wall_offset_s);
+        cJSON *rep = report_add_load(w, report_build(w->sup, router_get(), w->peers, w->wall_offset_s));
         const char *names[] = { w->cfg->node_name };
         const cJSON *reps[] = { rep };
         resp->content_type = "text/plain; version=0.0.4";
@@ -637,6 +658,8 @@ static int setup(struct worker *w) {
                 r = supervisor_set_node(w->sup, w->cfg->node_name);
         if (r >= 0 && cgroups_init(&w->cgroups) == 0)
                 supervisor_set_cgroups(w->sup, &w->cgroups);
+        if (r >= 0 && (r = loadmon_new(&w->loadmon)) >= 0)
+                supervisor_set_loadmon(w->sup, w->loadmon);
         if (r < 0)
                 return log_error_errno(r, "Cannot create the replica supervisor: %m");
 
@@ -684,6 +707,7 @@ static void worker_done(struct worker *w) {
         peers_free(w->peers);
         proxy_free(w->proxy);
         supervisor_free(w->sup);
+        loadmon_free(w->loadmon);
         router_set_routes(router_get(), NULL, 0);
         if (w->loop_ready)
                 loop_free(&w->loop);
@@ -777,7 +801,7 @@ int main(int argc, char **argv) {
                 if (w.head_up && w.welcomed && now >= w.next_report_ns) {
                         /* Once a heartbeat: is the certificate due for renewal? */
                         head_send(&w, enroll_renew_message(w.enroll));
-                        head_send(&w, report_build(w.sup, router_get(), w.peers, w.wall_offset_s));
+                        head_send(&w, report_add_load(&w, report_build(w.sup, router_get(), w.peers, w.wall_offset_s)));
                         w.next_report_ns = now + sec_to_ns(w.hb_interval_s);
                 }
                 if (peers_take_kick(w.peers))
