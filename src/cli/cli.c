@@ -219,7 +219,7 @@ static int render_applications(const cJSON *apps, FILE *f) {
 }
 
 static int render_deployments(const cJSON *apps, FILE *f) {
-        struct table deps = { .ncols = 7 }, reps = { .ncols = 5 }, pend = { .ncols = 3 };
+        struct table deps = { .ncols = 7 }, reps = { .ncols = 5 }, pend = { .ncols = 3 }, scale = { .ncols = 5 };
         const cJSON *app, *dep, *x;
         int r;
 
@@ -228,6 +228,8 @@ static int render_deployments(const cJSON *apps, FILE *f) {
                 r = table_row(&reps, "REPLICA", "STATE", "NODE", "NODE IP", "PID");
         if (r >= 0)
                 r = table_row(&pend, "DEPLOYMENT", "PENDING", "REASON");
+        if (r >= 0)
+                r = table_row(&scale, "AUTOSCALED", "REPLICAS", "MIN..MAX", "LOAD", "LAST DECISION");
 
         cJSON_ArrayForEach(app, apps) {
                 cJSON_ArrayForEach(dep, cJSON_GetObjectItemCaseSensitive(app, "deployments")) {
@@ -267,6 +269,17 @@ static int render_deployments(const cJSON *apps, FILE *f) {
                         if (r >= 0)
                                 r = table_row(&deps, id, jstr(dep, "status"), running_s, target_s, pending_s,
                                               starting_s, jstr(dep, "message") ?: "");
+                        const cJSON *as = cJSON_GetObjectItemCaseSensitive(dep, "autoscaling");
+                        if (cJSON_IsObject(as) && r >= 0) {
+                                char reps_s[64], range[64] = "-", load[32] = "-";
+                                double lo, hi, l;
+                                snprintf(reps_s, sizeof(reps_s), "%ld/%s", running, target_s);
+                                if (jnum(as, "min_replicas", &lo) && jnum(as, "max_replicas", &hi))
+                                        snprintf(range, sizeof(range), "%.0f..%.0f", lo, hi);
+                                if (jnum(as, "load", &l))
+                                        snprintf(load, sizeof(load), "%.2f", l);
+                                r = table_row(&scale, id, reps_s, range, load, jstr(as, "last_decision") ?: "");
+                        }
                 }
         }
         if (r >= 0) {
@@ -281,7 +294,12 @@ static int render_deployments(const cJSON *apps, FILE *f) {
                         fputc('\n', f);
                         table_print(&pend, f);
                 }
+                if (scale.nrows > 1) {
+                        fputc('\n', f);
+                        table_print(&scale, f);
+                }
         }
+        table_free(&scale);
         table_free(&deps);
         table_free(&reps);
         table_free(&pend);

@@ -161,10 +161,9 @@ static void reload_cancel(struct run *rn) {
 }
 
 /* The autoscaler's turn: the load since the last one, then decisions applied to the replicas. */
-static void take_load(void *userdata, const struct deployment *d, double busy_s) {
+static void take_load(void *userdata, const struct deployment *d, const struct scaler_load *l) {
         struct run *rn = userdata;
-        struct scaler_load l = { .busy_s = busy_s, .waiting_at_zero = supervisor_deployment_waiting_at_zero(d) };
-        scaler_add_load(rn->scaler, d->app, d->name, &l);
+        scaler_add_load(rn->scaler, d->app, d->name, l);
 }
 
 static uint64_t autoscale_tick(struct run *rn, uint64_t now) {

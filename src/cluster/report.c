@@ -78,6 +78,11 @@ int report_validate(const cJSON *msg, char *err, size_t errlen) {
                 CHECK(ctl_get_string(it, "deployment", 200, true, &sv, err, errlen));
                 CHECK(ctl_get_int(it, "queued", 0, 1ll << 40, true, &iv, err, errlen));
                 CHECK(ctl_get_int(it, "ready", 0, 1 << 30, true, &iv, err, errlen));
+                /* The autoscaler's input since the previous report (scaler.h). */
+                CHECK(ctl_get_double(it, "busy_s", 0, 1e12, false, &dv, err, errlen));
+                CHECK(ctl_get_double(it, "cpu_used_s", 0, 1e12, false, &dv, err, errlen));
+                CHECK(ctl_get_double(it, "rq_wait_s", 0, 1e12, false, &dv, err, errlen));
+                CHECK(ctl_get_double(it, "rq_waits", 0, 1e18, false, &dv, err, errlen));
                 CHECK(ctl_get_bool(it, "retiring", false, &bv, err, errlen));
         }
         cJSON_ArrayForEach(it, stats) {

@@ -193,6 +193,27 @@ void scaler_add_load(struct scaler *sc, const char *app, const char *name, const
         }
 }
 
+void scaler_take_report(struct scaler *sc, const cJSON *report) {
+        const cJSON *it;
+
+        if (!sc || sc->n == 0)
+                return;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItem(report, "deployments")) {
+                const char *app = cJSON_GetStringValue(cJSON_GetObjectItem(it, "app"));
+                const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(it, "deployment"));
+                const cJSON *q = cJSON_GetObjectItem(it, "queued");
+                struct scaler_load l = {
+                        .busy_s = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "busy_s")),
+                        .cpu_s = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "cpu_used_s")),
+                        .rq_delay_s = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "rq_wait_s")),
+                        .rq_wakeups = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "rq_waits")),
+                        .waiting_at_zero = cJSON_IsNumber(q) && q->valuedouble > 0 ? (int)MIN(q->valuedouble, 1e9) : 0,
+                };
+                if (app && name)
+                        scaler_add_load(sc, app, name, &l);
+        }
+}
+
 bool scaler_urgent(const struct scaler *sc) { return sc->urgent; }
 
 /* Turns what accumulated since the last sample into one sample per signal. */

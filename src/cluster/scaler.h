@@ -13,6 +13,7 @@
  * sample, and decided every tick; a request waiting at zero replicas decides at once. */
 #pragma once
 
+#include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -56,6 +57,11 @@ int scaler_sync(struct scaler *sc, struct serve_spec *spec, double now,
 
 /* Adds a measurement of (app, name); unknown deployments are ignored. */
 void scaler_add_load(struct scaler *sc, const char *app, const char *name, const struct scaler_load *l);
+
+/* Adds what a worker's report (report.h) measured for each deployment: "busy_s", "cpu_used_s",
+ * "rq_wait_s", "rq_waits" since its previous report, and "queued" (waiting at zero replicas).
+ * The report must have passed report_validate(). */
+void scaler_take_report(struct scaler *sc, const cJSON *report);
 
 /* Samples the deployments whose metrics_interval_s passed and decides all of them; a changed
  * count is logged once with its inputs and written into spec->deps[].replicas. Returns how

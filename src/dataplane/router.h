@@ -48,6 +48,8 @@ struct replica {
         char gpus[72];             /* CUDA_VISIBLE_DEVICES, "" for none */
         char *cgroup;              /* its own cgroup (under systemd), or NULL */
         char *limits;              /* what its cgroup limits, for reports */
+        double mon_cpu_s, mon_rq_s; /* the load monitor's readings the autoscaler has seen */
+        uint64_t mon_rq_n;
 
         /* In-flight requests. req_id = (generation << 32) | slot. */
         struct request **slots;

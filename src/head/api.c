@@ -61,6 +61,20 @@ static cJSON *applications_json(struct head *h) {
                         int running = 0, total = 0;
                         cJSON_AddStringToObject(dj, "name", d->name);
                         cJSON_AddNumberToObject(dj, "target_replicas", d->replicas);
+                        struct scaler_status ss;
+                        if (scaler_status(h->scaler, d->app, d->name, &ss)) {
+                                cJSON *aj = cJSON_AddObjectToObject(dj, "autoscaling");
+                                cJSON_AddNumberToObject(aj, "min_replicas", ss.min_replicas);
+                                cJSON_AddNumberToObject(aj, "max_replicas", ss.max_replicas);
+                                cJSON_AddNumberToObject(aj, "target_replicas", ss.target);
+                                cJSON_AddNumberToObject(aj, "load", ss.load);
+                                cJSON_AddStringToObject(aj, "last_decision", ss.reason);
+                                if (ss.decided_at > 0) /* the scaler's clock is monotonic */
+                                        cJSON_AddNumberToObject(aj, "decided_at",
+                                                                wall_now() - ((double)now_ns() / 1e9 - ss.decided_at));
+                                cJSON_AddNumberToObject(aj, "decisions_up", (double)ss.decisions_up);
+                                cJSON_AddNumberToObject(aj, "decisions_down", (double)ss.decisions_down);
+                        }
                         cJSON_AddStringToObject(dj, "version", d->version);
                         reps = cJSON_AddArrayToObject(dj, "replicas");
                         list_for_each_safe(pos, tmp, &h->nodes) {
@@ -189,6 +203,7 @@ static void render_metrics(struct head *h, struct httpd_response *resp) {
         metrics_family(&resp->body, "serve_pending_replicas", METRICS_GAUGE, "Replicas that fit on no node");
         metrics_sample(&resp->body, "serve_pending_replicas", NULL, pending);
         trust_render_metrics(h, &resp->body);
+        (void)scaler_render_metrics(h->scaler, &resp->body);
         free(names);
         free(reports);
 }

@@ -64,9 +64,28 @@ static bool spec_same(const struct serve_spec *a, const struct serve_spec *b) {
         return true;
 }
 
+/* Replicas of (app, name) in the assignment (from the state file at startup): what a restarted
+ * head's autoscaler starts from. -1 when it has none. */
+static int placed_count(void *userdata, const char *app, const char *name) {
+        struct head *h = userdata;
+        _cleanup_free_ char *key = dep_key(app, name);
+        int n = -1;
+
+        for (size_t i = 0; key && i < h->n_assign; i++) {
+                if (!h->assign[i].key || !streq(h->assign[i].key, key))
+                        continue;
+                n = 0;
+                for (size_t k = 0; k < h->assign[i].n_slots; k++)
+                        n += (int)h->assign[i].slots[k].count;
+        }
+        return n;
+}
+
 /* Makes cfg and its resolved spec the running config (takes both). */
 static void install_config(struct head *h, struct serve_config *cfg, struct serve_spec *spec, const char *text,
                            const char *source) {
+        /* Autoscaled deployments keep the count they scaled to (within the new bounds). */
+        (void)scaler_sync(h->scaler, spec, (double)now_ns() / 1e9, placed_count, h);
         /* An identical config changes nothing, not even the epoch. */
         bool same = h->cfg_text && streq(h->cfg_text, text) && spec_same(h->spec, spec);
         config_free(h->cfg);

@@ -275,7 +275,7 @@ int main(int argc, char **argv) {
                 return 1;
         }
 
-        if (trust_init(&h) < 0)
+        if (scaler_new(&h.scaler) < 0 || trust_init(&h) < 0)
                 return 1;
         recover(&h);
         if (trust_start(&h) < 0)
@@ -336,6 +336,9 @@ int main(int argc, char **argv) {
                         h.reload = false;
                         deploy_reload(&h);
                 }
+                double scale_next_s;
+                if (h.scaler && scaler_tick(h.scaler, h.spec, (double)now / 1e9, &scale_next_s) > 0)
+                        h.dirty = true; /* place (or drain) the replicas the autoscaler changed */
                 if (h.dirty && now >= h.reconcile_next_ns) {
                         reconcile(&h);
                         h.reconcile_next_ns = now + RECONCILE_MIN_INTERVAL_NS;
@@ -362,6 +365,7 @@ int main(int argc, char **argv) {
         loop_drain(&h.loop, 500 * NSEC_PER_MSEC);
         loop_free(&h.loop);
         assignments_free(h.assign, h.n_assign);
+        scaler_free(h.scaler);
         serve_spec_free(h.spec);
         config_free(h.cfg);
         cluster_config_free(h.ccfg);

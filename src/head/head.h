@@ -23,6 +23,7 @@
 #include "netconn.h"
 #include "nodecfg.h"
 #include "placement.h"
+#include "scaler.h"
 #include "spec.h"
 
 #define MAX_NODES 10000
@@ -111,6 +112,7 @@ struct head {
         struct netblob *config_msg;    /* the framed `config` message for workers */
         struct deploy *deploy;         /* a config being described; at most one */
 
+        struct scaler *scaler;         /* replica counts of autoscaled deployments */
         struct assignment *assign;     /* parallel to spec->deps */
         size_t n_assign;
 

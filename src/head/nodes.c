@@ -341,6 +341,7 @@ static void node_on_data(struct netconn *nc) {
                                 log_info("node %s is alive again", n->name);
                                 adopt_replicas(n->h, n, cJSON_GetObjectItem(m, "replicas"));
                         }
+                        scaler_take_report(n->h->scaler, m);
                         cJSON_Delete(n->report);
                         n->report = TAKE_PTR(m);
                         n->n_reports++;

@@ -16,6 +16,7 @@
 #include "replica_link.h"
 #include "spec.h"
 #include "cgroup.h"
+#include "scaler.h"
 #include "loadmon.h"
 
 #define RING_SIZE (1u << 20)
@@ -923,16 +924,35 @@ int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deploy
 }
 
 void supervisor_take_load(struct supervisor *s, uint64_t now,
-                          void (*fn)(void *userdata, const struct deployment *d, double busy_s), void *userdata) {
-        struct list *pos, *tmp;
+                          void (*fn)(void *userdata, const struct deployment *d, const struct scaler_load *l),
+                          void *userdata) {
+        struct list *pos, *tmp, *p2, *t2;
         list_for_each_safe(pos, tmp, &s->deployments) {
                 struct deployment *d = list_entry(pos, struct deployment, link);
+                struct scaler_load l = { .waiting_at_zero = supervisor_deployment_waiting_at_zero(d) };
                 if (d->load_at_ns && now > d->load_at_ns) {
                         d->load_s += d->load_now * (double)(now - d->load_at_ns) / 1e9;
                         d->load_at_ns = now;
                 }
-                fn(userdata, d, d->load_s);
+                l.busy_s = d->load_s;
                 d->load_s = 0;
+                /* What the monitor counted since the previous call (its counters only grow). */
+                list_for_each_safe(p2, t2, &d->replicas) {
+                        struct replica *rep = list_entry(p2, struct replica, be.link);
+                        struct loadmon_replica lr;
+                        if (!s->lm || rep->state == REPLICA_DEAD || loadmon_replica(s->lm, rep->id, &lr) < 0)
+                                continue;
+                        if (lr.cpu_seconds > rep->mon_cpu_s)
+                                l.cpu_s += lr.cpu_seconds - rep->mon_cpu_s;
+                        if (lr.rq_count > rep->mon_rq_n && lr.rq_sum_seconds >= rep->mon_rq_s) {
+                                l.rq_wakeups += (double)(lr.rq_count - rep->mon_rq_n);
+                                l.rq_delay_s += lr.rq_sum_seconds - rep->mon_rq_s;
+                        }
+                        rep->mon_cpu_s = lr.cpu_seconds;
+                        rep->mon_rq_s = lr.rq_sum_seconds;
+                        rep->mon_rq_n = lr.rq_count;
+                }
+                fn(userdata, d, &l);
         }
 }
 

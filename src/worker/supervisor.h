@@ -51,9 +51,12 @@ void supervisor_set_loadmon(struct supervisor *s, struct loadmon *lm);
 struct replica *supervisor_next_to_stop(struct deployment *d);
 
 /* The autoscaler's input: calls fn for every deployment (live and retiring versions) with the
- * request-seconds (ongoing at its replicas + queued here) since the previous call. */
+ * request-seconds (ongoing at its replicas + queued here) and the load monitor's CPU time and
+ * run-queue waits of its replicas since the previous call. */
+struct scaler_load;
 void supervisor_take_load(struct supervisor *s, uint64_t now,
-                          void (*fn)(void *userdata, const struct deployment *d, double busy_s), void *userdata);
+                          void (*fn)(void *userdata, const struct deployment *d, const struct scaler_load *l),
+                          void *userdata);
 /* Requests of d waiting for a first replica: it scales from zero and none is placed anywhere. */
 int supervisor_deployment_waiting_at_zero(const struct deployment *d);
 /* True when some deployment has such requests (the autoscaler must hear of them now). */

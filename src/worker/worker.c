@@ -20,6 +20,7 @@
 #include "proxy.h"
 #include "httpd.h"
 #include "report.h"
+#include "scaler.h"
 #include "resources.h"
 #include "spec.h"
 #include "supervisor.h"
@@ -33,6 +34,7 @@
 #define HEAD_BACKOFF_MAX_NS (2 * NSEC_PER_SEC)
 #define MAX_ASSIGN_ITEMS 100000
 #define HEAD_HANDSHAKE_TIMEOUT_NS (10 * NSEC_PER_SEC)
+#define URGENT_REPORT_MIN_NS (100 * NSEC_PER_MSEC)
 
 struct worker {
         struct loop loop;
@@ -52,6 +54,7 @@ struct worker {
         struct netconn *head;
         bool head_up, welcomed;
         uint64_t head_next_ns, head_backoff_ns, next_report_ns;
+        uint64_t next_urgent_ns;   /* the earliest report for requests waiting at zero replicas */
         double hb_interval_s;
         cJSON *config;
         long long config_epoch;
@@ -151,6 +154,28 @@ static cJSON *report_add_load(struct worker *w, cJSON *m) {
 fail:
         cJSON_Delete(m);
         return NULL;
+}
+
+/* The autoscaler's input in a heartbeat's report: each deployment's "busy_s", "cpu_used_s",
+ * "rq_wait_s" and "rq_waits" since the previous heartbeat (scaler.h). */
+static void add_one_load(void *userdata, const struct deployment *d, const struct scaler_load *l) {
+        cJSON *it;
+        cJSON_ArrayForEach(it, (cJSON *)userdata) {
+                if (!streq_ptr(cJSON_GetStringValue(cJSON_GetObjectItem(it, "app")), d->app) ||
+                    !streq_ptr(cJSON_GetStringValue(cJSON_GetObjectItem(it, "deployment")), d->name) ||
+                    !streq_ptr(cJSON_GetStringValue(cJSON_GetObjectItem(it, "version")), d->version))
+                        continue;
+                (void)(cJSON_AddNumberToObject(it, "busy_s", l->busy_s) && cJSON_AddNumberToObject(it, "cpu_used_s", l->cpu_s) &&
+                       cJSON_AddNumberToObject(it, "rq_wait_s", l->rq_delay_s) &&
+                       cJSON_AddNumberToObject(it, "rq_waits", l->rq_wakeups));
+                return;
+        }
+}
+
+static cJSON *report_add_autoscale(struct worker *w, cJSON *m, uint64_t now) {
+        if (m)
+                supervisor_take_load(w->sup, now, add_one_load, cJSON_GetObjectItem(m, "deployments"));
+        return m;
 }
 
 static void head_send(struct worker *w, cJSON *m) {
@@ -798,11 +823,17 @@ int main(int argc, char **argv) {
                         else
                                 timeout = MIN(timeout, w.head_next_ns - now);
                 }
-                if (w.head_up && w.welcomed && now >= w.next_report_ns) {
+                /* A request waiting for a first replica anywhere: the head hears of it now. */
+                bool urgent = now >= w.next_urgent_ns && supervisor_waiting_at_zero(w.sup);
+                if (w.head_up && w.welcomed && (now >= w.next_report_ns || urgent)) {
                         /* Once a heartbeat: is the certificate due for renewal? */
-                        head_send(&w, enroll_renew_message(w.enroll));
-                        head_send(&w, report_add_load(&w, report_build(w.sup, router_get(), w.peers, w.wall_offset_s)));
+                        if (now >= w.next_report_ns)
+                                head_send(&w, enroll_renew_message(w.enroll));
+                        head_send(&w, report_add_autoscale(&w, report_add_load(&w, report_build(w.sup, router_get(), w.peers,
+                                                                                               w.wall_offset_s)),
+                                                           now));
                         w.next_report_ns = now + sec_to_ns(w.hb_interval_s);
+                        w.next_urgent_ns = now + URGENT_REPORT_MIN_NS;
                 }
                 if (peers_take_kick(w.peers))
                         supervisor_for_each(w.sup, attach_one, w.peers);
