@@ -369,7 +369,7 @@ int main(int argc, char **argv) {
         free(h.cfg_source);
         free(h.config_error);
         netblob_unref(h.config_msg);
-        free(h.routing_text);
+        routing_table_done(&h.routing);
         free(h.saved_state);
         trust_free(&h);
         free(h.join_token);

@@ -11,13 +11,17 @@
  * ids "app/Dep#N" unique across the run), as serve-worker's report_build() would. It never
  * starts anything. The head sends `config` (the same bytes to every node) when the config epoch
  * changes, then `assign` (this node's replica counts, for that epoch) whenever its text changes,
- * and `routing` (every node's ready replicas) to all when ready counts change.
+ * and `routing` (routing_table.h: the whole table to a node that has none, then versioned deltas
+ * of what changed, the same bytes to all); each worker checks that a delta follows the version
+ * it holds. Connections open in waves of CONNECT_WAVE not yet welcomed.
  *
  * Phases, each printed as one line of numbers:
  *   placement  first hello -> every worker holds an assign and the counts sum to --expect
  *   ready      first hello -> the head's `routing` lists --expect ready replicas (it has seen
  *              the reports)
  *   settled    then until no assign arrived for --settle-ms
+ *   change     worker 0 reports one replica not ready, then ready again: the routing messages
+ *              and bytes the head sent to all workers for each change
  *   reload     --reload-cmd runs (in the background) -> every worker got a `config` with a
  *              higher epoch and an `assign` for that epoch, the counts sum to --expect and, with
  *              --reload-changes-config, every deployment's user_config differs from before
@@ -52,11 +56,13 @@
 
 #include "macros.h"
 #include "metrics.h"
+#include "routing_table.h"
 #include "util.h"
 
 #define FRAME_MAX (16u << 20)
 #define OUT_LIMIT (64u << 20)
 #define IN_LIMIT (FRAME_MAX + 4u)
+#define CONNECT_WAVE 256
 
 /* One deployment of a `config` message. */
 struct cfg_dep {
@@ -101,6 +107,9 @@ struct fake_worker {
         struct fake_deployment *deps;
         size_t n_deps;
         bool reloaded;
+        bool started;            /* its connection was opened */
+        bool has_routing;
+        uint64_t routing_version; /* of the last routing message it got */
 };
 
 static struct {
@@ -129,9 +138,12 @@ static unsigned assigned_workers;         /* workers with an assign */
 static unsigned reloaded_workers;
 static bool reload_running;
 static struct config *latest_config, *config_before_reload;
-static char *routing_text;
+static char *routing_text;               /* the last routing frame parsed, to recognise the same bytes */
 static size_t routing_len;
-static unsigned long long routing_ready;  /* ready replicas in the latest routing */
+static long long routing_text_version, routing_text_base; /* base -1: a whole table */
+static struct routing_table routing;     /* the newest version any worker got */
+static unsigned long long routing_ready;  /* ready replicas in it */
+static bool unready_one;                  /* worker 0 reports its first replica STARTING */
 static uint64_t replica_counter, last_assign_ns;
 
 /* Messages and bytes received per type, for the summary. */
@@ -228,7 +240,7 @@ static cJSON *replicas_json(const struct fake_worker *w) {
                         cJSON_AddStringToObject(r, "app", d->app);
                         cJSON_AddStringToObject(r, "deployment", d->name);
                         cJSON_AddStringToObject(r, "version", d->version);
-                        cJSON_AddStringToObject(r, "state", "RUNNING");
+                        cJSON_AddStringToObject(r, "state", unready_one && w->idx == 0 && i == 0 && j == 0 ? "STARTING" : "RUNNING");
                         cJSON_AddNumberToObject(r, "pid", d->replicas[j].pid);
                         cJSON_AddNumberToObject(r, "ongoing", 0);
                         cJSON_AddNumberToObject(r, "started_at", d->replicas[j].started_at);
@@ -466,34 +478,44 @@ static void handle_assign(struct fake_worker *w, const cJSON *m) {
         update_reloaded(w);
 }
 
-/* `routing`: the same bytes go to every node; only the ready total is of interest. */
+/* `routing`: a whole table or the changes since the version this worker holds. The same bytes
+ * go to many workers, so each distinct text is parsed (and applied to the one shared table)
+ * once; every worker checks that what it got follows what it had. */
 static void handle_routing(struct fake_worker *w, const char *data, size_t len) {
-        const cJSON *deps, *d, *pair;
-        unsigned long long ready = 0;
-        cJSON *m;
-
-        if (routing_text && routing_len == len && memcmp(routing_text, data, len) == 0)
-                return;
-        m = cJSON_ParseWithLength(data, len);
-        if (!m)
-                die("%s: routing is not JSON", w->name);
-        (void)get_array(m, "nodes", w->name, "routing");
-        deps = get_array(m, "deployments", w->name, "routing");
-        cJSON_ArrayForEach(d, deps)
-                cJSON_ArrayForEach(pair, get_array(d, "ready", w->name, "routing")) {
-                        const cJSON *c = cJSON_GetArrayItem(pair, 1);
-                        if (!cJSON_IsNumber(c))
-                                die("%s: routing: ready items must be [node index, count]", w->name);
-                        ready += (unsigned long long)c->valuedouble;
+        if (!routing_text || routing_len != len || memcmp(routing_text, data, len) != 0) {
+                char err[256] = "";
+                cJSON *m = cJSON_ParseWithLength(data, len);
+                if (!m)
+                        die("%s: routing is not JSON", w->name);
+                bool full = cJSON_IsTrue(cJSON_GetObjectItem(m, "full"));
+                long long version = (long long)get_num(m, "version", 0, 9007199254740992.0, w->name, "routing");
+                long long base = full ? -1 : (long long)get_num(m, "base", 0, 9007199254740992.0, w->name, "routing");
+                /* Workers read their links in turn: an older message may come after a newer one
+                 * that another worker already got. The shared table only moves forward. */
+                if (!routing.valid || (uint64_t)version > routing.version) {
+                        int r = routing_table_apply(&routing, m, err, sizeof(err));
+                        if (r < 0)
+                                die("%s: routing version %lld: %s", w->name, version,
+                                    r == -ESTALE ? "a delta on a version no worker has" : err);
+                        routing_ready = 0;
+                        for (size_t i = 0; i < routing.n_ready; i++)
+                                routing_ready += routing.ready[i].count;
                 }
-        cJSON_Delete(m);
-        free(routing_text);
-        routing_text = malloc(len);
-        if (!routing_text)
-                die("out of memory");
-        memcpy(routing_text, data, len);
-        routing_len = len;
-        routing_ready = ready;
+                cJSON_Delete(m);
+                free(routing_text);
+                routing_text = malloc(len);
+                if (!routing_text)
+                        die("out of memory");
+                memcpy(routing_text, data, len);
+                routing_len = len;
+                routing_text_version = version;
+                routing_text_base = base;
+        }
+        if (routing_text_base >= 0 && (!w->has_routing || w->routing_version != (uint64_t)routing_text_base))
+                die("%s: routing delta on version %lld, but this worker holds %s%" PRIu64, w->name, routing_text_base,
+                    w->has_routing ? "" : "none ", w->has_routing ? w->routing_version : 0);
+        w->has_routing = true;
+        w->routing_version = (uint64_t)routing_text_version;
 }
 
 /* The message type without parsing the whole frame: the head writes "v" and then "type"
@@ -735,7 +757,7 @@ static const char *head_cpu_note(void) {
         return note;
 }
 
-enum phase { PLACING, SETTLING, RELOADING, DONE };
+enum phase { PLACING, SETTLING, UNREADY, READY_AGAIN, RELOADING, DONE };
 
 static void usage(void) {
         fprintf(stderr, "usage: fake_workers --head HOST:PORT --token-file F --expect N [--workers N] [--cpus C]\n"
@@ -781,8 +803,19 @@ static void parse_args(int argc, char **argv) {
                 usage();
 }
 
+/* Every worker holds routing version v. */
+static bool all_routing_at(uint64_t v) {
+        for (unsigned i = 0; i < arg.workers; i++)
+                if (!workers[i].has_routing || workers[i].routing_version != v)
+                        return false;
+        return true;
+}
+
 static void print_traffic(const char *label) {
-        printf("%s traffic: head -> workers", label);
+        uint64_t all = 0;
+        for (int t = 0; t < T_MAX; t++)
+                all += rx_bytes[t];
+        printf("%s traffic: %.1f KiB per worker; head -> workers", label, all / 1024.0 / arg.workers);
         for (int t = 0; t < T_MAX; t++)
                 if (rx_msgs[t])
                         printf(" %s %" PRIu64 " (%.1f MiB)", type_names[t], rx_msgs[t], rx_bytes[t] / 1048576.0);
@@ -826,16 +859,32 @@ int main(int argc, char **argv) {
                 w->idx = i;
                 snprintf(w->name, sizeof(w->name), "fake-%04u", i);
                 inet_ntop(AF_INET, &a, w->address, sizeof(w->address));
-                start_connect(w);
+                w->fd = -1;
         }
 
         deadline = now_ns() + sec_to_ns(arg.timeout_s);
+        unsigned n_started = 0;
         for (;;) {
                 uint64_t now = now_ns();
-                unsigned unconnected = 0;
+                unsigned unconnected = 0, joining = 0;
+
+                /* Connect in waves, as a real fleet comes up: the head takes at most
+                 * MAX_PENDING_CONNS connections that have not said hello at once. */
+                for (unsigned i = 0; i < n_started; i++)
+                        joining += !workers[i].welcomed;
+                while (n_started < arg.workers && joining < CONNECT_WAVE) {
+                        workers[n_started].started = true;
+                        start_connect(&workers[n_started++]);
+                        joining++;
+                }
 
                 for (unsigned i = 0; i < arg.workers; i++) {
                         struct fake_worker *w = &workers[i];
+                        if (!w->started) {
+                                unconnected++;
+                                pfd[i] = (struct pollfd){ .fd = -1 };
+                                continue;
+                        }
                         if (w->connected && w->next_report_ns == 0) {
                                 if (!t_first_hello)
                                         t_first_hello = now;
@@ -887,6 +936,34 @@ int main(int argc, char **argv) {
                                        (double)(MAX(last_assign_ns, t_all_assigned) - t_all_assigned) / 1e6,
                                        arg.settle_ms, head_cpu_note());
                                 print_traffic("settling");
+                                /* One replica change: worker 0 reports one replica not ready,
+                                 * then ready again; what the head sends to all for each. */
+                                unready_one = true;
+                                workers[0].next_report_ns = now;
+                                phase = UNREADY;
+                                t_phase = now;
+                                deadline = now + sec_to_ns(arg.timeout_s);
+                        }
+                        break;
+                case UNREADY:
+                case READY_AGAIN:
+                        if (routing_ready == arg.expect - (phase == UNREADY) && all_routing_at(routing.version)) {
+                                uint64_t all = 0;
+                                for (int t = 0; t < T_MAX; t++)
+                                        all += rx_bytes[t];
+                                printf("one replica %s: %" PRIu64 " routing message(s), %" PRIu64 " bytes to all %u workers "
+                                       "(%.1f bytes per worker) in %.0f ms%s\n",
+                                       phase == UNREADY ? "not ready" : "ready again", rx_msgs[T_ROUTING], all, arg.workers,
+                                       (double)all / arg.workers, ms_since(t_phase), head_cpu_note());
+                                print_traffic(phase == UNREADY ? "replica not ready" : "replica ready again");
+                                if (phase == UNREADY) {
+                                        unready_one = false;
+                                        workers[0].next_report_ns = now;
+                                        phase = READY_AGAIN;
+                                        t_phase = now;
+                                        deadline = now + sec_to_ns(arg.timeout_s);
+                                        break;
+                                }
                                 if (!arg.reload_cmd) {
                                         phase = DONE;
                                         break;
@@ -931,7 +1008,7 @@ int main(int argc, char **argv) {
                 if (phase == DONE && reload_pid < 0)
                         break;
                 if (now >= deadline) {
-                        static const char *const names[] = { "placement", "settling", "reload", "" };
+                        static const char *const names[] = { "placement", "settling", "replica change", "replica change", "reload", "" };
                         die("timeout after %.0f s in %s: %llu of %llu replicas assigned, %u of %u workers assigned, %u not "
                             "connected, %llu ready in routing, %u of %u workers reloaded",
                             arg.timeout_s, names[phase], assigned_total, arg.expect, assigned_workers, arg.workers,
@@ -971,6 +1048,7 @@ int main(int argc, char **argv) {
         config_unref(latest_config);
         config_unref(config_before_reload);
         free(routing_text);
+        routing_table_done(&routing);
         free(workers);
         return 0;
 }
