@@ -258,6 +258,9 @@ int routing_table_delta_message(const struct routing_table *old, const struct ro
 
         if (!m)
                 return -ENOMEM;
+        /* First, as in the whole table: a receiver can tell where it stands from the start. */
+        cJSON_AddNumberToObject(m, "version", (double)(old->version + 1));
+        cJSON_AddNumberToObject(m, "base", (double)old->version);
         /* Both sides sorted by id: one merge each. */
         while (r >= 0 && (i < old->n_nodes || k < new->n_nodes)) {
                 const struct routing_node *a = i < old->n_nodes ? &old->nodes[i] : NULL, *b = k < new->n_nodes ? &new->nodes[k] : NULL;
@@ -310,14 +313,11 @@ int routing_table_delta_message(const struct routing_table *old, const struct ro
                 cJSON_Delete(m);
                 return r;
         }
-        changed = cJSON_GetArraySize(m) > 2;
+        changed = cJSON_GetArraySize(m) > 4; /* more than v, type, version, base */
         if (!changed) {
                 cJSON_Delete(m);
                 return 0;
         }
-        cJSON_AddNumberToObject(m, "version", (double)(old->version + 1));
-        cJSON_AddNumberToObject(m, "base", (double)old->version);
-        /* "v" and "type" first, as every message (fake_workers reads the type from the prefix). */
         *ret = m;
         return 1;
 }

@@ -336,14 +336,17 @@ int main(int argc, char **argv) {
                         h.reload = false;
                         deploy_reload(&h);
                 }
+                /* A pass over 10,000 nodes takes a while: at least twice its time goes to the
+                 * loop (hellos, reports) before the next, or a join storm starves heartbeats. */
                 if (h.dirty && now >= h.reconcile_next_ns) {
                         reconcile(&h);
-                        h.reconcile_next_ns = now + RECONCILE_MIN_INTERVAL_NS;
+                        h.reconcile_next_ns = now + MAX(RECONCILE_MIN_INTERVAL_NS, 3 * (now_ns() - now));
                 }
                 if (h.routing_dirty && now >= h.routing_next_ns) {
+                        uint64_t t0 = now_ns();
                         h.routing_dirty = false;
-                        h.routing_next_ns = now + ROUTING_MIN_INTERVAL_NS;
                         build_routing(&h);
+                        h.routing_next_ns = now + MAX(ROUTING_MIN_INTERVAL_NS, 3 * (now_ns() - t0));
                 }
                 r = loop_run_once(&h.loop, MIN(wd_next, h.routing_dirty || h.dirty ? 10 * NSEC_PER_MSEC : 100 * NSEC_PER_MSEC));
                 if (r < 0) {

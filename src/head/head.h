@@ -62,6 +62,12 @@ struct node {
         uint64_t renewed_ns;           /* when its certificate was last renewed */
         long long sent_config_epoch;
         uint32_t routing_id;           /* its id in routing messages */
+        /* Its RUNNING replicas per deployment (spec index, count) as of ready_cache_sig and
+         * ready_cache_epoch: the routing pass reads a report again only when it changed. */
+        struct ready_count { uint32_t dep, count; } *ready_cache;
+        size_t n_ready_cache;
+        uint64_t ready_cache_sig;
+        long long ready_cache_epoch;
         uint64_t routing_version;      /* the routing table version it holds; ROUTING_NONE: none */
         struct list link;
 };

@@ -25,6 +25,7 @@ void node_free(struct node *n) {
         }
         free(n->name);
         free(n->address);
+        free(n->ready_cache);
         cJSON_Delete(n->labels);
         for (size_t i = 0; i < n->n_custom; i++)
                 free((char *)n->custom[i].name);
