@@ -339,14 +339,17 @@ int main(int argc, char **argv) {
                 double scale_next_s;
                 if (h.scaler && scaler_tick(h.scaler, h.spec, (double)now / 1e9, &scale_next_s) > 0)
                         h.dirty = true; /* place (or drain) the replicas the autoscaler changed */
+                /* A pass over 10,000 nodes takes a while: at least twice its time goes to the
+                 * loop (hellos, reports) before the next, or a join storm starves heartbeats. */
                 if (h.dirty && now >= h.reconcile_next_ns) {
                         reconcile(&h);
-                        h.reconcile_next_ns = now + RECONCILE_MIN_INTERVAL_NS;
+                        h.reconcile_next_ns = now + MAX(RECONCILE_MIN_INTERVAL_NS, 3 * (now_ns() - now));
                 }
                 if (h.routing_dirty && now >= h.routing_next_ns) {
+                        uint64_t t0 = now_ns();
                         h.routing_dirty = false;
-                        h.routing_next_ns = now + ROUTING_MIN_INTERVAL_NS;
                         build_routing(&h);
+                        h.routing_next_ns = now + MAX(ROUTING_MIN_INTERVAL_NS, 3 * (now_ns() - t0));
                 }
                 r = loop_run_once(&h.loop, MIN(wd_next, h.routing_dirty || h.dirty ? 10 * NSEC_PER_MSEC : 100 * NSEC_PER_MSEC));
                 if (r < 0) {
@@ -373,7 +376,7 @@ int main(int argc, char **argv) {
         free(h.cfg_source);
         free(h.config_error);
         netblob_unref(h.config_msg);
-        free(h.routing_text);
+        routing_table_done(&h.routing);
         free(h.saved_state);
         trust_free(&h);
         free(h.join_token);

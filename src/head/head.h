@@ -24,12 +24,14 @@
 #include "nodecfg.h"
 #include "placement.h"
 #include "scaler.h"
+#include "routing_table.h"
 #include "spec.h"
 
 #define MAX_NODES 10000
 #define MAX_API_BODY (16u << 20)
 #define ROUTING_MIN_INTERVAL_NS (200 * NSEC_PER_MSEC)
 #define RECONCILE_MIN_INTERVAL_NS (50 * NSEC_PER_MSEC) /* a burst of registrations: one placement */
+#define ROUTING_NONE UINT64_MAX
 #define HELLO_TIMEOUT_NS (10 * NSEC_PER_SEC)
 /* Connections that have not said hello (or joined) yet, at most: strangers cannot hold more
  * (each at most a TLS state and an UNAUTH_MSG_MAX message: ~100 KiB), and a reconnect storm
@@ -60,6 +62,14 @@ struct node {
         uint64_t ready_sig;            /* hash of its RUNNING replicas: routing changes when it does */
         uint64_t renewed_ns;           /* when its certificate was last renewed */
         long long sent_config_epoch;
+        uint32_t routing_id;           /* its id in routing messages */
+        /* Its RUNNING replicas per deployment (spec index, count) as of ready_cache_sig and
+         * ready_cache_epoch: the routing pass reads a report again only when it changed. */
+        struct ready_count { uint32_t dep, count; } *ready_cache;
+        size_t n_ready_cache;
+        uint64_t ready_cache_sig;
+        long long ready_cache_epoch;
+        uint64_t routing_version;      /* the routing table version it holds; ROUTING_NONE: none */
         struct list link;
 };
 
@@ -118,7 +128,8 @@ struct head {
 
         struct list nodes, pending;
         size_t n_nodes;
-        char *routing_text;
+        struct routing_table routing;  /* what the workers were last told */
+        uint32_t next_routing_id;      /* for nodes and deployments */
         uint64_t routing_next_ns, reconcile_next_ns;
         char *saved_state;             /* what the state file holds */
         bool dirty, routing_dirty;
@@ -161,8 +172,12 @@ void node_send(struct node *n, cJSON *m);
 void build_config_message(struct head *h);
 /* Places every deployment's replicas (keeping what runs where it runs) and tells the nodes. */
 void reconcile(struct head *h);
-/* Ready replicas per deployment per node, to every node (only when it changed). */
+/* Ready replicas per deployment per node: what changed, as one delta to every node that has the
+ * previous version; the whole table to a node that is behind. */
 void build_routing(struct head *h);
+/* The node asked for whole messages again (it missed one): config and assign now, routing at
+ * the next pass. */
+void node_resync(struct node *n);
 /* Makes h->assign parallel to h->spec->deps (the state file keys it by name). */
 void align_assignment(struct head *h);
 

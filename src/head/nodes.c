@@ -25,6 +25,7 @@ void node_free(struct node *n) {
         }
         free(n->name);
         free(n->address);
+        free(n->ready_cache);
         cJSON_Delete(n->labels);
         for (size_t i = 0; i < n->n_custom; i++)
                 free((char *)n->custom[i].name);
@@ -55,6 +56,8 @@ struct node *node_get(struct head *h, const char *name) {
                 return NULL;
         }
         n->h = h;
+        n->routing_id = ++h->next_routing_id;
+        n->routing_version = ROUTING_NONE;
         n->address = strdup("");
         n->labels = cJSON_CreateObject();
         list_add_tail(&h->nodes, &n->link);
@@ -287,6 +290,7 @@ static void on_hello(struct pending_conn *pc, cJSON *m) {
         n->nc = nc;
         n->last_seen_ns = now_ns();
         n->sent_config_epoch = -1;
+        n->routing_version = ROUTING_NONE;
         free(n->sent_assign);
         n->sent_assign = NULL;
         bool was_alive = n->alive;
@@ -352,6 +356,10 @@ static void node_on_data(struct netconn *nc) {
                         }
                 } else if (streq(type, "renew")) {
                         trust_on_renew(n->h, n, m);
+                } else if (streq(type, "resync")) {
+                        /* It missed a delta (or could not use one): whole messages again. */
+                        log_info("node %s asked for the whole config and routing table", n->name);
+                        node_resync(n);
                 } else if (streq(type, "goodbye")) {
                         log_info("node %s is stopping", n->name);
                         node_lost(n, "it stopped");

@@ -4,7 +4,8 @@
  *
  *   config   the resolved deployments, routes and HTTP options; the same bytes for every node
  *   assign   this node's replica counts (and GPUs) per deployment, for a config epoch
- *   routing  every node's ready replicas per deployment; the same bytes for every node */
+ *   routing  every node's ready replicas per deployment: a versioned delta of what changed since
+ *            the last pass, the same bytes for every node; the whole table to a node behind */
 #include <stdio.h>
 #include <string.h>
 
@@ -159,95 +160,149 @@ static void send_assign(struct head *h, struct node *n) {
         node_send(n, m);
 }
 
-/* Ready replicas per deployment per node, from the workers' reports. */
-void build_routing(struct head *h) {
-        cJSON *m = ctlmsg_new("routing"), *nodes, *deps;
-        struct list *pos, *tmp;
-        int idx = 0;
+/* Counts node n's RUNNING replicas per deployment from its report into n->ready_cache (ready:
+ * scratch, one zero per deployment). Returns 0 or -ENOMEM. */
+static int node_count_ready(struct head *h, struct node *n, unsigned *ready) {
+        size_t n_deps = h->spec ? h->spec->n_deps : 0, hint = 0, used = 0;
+        const cJSON *it;
 
-        nodes = cJSON_AddArrayToObject(m, "nodes");
-        deps = cJSON_AddArrayToObject(m, "deployments");
-        size_t n_deps = h->spec ? h->spec->n_deps : 0;
-        cJSON **per_dep = calloc(n_deps + 1, sizeof *per_dep);
-        unsigned *ready = calloc(n_deps + 1, sizeof *ready); /* one node's RUNNING replicas per deployment */
-        for (size_t i = 0; h->spec && i < h->spec->n_deps; i++) {
-                cJSON *o = cJSON_CreateObject();
-                cJSON_AddStringToObject(o, "app", h->spec->deps[i].app);
-                cJSON_AddStringToObject(o, "name", h->spec->deps[i].name);
-                cJSON_AddNumberToObject(o, "max_ongoing", h->spec->deps[i].max_ongoing);
-                /* Placed (maybe still starting): a proxy may hold requests for them. */
-                cJSON_AddNumberToObject(o, "placed", i < h->n_assign ? h->assign[i].placed : 0);
-                per_dep[i] = cJSON_AddArrayToObject(o, "ready");
-                cJSON_AddItemToArray(deps, o);
+        /* One pass over the report (not one per deployment: with 1000 nodes and 100
+         * deployments that was most of the head's CPU). A node lists its replicas grouped by
+         * deployment, so the last match is tried first. */
+        cJSON_ArrayForEach(it, cJSON_GetObjectItem(n->report, "replicas")) {
+                const char *app = cJSON_GetStringValue(cJSON_GetObjectItem(it, "app"));
+                const char *dep = cJSON_GetStringValue(cJSON_GetObjectItem(it, "deployment"));
+                size_t i = hint;
+                if (!streq_ptr(cJSON_GetStringValue(cJSON_GetObjectItem(it, "state")), "RUNNING") || !app || !dep)
+                        continue;
+                if (i >= n_deps || !streq(app, h->spec->deps[i].app) || !streq(dep, h->spec->deps[i].name))
+                        for (i = 0; i < n_deps; i++)
+                                if (streq(app, h->spec->deps[i].app) && streq(dep, h->spec->deps[i].name))
+                                        break;
+                if (i < n_deps) {
+                        used += ready[i]++ == 0;
+                        hint = i;
+                }
         }
-        list_for_each_safe(pos, tmp, &h->nodes) {
+        struct ready_count *c = calloc(used + 1, sizeof *c);
+        if (!c)
+                return -ENOMEM;
+        size_t k = 0;
+        for (size_t i = 0; i < n_deps; i++) {
+                if (ready[i] > 0)
+                        c[k++] = (struct ready_count){ (uint32_t)i, MIN(ready[i], (unsigned)ROUTING_MAX_COUNT) };
+                ready[i] = 0;
+        }
+        free(n->ready_cache);
+        n->ready_cache = c;
+        n->n_ready_cache = k;
+        n->ready_cache_sig = n->ready_sig;
+        n->ready_cache_epoch = h->config_epoch;
+        return 0;
+}
+
+/* The routing table now: ready replicas per deployment per node, from the workers' reports. */
+static int routing_build_table(struct head *h, struct routing_table *t) {
+        size_t n_deps = h->spec ? h->spec->n_deps : 0;
+        _cleanup_free_ uint32_t *ids = calloc(n_deps + 1, sizeof *ids);
+        _cleanup_free_ unsigned *ready = calloc(n_deps + 1, sizeof *ready); /* node_count_ready()'s scratch */
+        struct list *pos;
+        int r;
+
+        if (!ids || !ready)
+                return -ENOMEM;
+        for (size_t i = 0; i < n_deps; i++) {
+                const struct dep_spec *d = &h->spec->deps[i];
+                /* The same deployment keeps its id: a change names it, not its whole entry. */
+                const struct routing_dep *old = routing_table_find_dep(&h->routing, i, d->app, d->name);
+                ids[i] = old ? old->id : ++h->next_routing_id;
+                /* Placed (maybe still starting): a proxy may hold requests for them. */
+                r = routing_table_add_dep(t, ids[i], d->app, d->name, d->max_ongoing, i < h->n_assign ? (int)h->assign[i].placed : 0);
+                if (r < 0)
+                        return r;
+        }
+        for (pos = h->nodes.next; pos != &h->nodes; pos = pos->next) {
                 struct node *n = list_entry(pos, struct node, link);
-                const cJSON *it;
                 if (!n->alive || !n->report || !n->data_port)
                         continue;
-                cJSON *no = cJSON_CreateObject();
-                cJSON_AddStringToObject(no, "name", n->name);
-                cJSON_AddStringToObject(no, "address", n->address);
-                cJSON_AddNumberToObject(no, "data_port", n->data_port);
-                uint64_t ms = trust_min_serial(h, n->name);
-                if (ms) { /* its certificates below this serial are revoked: as text, JSON numbers are doubles */
-                        char sbuf[32];
-                        snprintf(sbuf, sizeof sbuf, "%llu", (unsigned long long)ms);
-                        cJSON_AddStringToObject(no, "min_serial", sbuf);
+                /* Its certificates below min_serial are revoked: peers refuse them too. */
+                r = routing_table_add_node(t, n->routing_id, n->name, n->address, n->data_port, trust_min_serial(h, n->name));
+                if (r < 0)
+                        return r;
+                if (!n->ready_cache || n->ready_cache_sig != n->ready_sig || n->ready_cache_epoch != h->config_epoch) {
+                        r = node_count_ready(h, n, ready);
+                        if (r < 0)
+                                return r;
                 }
-                cJSON_AddItemToArray(nodes, no);
-                /* One pass over the report (not one per deployment: with 1000 nodes and 100
-                 * deployments that was most of the head's CPU). A node lists its replicas
-                 * grouped by deployment, so the last match is tried first. */
-                size_t hint = 0;
-                cJSON_ArrayForEach(it, cJSON_GetObjectItem(n->report, "replicas")) {
-                        const char *app = cJSON_GetStringValue(cJSON_GetObjectItem(it, "app"));
-                        const char *dep = cJSON_GetStringValue(cJSON_GetObjectItem(it, "deployment"));
-                        size_t i = hint;
-                        if (!ready || !streq(cJSON_GetStringValue(cJSON_GetObjectItem(it, "state")), "RUNNING"))
-                                continue;
-                        if (i >= n_deps || !streq(app, h->spec->deps[i].app) || !streq(dep, h->spec->deps[i].name))
-                                for (i = 0; i < n_deps; i++)
-                                        if (streq(app, h->spec->deps[i].app) && streq(dep, h->spec->deps[i].name))
-                                                break;
-                        if (i < n_deps) {
-                                ready[i]++;
-                                hint = i;
-                        }
-                }
-                for (size_t i = 0; ready && i < n_deps; i++) {
-                        if (ready[i] > 0) {
-                                cJSON *pair = cJSON_CreateArray();
-                                cJSON_AddItemToArray(pair, cJSON_CreateNumber(idx));
-                                cJSON_AddItemToArray(pair, cJSON_CreateNumber(ready[i]));
-                                cJSON_AddItemToArray(per_dep[i], pair);
-                        }
-                        ready[i] = 0;
-                }
-                idx++;
+                for (size_t k = 0; k < n->n_ready_cache; k++)
+                        if ((r = routing_table_add_ready(t, ids[n->ready_cache[k].dep], n->routing_id, n->ready_cache[k].count)) < 0)
+                                return r;
         }
-        free(ready);
-        free(per_dep);
-        char *text = cJSON_PrintUnformatted(m);
-        if (text && h->routing_text && streq(text, h->routing_text)) {
-                free(text);
-                cJSON_Delete(m);
-                return;
-        }
-        free(h->routing_text);
-        h->routing_text = text;
+        return routing_table_seal(t);
+}
+
+static struct netblob *blob_of(cJSON *m) {
         char *framed = NULL;
         size_t len = 0;
-        struct netblob *blob = frame_json(m, &framed, &len) == 0 ? netblob_new(framed, len) : NULL;
+        struct netblob *b = m && frame_json(m, &framed, &len) == 0 ? netblob_new(framed, len) : NULL;
         free(framed);
-        if (blob)
-                list_for_each_safe(pos, tmp, &h->nodes) {
-                        struct node *n = list_entry(pos, struct node, link);
-                        if (n->nc && n->sent_config_epoch == h->config_epoch)
-                                node_send_blob(n, blob);
-                }
-        netblob_unref(blob);
         cJSON_Delete(m);
+        return b;
+}
+
+void build_routing(struct head *h) {
+        struct routing_table t;
+        struct netblob *delta = NULL, *full = NULL;
+        cJSON *dm = NULL;
+        uint64_t base = h->routing.version;
+        struct list *pos;
+        int r;
+
+        routing_table_init(&t);
+        r = routing_build_table(h, &t);
+        if (r >= 0)
+                r = routing_table_delta_message(&h->routing, &t, &dm);
+        if (r < 0) {
+                log_error_errno(r, "cannot build the routing table: %m");
+                routing_table_done(&t);
+                return;
+        }
+        if (r > 0) {
+                /* Every change of this pass in one message, the same bytes for every node. */
+                t.version = base + 1;
+                delta = blob_of(dm);
+                routing_table_done(&h->routing);
+                h->routing = t;
+        } else
+                routing_table_done(&t);
+        for (pos = h->nodes.next; pos != &h->nodes; pos = pos->next) {
+                struct node *n = list_entry(pos, struct node, link);
+                if (!n->nc || n->nc->closed || n->sent_config_epoch != h->config_epoch || n->routing_version == h->routing.version)
+                        continue;
+                if (delta && n->routing_version == base)
+                        node_send_blob(n, delta);
+                else {
+                        /* Behind (new, reconnected, or it asked): the whole table, built once a pass. */
+                        if (!full)
+                                full = blob_of(routing_table_full_message(&h->routing));
+                        if (!full)
+                                continue;
+                        node_send_blob(n, full);
+                }
+                n->routing_version = h->routing.version;
+        }
+        netblob_unref(delta);
+        netblob_unref(full);
+}
+
+void node_resync(struct node *n) {
+        n->sent_config_epoch = -1;
+        free(n->sent_assign);
+        n->sent_assign = NULL;
+        n->routing_version = ROUTING_NONE;
+        n->h->routing_dirty = true;
+        if (n->alive)
+                send_assign(n->h, n);
 }
 
 /* ---- reconciliation ---- */

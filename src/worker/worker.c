@@ -3,6 +3,7 @@
  * (local replicas first, else a peer node), reports replicas and load every heartbeat, and
  * keeps serving with what it has while the head is away. */
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include "httpd.h"
 #include "report.h"
 #include "scaler.h"
+#include "routing_table.h"
 #include "resources.h"
 #include "spec.h"
 #include "supervisor.h"
@@ -58,6 +60,8 @@ struct worker {
         double hb_interval_s;
         cJSON *config;
         long long config_epoch;
+        struct routing_table routing;  /* as serve-head last described it */
+        bool resync_asked;
         bool have_assign, proxy_stopped;
         bool joining;                  /* getting this node's certificate: no head link yet */
         double wall_offset_s;
@@ -410,66 +414,55 @@ out:
         return r;
 }
 
-/* `routing`: where every deployment has ready replicas. Returns 0 or -EINVAL with err. */
+/* Asks the head for whole messages again, once until one arrives. */
+static void head_ask_resync(struct worker *w) {
+        if (w->resync_asked)
+                return;
+        w->resync_asked = true;
+        head_send(w, ctlmsg_new("resync"));
+}
+
+/* `routing`: where every deployment has ready replicas, whole or as the changes since the version
+ * we hold (routing_table.h). A change we cannot place (we missed one) asks for the whole table.
+ * Returns 0 or -EINVAL with err. */
 static int on_routing(struct worker *w, const cJSON *m, char *err, size_t errlen) {
-        const cJSON *nodes, *deps, *it, *pair;
-        const char *s;
-        long long v;
-        int r, n_nodes;
-
-        if ((r = ctl_get_array(m, "nodes", MAX_ASSIGN_ITEMS, true, &nodes, err, errlen)) < 0 ||
-            (r = ctl_get_array(m, "deployments", MAX_ASSIGN_ITEMS, true, &deps, err, errlen)) < 0)
+        int r = routing_table_apply(&w->routing, m, err, errlen);
+        if (r == -ESTALE) {
+                log_info("routing update does not follow version %" PRIu64 ": asking serve-head for the whole table",
+                         w->routing.version);
+                head_ask_resync(w);
+                return 0;
+        }
+        if (r < 0)
                 return r;
-        n_nodes = cJSON_GetArraySize(nodes);
-        cJSON_ArrayForEach(it, nodes) {
-                if ((r = ctl_get_string(it, "name", 200, true, &s, err, errlen)) < 0 ||
-                    (r = ctl_get_string(it, "address", 200, true, &s, err, errlen)) < 0 ||
-                    (r = ctl_get_int(it, "data_port", 1, 65535, true, &v, err, errlen)) < 0 ||
-                    (r = ctl_get_string(it, "min_serial", 20, false, &s, err, errlen)) < 0)
-                        return r;
-        }
-        cJSON_ArrayForEach(it, deps) {
-                const cJSON *ready;
-                if ((r = ctl_get_string(it, "app", 200, true, &s, err, errlen)) < 0 ||
-                    (r = ctl_get_string(it, "name", 200, true, &s, err, errlen)) < 0 ||
-                    (r = ctl_get_int(it, "max_ongoing", 1, 1 << 20, true, &v, err, errlen)) < 0 ||
-                    (r = ctl_get_array(it, "ready", MAX_ASSIGN_ITEMS, true, &ready, err, errlen)) < 0)
-                        return r;
-                cJSON_ArrayForEach(pair, ready) {
-                        const cJSON *a = cJSON_GetArrayItem(pair, 0), *b = cJSON_GetArrayItem(pair, 1);
-                        if (!cJSON_IsArray(pair) || cJSON_GetArraySize(pair) != 2 || !cJSON_IsNumber(a) || !cJSON_IsNumber(b) ||
-                            a->valuedouble < 0 || a->valuedouble >= n_nodes || b->valuedouble < 0 || b->valuedouble > 1 << 20) {
-                                snprintf(err, errlen, "field ready: items must be [node index, count]");
-                                return -EINVAL;
-                        }
-                }
-        }
+        if (cJSON_IsTrue(cJSON_GetObjectItem(m, "full")))
+                w->resync_asked = false;
 
-        struct peer **peers = calloc((size_t)n_nodes + 1, sizeof *peers);
+        /* The peers learn the whole table again: one pass over it, no new connection for a peer
+         * that stays. */
+        const struct routing_table *t = &w->routing;
+        struct peer **peers = calloc(t->n_nodes + 1, sizeof *peers);
         if (!peers)
                 return -ENOMEM;
         peers_update_begin(w->peers);
-        int i = 0;
-        cJSON_ArrayForEach(it, nodes) {
-                const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(it, "name"));
-                const char *ms = cJSON_GetStringValue(cJSON_GetObjectItem(it, "min_serial"));
-                if (!streq(name, w->cfg->node_name))
-                        peers[i] = peers_update_node(w->peers, name, cJSON_GetStringValue(cJSON_GetObjectItem(it, "address")),
-                                                     (int)cJSON_GetNumberValue(cJSON_GetObjectItem(it, "data_port")),
-                                                     ms ? strtoull(ms, NULL, 10) : 0);
-                i++;
-        }
-        cJSON_ArrayForEach(it, deps) {
-                const char *app = cJSON_GetStringValue(cJSON_GetObjectItem(it, "app"));
-                const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(it, "name"));
-                int mo = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(it, "max_ongoing"));
-                double placed = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "placed"));
-                (void)peers_set_placed(w->peers, app, name, placed >= 0 && placed < 1e7 ? (int)placed : 0);
-                cJSON_ArrayForEach(pair, cJSON_GetObjectItem(it, "ready")) {
-                        struct peer *p = peers[(int)cJSON_GetArrayItem(pair, 0)->valuedouble];
-                        if (p)
-                                (void)peers_update_target(w->peers, p, app, name, (int)cJSON_GetArrayItem(pair, 1)->valuedouble, mo);
+        for (size_t i = 0; i < t->n_nodes; i++)
+                if (!streq(t->nodes[i].name, w->cfg->node_name))
+                        peers[i] = peers_update_node(w->peers, t->nodes[i].name, t->nodes[i].address, t->nodes[i].data_port,
+                                                     t->nodes[i].min_serial);
+        for (size_t i = 0, k = 0, j = 0; i < t->n_deps; i++) {
+                const struct routing_dep *d = &t->deps[i];
+                (void)peers_set_placed(w->peers, d->app, d->name, d->placed);
+                /* Ready counts are sorted by (deployment, node), nodes and deployments by id. */
+                for (; k < t->n_ready && t->ready[k].dep < d->id; k++)
+                        ;
+                for (; k < t->n_ready && t->ready[k].dep == d->id; k++) {
+                        while (j < t->n_nodes && t->nodes[j].id < t->ready[k].node)
+                                j++;
+                        if (j < t->n_nodes && peers[j])
+                                (void)peers_update_target(w->peers, peers[j], d->app, d->name, (int)t->ready[k].count,
+                                                          d->max_ongoing);
                 }
+                j = 0;
         }
         peers_update_end(w->peers);
         free(peers);
@@ -506,6 +499,9 @@ static void head_on_connect(struct netconn *nc) {
         (void)netconn_set_idle_timeout(nc, 0);
         w->head_up = true;
         w->head_backoff_ns = 0;
+        /* A new link starts with whole messages: until then, no delta applies. */
+        w->routing.valid = false;
+        w->resync_asked = false;
         log_info("connected to serve-head at %s, registering as %s", w->cfg->head_address, w->cfg->node_name);
         head_send(w, hello_message(w));
 }
@@ -740,6 +736,7 @@ static void worker_done(struct worker *w) {
         enroll_free(w->enroll);
         worker_config_free(w->cfg);
         cJSON_Delete(w->config);
+        routing_table_done(&w->routing);
         free(w->replica_bin);
         if (w->sfd >= 0)
                 close(w->sfd);

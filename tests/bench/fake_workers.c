@@ -11,13 +11,17 @@
  * ids "app/Dep#N" unique across the run), as serve-worker's report_build() would. It never
  * starts anything. The head sends `config` (the same bytes to every node) when the config epoch
  * changes, then `assign` (this node's replica counts, for that epoch) whenever its text changes,
- * and `routing` (every node's ready replicas) to all when ready counts change.
+ * and `routing` (routing_table.h: the whole table to a node that has none, then versioned deltas
+ * of what changed, the same bytes to all); each worker checks that a delta follows the version
+ * it holds. Connections open in waves of CONNECT_WAVE not yet welcomed.
  *
  * Phases, each printed as one line of numbers:
  *   placement  first hello -> every worker holds an assign and the counts sum to --expect
  *   ready      first hello -> the head's `routing` lists --expect ready replicas (it has seen
  *              the reports)
  *   settled    then until no assign arrived for --settle-ms
+ *   change     worker 0 reports one replica not ready, then ready again: the routing messages
+ *              and bytes the head sent to all workers for each change
  *   reload     --reload-cmd runs (in the background) -> every worker got a `config` with a
  *              higher epoch and an `assign` for that epoch, the counts sum to --expect and, with
  *              --reload-changes-config, every deployment's user_config differs from before
@@ -52,11 +56,13 @@
 
 #include "macros.h"
 #include "metrics.h"
+#include "routing_table.h"
 #include "util.h"
 
 #define FRAME_MAX (16u << 20)
 #define OUT_LIMIT (64u << 20)
 #define IN_LIMIT (FRAME_MAX + 4u)
+#define CONNECT_WAVE 256
 
 /* One deployment of a `config` message. */
 struct cfg_dep {
@@ -101,6 +107,9 @@ struct fake_worker {
         struct fake_deployment *deps;
         size_t n_deps;
         bool reloaded;
+        bool started;            /* its connection was opened */
+        bool has_routing;
+        uint64_t routing_version; /* of the last routing message it got */
 };
 
 static struct {
@@ -129,9 +138,9 @@ static unsigned assigned_workers;         /* workers with an assign */
 static unsigned reloaded_workers;
 static bool reload_running;
 static struct config *latest_config, *config_before_reload;
-static char *routing_text;
-static size_t routing_len;
-static unsigned long long routing_ready;  /* ready replicas in the latest routing */
+static struct routing_table routing;     /* the newest version any worker got */
+static unsigned long long routing_ready;  /* ready replicas in it */
+static bool unready_one;                  /* worker 0 reports its first replica STARTING */
 static uint64_t replica_counter, last_assign_ns;
 
 /* Messages and bytes received per type, for the summary. */
@@ -228,7 +237,7 @@ static cJSON *replicas_json(const struct fake_worker *w) {
                         cJSON_AddStringToObject(r, "app", d->app);
                         cJSON_AddStringToObject(r, "deployment", d->name);
                         cJSON_AddStringToObject(r, "version", d->version);
-                        cJSON_AddStringToObject(r, "state", "RUNNING");
+                        cJSON_AddStringToObject(r, "state", unready_one && w->idx == 0 && i == 0 && j == 0 ? "STARTING" : "RUNNING");
                         cJSON_AddNumberToObject(r, "pid", d->replicas[j].pid);
                         cJSON_AddNumberToObject(r, "ongoing", 0);
                         cJSON_AddNumberToObject(r, "started_at", d->replicas[j].started_at);
@@ -466,34 +475,47 @@ static void handle_assign(struct fake_worker *w, const cJSON *m) {
         update_reloaded(w);
 }
 
-/* `routing`: the same bytes go to every node; only the ready total is of interest. */
+/* `routing`: a whole table or the changes since the version this worker holds. The head writes
+ * "version" and then "full" or "base" right after the type, so each worker checks that what
+ * it got follows what it had from the first bytes; the one shared table applies each version
+ * once (parsing a 2 MB table once per worker would make this process the bottleneck). */
 static void handle_routing(struct fake_worker *w, const char *data, size_t len) {
-        const cJSON *deps, *d, *pair;
-        unsigned long long ready = 0;
-        cJSON *m;
+        static const char prefix[] = "{\"v\":1,\"type\":\"routing\",\"version\":";
+        unsigned long long version, base = 0;
+        char head[128];
+        int used = 0;
+        bool full;
 
-        if (routing_text && routing_len == len && memcmp(routing_text, data, len) == 0)
-                return;
-        m = cJSON_ParseWithLength(data, len);
-        if (!m)
-                die("%s: routing is not JSON", w->name);
-        (void)get_array(m, "nodes", w->name, "routing");
-        deps = get_array(m, "deployments", w->name, "routing");
-        cJSON_ArrayForEach(d, deps)
-                cJSON_ArrayForEach(pair, get_array(d, "ready", w->name, "routing")) {
-                        const cJSON *c = cJSON_GetArrayItem(pair, 1);
-                        if (!cJSON_IsNumber(c))
-                                die("%s: routing: ready items must be [node index, count]", w->name);
-                        ready += (unsigned long long)c->valuedouble;
-                }
-        cJSON_Delete(m);
-        free(routing_text);
-        routing_text = malloc(len);
-        if (!routing_text)
-                die("out of memory");
-        memcpy(routing_text, data, len);
-        routing_len = len;
-        routing_ready = ready;
+        size_t hl = MIN(len, sizeof(head) - 1);
+        memcpy(head, data, hl);
+        head[hl] = 0;
+        if (strncmp(head, prefix, sizeof(prefix) - 1) != 0 || sscanf(head + sizeof(prefix) - 1, "%llu%n", &version, &used) != 1)
+                die("%s: routing does not start with its version", w->name);
+        const char *rest = head + sizeof(prefix) - 1 + used;
+        full = strncmp(rest, ",\"full\":true", 12) == 0;
+        if (!full && sscanf(rest, ",\"base\":%llu", &base) != 1)
+                die("%s: routing has neither \"full\" nor \"base\" after its version", w->name);
+        /* Workers read their links in turn: an older message may come after a newer one that
+         * another worker already got. The shared table only moves forward. */
+        if (!routing.valid || version > routing.version) {
+                char err[256] = "";
+                cJSON *m = cJSON_ParseWithLength(data, len);
+                if (!m)
+                        die("%s: routing is not JSON", w->name);
+                int r = routing_table_apply(&routing, m, err, sizeof(err));
+                if (r < 0)
+                        die("%s: routing version %llu: %s", w->name, version,
+                            r == -ESTALE ? "a delta on a version no worker has" : err);
+                cJSON_Delete(m);
+                routing_ready = 0;
+                for (size_t i = 0; i < routing.n_ready; i++)
+                        routing_ready += routing.ready[i].count;
+        }
+        if (!full && (!w->has_routing || w->routing_version != base))
+                die("%s: routing delta on version %llu, but this worker holds %s%" PRIu64, w->name, base,
+                    w->has_routing ? "" : "none ", w->has_routing ? w->routing_version : 0);
+        w->has_routing = true;
+        w->routing_version = version;
 }
 
 /* The message type without parsing the whole frame: the head writes "v" and then "type"
@@ -584,6 +606,10 @@ static void on_readable(struct fake_worker *w) {
                 off += 4 + (size_t)len;
         }
         buf_consume(&w->in, off);
+        /* A whole routing table is megabytes: 10,000 idle buffers that size would be this
+         * process's memory. */
+        if (w->in.len == 0 && w->in.cap > (256u << 10))
+                buf_free(&w->in);
 }
 
 static void on_writable(struct fake_worker *w) {
@@ -735,7 +761,7 @@ static const char *head_cpu_note(void) {
         return note;
 }
 
-enum phase { PLACING, SETTLING, RELOADING, DONE };
+enum phase { PLACING, SETTLING, UNREADY, READY_AGAIN, RELOADING, DONE };
 
 static void usage(void) {
         fprintf(stderr, "usage: fake_workers --head HOST:PORT --token-file F --expect N [--workers N] [--cpus C]\n"
@@ -781,8 +807,19 @@ static void parse_args(int argc, char **argv) {
                 usage();
 }
 
+/* Every worker holds routing version v. */
+static bool all_routing_at(uint64_t v) {
+        for (unsigned i = 0; i < arg.workers; i++)
+                if (!workers[i].has_routing || workers[i].routing_version != v)
+                        return false;
+        return true;
+}
+
 static void print_traffic(const char *label) {
-        printf("%s traffic: head -> workers", label);
+        uint64_t all = 0;
+        for (int t = 0; t < T_MAX; t++)
+                all += rx_bytes[t];
+        printf("%s traffic: %.1f KiB per worker; head -> workers", label, all / 1024.0 / arg.workers);
         for (int t = 0; t < T_MAX; t++)
                 if (rx_msgs[t])
                         printf(" %s %" PRIu64 " (%.1f MiB)", type_names[t], rx_msgs[t], rx_bytes[t] / 1048576.0);
@@ -826,16 +863,32 @@ int main(int argc, char **argv) {
                 w->idx = i;
                 snprintf(w->name, sizeof(w->name), "fake-%04u", i);
                 inet_ntop(AF_INET, &a, w->address, sizeof(w->address));
-                start_connect(w);
+                w->fd = -1;
         }
 
         deadline = now_ns() + sec_to_ns(arg.timeout_s);
+        unsigned n_started = 0;
         for (;;) {
                 uint64_t now = now_ns();
-                unsigned unconnected = 0;
+                unsigned unconnected = 0, joining = 0;
+
+                /* Connect in waves, as a real fleet comes up: the head takes at most
+                 * MAX_PENDING_CONNS connections that have not said hello at once. */
+                for (unsigned i = 0; i < n_started; i++)
+                        joining += !workers[i].welcomed;
+                while (n_started < arg.workers && joining < CONNECT_WAVE) {
+                        workers[n_started].started = true;
+                        start_connect(&workers[n_started++]);
+                        joining++;
+                }
 
                 for (unsigned i = 0; i < arg.workers; i++) {
                         struct fake_worker *w = &workers[i];
+                        if (!w->started) {
+                                unconnected++;
+                                pfd[i] = (struct pollfd){ .fd = -1 };
+                                continue;
+                        }
                         if (w->connected && w->next_report_ns == 0) {
                                 if (!t_first_hello)
                                         t_first_hello = now;
@@ -887,6 +940,34 @@ int main(int argc, char **argv) {
                                        (double)(MAX(last_assign_ns, t_all_assigned) - t_all_assigned) / 1e6,
                                        arg.settle_ms, head_cpu_note());
                                 print_traffic("settling");
+                                /* One replica change: worker 0 reports one replica not ready,
+                                 * then ready again; what the head sends to all for each. */
+                                unready_one = true;
+                                workers[0].next_report_ns = now;
+                                phase = UNREADY;
+                                t_phase = now;
+                                deadline = now + sec_to_ns(arg.timeout_s);
+                        }
+                        break;
+                case UNREADY:
+                case READY_AGAIN:
+                        if (routing_ready == arg.expect - (phase == UNREADY) && all_routing_at(routing.version)) {
+                                uint64_t all = 0;
+                                for (int t = 0; t < T_MAX; t++)
+                                        all += rx_bytes[t];
+                                printf("one replica %s: %" PRIu64 " routing message(s), %" PRIu64 " bytes to all %u workers "
+                                       "(%.1f bytes per worker) in %.0f ms%s\n",
+                                       phase == UNREADY ? "not ready" : "ready again", rx_msgs[T_ROUTING], all, arg.workers,
+                                       (double)all / arg.workers, ms_since(t_phase), head_cpu_note());
+                                print_traffic(phase == UNREADY ? "replica not ready" : "replica ready again");
+                                if (phase == UNREADY) {
+                                        unready_one = false;
+                                        workers[0].next_report_ns = now;
+                                        phase = READY_AGAIN;
+                                        t_phase = now;
+                                        deadline = now + sec_to_ns(arg.timeout_s);
+                                        break;
+                                }
                                 if (!arg.reload_cmd) {
                                         phase = DONE;
                                         break;
@@ -931,7 +1012,7 @@ int main(int argc, char **argv) {
                 if (phase == DONE && reload_pid < 0)
                         break;
                 if (now >= deadline) {
-                        static const char *const names[] = { "placement", "settling", "reload", "" };
+                        static const char *const names[] = { "placement", "settling", "replica change", "replica change", "reload", "" };
                         die("timeout after %.0f s in %s: %llu of %llu replicas assigned, %u of %u workers assigned, %u not "
                             "connected, %llu ready in routing, %u of %u workers reloaded",
                             arg.timeout_s, names[phase], assigned_total, arg.expect, assigned_workers, arg.workers,
@@ -970,7 +1051,7 @@ int main(int argc, char **argv) {
         }
         config_unref(latest_config);
         config_unref(config_before_reload);
-        free(routing_text);
+        routing_table_done(&routing);
         free(workers);
         return 0;
 }

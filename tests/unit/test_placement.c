@@ -479,6 +479,40 @@ static void test_scale(void) {
         placement_result_free(res);
 }
 
+/* The cluster bench's shape: 100 deployments of 1,000 replicas on 10,000 nodes. Placing one
+ * replica used to scan every node (10^9 steps here); now it is a heap. */
+static void test_large_scale(void) {
+        enum { N_NODES = 10000, N_DEPS = 100, PER = 1000 };
+        static struct placement_node nodes[N_NODES];
+        static struct placement_deployment deps[N_DEPS];
+        static char node_names[N_NODES][16], keys[N_DEPS][24];
+        struct placement_result *res;
+        struct timespec t0;
+
+        for (size_t i = 0; i < N_NODES; i++) {
+                snprintf(node_names[i], sizeof(node_names[i]), "node-%zu", i);
+                nodes[i] = node(node_names[i], 16, 64 * GiB, 0);
+        }
+        for (size_t i = 0; i < N_DEPS; i++) {
+                snprintf(keys[i], sizeof(keys[i]), "app%zu/D", i);
+                deps[i] = dep(keys[i], PER, 0.1);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        res = compute(nodes, N_NODES, deps, N_DEPS, NULL);
+        printf("# placed %d replicas on %d nodes in %.1f ms\n", N_DEPS * PER, N_NODES, ms_since(&t0));
+        unsigned placed = 0, most = 0;
+        for (size_t i = 0; i < N_DEPS; i++) {
+                placed += res->deployments[i].placed;
+                for (size_t k = 0; k < res->deployments[i].n_slots; k++)
+                        if (res->deployments[i].slots[k].count > most)
+                                most = res->deployments[i].slots[k].count;
+        }
+        is_int(placed, N_DEPS * PER, "every one of 100000 replicas is placed on 10000 nodes");
+        is_int(most, 1, "spread: no node holds two replicas of one deployment");
+        ok(within_capacity(nodes, N_NODES, deps, N_DEPS, res), "no node over capacity at 10000 nodes");
+        placement_result_free(res);
+}
+
 int main(void) {
         test_spread();
         test_incremental();
@@ -490,5 +524,6 @@ int main(void) {
         test_max_per_node();
         test_invalid();
         test_scale();
+        test_large_scale();
         return tap_done();
 }
