@@ -233,6 +233,43 @@ static void test_defaults(void) {
                 config_free(c);
         }
 
+        /* Ray's names for the rest of autoscaling_config, and num_replicas: auto. */
+        c = parse_ok("applications:\n  - import_path: a:b\n    deployments:\n"
+                     "      - name: D\n        autoscaling_config:\n"
+                     "          min_replicas: 0\n          downscale_to_zero_delay_s: 5\n"
+                     "          aggregation_function: max\n          target_cpu_utilization: 0.7\n"
+                     "          target_runqueue_delay_ms: 4\n          upscale_smoothing_factor: 2\n"
+                     "          downscaling_factor: 0.5\n          downscale_smoothing_factor: 0.9\n");
+        if (c) {
+                struct autoscaling_config *s = &c->apps[0].deployments[0].autoscaling;
+                ok(near(s->downscale_to_zero_delay_s, 5) && s->aggregation_function == AUTOSCALING_AGG_MAX,
+                   "downscale_to_zero_delay_s, aggregation_function");
+                ok(near(s->target_cpu_utilization, 0.7) && near(s->target_runqueue_delay_ms, 4),
+                   "target_cpu_utilization, target_runqueue_delay_ms");
+                ok(near(s->upscaling_factor, 2) && near(s->downscaling_factor, 0.5),
+                   "upscale_smoothing_factor sets upscaling_factor; downscaling_factor wins over the older name");
+                config_free(c);
+        }
+        c = parse_ok("applications:\n  - import_path: a:b\n    deployments:\n"
+                     "      - name: D\n        num_replicas: auto\n");
+        if (c) {
+                struct deployment_config *dd = &c->apps[0].deployments[0];
+                ok(dd->has_autoscaling && dd->num_replicas_auto, "num_replicas: auto autoscales");
+                ok(dd->autoscaling.min_replicas == 1 && dd->autoscaling.max_replicas == 100 &&
+                           near(dd->autoscaling.target_ongoing_requests, 2) && dd->autoscaling.downscale_to_zero_delay_s < 0,
+                   "... with Ray's defaults for it: 1..100 replicas, target 2");
+                config_free(c);
+        }
+        c = parse_ok("applications:\n  - import_path: a:b\n    deployments:\n"
+                     "      - name: D\n        autoscaling_config: {min_replicas: 5}\n        num_replicas: auto\n");
+        if (c) {
+                struct autoscaling_config *s = &c->apps[0].deployments[0].autoscaling;
+                ok(s->min_replicas == 5 && s->max_replicas == 100,
+                   "auto with autoscaling_config: the file's fields win, max_replicas defaults to 100 (%d..%d)",
+                   s->min_replicas, s->max_replicas);
+                config_free(c);
+        }
+
         struct deployment_config d;
         deployment_config_defaults(&d);
         ok(d.name == NULL && d.set == 0 && d.num_replicas == 1 && d.max_ongoing_requests == 5,
@@ -320,6 +357,18 @@ static void test_errors(void) {
                     "        num_replicas: 2\n        autoscaling_config: {max_replicas: 3}\n",
                     "t.yaml:5:23: applications[0].deployments[0].num_replicas: must not be a number "
                     "when autoscaling_config is set (use \"auto\" or remove one)");
+        parse_fails("applications:\n  - import_path: a:b\n    deployments:\n      - name: D\n"
+                    "        autoscaling_config: {aggregation_function: median}\n",
+                    "t.yaml:5:52: applications[0].deployments[0].autoscaling_config.aggregation_function: "
+                    "must be mean, max or min");
+        parse_fails("applications:\n  - import_path: a:b\n    deployments:\n      - name: D\n"
+                    "        autoscaling_config: {target_cpu_utilization: 70}\n",
+                    "t.yaml:5:54: applications[0].deployments[0].autoscaling_config.target_cpu_utilization: "
+                    "must be a share of the replica's num_cpus, in (0, 1]");
+        parse_fails("applications:\n  - import_path: a:b\n    deployments:\n      - name: D\n"
+                    "        autoscaling_config: {min_replicas: 3}\n",
+                    "t.yaml:5:44: applications[0].deployments[0].autoscaling_config.min_replicas: "
+                    "must not exceed max_replicas (1, the default); set max_replicas too");
         /* duplicates across entries */
         parse_fails("applications:\n  - {name: a, route_prefix: /a, import_path: a:b}\n"
                     "  - {name: a, route_prefix: /b, import_path: a:b}\n",
