@@ -92,6 +92,35 @@ wait_until 30 children_are 0 && pass "serve run: back to zero after downscale_to
 check "serve run: served again from zero" "$(curl -s -m 30 -d again "http://127.0.0.1:$PORT/cold")" "again"
 kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null
 
+# Beyond request counts: CPU time from the load monitor (eBPF or its /proc fallback). The request
+# target is out of reach, so only the CPU signal can add the replica.
+cat >"$WORK/burn.yaml" <<'EOF'
+applications:
+  - name: burn
+    route_prefix: /burn
+    import_path: burn:app
+    deployments:
+      - name: Burn
+        max_ongoing_requests: 4
+        autoscaling_config:
+          min_replicas: 1
+          max_replicas: 3
+          target_ongoing_requests: 100
+          target_cpu_utilization: 0.3
+          metrics_interval_s: 0.2
+          look_back_period_s: 1
+          upscale_delay_s: 0.5
+EOF
+start_serve burn "$WORK/burn.yaml" || { fail "serve run starts (CPU signal)"; finish; exit 1; }
+wait_until 30 answers_200 "/burn?ms=1" || fail "burn replica ready"
+wrk -t1 -c2 -d20s --timeout 10s "http://127.0.0.1:$PORT/burn?ms=50" >"$WORK/burn.wrk" 2>&1 &
+WRK=$!
+wait_until 20 children_at_least 2 && pass "serve run: a replica burning CPU past target_cpu_utilization gets company" \
+        || fail "serve run: CPU signal (have $(children) replicas)"
+check_contains "serve run: the CPU signal made that decision" "$(grep 'autoscaler: deployment burn/Burn: 1 ->' "$LOG")" "replicas: cpu: load"
+kill "$WRK" 2>/dev/null; wait "$WRK" 2>/dev/null
+kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null
+
 cat >"$WORK/bad.yaml" <<'EOF'
 applications:
   - name: slow
