@@ -150,6 +150,7 @@ WRK=$!
 wait_until 20 running_at_least 3 && pass "cluster: under load 1 -> >= 3 replicas" || fail "cluster: replicas under load (have $(n_running slow Slow))"
 check "cluster: the added replicas are spread over several nodes" "$(running slow Slow | cut -d' ' -f1 | sort -u | grep -c . | awk '{ print ($1 >= 2) }')" 1
 st=$("$CLI" status --address "$API")
+echo "$st" >"$WORK/status-under-load.txt"
 check_contains "serve status lists the autoscaled deployment" "$st" "AUTOSCALED"
 check_contains "serve status shows the last decision" "$st" "requests: load"
 wait "$WRK"
