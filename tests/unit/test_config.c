@@ -497,8 +497,8 @@ static void test_files(void) {
                 return;
         ok(strcmp(c->path, path) == 0, "path recorded");
         ok(strcmp(c->http.host, "0.0.0.0") == 0 && c->http.port == 8000, "listens on 0.0.0.0:8000");
-        is_int(c->n_apps, 2, "two example applications");
-        if (c->n_apps == 2) {
+        is_int(c->n_apps, 3, "three example applications");
+        if (c->n_apps == 3) {
                 struct app_config *e = &c->apps[0], *s = &c->apps[1];
                 ok(strcmp(e->name, "echo") == 0 && strcmp(e->route_prefix, "/echo") == 0 &&
                            strcmp(e->import_path, "echo:app") == 0,
@@ -515,6 +515,10 @@ static void test_files(void) {
                            s->deployments[0].max_ongoing_requests == 5 &&
                            s->deployments[0].set == (DEPLOY_SET_NUM_REPLICAS | DEPLOY_SET_MAX_ONGOING),
                    "Slow: one replica, 5 ongoing");
+                const struct deployment_config *b = &c->apps[2].deployments[0];
+                ok(strcmp(c->apps[2].name, "burn") == 0 && b->has_autoscaling && b->autoscaling.min_replicas == 1 &&
+                           b->autoscaling.max_replicas == 4 && b->autoscaling.target_cpu_utilization > 0,
+                   "burn: autoscaled 1..4, on requests and CPU");
         }
         config_free(c);
 }
