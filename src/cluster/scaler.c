@@ -187,7 +187,9 @@ void scaler_add_load(struct scaler *sc, const char *app, const char *name, const
                 s->acc.rq_wakeups += l->rq_wakeups;
         }
         if (l->waiting_at_zero > 0) {
-                s->acc.waiting_at_zero += l->waiting_at_zero;
+                /* The most any report saw (a node reports again while its request still waits:
+                 * the sum would count it twice); busy_s has the rest of the load. */
+                s->acc.waiting_at_zero = MAX(s->acc.waiting_at_zero, l->waiting_at_zero);
                 if (s->target == 0)
                         sc->urgent = true;
         }

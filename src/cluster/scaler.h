@@ -31,7 +31,8 @@ struct scaler_load {
         double cpu_s;             /* CPU-seconds its replicas used (0 when unknown) */
         double rq_delay_s;        /* run-queue delay its replicas' wakeups waited in all */
         double rq_wakeups;        /* and how many wakeups that was (0: no run-queue data) */
-        int waiting_at_zero;      /* requests waiting for a first replica right now */
+        int waiting_at_zero;      /* requests waiting for a first replica right now (the largest
+                                   * of the reports since the last sample counts) */
 };
 
 /* One deployment's state, for `serve status`, /metrics and tests. */

@@ -138,10 +138,35 @@ static void test_signals(void) {
         scaler_free(sc);
 }
 
+static void test_runqueue(void) {
+        struct scaler *sc;
+        struct dep_spec deps[1] = { dep("a", "Busy", true, 2, 8) };
+        struct serve_spec spec = { .deps = deps, .n_deps = 1 };
+        struct scaler_status st;
+        double next;
+
+        deps[0].as.target_runqueue_delay_ms = 2;
+        deps[0].as.target_ongoing_requests = 100;
+        scaler_new(&sc);
+        scaler_sync(sc, &spec, 0, NULL, NULL);
+        /* 2 replicas whose wakeups wait 6 ms each on average: 3 x the target -> 6 replicas (the
+         * first decision; the fed delay does not fall after it, as a real one would). */
+        for (double t = 0; t < 10 && deps[0].replicas == 2; t += 0.25) {
+                struct scaler_load l = { .busy_s = 0.25, .rq_delay_s = 0.006 * 100, .rq_wakeups = 100 };
+                scaler_add_load(sc, "a", "Busy", &l);
+                scaler_tick(sc, &spec, t, &next);
+        }
+        is_int(deps[0].replicas, 6, "run-queue delay 3x its target on 2 replicas -> 6");
+        ok(scaler_status(sc, "a", "Busy", &st) && strncmp(st.reason, "runqueue:", 9) == 0, "the run-queue signal decided: %s",
+           st.reason);
+        scaler_free(sc);
+}
+
 int main(void) {
         log_set_level(LOG_ERR);
         test_sync();
         test_zero();
         test_signals();
+        test_runqueue();
         return tap_done();
 }
