@@ -127,16 +127,6 @@ void recover(struct head *h) {
                 n->alive = true;
                                 n->last_seen_ns = now_ns();
         }
-        if (text && source && streq(source, "api")) {
-                struct serve_config *cfg = NULL;
-                if (config_parse("state.json (last API deploy)", text, strlen(text), &cfg, &err) == 0 &&
-                    apply_config(h, cfg, text, "api", &err) == 0)
-                        log_info("recovered the config deployed through the API");
-                else {
-                        log_error("cannot use the config in the state file: %s", err ?: "invalid");
-                        free(err);
-                }
-        }
         /* The assignment: replica counts per node, matched to the current deployments. */
         struct assignment *na = NULL;
         size_t nn = 0;
@@ -176,5 +166,17 @@ void recover(struct head *h) {
         h->assign = na;
         h->n_assign = nn;
         log_info("recovered the state from %s/%s: %zu placed deployment(s)", h->state_dir, STATE_FILE_NAME, nn);
+        /* After the assignment: autoscaled deployments start from the replicas placed. */
+        if (text && source && streq(source, "api")) {
+                struct serve_config *cfg = NULL;
+                if (config_parse("state.json (last API deploy)", text, strlen(text), &cfg, &err) == 0 &&
+                    apply_config(h, cfg, text, "api", &err) == 0)
+                        log_info("recovered the config deployed through the API");
+                else {
+                        log_error("cannot use the config in the state file: %s", err ?: "invalid");
+                        free(err);
+                }
+        }
+
         cJSON_Delete(s);
 }

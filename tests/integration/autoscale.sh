@@ -153,6 +153,15 @@ st=$("$CLI" status --address "$API")
 echo "$st" >"$WORK/status-under-load.txt"
 check_contains "serve status lists the autoscaled deployment" "$st" "AUTOSCALED"
 check_contains "serve status shows the last decision" "$st" "requests: load"
+# A head restarted under load starts from the replicas it finds, not from min_replicas.
+before=$(n_running slow Slow)
+kill -KILL "$HEAD_PID"; wait "$HEAD_PID" 2>/dev/null
+start_head || fail "serve-head restarts"
+target_after() { apps_json | jq -r '.applications.slow.deployments.Slow.target_replicas'; }
+wait_until 10 bash -c "[ -n \"\$(curl -fsS -m 2 $API/api/serve/applications/ 2>/dev/null | jq -r '.applications.slow.deployments.Slow.target_replicas // empty')\" ]"
+t=$(target_after)
+[ "$t" -ge "$before" ] 2>/dev/null && pass "cluster: a restarted head keeps the autoscaled count ($t, with $before running)" \
+        || fail "cluster: a restarted head keeps the autoscaled count (target $t, $before were running)"
 wait "$WRK"
 check "cluster: no request failed during the ramp" "$(awk '/Non-2xx|Socket errors/' "$WORK/cramp.wrk")" ""
 light "$(node_http 2)/slow?ms=50" "$WORK/cdown.codes" "$WORK/cdown.stop" &
