@@ -9,6 +9,13 @@
 #include "macros.h"
 #include "routing_table.h"
 
+/* qsort() of n items; an empty table's arrays are NULL, which qsort() may not be given (its base
+ * is declared nonnull: found by fuzz_routing). */
+static void sort_n(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *)) {
+        if (n > 1)
+                qsort(base, n, size, cmp);
+}
+
 void routing_table_init(struct routing_table *t) {
         *t = (struct routing_table){};
 }
@@ -116,21 +123,21 @@ static int dep_key_cmp(const void *a, const void *b) {
 
 static const struct routing_node *node_by_id(const struct routing_table *t, uint32_t id) {
         struct routing_node key = { .id = id };
-        return bsearch(&key, t->nodes, t->n_nodes, sizeof *t->nodes, node_id_cmp);
+        return t->n_nodes ? bsearch(&key, t->nodes, t->n_nodes, sizeof *t->nodes, node_id_cmp) : NULL;
 }
 
 static const struct routing_dep *dep_by_id(const struct routing_table *t, uint32_t id) {
         struct routing_dep key = { .id = id };
-        return bsearch(&key, t->deps, t->n_deps, sizeof *t->deps, dep_id_cmp);
+        return t->n_deps ? bsearch(&key, t->deps, t->n_deps, sizeof *t->deps, dep_id_cmp) : NULL;
 }
 
 int routing_table_seal(struct routing_table *t) {
         _cleanup_free_ char **names = NULL;
         _cleanup_free_ const struct routing_dep **keys = NULL;
 
-        qsort(t->nodes, t->n_nodes, sizeof *t->nodes, node_id_cmp);
-        qsort(t->deps, t->n_deps, sizeof *t->deps, dep_id_cmp);
-        qsort(t->ready, t->n_ready, sizeof *t->ready, ready_cmp);
+        sort_n(t->nodes, t->n_nodes, sizeof *t->nodes, node_id_cmp);
+        sort_n(t->deps, t->n_deps, sizeof *t->deps, dep_id_cmp);
+        sort_n(t->ready, t->n_ready, sizeof *t->ready, ready_cmp);
         names = calloc(t->n_nodes + 1, sizeof *names);
         keys = calloc(t->n_deps + 1, sizeof *keys);
         if (!names || !keys)
@@ -140,7 +147,7 @@ int routing_table_seal(struct routing_table *t) {
                         return -EINVAL;
                 names[i] = t->nodes[i].name;
         }
-        qsort(names, t->n_nodes, sizeof *names, str_ptr_cmp);
+        sort_n(names, t->n_nodes, sizeof *names, str_ptr_cmp);
         for (size_t i = 1; i < t->n_nodes; i++)
                 if (streq(names[i], names[i - 1]))
                         return -EINVAL;
@@ -149,7 +156,7 @@ int routing_table_seal(struct routing_table *t) {
                         return -EINVAL;
                 keys[i] = &t->deps[i];
         }
-        qsort(keys, t->n_deps, sizeof *keys, dep_key_cmp);
+        sort_n(keys, t->n_deps, sizeof *keys, dep_key_cmp);
         for (size_t i = 1; i < t->n_deps; i++)
                 if (dep_key_cmp(&keys[i], &keys[i - 1]) == 0)
                         return -EINVAL;
@@ -527,8 +534,8 @@ int routing_table_apply(struct routing_table *t, const cJSON *m, char *err, size
         if ((r = parse_ids(nodes_rm, &rm_nodes, &n_rm_nodes, err, errlen)) < 0 ||
             (r = parse_ids(deps_rm, &rm_deps, &n_rm_deps, err, errlen)) < 0)
                 return r;
-        qsort(rm_nodes, n_rm_nodes, sizeof *rm_nodes, u32_cmp);
-        qsort(rm_deps, n_rm_deps, sizeof *rm_deps, u32_cmp);
+        sort_n(rm_nodes, n_rm_nodes, sizeof *rm_nodes, u32_cmp);
+        sort_n(rm_deps, n_rm_deps, sizeof *rm_deps, u32_cmp);
         sets = calloc((size_t)cJSON_GetArraySize(ready) + 1, sizeof *sets);
         if (!sets)
                 return -ENOMEM;
@@ -548,8 +555,10 @@ int routing_table_apply(struct routing_table *t, const cJSON *m, char *err, size
                         goto fail;
         /* An id twice in one message is an error, not an upsert: seal() sees it only among
          * the message's own entries when they are checked before merging. */
-        qsort(new.nodes + kept_nodes, new.n_nodes - kept_nodes, sizeof *new.nodes, node_id_cmp);
-        qsort(new.deps + kept_deps, new.n_deps - kept_deps, sizeof *new.deps, dep_id_cmp);
+        if (new.n_nodes > kept_nodes) /* never new.nodes + 0 on NULL (undefined) */
+                qsort(new.nodes + kept_nodes, new.n_nodes - kept_nodes, sizeof *new.nodes, node_id_cmp);
+        if (new.n_deps > kept_deps)
+                qsort(new.deps + kept_deps, new.n_deps - kept_deps, sizeof *new.deps, dep_id_cmp);
         for (size_t i = kept_nodes + 1; i < new.n_nodes; i++)
                 if (new.nodes[i].id == new.nodes[i - 1].id) {
                         snprintf(err, errlen, "field nodes: id %" PRIu32 " twice", new.nodes[i].id);
@@ -564,11 +573,11 @@ int routing_table_apply(struct routing_table *t, const cJSON *m, char *err, size
                 }
         nodes_upsert(&new, kept_nodes);
         deps_upsert(&new, kept_deps);
-        qsort(new.nodes, new.n_nodes, sizeof *new.nodes, node_id_cmp);
-        qsort(new.deps, new.n_deps, sizeof *new.deps, dep_id_cmp);
+        sort_n(new.nodes, new.n_nodes, sizeof *new.nodes, node_id_cmp);
+        sort_n(new.deps, new.n_deps, sizeof *new.deps, dep_id_cmp);
 
         /* Ready counts: the message's settings replace the kept ones (both sorted, one merge). */
-        qsort(sets, n_sets, sizeof *sets, ready_cmp);
+        sort_n(sets, n_sets, sizeof *sets, ready_cmp);
         for (size_t i = 1; i < n_sets; i++)
                 if (ready_cmp(&sets[i], &sets[i - 1]) == 0) {
                         snprintf(err, errlen, "field ready: [%" PRIu32 ", %" PRIu32 "] twice", sets[i].dep, sets[i].node);
