@@ -28,6 +28,22 @@ int ctlmsg_encode(struct buf *out, const cJSON *msg) {
         return 0;
 }
 
+int ctlmsg_peek(const struct buf *in, const char **ret_body, size_t *ret_len) {
+        const uint8_t *p = (const uint8_t *)in->data;
+        uint32_t n;
+
+        if (in->len < 4)
+                return 0;
+        n = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+        if (n == 0 || n > CTLMSG_MAX)
+                return -EBADMSG;
+        if (in->len - 4 < n)
+                return 0;
+        *ret_body = in->data + 4;
+        *ret_len = n;
+        return 1;
+}
+
 int ctlmsg_decode(struct buf *in, cJSON **ret, const char **ret_type, const char **ret_error) {
         const uint8_t *p = (const uint8_t *)in->data;
         uint32_t n;

@@ -24,6 +24,11 @@ int ctlmsg_encode(struct buf *out, const cJSON *msg);
  * *ret_error (a static string saying what was wrong) for a frame that must close the connection. */
 int ctlmsg_decode(struct buf *in, cJSON **ret, const char **ret_type, const char **ret_error);
 
+/* The next complete frame at the start of in, without consuming or parsing it: returns 1 with
+ * *ret_body and *ret_len (the JSON text, pointing into in; the frame is 4 + *ret_len bytes),
+ * 0 when more bytes are needed, or -EBADMSG for a length out of range. */
+int ctlmsg_peek(const struct buf *in, const char **ret_body, size_t *ret_len);
+
 /* Field getters for validation. Each returns 0 and the value, or -EINVAL after writing
  * "field KEY: what" into err (size errlen). Optional getters leave *ret alone when the key is
  * absent (or null) and return 0. */

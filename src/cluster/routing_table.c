@@ -9,14 +9,11 @@
 #include "macros.h"
 #include "routing_table.h"
 
-/* qsort() and bsearch() want a valid pointer even for no elements (UBSan holds them to it). */
+/* qsort() of n items; an empty table's arrays are NULL, which qsort() may not be given (its base
+ * is declared nonnull: found by fuzz_routing). */
 static void sort_n(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *)) {
         if (n > 1)
                 qsort(base, n, size, cmp);
-}
-
-static void *search_n(const void *key, const void *base, size_t n, size_t size, int (*cmp)(const void *, const void *)) {
-        return n > 0 ? bsearch(key, base, n, size, cmp) : NULL;
 }
 
 void routing_table_init(struct routing_table *t) {
@@ -126,12 +123,12 @@ static int dep_key_cmp(const void *a, const void *b) {
 
 static const struct routing_node *node_by_id(const struct routing_table *t, uint32_t id) {
         struct routing_node key = { .id = id };
-        return search_n(&key, t->nodes, t->n_nodes, sizeof *t->nodes, node_id_cmp);
+        return t->n_nodes ? bsearch(&key, t->nodes, t->n_nodes, sizeof *t->nodes, node_id_cmp) : NULL;
 }
 
 static const struct routing_dep *dep_by_id(const struct routing_table *t, uint32_t id) {
         struct routing_dep key = { .id = id };
-        return search_n(&key, t->deps, t->n_deps, sizeof *t->deps, dep_id_cmp);
+        return t->n_deps ? bsearch(&key, t->deps, t->n_deps, sizeof *t->deps, dep_id_cmp) : NULL;
 }
 
 int routing_table_seal(struct routing_table *t) {
@@ -558,8 +555,10 @@ int routing_table_apply(struct routing_table *t, const cJSON *m, char *err, size
                         goto fail;
         /* An id twice in one message is an error, not an upsert: seal() sees it only among
          * the message's own entries when they are checked before merging. */
-        sort_n(new.nodes + kept_nodes, new.n_nodes - kept_nodes, sizeof *new.nodes, node_id_cmp);
-        sort_n(new.deps + kept_deps, new.n_deps - kept_deps, sizeof *new.deps, dep_id_cmp);
+        if (new.n_nodes > kept_nodes) /* never new.nodes + 0 on NULL (undefined) */
+                qsort(new.nodes + kept_nodes, new.n_nodes - kept_nodes, sizeof *new.nodes, node_id_cmp);
+        if (new.n_deps > kept_deps)
+                qsort(new.deps + kept_deps, new.n_deps - kept_deps, sizeof *new.deps, dep_id_cmp);
         for (size_t i = kept_nodes + 1; i < new.n_nodes; i++)
                 if (new.nodes[i].id == new.nodes[i - 1].id) {
                         snprintf(err, errlen, "field nodes: id %" PRIu32 " twice", new.nodes[i].id);

@@ -351,7 +351,9 @@ int main(int argc, char **argv) {
                         build_routing(&h);
                         h.routing_next_ns = now + MAX(ROUTING_MIN_INTERVAL_NS, 3 * (now_ns() - t0));
                 }
-                r = loop_run_once(&h.loop, MIN(wd_next, h.routing_dirty || h.dirty ? 10 * NSEC_PER_MSEC : 100 * NSEC_PER_MSEC));
+                save_state_flush(&h, false);
+                r = loop_run_once(&h.loop, MIN(wd_next, h.routing_dirty || h.dirty || h.state_dirty ? 10 * NSEC_PER_MSEC
+                                                                                                   : 100 * NSEC_PER_MSEC));
                 if (r < 0) {
                         log_error_errno(r, "event loop failed: %m");
                         break;
@@ -359,6 +361,7 @@ int main(int argc, char **argv) {
                 /* After the reports of this round, never before them. */
                 nodes_check_liveness(&h);
         }
+        save_state_flush(&h, true);
         log_info("stopping; workers keep serving");
         sd_notify(0, "STOPPING=1");
         deploy_cancel(&h);
@@ -376,6 +379,8 @@ int main(int argc, char **argv) {
         free(h.cfg_source);
         free(h.config_error);
         netblob_unref(h.config_msg);
+        netblob_unref(h.config_delta);
+        cJSON_Delete(h.config_full);
         routing_table_done(&h.routing);
         free(h.saved_state);
         trust_free(&h);

@@ -28,6 +28,13 @@
 #include "spec.h"
 
 #define MAX_NODES 10000
+/* Buckets of the index of nodes by name (a power of two, about MAX_NODES). */
+#define NODE_INDEX_SIZE 16384
+/* The state file is written at most this often (and at exit): at 10,000 nodes it holds 100,000
+ * placements, and a join storm changes them every pass. */
+#define STATE_MIN_INTERVAL_NS (1 * NSEC_PER_SEC)
+/* How often liveness is checked: a scan of every node, not one per loop round. */
+#define LIVENESS_INTERVAL_NS (100 * NSEC_PER_MSEC)
 #define MAX_API_BODY (16u << 20)
 #define ROUTING_MIN_INTERVAL_NS (200 * NSEC_PER_MSEC)
 #define RECONCILE_MIN_INTERVAL_NS (50 * NSEC_PER_MSEC) /* a burst of registrations: one placement */
@@ -54,6 +61,8 @@ struct node {
         struct netconn *nc;
         uint64_t last_seen_ns;
         cJSON *report;                 /* the latest report */
+        char *report_text;             /* its JSON text: the same bytes again are not parsed again */
+        size_t report_len;
         uint64_t n_reports;
         char *sent_assign;             /* text of the last assign sent (without epoch) */
         /* Its part of the assignment, (deployment, slot) index pairs, rebuilt by reconcile(). */
@@ -70,6 +79,8 @@ struct node {
         uint64_t ready_cache_sig;
         long long ready_cache_epoch;
         uint64_t routing_version;      /* the routing table version it holds; ROUTING_NONE: none */
+        uint64_t sent_share_sig;       /* share_signature() of the assign last sent */
+        struct node *hash_next;        /* in h->node_index's chain */
         struct list link;
 };
 
@@ -120,6 +131,10 @@ struct head {
         double config_error_at;
         long long config_epoch;
         struct netblob *config_msg;    /* the framed `config` message for workers */
+        cJSON *config_full;            /* it, as JSON, for the next delta */
+        long long config_full_epoch;
+        struct netblob *config_delta;  /* what changed since config_delta_base, for nodes holding it */
+        long long config_delta_base;
         struct deploy *deploy;         /* a config being described; at most one */
 
         struct scaler *scaler;         /* replica counts of autoscaled deployments */
@@ -128,10 +143,14 @@ struct head {
 
         struct list nodes, pending;
         size_t n_nodes;
+        struct node **node_index;      /* NODE_INDEX_SIZE chains by name; node_find() is O(1) */
+        uint64_t liveness_next_ns;
         struct routing_table routing;  /* what the workers were last told */
         uint32_t next_routing_id;      /* for nodes and deployments */
         uint64_t routing_next_ns, reconcile_next_ns;
         char *saved_state;             /* what the state file holds */
+        bool state_dirty;              /* save_state_soon() asked; written at state_next_ns */
+        uint64_t state_next_ns;
         bool dirty, routing_dirty;
 
         struct netlistener ctl;
@@ -233,5 +252,10 @@ int trust_join_token_command(struct head *h, const char *action, const char *ttl
 /* persist.c */
 /* Writes the state file when what it would hold changed. */
 void save_state(struct head *h);
+/* The placement changed: the state file is written within STATE_MIN_INTERVAL_NS (a restart in
+ * between recovers the rest from what the workers report, as adopt_replicas() does). */
+void save_state_soon(struct head *h);
+/* Writes the state asked by save_state_soon() when due (or now, with force: at exit). */
+void save_state_flush(struct head *h, bool force);
 /* Restores config, nodes and placement from the state file, if there is one. */
 void recover(struct head *h);

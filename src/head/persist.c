@@ -13,7 +13,10 @@
 void save_state(struct head *h) {
         cJSON *s = cJSON_CreateObject(), *nodes, *assign;
         struct list *pos, *tmp;
+        uint64_t t0 = now_ns();
         int r;
+
+        h->state_dirty = false;
 
         cJSON_AddNumberToObject(s, "version", 1);
         cJSON_AddStringToObject(s, "config", h->cfg_text ?: "");
@@ -72,6 +75,17 @@ void save_state(struct head *h) {
                 h->saved_state = text;
         }
         cJSON_Delete(s);
+        /* The next coalesced write waits at least ten times this one's cost. */
+        h->state_next_ns = now_ns() + MAX(STATE_MIN_INTERVAL_NS, 10 * (now_ns() - t0));
+}
+
+void save_state_soon(struct head *h) {
+        h->state_dirty = true;
+}
+
+void save_state_flush(struct head *h, bool force) {
+        if (h->state_dirty && (force || now_ns() >= h->state_next_ns))
+                save_state(h);
 }
 
 void recover(struct head *h) {

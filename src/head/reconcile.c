@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "config_msg.h"
 #include "ctlmsg.h"
 #include "head.h"
 #include "log.h"
@@ -108,7 +109,24 @@ void build_config_message(struct head *h) {
         if (frame_json(m, &framed, &len) == 0)
                 h->config_msg = netblob_new(framed, len);
         free(framed);
-        cJSON_Delete(m);
+        /* A node holding the previous epoch gets only what changed (a reload that touches one
+         * deployment of a hundred costs each node that one). The same epoch again (an
+         * unchanged config) keeps the delta it had. */
+        if (h->config_full_epoch != h->config_epoch) {
+                cJSON *dm = NULL;
+                netblob_unref(h->config_delta);
+                h->config_delta = NULL;
+                if (h->config_full && h->config_full_epoch + 1 == h->config_epoch && config_msg_delta(h->config_full, m, &dm) == 0) {
+                        if (frame_json(dm, &framed, &len) == 0)
+                                h->config_delta = netblob_new(framed, len);
+                        free(framed);
+                        h->config_delta_base = h->config_full_epoch;
+                        cJSON_Delete(dm);
+                }
+        }
+        cJSON_Delete(h->config_full);
+        h->config_full = m;
+        h->config_full_epoch = h->config_epoch;
 }
 
 static bool node_gets_proxy(const struct head *h, const struct node *n) {
@@ -116,18 +134,52 @@ static bool node_gets_proxy(const struct head *h, const struct node *n) {
         return l == PROXY_EVERY_NODE || (l == PROXY_HEAD_ONLY && n->head_node);
 }
 
+static uint64_t mix(uint64_t x, const void *p, size_t len) {
+        for (size_t i = 0; i < len; i++)
+                x = (x ^ ((const uint8_t *)p)[i]) * 0x100000001b3ull;
+        return x;
+}
+
+/* Everything node n's assign says, as a hash: a pass over 10,000 nodes builds the message only
+ * for those whose share changed (new nodes, moved replicas, a count the autoscaler changed). */
+static uint64_t share_signature(const struct head *h, const struct node *n) {
+        uint64_t x = 0xcbf29ce484222325ull;
+        bool proxy = node_gets_proxy(h, n);
+
+        x = mix(x, &h->config_epoch, sizeof h->config_epoch);
+        x = mix(x, &proxy, sizeof proxy);
+        for (size_t k = 0; k < n->n_shares; k++) {
+                const struct share *sh = &n->shares[k];
+                if (sh->dep >= h->n_assign || sh->slot >= h->assign[sh->dep].n_slots)
+                        continue;
+                const struct slot *s = &h->assign[sh->dep].slots[sh->slot];
+                const struct dep_spec *d = &h->spec->deps[sh->dep];
+                x = mix(x, d->app, strlen(d->app) + 1);
+                x = mix(x, d->name, strlen(d->name) + 1);
+                x = mix(x, &s->count, sizeof s->count);
+                for (unsigned j = 0; s->gpus && j < s->count; j++)
+                        x = mix(x, s->gpus[j], strlen(s->gpus[j]) + 1);
+        }
+        return x;
+}
+
 static void send_assign(struct head *h, struct node *n) {
         cJSON *m, *reps;
         char *text;
+        uint64_t sig;
 
         if (!n->nc || !h->spec)
                 return;
         if (n->sent_config_epoch != h->config_epoch && h->config_msg) {
-                node_send_blob(n, h->config_msg);
+                bool delta = h->config_delta && n->sent_config_epoch == h->config_delta_base;
+                node_send_blob(n, delta ? h->config_delta : h->config_msg);
                 n->sent_config_epoch = h->config_epoch;
                 free(n->sent_assign);
                 n->sent_assign = NULL;
         }
+        sig = share_signature(h, n);
+        if (n->sent_assign && sig == n->sent_share_sig)
+                return; /* nothing new for this node */
         m = ctlmsg_new("assign");
         if (!m)
                 return;
@@ -150,6 +202,7 @@ static void send_assign(struct head *h, struct node *n) {
                 cJSON_AddItemToArray(reps, o);
         }
         text = cJSON_PrintUnformatted(m);
+        n->sent_share_sig = sig;
         if (text && n->sent_assign && streq(text, n->sent_assign)) {
                 free(text);
                 cJSON_Delete(m);
@@ -413,7 +466,7 @@ void reconcile(struct head *h) {
                         }
                         sn->shares[sn->n_shares++] = (struct share){ (uint32_t)i, (uint32_t)k };
                 }
-        save_state(h);
+        save_state_soon(h);
         list_for_each_safe(pos, tmp, &h->nodes) {
                 struct node *n = list_entry(pos, struct node, link);
                 if (n->nc && n->alive)

@@ -23,6 +23,7 @@
 #include "report.h"
 #include "scaler.h"
 #include "routing_table.h"
+#include "config_msg.h"
 #include "resources.h"
 #include "spec.h"
 #include "supervisor.h"
@@ -274,37 +275,22 @@ static void attach_one(struct deployment *d, void *userdata) { peers_attach(user
 
 /* `config`: the deployments, routes and HTTP options of the cluster. Kept until the `assign`
  * for its epoch says how many replicas of each run here. Returns 0 or -EINVAL with err. */
-static int on_config(struct worker *w, const cJSON *m, char *err, size_t errlen) {
-        const cJSON *routes, *deps, *http, *it;
-        long long epoch;
-        int r;
+static void head_ask_resync(struct worker *w);
 
-        if ((r = ctl_get_int(m, "epoch", 0, 1ll << 53, true, &epoch, err, errlen)) < 0 ||
-            (r = ctl_get_object(m, "http", false, &http, err, errlen)) < 0 ||
-            (r = ctl_get_array(m, "routes", MAX_ASSIGN_ITEMS, false, &routes, err, errlen)) < 0 ||
-            (r = ctl_get_array(m, "deployments", MAX_ASSIGN_ITEMS, false, &deps, err, errlen)) < 0)
+static int on_config(struct worker *w, const cJSON *m, char *err, size_t errlen) {
+        /* Whole, or what changed since the epoch we hold; every field checked before use. */
+        int r = config_msg_apply(&w->config, m, err, errlen);
+        if (r == -ESTALE) {
+                log_info("config update does not follow epoch %lld: asking serve-head for the whole config", w->config_epoch);
+                head_ask_resync(w);
+                return 0;
+        }
+        if (r < 0)
                 return r;
-        cJSON_ArrayForEach(it, routes) {
-                const char *prefix, *app, *ingress;
-                if ((r = ctl_get_string(it, "prefix", 1024, true, &prefix, err, errlen)) < 0 ||
-                    (r = ctl_get_string(it, "app", 200, true, &app, err, errlen)) < 0 ||
-                    (r = ctl_get_string(it, "ingress", 200, true, &ingress, err, errlen)) < 0)
-                        return r;
-                if (prefix[0] != '/') {
-                        snprintf(err, errlen, "field prefix: must start with '/'");
-                        return -EINVAL;
-                }
-        }
-        cJSON_ArrayForEach(it, deps) {
-                struct dep_spec d;
-                if ((r = dep_spec_from_json(it, &d, err, errlen)) < 0)
-                        return r;
-                dep_spec_done(&d);
-        }
-        cJSON_Delete(w->config);
-        w->config = cJSON_Duplicate(m, true);
-        w->config_epoch = epoch;
-        return w->config ? 0 : -ENOMEM;
+        if (!cJSON_GetObjectItem(m, "base"))
+                w->resync_asked = false;
+        w->config_epoch = (long long)cJSON_GetNumberValue(cJSON_GetObjectItem(w->config, "epoch"));
+        return 0;
 }
 
 /* `assign`: this node's replicas for the config of its epoch. Returns 0 or -EINVAL with err. */

@@ -2,7 +2,7 @@
  * measure how long the head takes to place replicas and to roll out a reload, and its RSS.
  *
  *   fake_workers --head HOST:PORT --token-file F --expect N [--workers 1000] [--cpus 16]
- *                [--address-base 127.1.0.0] [--reload-cmd CMD] [--reload-changes-config]
+ *                [--address-base 127.1.0.0] [--reload-cmd CMD] [--reload-changes-config] [--reload-one-cmd CMD]
  *                [--settle-ms 1500] [--timeout S] [--head-pid PID]
  *
  * Each simulated worker opens one control connection, sends `hello` (node fake-NNNN, address
@@ -19,12 +19,14 @@
  *   placement  first hello -> every worker holds an assign and the counts sum to --expect
  *   ready      first hello -> the head's `routing` lists --expect ready replicas (it has seen
  *              the reports)
- *   settled    then until no assign arrived for --settle-ms
+ *   settled    then until neither an assign nor a routing message arrived for --settle-ms
  *   change     worker 0 reports one replica not ready, then ready again: the routing messages
  *              and bytes the head sent to all workers for each change
  *   reload     --reload-cmd runs (in the background) -> every worker got a `config` with a
  *              higher epoch and an `assign` for that epoch, the counts sum to --expect and, with
  *              --reload-changes-config, every deployment's user_config differs from before
+ *   reload one then --reload-one-cmd (one deployment changed) the same way: what a config delta
+ *              costs each worker
  *   head       VmRSS and VmHWM of --head-pid, and its CPU time per phase
  * Exits 0 when every phase completed, 1 on a timeout, a refused hello, a closed connection or a
  * malformed frame (each said on stderr).
@@ -113,7 +115,7 @@ struct fake_worker {
 };
 
 static struct {
-        const char *head, *token_file, *reload_cmd;
+        const char *head, *token_file, *reload_cmd, *reload_one_cmd;
         char *token;
         unsigned workers;
         double cpus;
@@ -141,7 +143,7 @@ static struct config *latest_config, *config_before_reload;
 static struct routing_table routing;     /* the newest version any worker got */
 static unsigned long long routing_ready;  /* ready replicas in it */
 static bool unready_one;                  /* worker 0 reports its first replica STARTING */
-static uint64_t replica_counter, last_assign_ns;
+static uint64_t replica_counter, last_assign_ns, last_routing_ns;
 
 /* Messages and bytes received per type, for the summary. */
 enum { T_WELCOME, T_CONFIG, T_ASSIGN, T_ROUTING, T_OTHER, T_MAX };
@@ -365,6 +367,59 @@ static struct config *config_parse_msg(const char *data, size_t len, const cJSON
         return c;
 }
 
+static void cfg_dep_parse(struct cfg_dep *x, const cJSON *d, const char *who) {
+        x->app = xstrdup(get_str(d, "app", false, who, "config"));
+        x->name = xstrdup(get_str(d, "name", false, who, "config"));
+        x->version = xstrdup(get_str(d, "version", false, who, "config"));
+        if (strlen(x->version) > 16)
+                die("%s: config: version \"%s\" longer than a report may carry", who, x->version);
+        x->user_config = xstrdup(get_str(d, "user_config", true, who, "config"));
+}
+
+/* A delta `config` (config_msg.h) on top of base: its deployments less the removed ones, the
+ * upserted ones replaced in place or appended. */
+static struct config *config_apply_delta(const struct config *base, const char *data, size_t len, const cJSON *m,
+                                         const char *who) {
+        const cJSON *up = cJSON_GetObjectItem(m, "deployments"), *rm = cJSON_GetObjectItem(m, "deployments_removed"), *d;
+        struct config *c = calloc(1, sizeof(*c));
+        size_t n = 0;
+
+        if (!c || !(c->text = malloc(len)) ||
+            !(c->deps = calloc(base->n_deps + (size_t)cJSON_GetArraySize(up) + 1, sizeof(*c->deps))))
+                die("out of memory");
+        memcpy(c->text, data, len);
+        c->len = len;
+        c->epoch = (long long)get_num(m, "epoch", 0, 9007199254740992.0, who, "config");
+        for (size_t i = 0; i < base->n_deps; i++) {
+                const struct cfg_dep *b = &base->deps[i];
+                bool gone = false;
+                cJSON_ArrayForEach(d, rm) gone |= streq(b->app, get_str(d, "app", false, who, "config")) &&
+                                                  streq(b->name, get_str(d, "name", false, who, "config"));
+                if (gone)
+                        continue;
+                c->deps[n++] = (struct cfg_dep){ xstrdup(b->app), xstrdup(b->name), xstrdup(b->version),
+                                                 b->user_config ? xstrdup(b->user_config) : NULL };
+        }
+        cJSON_ArrayForEach(d, up) {
+                struct cfg_dep x;
+                size_t i;
+                cfg_dep_parse(&x, d, who);
+                for (i = 0; i < n && !(streq(c->deps[i].app, x.app) && streq(c->deps[i].name, x.name)); i++)
+                        ;
+                if (i < n) {
+                        free(c->deps[i].app);
+                        free(c->deps[i].name);
+                        free(c->deps[i].version);
+                        free(c->deps[i].user_config);
+                } else
+                        n++;
+                c->deps[i] = x;
+        }
+        c->n_deps = n;
+        c->refs = 1;
+        return c;
+}
+
 /* Whether every deployment of the config now running differs in user_config from before. */
 static bool config_changed_everywhere(void) {
         if (!latest_config || !config_before_reload || latest_config->epoch <= config_before_reload->epoch)
@@ -394,13 +449,28 @@ static void update_reloaded(struct fake_worker *w) {
 
 /* `config`: the same bytes go to every node, so parse each distinct text once. */
 static void handle_config(struct fake_worker *w, const char *data, size_t len) {
+        static struct config *delta_base; /* latest_config is the delta applied to it */
         struct config *c = latest_config;
 
-        if (!c || c->len != len || memcmp(c->text, data, len) != 0) {
+        if (c && c->len == len && memcmp(c->text, data, len) == 0) {
+                if (delta_base && w->config != delta_base)
+                        die("%s: config delta for epoch %lld, but it holds %lld", w->name, delta_base->epoch,
+                            w->config ? w->config->epoch : -1);
+        } else {
                 cJSON *m = cJSON_ParseWithLength(data, len);
                 if (!m)
                         die("%s: config is not JSON", w->name);
-                c = config_parse_msg(data, len, m, w->name);
+                config_unref(delta_base);
+                delta_base = NULL;
+                if (cJSON_GetObjectItem(m, "base")) {
+                        long long base = (long long)get_num(m, "base", 0, 9007199254740992.0, w->name, "config");
+                        if (!w->config || w->config->epoch != base)
+                                die("%s: config delta from epoch %lld, but it holds %lld", w->name, base,
+                                    w->config ? w->config->epoch : -1);
+                        c = config_apply_delta(w->config, data, len, m, w->name);
+                        delta_base = config_ref(w->config);
+                } else
+                        c = config_parse_msg(data, len, m, w->name);
                 cJSON_Delete(m);
                 if (latest_config && c->epoch < latest_config->epoch)
                         die("%s: config epoch went back from %lld to %lld", w->name, latest_config->epoch, c->epoch);
@@ -546,6 +616,7 @@ static void handle_message(struct fake_worker *w, const char *data, size_t len) 
                 return;
         }
         if (t == T_ROUTING) {
+                last_routing_ns = now_ns();
                 if (!w->config)
                         die("%s: routing before any config", w->name);
                 handle_routing(w, data, len);
@@ -667,12 +738,12 @@ static void start_connect(struct fake_worker *w) {
                 die("%s: connect to %s: %m", w->name, arg.head);
 }
 
-static pid_t run_reload_cmd(void) {
+static pid_t run_reload_cmd(const char *cmd) {
         pid_t pid = fork();
         if (pid < 0)
                 die("fork: %m");
         if (pid == 0) {
-                execl("/bin/sh", "sh", "-c", arg.reload_cmd, (char *)NULL);
+                execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
                 _exit(127);
         }
         return pid;
@@ -761,11 +832,11 @@ static const char *head_cpu_note(void) {
         return note;
 }
 
-enum phase { PLACING, SETTLING, UNREADY, READY_AGAIN, RELOADING, DONE };
+enum phase { PLACING, SETTLING, UNREADY, READY_AGAIN, RELOADING, RELOADING_ONE, DONE };
 
 static void usage(void) {
         fprintf(stderr, "usage: fake_workers --head HOST:PORT --token-file F --expect N [--workers N] [--cpus C]\n"
-                        "         [--address-base A.B.C.D] [--reload-cmd CMD] [--reload-changes-config]\n"
+                        "         [--address-base A.B.C.D] [--reload-cmd CMD] [--reload-changes-config] [--reload-one-cmd CMD]\n"
                         "         [--settle-ms MS] [--timeout S] [--head-pid PID]\n");
         exit(2);
 }
@@ -776,6 +847,7 @@ static void parse_args(int argc, char **argv) {
                 { "workers", required_argument, NULL, 'w' },    { "cpus", required_argument, NULL, 'c' },
                 { "address-base", required_argument, NULL, 'a' }, { "expect", required_argument, NULL, 'e' },
                 { "reload-cmd", required_argument, NULL, 'r' }, { "reload-changes-config", no_argument, NULL, 'C' },
+                { "reload-one-cmd", required_argument, NULL, 'O' },
                 { "settle-ms", required_argument, NULL, 's' },  { "timeout", required_argument, NULL, 'T' },
                 { "head-pid", required_argument, NULL, 'p' },   { "help", no_argument, NULL, 'h' },
                 {},
@@ -796,6 +868,7 @@ static void parse_args(int argc, char **argv) {
                 case 'e': arg.expect = strtoull(optarg, NULL, 10); break;
                 case 'r': arg.reload_cmd = optarg; break;
                 case 'C': arg.reload_changes_config = true; break;
+                case 'O': arg.reload_one_cmd = optarg; break;
                 case 's': arg.settle_ms = (unsigned)strtoul(optarg, NULL, 10); break;
                 case 'T': arg.timeout_s = strtod(optarg, NULL); break;
                 case 'p': arg.head_pid = (pid_t)strtol(optarg, NULL, 10); break;
@@ -935,7 +1008,10 @@ int main(int argc, char **argv) {
                         }
                         break;
                 case SETTLING:
-                        if (now - last_assign_ns >= arg.settle_ms * NSEC_PER_MSEC && assigned_total == arg.expect) {
+                        /* Routing quiet too: the last workers' first reports of their replicas
+                         * still change it, and a change measured below must be that one alone. */
+                        if (now - last_assign_ns >= arg.settle_ms * NSEC_PER_MSEC && assigned_total == arg.expect &&
+                            now - last_routing_ns >= arg.settle_ms * NSEC_PER_MSEC && routing_ready == arg.expect) {
                                 printf("settled: last assign %.0f ms after every worker was assigned, then none for %u ms%s\n",
                                        (double)(MAX(last_assign_ns, t_all_assigned) - t_all_assigned) / 1e6,
                                        arg.settle_ms, head_cpu_note());
@@ -978,24 +1054,39 @@ int main(int argc, char **argv) {
                                         workers[i].reloaded = false;
                                 reload_running = true;
                                 t_phase = now_ns();
-                                reload_pid = run_reload_cmd();
+                                reload_pid = run_reload_cmd(arg.reload_cmd);
                                 phase = RELOADING;
                                 deadline = t_phase + sec_to_ns(arg.timeout_s);
                         }
                         break;
                 case RELOADING:
+                case RELOADING_ONE:
                         if (!reload_ready && reloaded_workers == arg.workers && assigned_total == arg.expect &&
-                            (!arg.reload_changes_config || config_changed_everywhere())) {
+                            (phase == RELOADING_ONE || !arg.reload_changes_config || config_changed_everywhere())) {
                                 reload_ready = true;
-                                printf("reload: config epoch %lld -> %lld, %u workers hold an assign for it, %llu replicas, "
+                                printf("%s: config epoch %lld -> %lld, %u workers hold an assign for it, %llu replicas, "
                                        "in %.0f ms%s\n",
-                                       config_before_reload->epoch, latest_config->epoch, arg.workers, assigned_total,
-                                       ms_since(t_phase), head_cpu_note());
+                                       phase == RELOADING ? "reload" : "one-deployment reload", config_before_reload->epoch,
+                                       latest_config->epoch, arg.workers, assigned_total, ms_since(t_phase), head_cpu_note());
                         }
                         /* Then until routing is quiet again: the head re-reads every report. */
                         if (reload_ready && routing_ready == arg.expect && now - last_assign_ns >= arg.settle_ms * NSEC_PER_MSEC) {
-                                print_traffic("reload");
-                                phase = DONE;
+                                print_traffic(phase == RELOADING ? "reload" : "one-deployment reload");
+                                if (phase == RELOADING_ONE || !arg.reload_one_cmd) {
+                                        phase = DONE;
+                                        break;
+                                }
+                                /* Again, changing one deployment: what a config delta costs. */
+                                config_unref(config_before_reload);
+                                config_before_reload = config_ref(latest_config);
+                                reloaded_workers = 0;
+                                for (unsigned i = 0; i < arg.workers; i++)
+                                        workers[i].reloaded = false;
+                                reload_ready = false;
+                                t_phase = now_ns();
+                                reload_pid = run_reload_cmd(arg.reload_one_cmd);
+                                phase = RELOADING_ONE;
+                                deadline = t_phase + sec_to_ns(arg.timeout_s);
                         }
                         break;
                 case DONE:
@@ -1012,7 +1103,8 @@ int main(int argc, char **argv) {
                 if (phase == DONE && reload_pid < 0)
                         break;
                 if (now >= deadline) {
-                        static const char *const names[] = { "placement", "settling", "replica change", "replica change", "reload", "" };
+                        static const char *const names[] = { "placement", "settling", "replica change", "replica change", "reload",
+                                                             "one-deployment reload", "" };
                         die("timeout after %.0f s in %s: %llu of %llu replicas assigned, %u of %u workers assigned, %u not "
                             "connected, %llu ready in routing, %u of %u workers reloaded",
                             arg.timeout_s, names[phase], assigned_total, arg.expect, assigned_workers, arg.workers,
@@ -1026,6 +1118,8 @@ int main(int argc, char **argv) {
                                 wake = workers[i].next_report_ns;
                 if (phase != PLACING && last_assign_ns + arg.settle_ms * NSEC_PER_MSEC < wake)
                         wake = last_assign_ns + arg.settle_ms * NSEC_PER_MSEC;
+                if (phase == SETTLING && last_routing_ns + arg.settle_ms * NSEC_PER_MSEC < wake)
+                        wake = last_routing_ns + arg.settle_ms * NSEC_PER_MSEC;
                 if (reload_pid > 0 && now + 50 * NSEC_PER_MSEC < wake)
                         wake = now + 50 * NSEC_PER_MSEC;
                 int timeout_ms = wake > now ? (int)((wake - now + NSEC_PER_MSEC - 1) / NSEC_PER_MSEC) : 0;
