@@ -3,7 +3,7 @@
  *
  *   fake_workers --head HOST:PORT --token-file F --expect N [--workers 1000] [--cpus 16]
  *                [--address-base 127.1.0.0] [--reload-cmd CMD] [--reload-changes-config] [--reload-one-cmd CMD]
- *                [--settle-ms 1500] [--timeout S] [--head-pid PID]
+ *                [--deploy-cmd CMD] [--deploy-via SIGHUP] [--settle-ms 1500] [--timeout S] [--head-pid PID]
  *
  * Each simulated worker opens one control connection, sends `hello` (node fake-NNNN, address
  * base+1+i), then a `report` every heartbeat interval listing, as RUNNING, the replicas its
@@ -16,7 +16,8 @@
  * it holds. Connections open in waves of CONNECT_WAVE not yet welcomed.
  *
  * Phases, each printed as one line of numbers:
- *   placement  first hello -> every worker holds an assign and the counts sum to --expect
+ *   join storm first hello -> every worker holds an assign and the counts sum to --expect, while
+ *              the workers are still connecting (placement and joining together)
  *   ready      first hello -> the head's `routing` lists --expect ready replicas (it has seen
  *              the reports)
  *   settled    then until neither an assign nor a routing message arrived for --settle-ms
@@ -27,6 +28,12 @@
  *              --reload-changes-config, every deployment's user_config differs from before
  *   reload one then --reload-one-cmd (one deployment changed) the same way: what a config delta
  *              costs each worker
+ *   deploy     with --deploy-cmd: "CMD zero" (every deployment to 0 replicas) -> every worker
+ *              holds an assign for the new epoch with no replica, routing lists none and is quiet
+ *              for --settle-ms; then "CMD full" (back to the counts that sum to --expect) -> every
+ *              worker holds an assign for that epoch and the counts sum to --expect: placement
+ *              onto workers that have all joined (--deploy-via names what CMD does, for the
+ *              output); then until routing lists them all ready, and until it is quiet
  *   head       VmRSS and VmHWM of --head-pid, and its CPU time per phase
  * Exits 0 when every phase completed, 1 on a timeout, a refused hello, a closed connection or a
  * malformed frame (each said on stderr).
@@ -115,7 +122,7 @@ struct fake_worker {
 };
 
 static struct {
-        const char *head, *token_file, *reload_cmd, *reload_one_cmd;
+        const char *head, *token_file, *reload_cmd, *reload_one_cmd, *deploy_cmd, *deploy_via;
         char *token;
         unsigned workers;
         double cpus;
@@ -132,6 +139,7 @@ static struct {
         .settle_ms = 1500,
         .timeout_s = 300,
         .heartbeat_s = 1,
+        .deploy_via = "SIGHUP",
 };
 
 static struct fake_worker *workers;
@@ -832,12 +840,12 @@ static const char *head_cpu_note(void) {
         return note;
 }
 
-enum phase { PLACING, SETTLING, UNREADY, READY_AGAIN, RELOADING, RELOADING_ONE, DONE };
+enum phase { PLACING, SETTLING, UNREADY, READY_AGAIN, RELOADING, RELOADING_ONE, DEPLOY_ZERO, DEPLOYING, DONE };
 
 static void usage(void) {
         fprintf(stderr, "usage: fake_workers --head HOST:PORT --token-file F --expect N [--workers N] [--cpus C]\n"
                         "         [--address-base A.B.C.D] [--reload-cmd CMD] [--reload-changes-config] [--reload-one-cmd CMD]\n"
-                        "         [--settle-ms MS] [--timeout S] [--head-pid PID]\n");
+                        "         [--deploy-cmd CMD] [--deploy-via WORD] [--settle-ms MS] [--timeout S] [--head-pid PID]\n");
         exit(2);
 }
 
@@ -847,7 +855,8 @@ static void parse_args(int argc, char **argv) {
                 { "workers", required_argument, NULL, 'w' },    { "cpus", required_argument, NULL, 'c' },
                 { "address-base", required_argument, NULL, 'a' }, { "expect", required_argument, NULL, 'e' },
                 { "reload-cmd", required_argument, NULL, 'r' }, { "reload-changes-config", no_argument, NULL, 'C' },
-                { "reload-one-cmd", required_argument, NULL, 'O' },
+                { "reload-one-cmd", required_argument, NULL, 'O' }, { "deploy-cmd", required_argument, NULL, 'D' },
+                { "deploy-via", required_argument, NULL, 'V' },
                 { "settle-ms", required_argument, NULL, 's' },  { "timeout", required_argument, NULL, 'T' },
                 { "head-pid", required_argument, NULL, 'p' },   { "help", no_argument, NULL, 'h' },
                 {},
@@ -869,6 +878,8 @@ static void parse_args(int argc, char **argv) {
                 case 'r': arg.reload_cmd = optarg; break;
                 case 'C': arg.reload_changes_config = true; break;
                 case 'O': arg.reload_one_cmd = optarg; break;
+                case 'D': arg.deploy_cmd = optarg; break;
+                case 'V': arg.deploy_via = optarg; break;
                 case 's': arg.settle_ms = (unsigned)strtoul(optarg, NULL, 10); break;
                 case 'T': arg.timeout_s = strtod(optarg, NULL); break;
                 case 'p': arg.head_pid = (pid_t)strtol(optarg, NULL, 10); break;
@@ -902,12 +913,26 @@ static void print_traffic(const char *label) {
         tx_reports = tx_bytes = 0;
 }
 
+/* Starts a reload-like phase: remembers the config before it and runs cmd in the background. */
+static pid_t begin_reload(const char *cmd, uint64_t *t_phase) {
+        config_unref(config_before_reload);
+        config_before_reload = config_ref(latest_config);
+        reloaded_workers = 0;
+        for (unsigned i = 0; i < arg.workers; i++)
+                workers[i].reloaded = false;
+        reload_running = true;
+        *t_phase = now_ns();
+        return run_reload_cmd(cmd);
+}
+
 int main(int argc, char **argv) {
         _cleanup_free_ struct pollfd *pfd = NULL;
         uint64_t t_first_hello = 0, t_phase = 0, t_all_assigned = 0, deadline;
         enum phase phase = PLACING;
-        bool placed = false, ready = false, reload_ready = false;
+        bool placed = false, ready = false, reload_ready = false, deploy_placed = false, deploy_ready = false;
         pid_t reload_pid = -1;
+        _cleanup_free_ char *deploy_zero_cmd = NULL, *deploy_full_cmd = NULL;
+        const char *running_cmd = NULL;
         int r;
 
         parse_args(argc, argv);
@@ -924,6 +949,9 @@ int main(int argc, char **argv) {
         raise_nofile(arg.workers + 64);
         resolve_head();
         cpu_mark = head_cpu_s();
+        if (arg.deploy_cmd && (asprintf(&deploy_zero_cmd, "%s zero", arg.deploy_cmd) < 0 ||
+                               asprintf(&deploy_full_cmd, "%s full", arg.deploy_cmd) < 0))
+                die("out of memory");
 
         workers = calloc(arg.workers, sizeof(*workers));
         pfd = calloc(arg.workers, sizeof(*pfd));
@@ -990,9 +1018,9 @@ int main(int argc, char **argv) {
                         if (!placed && assigned_workers == arg.workers && assigned_total == arg.expect) {
                                 placed = true;
                                 t_all_assigned = now;
-                                printf("placement: %llu replicas on %u workers in %.0f ms (first hello -> every worker "
-                                       "assigned, counts sum to %llu)\n",
-                                       assigned_total, arg.workers, ms_since(t_first_hello), arg.expect);
+                                printf("join storm: %u workers join and %llu replicas placed in %.0f ms (first hello -> "
+                                       "every worker assigned, counts sum to %llu)\n",
+                                       arg.workers, assigned_total, ms_since(t_first_hello), arg.expect);
                         }
                         if (!ready && t_first_hello && routing_ready == arg.expect) {
                                 ready = true;
@@ -1044,18 +1072,16 @@ int main(int argc, char **argv) {
                                         deadline = now + sec_to_ns(arg.timeout_s);
                                         break;
                                 }
-                                if (!arg.reload_cmd) {
+                                if (arg.reload_cmd) {
+                                        reload_pid = begin_reload(running_cmd = arg.reload_cmd, &t_phase);
+                                        phase = RELOADING;
+                                } else if (deploy_zero_cmd) {
+                                        reload_pid = begin_reload(running_cmd = deploy_zero_cmd, &t_phase);
+                                        phase = DEPLOY_ZERO;
+                                } else {
                                         phase = DONE;
                                         break;
                                 }
-                                config_before_reload = config_ref(latest_config);
-                                reloaded_workers = 0;
-                                for (unsigned i = 0; i < arg.workers; i++)
-                                        workers[i].reloaded = false;
-                                reload_running = true;
-                                t_phase = now_ns();
-                                reload_pid = run_reload_cmd(arg.reload_cmd);
-                                phase = RELOADING;
                                 deadline = t_phase + sec_to_ns(arg.timeout_s);
                         }
                         break;
@@ -1072,21 +1098,58 @@ int main(int argc, char **argv) {
                         /* Then until routing is quiet again: the head re-reads every report. */
                         if (reload_ready && routing_ready == arg.expect && now - last_assign_ns >= arg.settle_ms * NSEC_PER_MSEC) {
                                 print_traffic(phase == RELOADING ? "reload" : "one-deployment reload");
-                                if (phase == RELOADING_ONE || !arg.reload_one_cmd) {
+                                if (phase == RELOADING && arg.reload_one_cmd) {
+                                        /* Again, changing one deployment: what a config delta costs. */
+                                        reload_ready = false;
+                                        reload_pid = begin_reload(running_cmd = arg.reload_one_cmd, &t_phase);
+                                        phase = RELOADING_ONE;
+                                } else if (deploy_zero_cmd) {
+                                        reload_pid = begin_reload(running_cmd = deploy_zero_cmd, &t_phase);
+                                        phase = DEPLOY_ZERO;
+                                } else {
                                         phase = DONE;
                                         break;
                                 }
-                                /* Again, changing one deployment: what a config delta costs. */
-                                config_unref(config_before_reload);
-                                config_before_reload = config_ref(latest_config);
-                                reloaded_workers = 0;
-                                for (unsigned i = 0; i < arg.workers; i++)
-                                        workers[i].reloaded = false;
-                                reload_ready = false;
-                                t_phase = now_ns();
-                                reload_pid = run_reload_cmd(arg.reload_one_cmd);
-                                phase = RELOADING_ONE;
                                 deadline = t_phase + sec_to_ns(arg.timeout_s);
+                        }
+                        break;
+                case DEPLOY_ZERO:
+                        /* Every deployment scaled to 0: every worker holds an assign for the new
+                         * epoch, none asks for a replica, and routing lists none and is quiet. */
+                        if (reload_pid < 0 && reloaded_workers == arg.workers && assigned_total == 0 && routing_ready == 0 &&
+                            all_routing_at(routing.version) && now - last_assign_ns >= arg.settle_ms * NSEC_PER_MSEC &&
+                            now - last_routing_ns >= arg.settle_ms * NSEC_PER_MSEC) {
+                                printf("scale to zero: config epoch %lld -> %lld, every worker holds an assign for it with 0 "
+                                       "replicas and routing lists none, settled %.0f ms after the %s%s\n",
+                                       config_before_reload->epoch, latest_config->epoch, ms_since(t_phase), arg.deploy_via,
+                                       head_cpu_note());
+                                print_traffic("scale to zero");
+                                /* The measured deploy: every replica placed again, onto the
+                                 * workers that have joined and hold nothing. */
+                                reload_pid = begin_reload(running_cmd = deploy_full_cmd, &t_phase);
+                                phase = DEPLOYING;
+                                deadline = t_phase + sec_to_ns(arg.timeout_s);
+                        }
+                        break;
+                case DEPLOYING:
+                        if (!deploy_placed && reloaded_workers == arg.workers && assigned_total == arg.expect) {
+                                deploy_placed = true;
+                                printf("deploy onto %u joined workers: %llu replicas placed in %.0f ms (%s -> every worker "
+                                       "holds its assign for config epoch %lld, counts sum to %llu)%s\n",
+                                       arg.workers, assigned_total, ms_since(t_phase), arg.deploy_via, latest_config->epoch,
+                                       arg.expect, head_cpu_note());
+                                print_traffic("deploy placement");
+                        }
+                        if (deploy_placed && !deploy_ready && routing_ready == arg.expect) {
+                                deploy_ready = true;
+                                printf("deploy ready: routing lists %llu ready replicas %.0f ms after the %s%s\n", routing_ready,
+                                       ms_since(t_phase), arg.deploy_via, head_cpu_note());
+                        }
+                        if (deploy_ready && all_routing_at(routing.version) &&
+                            now - last_assign_ns >= arg.settle_ms * NSEC_PER_MSEC &&
+                            now - last_routing_ns >= arg.settle_ms * NSEC_PER_MSEC) {
+                                print_traffic("deploy, placed -> settled");
+                                phase = DONE;
                         }
                         break;
                 case DONE:
@@ -1097,14 +1160,14 @@ int main(int argc, char **argv) {
                         if (waitpid(reload_pid, &status, WNOHANG) == reload_pid) {
                                 reload_pid = -1;
                                 if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-                                        die("reload command failed: %s", arg.reload_cmd);
+                                        die("command failed: %s", running_cmd);
                         }
                 }
                 if (phase == DONE && reload_pid < 0)
                         break;
                 if (now >= deadline) {
                         static const char *const names[] = { "placement", "settling", "replica change", "replica change", "reload",
-                                                             "one-deployment reload", "" };
+                                                             "one-deployment reload", "scale to zero", "deploy", "" };
                         die("timeout after %.0f s in %s: %llu of %llu replicas assigned, %u of %u workers assigned, %u not "
                             "connected, %llu ready in routing, %u of %u workers reloaded",
                             arg.timeout_s, names[phase], assigned_total, arg.expect, assigned_workers, arg.workers,
@@ -1116,10 +1179,14 @@ int main(int argc, char **argv) {
                 for (unsigned i = 0; i < arg.workers; i++)
                         if (workers[i].welcomed && workers[i].next_report_ns < wake)
                                 wake = workers[i].next_report_ns;
-                if (phase != PLACING && last_assign_ns + arg.settle_ms * NSEC_PER_MSEC < wake)
-                        wake = last_assign_ns + arg.settle_ms * NSEC_PER_MSEC;
-                if (phase == SETTLING && last_routing_ns + arg.settle_ms * NSEC_PER_MSEC < wake)
-                        wake = last_routing_ns + arg.settle_ms * NSEC_PER_MSEC;
+                /* Only quiet periods still to come: one already over would make poll spin,
+                 * taking a CPU from the head it measures. */
+                uint64_t quiet = last_assign_ns + arg.settle_ms * NSEC_PER_MSEC;
+                if (phase != PLACING && quiet > now && quiet < wake)
+                        wake = quiet;
+                quiet = last_routing_ns + arg.settle_ms * NSEC_PER_MSEC;
+                if ((phase == SETTLING || phase == DEPLOY_ZERO || phase == DEPLOYING) && quiet > now && quiet < wake)
+                        wake = quiet;
                 if (reload_pid > 0 && now + 50 * NSEC_PER_MSEC < wake)
                         wake = now + 50 * NSEC_PER_MSEC;
                 int timeout_ms = wake > now ? (int)((wake - now + NSEC_PER_MSEC - 1) / NSEC_PER_MSEC) : 0;
