@@ -45,7 +45,7 @@ int config_msg_delta(const cJSON *old, const cJSON *new, cJSON **ret) {
         const cJSON *nd = cJSON_GetObjectItemCaseSensitive(new, "deployments");
         const cJSON *oe = cJSON_GetObjectItemCaseSensitive(old, "epoch"), *ne = cJSON_GetObjectItemCaseSensitive(new, "epoch");
         static const char *const whole_keys[] = { "routes", "http", "proxy_location" };
-        cJSON *m, *up, *rm, *it;
+        cJSON *m, *up = NULL, *rm = NULL, *it;
 
         if (!cJSON_IsArray(od) || !cJSON_IsArray(nd) || !cJSON_IsNumber(oe) || !cJSON_IsNumber(ne))
                 return -EINVAL;

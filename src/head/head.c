@@ -337,8 +337,12 @@ int main(int argc, char **argv) {
                         deploy_reload(&h);
                 }
                 double scale_next_s;
-                if (h.scaler && scaler_tick(h.scaler, h.spec, (double)now / 1e9, &scale_next_s) > 0)
+                if (h.scaler && scaler_tick(h.scaler, h.spec, (double)now / 1e9, &scale_next_s) > 0) {
                         h.dirty = true; /* place (or drain) the replicas the autoscaler changed */
+                        /* and write the state without the usual coalescing: a head restarted
+                         * now must find the new count, or it would drain replicas under load. */
+                        h.state_next_ns = 0;
+                }
                 /* A pass over 10,000 nodes takes a while: at least twice its time goes to the
                  * loop (hellos, reports) before the next, or a join storm starves heartbeats. */
                 if (h.dirty && now >= h.reconcile_next_ns) {
