@@ -64,11 +64,16 @@ static void check_config(const struct serve_config *c) {
                         check(d->graceful_shutdown_timeout_s >= 0 && d->graceful_shutdown_wait_loop_s > 0);
                         check(d->actor.num_cpus >= 0 && d->actor.num_gpus >= 0);
                         check(!!(d->set & DEPLOY_SET_USER_CONFIG) == !!d->user_config_json);
-                        check(!!(d->set & DEPLOY_SET_AUTOSCALING) == d->has_autoscaling);
+                        /* num_replicas: auto autoscales too, without the field. */
+                        check((!!(d->set & DEPLOY_SET_AUTOSCALING) || d->num_replicas_auto) == d->has_autoscaling);
                         if (d->user_config_json)
                                 check_json(d->user_config_json, false);
                         if (d->has_autoscaling) {
                                 check(d->autoscaling.min_replicas >= 0);
+                                check(d->autoscaling.target_cpu_utilization >= 0 && d->autoscaling.target_cpu_utilization <= 1);
+                                check(d->autoscaling.target_runqueue_delay_ms >= 0);
+                                check(d->autoscaling.aggregation_function >= AUTOSCALING_AGG_MEAN &&
+                                      d->autoscaling.aggregation_function <= AUTOSCALING_AGG_MIN);
                                 check(d->autoscaling.min_replicas <= d->autoscaling.max_replicas);
                                 check(d->autoscaling.initial_replicas == -1 ||
                                       (d->autoscaling.initial_replicas >= d->autoscaling.min_replicas &&
