@@ -32,6 +32,7 @@ struct scaler {
         struct scaled *deps;
         size_t n;
         double next_tick;
+        double min_sample_s;           /* samples are at least this far apart */
         bool urgent;
 };
 
@@ -47,6 +48,8 @@ static void scaled_done(struct scaled *s) {
         free(s->app);
         free(s->name);
 }
+
+void scaler_set_min_sample_interval(struct scaler *sc, double s) { sc->min_sample_s = s > 0 ? s : 0; }
 
 void scaler_free(struct scaler *sc) {
         if (!sc)
@@ -224,8 +227,10 @@ static void sample(struct scaled *s, double now) {
         if (dt <= 0)
                 return;
         double requests = s->acc.busy_s / dt;
-        if (s->target == 0 && s->acc.waiting_at_zero > requests)
-                requests = s->acc.waiting_at_zero; /* they are waiting now, not on average */
+        /* At zero replicas the requests waiting now are the load, exactly (a rate over the short
+         * interval since the last sample would count reports that cover a longer one). */
+        if (s->target == 0 && s->acc.waiting_at_zero > 0)
+                requests = s->acc.waiting_at_zero;
         autoscale_sample(&s->sig[SCALER_REQUESTS], now, requests);
         if (s->sig_on[SCALER_CPU])
                 autoscale_sample(&s->sig[SCALER_CPU], now, s->acc.cpu_s / dt / s->num_cpus);
@@ -279,7 +284,7 @@ int scaler_tick(struct scaler *sc, struct serve_spec *spec, double now, double *
         for (size_t i = 0; i < sc->n; i++) {
                 struct scaled *s = &sc->deps[i];
                 bool cold = s->target == 0 && s->acc.waiting_at_zero > 0;
-                if (cold || now - s->last_sample >= s->cfg.metrics_interval_s)
+                if (cold || now - s->last_sample >= MAX(s->cfg.metrics_interval_s, sc->min_sample_s))
                         sample(s, now);
                 changed += decide(s, spec ? spec_find(spec, s->app, s->name) : NULL, now);
         }

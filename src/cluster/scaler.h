@@ -47,6 +47,10 @@ struct scaler_status {
 
 int scaler_new(struct scaler **ret);
 void scaler_free(struct scaler *sc);
+/* The head: reports arrive once a heartbeat from each worker, each covering its own interval;
+ * a sample spanning two heartbeats or more counts each worker's load about once (fewer would
+ * see some workers twice and others not at all). Default 0. */
+void scaler_set_min_sample_interval(struct scaler *sc, double s);
 
 /* Brings the table in line with spec (after every config change): adds its autoscaled
  * deployments (at their initial count, or at `current(app, name)` when that is >= 0: replicas

@@ -277,6 +277,7 @@ int main(int argc, char **argv) {
 
         if (scaler_new(&h.scaler) < 0 || trust_init(&h) < 0)
                 return 1;
+        scaler_set_min_sample_interval(h.scaler, 2 * h.ccfg->worker_heartbeat_interval_s);
         recover(&h);
         if (trust_start(&h) < 0)
                 return 1;
