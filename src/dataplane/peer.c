@@ -9,6 +9,67 @@
 
 /* ---- the peer table ---- */
 
+static size_t hash_name(const char *s) {
+        uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+        for (; *s; s++)
+                h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+        return (size_t)h;
+}
+
+static size_t hash_pair(const void *a, const void *b) {
+        uint64_t h = (uint64_t)(uintptr_t)a * 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)b * 0xc2b2ae3d27d4eb4full;
+        return (size_t)(h ^ (h >> 29));
+}
+
+/* Doubles an index when it holds more entries than chains (rebuilt from the lists). */
+static int peer_index_grow(struct peers *ps) {
+        size_t size = ps->peer_index_size ? ps->peer_index_size * 2 : 64;
+        struct peer **idx = calloc(size, sizeof *idx);
+        struct list *pos;
+        if (!idx)
+                return -ENOMEM;
+        for (pos = ps->peers.next; pos != &ps->peers; pos = pos->next) {
+                struct peer *p = list_entry(pos, struct peer, link);
+                size_t b = hash_name(p->name) & (size - 1);
+                p->hash_next = idx[b];
+                idx[b] = p;
+        }
+        free(ps->peer_index);
+        ps->peer_index = idx;
+        ps->peer_index_size = size;
+        return 0;
+}
+
+static struct peer *peer_find(const struct peers *ps, const char *name) {
+        if (!ps->peer_index)
+                return NULL;
+        for (struct peer *p = ps->peer_index[hash_name(name) & (ps->peer_index_size - 1)]; p; p = p->hash_next)
+                if (streq(p->name, name))
+                        return p;
+        return NULL;
+}
+
+static int target_index_grow(struct peers *ps) {
+        size_t size = ps->target_index_size ? ps->target_index_size * 2 : 256;
+        struct remote_target **idx = calloc(size, sizeof *idx);
+        struct list *pos, *p2;
+        if (!idx)
+                return -ENOMEM;
+        for (pos = ps->groups.next; pos != &ps->groups; pos = pos->next) {
+                struct remote_group *g = list_entry(pos, struct remote_group, link);
+                for (p2 = g->backends.next; p2 != &g->backends; p2 = p2->next) {
+                        struct remote_target *t = list_entry(p2, struct remote_target, be.link);
+                        size_t b = hash_pair(g, t->peer) & (size - 1);
+                        t->hash_next = idx[b];
+                        idx[b] = t;
+                }
+        }
+        free(ps->target_index);
+        ps->target_index = idx;
+        ps->target_index_size = size;
+        return 0;
+}
+
 static struct remote_group *group_find(struct peers *ps, const char *app, const char *name, bool create) {
         struct list *pos, *tmp;
         struct remote_group *g;
@@ -47,13 +108,9 @@ void peers_update_begin(struct peers *ps) {
 }
 
 struct peer *peers_update_node(struct peers *ps, const char *name, const char *address, int port, uint64_t min_serial) {
-        struct list *pos, *tmp;
-        struct peer *p;
+        struct peer *p = peer_find(ps, name);
 
-        list_for_each_safe(pos, tmp, &ps->peers) {
-                p = list_entry(pos, struct peer, link);
-                if (!streq(p->name, name))
-                        continue;
+        if (p) {
                 p->seen = true;
                 p->min_serial = min_serial;
                 if (p->gone) {
@@ -72,6 +129,8 @@ struct peer *peers_update_node(struct peers *ps, const char *name, const char *a
                 }
                 return p;
         }
+        if (ps->n_peers >= ps->peer_index_size && peer_index_grow(ps) < 0)
+                return NULL;
         p = calloc(1, sizeof *p);
         if (!p || !(p->name = strdup(name)) || !(p->address = strdup(address))) {
                 if (p)
@@ -86,27 +145,41 @@ struct peer *peers_update_node(struct peers *ps, const char *name, const char *a
         p->unblock.fn = peer_unblock;
         list_init(&p->unblock.link);
         list_add_tail(&ps->peers, &p->link);
+        size_t b = hash_name(name) & (ps->peer_index_size - 1);
+        p->hash_next = ps->peer_index[b];
+        ps->peer_index[b] = p;
+        ps->n_peers++;
         peer_connect(p);
         return p;
 }
 
-int peers_update_target(struct peers *ps, struct peer *peer, const char *app, const char *name, int ready, int max_ongoing) {
-        struct remote_group *g = group_find(ps, app, name, true);
-        struct remote_target *t = NULL;
-        struct list *pos;
+struct remote_group *peers_group(struct peers *ps, const char *app, const char *name) {
+        return group_find(ps, app, name, true);
+}
 
-        if (!g)
-                return -ENOMEM;
-        for (pos = g->backends.next; pos != &g->backends; pos = pos->next)
-                if (list_entry(pos, struct remote_target, be.link)->peer == peer)
-                        t = list_entry(pos, struct remote_target, be.link);
+int peers_update_target(struct peers *ps, struct peer *peer, struct remote_group *g, int ready, int max_ongoing) {
+        struct remote_target *t = NULL;
+
+        if (!g || !peer)
+                return -EINVAL;
+        if (ps->target_index)
+                for (t = ps->target_index[hash_pair(g, peer) & (ps->target_index_size - 1)]; t; t = t->hash_next)
+                        if (t->group == g && t->peer == peer)
+                                break;
         if (!t) {
+                if (ps->n_targets >= ps->target_index_size && target_index_grow(ps) < 0)
+                        return -ENOMEM;
                 t = calloc(1, sizeof *t);
                 if (!t)
                         return -ENOMEM;
                 t->peer = peer;
+                t->group = g;
                 t->be.ops = &peer_remote_backend_ops;
                 list_add_tail(&g->backends, &t->be.link);
+                size_t b = hash_pair(g, peer) & (ps->target_index_size - 1);
+                t->hash_next = ps->target_index[b];
+                ps->target_index[b] = t;
+                ps->n_targets++;
         }
         t->ready = ready;
         t->capacity = ready * MAX(max_ongoing, 1);
@@ -139,28 +212,14 @@ void peers_update_end(struct peers *ps) {
 }
 
 bool peers_may_link(const struct peers *ps, const char *name, uint64_t serial) {
-        struct list *pos;
-
-        for (pos = ps->peers.next; pos != &ps->peers; pos = pos->next) {
-                const struct peer *p = list_entry(pos, struct peer, link);
-                if (streq(p->name, name))
-                        return p->seen && !p->gone && serial >= p->min_serial;
-        }
-        return false;
+        const struct peer *p = peer_find(ps, name);
+        return p && p->seen && !p->gone && serial >= p->min_serial;
 }
 
 void peers_set_tls(struct peers *ps, struct tls_ctx *client, struct tls_ctx *server, const char *unit) {
         ps->tls_client = client;
         ps->tls_server = server;
         ps->tls_unit = unit;
-}
-
-int peers_set_placed(struct peers *ps, const char *app, const char *name, int placed) {
-        struct remote_group *g = group_find(ps, app, name, true);
-        if (!g)
-                return -ENOMEM;
-        g->placed = placed;
-        return 0;
 }
 
 void peers_attach(struct peers *ps, struct deployment *d) {
@@ -253,6 +312,8 @@ void peers_free(struct peers *ps) {
                 free(g->name);
                 free(g);
         }
+        free(ps->peer_index);
+        free(ps->target_index);
         free(ps);
 }
 

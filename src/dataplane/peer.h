@@ -31,6 +31,8 @@ struct remote_target {
         int capacity;       /* ready * max_ongoing: what we send at most at once */
         int inflight;       /* our requests there now */
         bool rejected;      /* it said it has none; skipped until the next update */
+        struct remote_group *group;
+        struct remote_target *hash_next; /* in the peers' target index */
 };
 
 struct remote_group {
@@ -76,10 +78,10 @@ void peers_update_begin(struct peers *ps);
  * with backoff). With TLS, its certificates with a serial below min_serial are revoked.
  * Returns the peer or NULL on allocation failure. */
 struct peer *peers_update_node(struct peers *ps, const char *name, const char *address, int port, uint64_t min_serial);
-/* Says that `peer` has `ready` replicas of app/name taking max_ongoing requests each. */
-int peers_update_target(struct peers *ps, struct peer *peer, const char *app, const char *name, int ready, int max_ongoing);
-/* Says how many replicas of app/name the head placed in the whole cluster. */
-int peers_set_placed(struct peers *ps, const char *app, const char *name, int placed);
+/* The remote group of app/name (created when new), or NULL on allocation failure. */
+struct remote_group *peers_group(struct peers *ps, const char *app, const char *name);
+/* Says that `peer` has `ready` replicas of group g's deployment taking max_ongoing requests each. */
+int peers_update_target(struct peers *ps, struct peer *peer, struct remote_group *g, int ready, int max_ongoing);
 /* Ends the update: unseen targets get ready = 0, unseen peers are disconnected (their
  * requests fail over). */
 void peers_update_end(struct peers *ps);

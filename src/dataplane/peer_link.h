@@ -39,6 +39,7 @@ struct peer {
         struct request *blocked_on;
         struct loop_deferred unblock;
         struct list link;
+        struct peer *hash_next;  /* in ps->peer_index's chain */
 };
 
 /* A connection from a peer that sends us its requests. Its streams are sinks. */
@@ -69,6 +70,11 @@ struct peers {
         struct peers_options opts;
         struct netlistener listener;
         struct list peers, groups, ins;
+        /* Chained hash indexes (peers and targets are never freed before the table): a routing
+         * update touches every node and ready count, so finding one must not scan them all. */
+        struct peer **peer_index;           /* by name */
+        struct remote_target **target_index; /* by (group, peer) */
+        size_t peer_index_size, n_peers, target_index_size, n_targets;
         struct peer_stats stats;
         bool kick;
         struct tls_ctx *tls_client, *tls_server; /* NULL: plaintext, or not yet (tls_unit set) */

@@ -437,7 +437,9 @@ static int on_routing(struct worker *w, const cJSON *m, char *err, size_t errlen
                                                      t->nodes[i].min_serial);
         for (size_t i = 0, k = 0, j = 0; i < t->n_deps; i++) {
                 const struct routing_dep *d = &t->deps[i];
-                (void)peers_set_placed(w->peers, d->app, d->name, d->placed);
+                struct remote_group *g = peers_group(w->peers, d->app, d->name);
+                if (g)
+                        g->placed = d->placed;
                 /* Ready counts are sorted by (deployment, node), nodes and deployments by id. */
                 for (; k < t->n_ready && t->ready[k].dep < d->id; k++)
                         ;
@@ -445,8 +447,7 @@ static int on_routing(struct worker *w, const cJSON *m, char *err, size_t errlen
                         while (j < t->n_nodes && t->nodes[j].id < t->ready[k].node)
                                 j++;
                         if (j < t->n_nodes && peers[j])
-                                (void)peers_update_target(w->peers, peers[j], d->app, d->name, (int)t->ready[k].count,
-                                                          d->max_ongoing);
+                                (void)peers_update_target(w->peers, peers[j], g, (int)t->ready[k].count, d->max_ongoing);
                 }
                 j = 0;
         }
