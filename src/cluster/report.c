@@ -159,6 +159,42 @@ static int render_rq_delay(struct buf *b, const char *const *labels, const cJSON
         return 0;
 }
 
+/* One family with samples per replica: writes its HELP/TYPE, then calls sample() for every
+ * replica of every report with the replica's labels (node, application, deployment, replica). */
+static int replica_family(struct buf *b, const char *const *names, const cJSON *const *reports, size_t n,
+                          const char *family, enum metrics_type type, const char *help,
+                          int (*sample)(struct buf *b, const char *const *labels, const cJSON *replica)) {
+        const cJSON *it;
+        int r = metrics_family(b, family, type, help);
+
+        for (size_t i = 0; r >= 0 && i < n; i++) {
+                if (!reports[i])
+                        continue;
+                cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(reports[i], "replicas")) {
+                        const char *labels[] = { "node", names[i], "application", str(it, "app"), "deployment",
+                                                 str(it, "deployment"), "replica", str(it, "id"), NULL };
+                        if ((r = sample(b, labels, it)) < 0)
+                                break;
+                }
+        }
+        return r;
+}
+
+static int sample_ongoing(struct buf *b, const char *const *labels, const cJSON *rep) {
+        return metrics_sample(b, "serve_replica_processing_queries", labels, num(rep, "ongoing"));
+}
+
+static int sample_cpu(struct buf *b, const char *const *labels, const cJSON *rep) {
+        if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(rep, "cpu_s")))
+                return 0;
+        return metrics_sample(b, "serve_replica_cpu_seconds_total", labels, num(rep, "cpu_s"));
+}
+
+static int sample_rq_delay(struct buf *b, const char *const *labels, const cJSON *rep) {
+        const cJSON *o = cJSON_GetObjectItemCaseSensitive(rep, "rq_delay");
+        return cJSON_IsObject(o) ? render_rq_delay(b, labels, o) : 0;
+}
+
 /* The load monitor's families: per replica CPU time and run-queue delay, per node the listener. */
 static int render_load(struct buf *b, const char *const *names, const cJSON *const *reports, size_t n) {
         static const struct {
@@ -171,36 +207,13 @@ static int render_load(struct buf *b, const char *const *names, const cJSON *con
                 { "serve_node_listen_overflows_total", "Connections the kernel dropped on a full accept queue (TcpExt ListenOverflows)",
                   "listen_overflows", METRICS_COUNTER },
         };
-        const cJSON *it;
         int r;
 
-        if ((r = metrics_family(b, "serve_replica_cpu_seconds_total", METRICS_COUNTER, "CPU time of a replica's processes")) < 0)
+        if ((r = replica_family(b, names, reports, n, "serve_replica_cpu_seconds_total", METRICS_COUNTER,
+                                "CPU time of a replica's processes", sample_cpu)) < 0 ||
+            (r = replica_family(b, names, reports, n, RQ_FAMILY, METRICS_HISTOGRAM,
+                                "Time a replica's threads waited for a CPU once runnable", sample_rq_delay)) < 0)
                 return r;
-        for (size_t i = 0; i < n; i++) {
-                if (!reports[i])
-                        continue;
-                cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(reports[i], "replicas")) {
-                        const char *labels[] = { "node", names[i], "application", str(it, "app"), "deployment",
-                                                 str(it, "deployment"), "replica", str(it, "id"), NULL };
-                        if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(it, "cpu_s")) &&
-                            (r = metrics_sample(b, "serve_replica_cpu_seconds_total", labels, num(it, "cpu_s"))) < 0)
-                                return r;
-                }
-        }
-        if ((r = metrics_family(b, "serve_replica_runqueue_delay_seconds", METRICS_HISTOGRAM,
-                                "Time a replica's threads waited for a CPU once runnable")) < 0)
-                return r;
-        for (size_t i = 0; i < n; i++) {
-                if (!reports[i])
-                        continue;
-                cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(reports[i], "replicas")) {
-                        const cJSON *o = cJSON_GetObjectItemCaseSensitive(it, "rq_delay");
-                        const char *labels[] = { "node", names[i], "application", str(it, "app"), "deployment",
-                                                 str(it, "deployment"), "replica", str(it, "id"), NULL };
-                        if (cJSON_IsObject(o) && (r = render_rq_delay(b, labels, o)) < 0)
-                                return r;
-                }
-        }
         for (size_t f = 0; f < ELEMENTSOF(node_fams); f++) {
                 if ((r = metrics_family(b, node_fams[f].name, node_fams[f].type, node_fams[f].help)) < 0)
                         return r;
@@ -259,19 +272,9 @@ int report_render_metrics(struct buf *b, const char *const *names, const cJSON *
                                 return r;
                 }
         }
-        if ((r = metrics_family(b, "serve_replica_processing_queries", METRICS_GAUGE, "Requests a replica is working on")) < 0)
-                return r;
-        for (size_t i = 0; i < n; i++) {
-                if (!reports[i])
-                        continue;
-                cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(reports[i], "replicas")) {
-                        const char *labels[] = { "node", names[i], "application", str(it, "app"), "deployment",
-                                                 str(it, "deployment"), "replica", str(it, "id"), NULL };
-                        if ((r = metrics_sample(b, "serve_replica_processing_queries", labels, num(it, "ongoing"))) < 0)
-                                return r;
-                }
-        }
-        if ((r = render_load(b, names, reports, n)) < 0)
+        if ((r = replica_family(b, names, reports, n, "serve_replica_processing_queries", METRICS_GAUGE,
+                                "Requests a replica is working on", sample_ongoing)) < 0 ||
+            (r = render_load(b, names, reports, n)) < 0)
                 return r;
         if ((r = metrics_family(b, "serve_cross_node_requests", METRICS_COUNTER,
                                 "Requests this node sent to (direction=out) or served for (direction=in) peer nodes")) < 0)
