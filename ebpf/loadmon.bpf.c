@@ -1,14 +1,24 @@
-/* The load monitor's kernel half: CPU time and run-queue delay per replica, from the scheduler's
- * tracepoints. Every program exists twice, as tp_btf (typed arguments, direct loads: the cheap
- * one, kernels >= 5.5 with BTF) and as raw_tp (the fallback); the loader loads one set.
+/* The load monitor's kernel half: CPU time and run-queue delay per replica, from one scheduler
+ * tracepoint, sched_switch. It exists twice, as tp_btf (typed arguments, direct loads, per-task
+ * state in task-local storage: the cheap one, kernels >= 5.11 with BTF) and as raw_tp (the
+ * fallback: probe reads, per-thread state in an LRU hash); the loader loads one.
  *
- * CPU time: the kernel's sum_exec_runtime of a tracked task, from its switch-in to its switch-out.
- * Run-queue delay: from the moment a tracked task becomes runnable (sched_wakeup,
- * sched_wakeup_new, or preempted while still running at sched_switch) to sched_switch putting it
- * on a CPU. The wakeup tracepoints run in the *waker's* context, so the woken task is the
- * tracepoint's argument, never the current task (the classic runqlat copying mistake keys the
- * delay by the waker). Only tracked tasks read the clock or touch the wakeups map; any other
- * task costs an inlined array lookup (see LOADMON_PID_INDEX). */
+ * Both numbers are the kernel's own per-task accounting, read when a tracked task leaves a CPU
+ * (`prev`), so no program reads a clock and the wakeup tracepoints are not needed:
+ *   - CPU time: the growth of the task's se.sum_exec_runtime (what /proc/PID/stat reports),
+ *     already brought up to date for prev when sched_switch fires;
+ *   - run-queue delay: the growth of the task's sched_info.run_delay (CONFIG_SCHED_INFO; field 2
+ *     of /proc/PID/schedstat), which the kernel adds to when a task that became runnable (woken,
+ *     new, or preempted while still running) gets a CPU, and sched_info.pcount, which counts
+ *     those arrivals. The kernel updates both for `next` in prepare_task_switch(), *after* the
+ *     tracepoint, so they are read at the task's switch-out, where they include the wait that
+ *     ended at its switch-in. Between two switch-outs of the same task pcount grows by one: the
+ *     run_delay growth is exactly that one wait (the parts of a wait spent on other CPUs before
+ *     a migration included), so the histogram gets per-wait values. The delay is the woken
+ *     task's own (the classic runqlat mistake of keying it by the waker cannot happen).
+ * The first switch-out of a task seen counts its whole history (a thread born in a tracked
+ * process: all of it happened while tracked; several waits at once go to the bucket of their
+ * mean). Untracked tasks cost an inlined array lookup (see LOADMON_PID_INDEX). */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
@@ -18,8 +28,6 @@
 
 /* The kernel lets only GPL-compatible programs call the tracing helpers used here. */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-#define TASK_RUNNING 0
 
 /* Number of keys in `cgroups`: while 0, untracked tasks cost no cgroup lookup. Written by
  * user space (memory-mapped .bss); a stale read only delays when a new key starts counting. */
@@ -53,44 +61,40 @@ struct {
         __type(value, struct loadmon_cg_entry);
 } cg_index SEC(".maps");
 
+/* Per CPU: a program only ever adds to its own CPU's copy, with plain adds (no locked
+ * instructions); the loader sums the copies. */
 struct {
-        __uint(type, BPF_MAP_TYPE_ARRAY);
+        __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
         __uint(max_entries, LOADMON_MAX_SLOTS);
         __type(key, __u32);
         __type(value, struct loadmon_stats);
 } stats SEC(".maps");
 
-struct {
-        __uint(type, BPF_MAP_TYPE_HASH);
-        __uint(max_entries, LOADMON_MAX_WAKEUPS);
-        __type(key, __u32);   /* thread id */
-        __type(value, __u64); /* when it became runnable (ns) */
-} wakeups SEC(".maps");
-
-/* The tracked task running on this CPU, and its sum_exec_runtime when it got the CPU. */
-struct oncpu {
-        __u32 tid;
-        __u32 slot;
-        __u64 runtime;
+/* What a tracked task's counters were at its last switch-out. */
+struct task_state {
+        __u64 runtime;   /* se.sum_exec_runtime */
+        __u64 run_delay; /* sched_info.run_delay */
+        __u64 pcount;    /* sched_info.pcount */
+        __u64 start;     /* raw_tp only: start_time, which tells a reused thread id from its owner */
+        __u32 slot;      /* + 1; 0: never seen */
+        __u32 pad;
 };
 
 struct {
-        __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-        __uint(max_entries, 1);
+        __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+        __uint(map_flags, BPF_F_NO_PREALLOC);
+        __type(key, int);
+        __type(value, struct task_state);
+} tstate SEC(".maps");
+
+/* raw_tp's stand-in for tstate (which needs a BTF task pointer), by thread id: LRU, since no
+ * program sees a thread exit; a reused id is told by its start_time. */
+struct {
+        __uint(type, BPF_MAP_TYPE_LRU_HASH);
+        __uint(max_entries, LOADMON_MAX_THREADS);
         __type(key, __u32);
-        __type(value, struct oncpu);
-} oncpu SEC(".maps");
-
-/* Kernels before 5.14 call task_struct's state `state`. */
-struct task_struct___o {
-        volatile long int state;
-} __attribute__((preserve_access_index));
-
-static __always_inline long task_state(struct task_struct *t) {
-        if (bpf_core_field_exists(t->__state))
-                return BPF_CORE_READ(t, __state);
-        return BPF_CORE_READ((struct task_struct___o *)t, state);
-}
+        __type(value, struct task_state);
+} tstate_raw SEC(".maps");
 
 /* tp_btf arguments are typed pointers the verifier lets us load from directly; raw_tp ones are
  * plain numbers, read through bpf_probe_read_kernel. `btf` is a constant in every caller, so
@@ -136,91 +140,71 @@ static __always_inline __u32 log2_u64(__u64 v) {
         return r | (__u32)(v >> 1);
 }
 
-static __always_inline int on_wakeup(struct task_struct *p, bool btf) {
-        __u32 tgid = TASK_FIELD(btf, p, tgid), tid;
-        __u64 now;
+/* The state of task t (tid), created empty when missing; NULL only when memory is short. */
+static __always_inline struct task_state *state_of(struct task_struct *t, bool btf) {
+        struct task_state *s, zero = {};
+        __u32 tid;
+        __u64 start;
 
-        if (!tgid || slot_of(p, tgid, btf) < 0)
-                return 0;
-        tid = TASK_FIELD(btf, p, pid);
-        now = bpf_ktime_get_ns();
-        bpf_map_update_elem(&wakeups, &tid, &now, BPF_ANY);
-        return 0;
+        if (btf)
+                return bpf_task_storage_get(&tstate, t, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+        tid = BPF_CORE_READ(t, pid);
+        start = BPF_CORE_READ(t, start_time);
+        s = bpf_map_lookup_elem(&tstate_raw, &tid);
+        if (s && s->start == start)
+                return s;
+        zero.start = start;
+        bpf_map_update_elem(&tstate_raw, &tid, &zero, BPF_ANY);
+        return bpf_map_lookup_elem(&tstate_raw, &tid);
 }
 
-/* CPU time is the kernel's own sum_exec_runtime (what /proc/PID/stat reports), already brought
- * up to date for prev when sched_switch fires: its growth between a tracked task's switch-in and
- * switch-out on this CPU. Untracked switches read no clock and touch no per-CPU state. */
-static __always_inline int on_switch(struct task_struct *prev, struct task_struct *next, bool btf) {
+/* Only the task leaving the CPU is looked at (see the top of this file): untracked switches cost
+ * the index lookup of one task and touch no other state. */
+static __always_inline int on_switch(struct task_struct *prev, bool btf) {
         struct loadmon_stats *st;
-        struct oncpu *oc = NULL;
-        __u32 zero = 0, tgid, tid;
-        __u64 now = 0, *ts;
+        struct task_state *s;
+        __u64 rt, rd, pc, n, d;
+        __u32 tgid, b;
         __s64 slot;
 
         tgid = TASK_FIELD(btf, prev, tgid);
-        if (tgid && (slot = slot_of(prev, tgid, btf)) >= 0 && (st = stats_of(slot))) {
-                tid = TASK_FIELD(btf, prev, pid);
-                oc = bpf_map_lookup_elem(&oncpu, &zero);
-                if (oc && oc->tid == tid && oc->slot == (__u32)slot) {
-                        __u64 rt = TASK_FIELD(btf, prev, se.sum_exec_runtime);
-                        if (rt > oc->runtime)
-                                __sync_fetch_and_add(&st->cpu_ns, rt - oc->runtime);
-                }
-                if (oc)
-                        oc->tid = 0;
-                /* Preempted, still runnable: it waits for a CPU from now on. */
-                if (task_state(prev) == TASK_RUNNING) {
-                        now = bpf_ktime_get_ns();
-                        bpf_map_update_elem(&wakeups, &tid, &now, BPF_ANY);
-                }
-        }
-
-        tgid = TASK_FIELD(btf, next, tgid);
-        if (!tgid || (slot = slot_of(next, tgid, btf)) < 0 || !(st = stats_of(slot)))
+        if (!tgid || (slot = slot_of(prev, tgid, btf)) < 0 || !(st = stats_of(slot)) || !(s = state_of(prev, btf)))
                 return 0;
-        tid = TASK_FIELD(btf, next, pid);
-        if (!oc)
-                oc = bpf_map_lookup_elem(&oncpu, &zero);
-        if (oc) {
-                oc->tid = tid;
-                oc->slot = (__u32)slot;
-                oc->runtime = TASK_FIELD(btf, next, se.sum_exec_runtime);
+        rt = TASK_FIELD(btf, prev, se.sum_exec_runtime);
+        rd = TASK_FIELD(btf, prev, sched_info.run_delay);
+        pc = TASK_FIELD(btf, prev, sched_info.pcount);
+        if (s->slot != (__u32)slot + 1 && s->slot) {
+                /* Tracked again, into another slot: count from here on. */
+                s->runtime = rt;
+                s->run_delay = rd;
+                s->pcount = pc;
         }
-        ts = bpf_map_lookup_elem(&wakeups, &tid);
-        if (!ts)
+        s->slot = (__u32)slot + 1;
+        if (rt > s->runtime)
+                st->cpu_ns += rt - s->runtime;
+        s->runtime = rt;
+        if (pc <= s->pcount)
                 return 0;
-        if (!now)
-                now = bpf_ktime_get_ns();
-        __u64 delay = now > *ts ? now - *ts : 0, us = delay / 1000;
-        __u32 b = us ? log2_u64(us) : 0;
-        bpf_map_delete_elem(&wakeups, &tid);
+        n = pc - s->pcount;
+        d = rd > s->run_delay ? rd - s->run_delay : 0;
+        s->pcount = pc;
+        s->run_delay = rd;
+        __u64 us = (n == 1 ? d : d / n) / 1000;
+        b = us ? log2_u64(us) : 0;
         if (b >= LOADMON_RQ_BUCKETS)
                 b = LOADMON_RQ_BUCKETS - 1;
-        __sync_fetch_and_add(&st->rq_count, 1);
-        __sync_fetch_and_add(&st->rq_sum_ns, delay);
-        __sync_fetch_and_add(&st->rq_buckets[b], 1);
+        st->rq_count += n;
+        st->rq_sum_ns += d;
+        st->rq_buckets[b] += n;
         return 0;
 }
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(lm_switch_btf, bool preempt, struct task_struct *prev, struct task_struct *next) {
-        return on_switch(prev, next, true);
+        return on_switch(prev, true);
 }
 
 SEC("raw_tp/sched_switch")
 int BPF_PROG(lm_switch_raw, bool preempt, struct task_struct *prev, struct task_struct *next) {
-        return on_switch(prev, next, false);
+        return on_switch(prev, false);
 }
-
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(lm_wakeup_btf, struct task_struct *p) { return on_wakeup(p, true); }
-
-SEC("raw_tp/sched_wakeup")
-int BPF_PROG(lm_wakeup_raw, struct task_struct *p) { return on_wakeup(p, false); }
-
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(lm_wknew_btf, struct task_struct *p) { return on_wakeup(p, true); }
-
-SEC("raw_tp/sched_wakeup_new")
-int BPF_PROG(lm_wknew_raw, struct task_struct *p) { return on_wakeup(p, false); }

@@ -36,24 +36,19 @@ static int libbpf_print(enum libbpf_print_level level, const char *fmt, va_list 
         return n;
 }
 
-/* Loads one set: tp_btf (btf) or raw_tp. Returns 0 with *ret, or a negative errno. */
+/* Loads one set: tp_btf (btf) or raw_tp, each one program on sched_switch and its own map of
+ * per-task state (task storage for tp_btf, which the raw_tp program cannot use; a hash for
+ * raw_tp), the other set's map not even created. Returns 0 with *ret, or a negative errno. */
 static int open_set(bool btf, struct loadmon_skel **ret) {
         struct loadmon_skel *s = loadmon_skel__open();
-        struct bpf_program *btf_progs[3], *raw_progs[3];
         int r;
 
         if (!s)
                 return errno ? -errno : -ENOMEM;
-        btf_progs[0] = s->progs.lm_switch_btf;
-        btf_progs[1] = s->progs.lm_wakeup_btf;
-        btf_progs[2] = s->progs.lm_wknew_btf;
-        raw_progs[0] = s->progs.lm_switch_raw;
-        raw_progs[1] = s->progs.lm_wakeup_raw;
-        raw_progs[2] = s->progs.lm_wknew_raw;
-        for (size_t i = 0; i < 3; i++) {
-                bpf_program__set_autoload(btf_progs[i], btf);
-                bpf_program__set_autoload(raw_progs[i], !btf);
-        }
+        bpf_program__set_autoload(s->progs.lm_switch_btf, btf);
+        bpf_program__set_autoload(s->progs.lm_switch_raw, !btf);
+        bpf_map__set_autocreate(s->maps.tstate, btf);
+        bpf_map__set_autocreate(s->maps.tstate_raw, !btf);
         r = loadmon_skel__load(s);
         if (r == 0)
                 r = loadmon_skel__attach(s);
@@ -98,12 +93,29 @@ void loadmon_bpf_close(struct loadmon_bpf *b) {
 
 const char *loadmon_bpf_kind(const struct loadmon_bpf *b) { return b->kind; }
 
+/* The stats map is per CPU: one value per possible CPU, each 8-byte aligned (the struct is). */
+static int stats_cpus(void) {
+        static int n;
+
+        if (n <= 0)
+                n = libbpf_num_possible_cpus();
+        return n;
+}
+
 static int zero_slot(struct loadmon_bpf *b, uint32_t slot) {
-        struct loadmon_stats zero = {};
+        int ncpu = stats_cpus();
+        struct loadmon_stats *zero;
+        int r;
 
         if (slot >= LOADMON_MAX_SLOTS)
                 return -ERANGE;
-        return bpf_map__update_elem(b->skel->maps.stats, &slot, sizeof slot, &zero, sizeof zero, BPF_ANY);
+        if (ncpu <= 0)
+                return ncpu < 0 ? ncpu : -EINVAL;
+        if (!(zero = calloc((size_t)ncpu, sizeof *zero)))
+                return -ENOMEM;
+        r = bpf_map__update_elem(b->skel->maps.stats, &slot, sizeof slot, zero, (size_t)ncpu * sizeof *zero, BPF_ANY);
+        free(zero);
+        return r;
 }
 
 /* Rewrites entry i of the pid index from the pids map (which holds every tracked tgid): the one
@@ -204,14 +216,27 @@ int loadmon_bpf_untrack_cgroup(struct loadmon_bpf *b, uint64_t cgid) {
 }
 
 int loadmon_bpf_read(struct loadmon_bpf *b, uint32_t slot, struct loadmon_stats *ret) {
-        struct loadmon_stats st;
+        int ncpu = stats_cpus();
+        struct loadmon_stats *per, sum = {};
         int r;
 
         if (slot >= LOADMON_MAX_SLOTS)
                 return -ERANGE;
-        r = bpf_map__lookup_elem(b->skel->maps.stats, &slot, sizeof slot, &st, sizeof st, 0);
+        if (ncpu <= 0)
+                return ncpu < 0 ? ncpu : -EINVAL;
+        if (!(per = calloc((size_t)ncpu, sizeof *per)))
+                return -ENOMEM;
+        r = bpf_map__lookup_elem(b->skel->maps.stats, &slot, sizeof slot, per, (size_t)ncpu * sizeof *per, 0);
+        for (int c = 0; r == 0 && c < ncpu; c++) {
+                sum.cpu_ns += per[c].cpu_ns;
+                sum.rq_count += per[c].rq_count;
+                sum.rq_sum_ns += per[c].rq_sum_ns;
+                for (size_t i = 0; i < LOADMON_RQ_BUCKETS; i++)
+                        sum.rq_buckets[i] += per[c].rq_buckets[i];
+        }
+        free(per);
         if (r < 0)
                 return r;
-        *ret = st;
+        *ret = sum;
         return 0;
 }

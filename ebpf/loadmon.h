@@ -2,13 +2,13 @@
  * sizes and the layout of one replica's counters. Included by BPF code, so no libc here.
  *
  * A replica is a "slot" (an index into the stats array). User space gives a replica a slot and
- * keys it by its process id (tgid: every thread counts) or by its cgroup id; the programs look
- * the running or woken task up by tgid first, then by cgroup, and add to that slot. */
+ * keys it by its process id (tgid: every thread counts) or by its cgroup id; the program looks
+ * the task leaving a CPU up by tgid first, then by cgroup, and adds to that slot. */
 #ifndef SERVE_EBPF_LOADMON_H
 #define SERVE_EBPF_LOADMON_H
 
 #define LOADMON_MAX_SLOTS 1024     /* replicas on one node */
-#define LOADMON_MAX_WAKEUPS 16384  /* tracked threads waiting for a CPU at once */
+#define LOADMON_MAX_THREADS 16384  /* tracked threads remembered (the raw_tp programs only) */
 
 /* Every scheduler event asks "is this task tracked?", almost always of a task that is not. A
  * hash lookup per question costs more than the rest of a program, so the question goes first to
@@ -36,7 +36,7 @@ struct loadmon_cg_entry {
 
 struct loadmon_stats {
         __u64 cpu_ns;                         /* time on a CPU, summed at every switch-out */
-        __u64 rq_count;                       /* waits for a CPU that ended (switch-in) */
+        __u64 rq_count;                       /* waits for a CPU that ended (sched_info.pcount) */
         __u64 rq_sum_ns;                      /* their total length */
         __u64 rq_buckets[LOADMON_RQ_BUCKETS]; /* non-cumulative */
 };

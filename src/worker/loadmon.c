@@ -212,7 +212,7 @@ int loadmon_new(struct loadmon **ret) {
                            "/proc/PID/stat and schedstat (no run-queue histogram)", why);
 #ifdef HAVE_BPF
         else
-                log_info("load monitor: eBPF (%s) on sched_switch, sched_wakeup and sched_wakeup_new",
+                log_info("load monitor: eBPF (%s) on sched_switch",
                          loadmon_bpf_kind(lm->bpf));
 #endif
         *ret = lm;
