@@ -914,6 +914,25 @@ static void print_traffic(const char *label) {
 }
 
 /* Starts a reload-like phase: remembers the config before it and runs cmd in the background. */
+/* The phases that run a command, in their order; after `done`, the first one configured (a
+ * one-deployment reload only follows a full one). Returns DONE when none is left. */
+static enum phase next_command_phase(enum phase done, const char *deploy_zero_cmd, const char **ret_cmd) {
+        const struct {
+                enum phase phase;
+                const char *cmd;
+        } order[] = {
+                { RELOADING, arg.reload_cmd },
+                { RELOADING_ONE, done == RELOADING ? arg.reload_one_cmd : NULL },
+                { DEPLOY_ZERO, deploy_zero_cmd },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(order); i++)
+                if (order[i].phase > done && order[i].cmd) {
+                        *ret_cmd = order[i].cmd;
+                        return order[i].phase;
+                }
+        return DONE;
+}
+
 static pid_t begin_reload(const char *cmd, uint64_t *t_phase) {
         config_unref(config_before_reload);
         config_before_reload = config_ref(latest_config);
@@ -1072,16 +1091,9 @@ int main(int argc, char **argv) {
                                         deadline = now + sec_to_ns(arg.timeout_s);
                                         break;
                                 }
-                                if (arg.reload_cmd) {
-                                        reload_pid = begin_reload(running_cmd = arg.reload_cmd, &t_phase);
-                                        phase = RELOADING;
-                                } else if (deploy_zero_cmd) {
-                                        reload_pid = begin_reload(running_cmd = deploy_zero_cmd, &t_phase);
-                                        phase = DEPLOY_ZERO;
-                                } else {
-                                        phase = DONE;
+                                if ((phase = next_command_phase(phase, deploy_zero_cmd, &running_cmd)) == DONE)
                                         break;
-                                }
+                                reload_pid = begin_reload(running_cmd, &t_phase);
                                 deadline = t_phase + sec_to_ns(arg.timeout_s);
                         }
                         break;
@@ -1098,18 +1110,11 @@ int main(int argc, char **argv) {
                         /* Then until routing is quiet again: the head re-reads every report. */
                         if (reload_ready && routing_ready == arg.expect && now - last_assign_ns >= arg.settle_ms * NSEC_PER_MSEC) {
                                 print_traffic(phase == RELOADING ? "reload" : "one-deployment reload");
-                                if (phase == RELOADING && arg.reload_one_cmd) {
-                                        /* Again, changing one deployment: what a config delta costs. */
-                                        reload_ready = false;
-                                        reload_pid = begin_reload(running_cmd = arg.reload_one_cmd, &t_phase);
-                                        phase = RELOADING_ONE;
-                                } else if (deploy_zero_cmd) {
-                                        reload_pid = begin_reload(running_cmd = deploy_zero_cmd, &t_phase);
-                                        phase = DEPLOY_ZERO;
-                                } else {
-                                        phase = DONE;
+                                /* Next, maybe again changing one deployment: what a config delta costs. */
+                                reload_ready = false;
+                                if ((phase = next_command_phase(phase, deploy_zero_cmd, &running_cmd)) == DONE)
                                         break;
-                                }
+                                reload_pid = begin_reload(running_cmd, &t_phase);
                                 deadline = t_phase + sec_to_ns(arg.timeout_s);
                         }
                         break;
