@@ -32,6 +32,7 @@ struct supervisor {
         struct cgroups *cg;        /* replica cgroups, when serve-worker runs delegated */
         struct loadmon *lm;        /* CPU time and run-queue delay per replica, or NULL */
         struct list deployments;
+        unsigned n_from_zero;      /* deployments that scale from zero (some may, once retired) */
         bool stopping;
 };
 
@@ -601,6 +602,9 @@ int supervisor_apply_spec(struct supervisor *s, const struct serve_spec *spec) {
         }
         router_set_routes(s->router, routes, n_routes);
         free(pend);
+        s->n_from_zero = 0;
+        for (struct list *p = s->deployments.next; p != &s->deployments; p = p->next)
+                s->n_from_zero += list_entry(p, struct deployment, link)->scales_from_zero;
         return 0;
 }
 
@@ -958,6 +962,9 @@ void supervisor_take_load(struct supervisor *s, uint64_t now,
 
 bool supervisor_waiting_at_zero(const struct supervisor *s) {
         struct list *pos, *tmp;
+        /* Asked every loop turn: nothing to look at unless a deployment scales from zero. */
+        if (s->n_from_zero == 0)
+                return false;
         list_for_each_safe(pos, tmp, (struct list *)&s->deployments) {
                 const struct deployment *d = list_entry(pos, struct deployment, link);
                 if (supervisor_deployment_waiting_at_zero(d) > 0)
