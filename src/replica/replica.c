@@ -32,6 +32,7 @@
 #include "log.h"
 #include "macros.h"
 #include "module.h"
+#include "replica-internal.h"
 #include "replica.h"
 #include "sdk-internal.h"
 #include "shm/proto.h"
@@ -46,56 +47,6 @@
 #define REPLICA_DEFAULT_GRACEFUL_S 20.0
 #define REPLICA_HEARTBEAT_NS (100 * NSEC_PER_MSEC)
 #define REPLICA_RECORD_BATCH 256 /* records between looks at the control socket */
-
-/* Who reads the request ring. */
-enum ring_owner {
-        RING_VACANT, /* nobody: kick_locked() finds someone */
-        RING_WORKER, /* a handler thread, the leader */
-        RING_MAIN,   /* the main thread: every handler thread was busy */
-};
-
-struct replica {
-        int ctl_fd;
-        int sig_fd;
-        struct segment seg;
-        const struct serve_deployment *dep;
-        size_t n_handlers;
-        struct serve_ctx ctx;
-        unsigned max_ongoing;
-        double health_period_s;
-
-        /* Guards everything down to `main_kicked`. Whoever ring_owner names is the request
-         * ring's one consumer and alone touches seg.req; handing it over under this lock orders
-         * one owner's use of seg.req before the next one's. */
-        pthread_mutex_t lock;
-        pthread_cond_t cond;                 /* for idle handler threads: see kick_locked() */
-        struct serve_request **table;        /* received, not yet answered */
-        size_t n_table, table_cap;
-        struct serve_request *queue_head, *queue_tail;
-        size_t outstanding;                  /* received, response not completely sent */
-        bool draining;                       /* new requests get 503 */
-        bool stopping;                       /* handler threads exit when the queue is empty */
-        enum ring_owner ring_owner;
-        unsigned n_idle;                     /* handler threads waiting on cond */
-        bool wake_pending;                   /* cond signalled, no waiter has looked yet */
-        bool main_kicked;                    /* main_wake rung, the main thread has not looked yet */
-        int main_wake;                       /* eventfd: the main thread should look at ring_owner */
-
-        pthread_mutex_t send_lock;           /* makes the handler threads one ring producer */
-
-        pthread_t *workers;
-        size_t n_workers;
-        pthread_t health;
-        bool health_started;
-        /* Set by main before joining the health thread (release), polled there (acquire). */
-        _Atomic bool exiting;
-        /* Set by main once init succeeded (release); the health thread only runs check_health
-         * after it (acquire). */
-        _Atomic bool ready;
-
-        uint64_t drain_deadline;
-        int exit_status;
-};
 
 /* ---- loading and validating the module ---- */
 
@@ -318,12 +269,12 @@ _noreturn_ static void start_failed(struct replica *rep, const char *message) {
 
 /* ---- the response path ---- */
 
-_noreturn_ static void peer_broken(int r, const char *what) {
+_noreturn_ void peer_broken(int r, const char *what) {
         log_error_errno(r, "%s: %m; the proxy is broken, exiting", what);
         _exit(2);
 }
 
-static void publish(struct replica *rep) {
+void resp_publish(struct replica *rep) {
         if (ring_publish(&rep->seg.resp)) {
                 int r = doorbell_ring(rep->seg.resp_bell);
                 if (r < 0)
@@ -333,7 +284,7 @@ static void publish(struct replica *rep) {
 
 /* Reserves a response record, waiting for the proxy to free space. Called with send_lock held:
  * a response's records stay contiguous in the ring. */
-static void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len) {
+void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len) {
         long backoff_ns = 10 * 1000;
         void *p;
 
@@ -344,13 +295,13 @@ static void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len) {
                 if (r != -EAGAIN)
                         peer_broken(r, "Failed to reserve a response record");
                 /* Everything allocated so far must be visible, or the proxy never frees space. */
-                publish(rep);
+                resp_publish(rep);
                 nanosleep(&(struct timespec) { .tv_nsec = backoff_ns }, NULL);
                 backoff_ns = MIN(backoff_ns * 2, 1000 * 1000L);
         }
 }
 
-static void response_internal_error(struct serve_response *resp) {
+void response_internal_error(struct serve_response *resp) {
         serve_response_clear(resp);
         resp->status = 500;
         serve_response_write(resp, "internal error\n", strlen("internal error\n"));
@@ -396,7 +347,7 @@ static void send_response(struct replica *rep, uint64_t id, struct serve_respons
         }
         if (first > 0)
                 memcpy(p, resp->body, first);
-        publish(rep);
+        resp_publish(rep);
 
         for (size_t off = first; off < resp->body_len;) {
                 size_t n = MIN(resp->body_len - off, max - sizeof(struct proto_body));
@@ -405,7 +356,7 @@ static void send_response(struct replica *rep, uint64_t id, struct serve_respons
                 memcpy(q, &b, sizeof b);
                 memcpy(q + sizeof b, resp->body + off, n);
                 /* Publishing per chunk lets the proxy stream a large body while we copy. */
-                publish(rep);
+                resp_publish(rep);
                 off += n;
         }
         pthread_mutex_unlock(&rep->send_lock);

@@ -12,7 +12,26 @@
 
 #include "serve.h"
 
+/* What the replica plugs into libserve for handles and streaming: libserve knows no daemon. */
+struct serve_runtime_ops {
+        int (*call)(serve_ctx *ctx, const char *deployment, const char *method, const void *arg, size_t len,
+                    bool stream, serve_future **ret_future, struct serve_result *ret_error);
+        /* (call: on failure, ret_error, when not NULL, gets the status and a message naming
+         * what is wrong.) */
+        int (*wait)(serve_future *f, struct serve_result *ret);
+        int (*next)(serve_future *f, const void **ret_data, size_t *ret_len);
+        int (*error)(const serve_future *f, const char **ret_message);
+        void (*free)(serve_future *f);
+        int (*flush)(serve_response *resp);
+};
+
+/* The first member of the replica's struct serve_future. */
+struct serve_future_head {
+        const struct serve_runtime_ops *ops;
+};
+
 struct serve_ctx {
+        const struct serve_runtime_ops *ops; /* NULL: no runtime (handles answer -ENOTSUP) */
         char *app;
         char *deployment;
         char *replica_id;
@@ -48,6 +67,10 @@ struct serve_request {
         /* Set by the replica's dispatcher on REQ_CANCEL (release), read by the handler through
          * serve_request_cancelled() (acquire). */
         _Atomic bool cancelled;
+        uint16_t flags;                 /* PROTO_REQ_* */
+        const char *caller;             /* handle calls: the calling deployment, else NULL */
+        const char *call_path;          /* handle calls: "A>B" (deployments it came through), else "" */
+        void *rt;                       /* the replica's per-request state (its calls, its stream) */
         struct serve_request *next;     /* handler queue link */
 };
 
@@ -57,6 +80,9 @@ struct serve_resp_header {
 };
 
 struct serve_response {
+        const struct serve_runtime_ops *ops; /* for serve_response_flush(); NULL: flush is a no-op */
+        void *rt;              /* the replica's: the request this answers, its stream state */
+        bool streaming;        /* flushed once: status and headers are gone, body is pieces */
         int status;
         struct serve_resp_header *headers;
         size_t n_headers;

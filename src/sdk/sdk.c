@@ -274,3 +274,91 @@ int serve_response_printf(serve_response *resp, const char *fmt, ...) {
                 return -ENOMEM;
         return serve_response_write(resp, s, (size_t) n);
 }
+
+int serve_response_flush(serve_response *resp) {
+        if (!resp)
+                return -EINVAL;
+        if (!resp->ops || !resp->ops->flush)
+                return 0; /* no runtime (a unit test): everything goes out when the handler returns */
+        return resp->ops->flush(resp);
+}
+
+const char *serve_request_caller(const serve_request *req) { return req ? req->caller : NULL; }
+
+/* ---- handles ---- */
+
+void serve_result_free(struct serve_result *res) {
+        if (!res)
+                return;
+        free(res->data);
+        res->data = NULL;
+        res->len = 0;
+}
+
+/* A result that only carries a message (a call that failed before reaching anyone). */
+static int result_message(struct serve_result *ret, int status, int err, const char *msg) {
+        if (ret) {
+                *ret = (struct serve_result) { .status = status, .data = strdup(msg) };
+                if (ret->data)
+                        ret->len = strlen(msg);
+        }
+        return err;
+}
+
+static int call_start(serve_ctx *ctx, const char *deployment, const char *method, const void *arg, size_t len,
+                      bool stream, serve_future **ret_future, struct serve_result *ret_error) {
+        if (!ctx || !deployment || !method || (!arg && len > 0) || !ret_future)
+                return result_message(ret_error, 500, -EINVAL, "invalid arguments to a handle call");
+        if (!ctx->ops || !ctx->ops->call)
+                return result_message(ret_error, 500, -ENOTSUP, "handle calls need serve-replica");
+        if (ret_error)
+                *ret_error = (struct serve_result) {};
+        return ctx->ops->call(ctx, deployment, method, arg, len, stream, ret_future, ret_error);
+}
+
+int serve_call_async(serve_ctx *ctx, const char *deployment, const char *method, const void *arg, size_t len,
+                     serve_future **ret_future) {
+        return call_start(ctx, deployment, method, arg, len, false, ret_future, NULL);
+}
+
+int serve_call_stream(serve_ctx *ctx, const char *deployment, const char *method, const void *arg, size_t len,
+                      serve_future **ret_future) {
+        return call_start(ctx, deployment, method, arg, len, true, ret_future, NULL);
+}
+
+static const struct serve_runtime_ops *future_ops(const serve_future *f) {
+        return ((const struct serve_future_head *) f)->ops;
+}
+
+int serve_future_wait(serve_future *f, struct serve_result *ret) {
+        if (!f)
+                return result_message(ret, 500, -EINVAL, "no future");
+        return future_ops(f)->wait(f, ret);
+}
+
+int serve_call(serve_ctx *ctx, const char *deployment, const char *method, const void *arg, size_t len,
+               struct serve_result *ret) {
+        serve_future *f = NULL;
+        int r = call_start(ctx, deployment, method, arg, len, false, &f, ret);
+
+        if (r < 0)
+                return r;
+        return serve_future_wait(f, ret);
+}
+
+int serve_future_next(serve_future *f, const void **ret_data, size_t *ret_len) {
+        if (!f || !ret_data || !ret_len)
+                return -EINVAL;
+        return future_ops(f)->next(f, ret_data, ret_len);
+}
+
+int serve_future_error(const serve_future *f, const char **ret_message) {
+        if (!f)
+                return -EINVAL;
+        return future_ops(f)->error(f, ret_message);
+}
+
+void serve_future_free(serve_future *f) {
+        if (f)
+                future_ops(f)->free(f);
+}

@@ -30,7 +30,7 @@
 extern "C" {
 #endif
 
-#define SERVE_ABI_VERSION 1u
+#define SERVE_ABI_VERSION 2u /* 2: batched handlers, binds (handles) */
 
 typedef struct serve_ctx serve_ctx;           /* one per replica */
 typedef struct serve_request serve_request;   /* valid during the handler call only */
@@ -40,9 +40,28 @@ typedef struct serve_response serve_response;
  * for an internal error: the client gets 500 unless the handler already set a status >= 400. */
 typedef int (*serve_handler_fn)(serve_ctx *ctx, const serve_request *req, serve_response *resp);
 
+/* A batched handler (Ray's @serve.batch): called once for n requests that arrived together
+ * (1 <= n <= max_batch_size), each with its own response to fill; reqs[i] is answered with
+ * resps[i]. Return 0, or a negative errno to answer 500 to every request of the batch whose
+ * response has no status >= 400 yet. */
+typedef int (*serve_batch_fn)(serve_ctx *ctx, size_t n, const serve_request *const *reqs,
+                              serve_response *const *resps);
+
 struct serve_handler {
         const char *name;   /* "__call__" (or the first handler) receives HTTP traffic */
         serve_handler_fn fn;
+};
+
+/* A batched handler: requests for `name` are collected into one call of fn, up to
+ * max_batch_size of them (default 10; a replica holds at most max_ongoing_requests requests at
+ * once, so raise that too), the first one waiting at most batch_wait_timeout_s for more
+ * (default 0.01 s). A user_config with "max_batch_size" and/or "batch_wait_timeout_s"
+ * overrides both for every batched handler of the deployment (at start and on reconfigure). */
+struct serve_batch_handler {
+        const char *name;
+        serve_batch_fn fn;
+        unsigned max_batch_size;
+        double batch_wait_timeout_s;
 };
 
 /* Defaults in code; apps.yaml overrides each one it sets. 0 means "use the system default". */
@@ -73,6 +92,15 @@ struct serve_deployment {
         /* Optional: runs once when the replica stops, after in-flight requests finished. */
         void (*destroy)(serve_ctx *ctx);
         struct serve_deployment_options defaults;
+        /* The deployments of the application this one calls through handles (the graph:
+         * Pipeline binds Embedder and Ranker), NULL-terminated; NULL when it calls none. Each
+         * must be a deployment of the application, and the graph must have no cycle: both are
+         * checked when the application is loaded (a config error naming them). */
+        const char *const *binds;
+        /* Batched handlers, terminated by { NULL }; NULL when none. Their names are handler
+         * names like the others' (unique across both lists); they come after `handlers` in the
+         * handler numbering. */
+        const struct serve_batch_handler *batched;
 };
 
 struct serve_application {
@@ -114,8 +142,13 @@ bool serve_request_header_at(const serve_request *req, size_t i, const char **re
 /* The whole body (NUL-terminated for convenience; *ret_len excludes it). */
 const void *serve_request_body(const serve_request *req, size_t *ret_len);
 /* True once the client went away or request_timeout_s passed: stop work, any response is
- * dropped. Cheap (one atomic load): poll it in long loops. */
+ * dropped. Cheap (one atomic load): poll it in long loops. Handle calls the request made are
+ * cancelled with it (and theirs, transitively). */
 bool serve_request_cancelled(const serve_request *req);
+/* For a request that is a handle call from another deployment: that deployment's name; NULL
+ * for HTTP requests. A handle call's method is "POST" and its path "/"; the argument is the
+ * body. */
+const char *serve_request_caller(const serve_request *req);
 
 /* ---- the response ---- */
 /* The status of the (final) response: 200..599. Anything else (1xx interim responses
@@ -127,6 +160,63 @@ int serve_response_add_header(serve_response *resp, const char *name, const char
 /* Appends body bytes. Returns 0 or -ENOMEM / -EFBIG (over 1 GiB). */
 int serve_response_write(serve_response *resp, const void *data, size_t len);
 int serve_response_printf(serve_response *resp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Streaming: sends the status, headers and body written so far now, and makes the response a
+ * stream (HTTP clients get chunked transfer encoding, one chunk per flush; a handle caller gets
+ * each flushed piece from serve_future_next()). Later writes are sent at the next flush or when
+ * the handler returns. Blocks while the receiver is slow (each stream may have 256 KiB in flight): backpressure,
+ * not buffering. Returns 0, or -ECANCELED once the client went away (stop producing: the rest
+ * is dropped). The status and headers cannot change after the first flush. */
+int serve_response_flush(serve_response *resp);
+
+/* ---- handles: calling another deployment of the application ---- */
+
+/* What a call returned: the callee's status and body (NUL-terminated; *data is never NULL
+ * after a call returned). For a failed call, status is the failure's (503 backpressure, 504
+ * timeout, 499 cancelled, 502 the callee died, 404 no such method, 500 the callee failed, or
+ * what the callee answered >= 400) and data holds the message. Free with serve_result_free(). */
+struct serve_result {
+        int status;
+        void *data;
+        size_t len;
+};
+void serve_result_free(struct serve_result *res);
+
+typedef struct serve_future serve_future;
+
+/* Calls `method` of `deployment` (a deployment this one binds) with arg bytes and waits for the
+ * result. Routed by this node's worker over shared memory (or to a peer node), never through
+ * HTTP; max_ongoing_requests and max_queued_requests of the callee apply. Called from inside a
+ * handler, the call belongs to that request: when it is cancelled (client gone, timeout), so is
+ * the call. Returns 0 when the callee answered 2xx, or:
+ *   -ENOENT     the deployment is not bound by this one (or not in the application), or has no
+ *               such method (status 404)
+ *   -EDEADLK    calling it would close a cycle of calls (status 508)
+ *   -EBUSY      the callee's queue is full (status 503: Ray's BackPressureError)
+ *   -ECANCELED  the calling request (or the call) was cancelled (499)
+ *   -ETIMEDOUT  request_timeout_s passed (504)
+ *   -EREMOTEIO  the callee failed or answered >= 400 (its status and message)
+ *   -ENOMEM, -E2BIG (arg larger than max_request_body_bytes), -EINVAL
+ * *ret is filled in every case (free it). */
+int serve_call(serve_ctx *ctx, const char *deployment, const char *method, const void *arg, size_t len,
+               struct serve_result *ret);
+/* The same, without waiting: *ret_future is waited on with serve_future_wait() (fan-out: start
+ * several, then wait for each). Returns 0 or the errors above that are known at once. */
+int serve_call_async(serve_ctx *ctx, const char *deployment, const char *method, const void *arg, size_t len,
+                     serve_future **ret_future);
+/* A streaming call: the callee's flushed pieces are read one by one with serve_future_next(). */
+int serve_call_stream(serve_ctx *ctx, const char *deployment, const char *method, const void *arg, size_t len,
+                      serve_future **ret_future);
+/* Waits for the result of an async call and frees the future. Returns as serve_call(). */
+int serve_future_wait(serve_future *f, struct serve_result *ret);
+/* The next piece of a streaming call: returns 1 with the piece in *ret_data and *ret_len (valid
+ * until the next call on f), 0 at the end of the stream, or a negative error as serve_call()
+ * (then serve_future_error() tells the status and message). Reading frees room for the callee:
+ * a caller that stops reading stops the callee (backpressure). */
+int serve_future_next(serve_future *f, const void **ret_data, size_t *ret_len);
+/* Status and message of a failed streaming call (message valid until serve_future_free()). */
+int serve_future_error(const serve_future *f, const char **ret_message);
+/* Frees a future; a call still running is cancelled. */
+void serve_future_free(serve_future *f);
 
 #ifdef __cplusplus
 }

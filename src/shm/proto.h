@@ -14,10 +14,23 @@ enum proto_type {
         PROTO_REQ_START = 1,  /* struct proto_req_start + method + path + query + headers + body chunk */
         PROTO_REQ_BODY = 2,   /* struct proto_body + data */
         PROTO_REQ_CANCEL = 3, /* struct proto_cancel: client gone or request timed out */
+        PROTO_REQ_CREDIT = 4, /* struct proto_credit: a streaming response may send that many more bytes */
+        PROTO_CALL_RESP_START = 5, /* struct proto_call_resp + body chunk: the answer to one of its calls */
+        PROTO_CALL_RESP_BODY = 6,  /* struct proto_body (req_id = call id) + data */
+        PROTO_CALL_RESP_END = 7,   /* struct proto_cancel (req_id = call id): a streamed answer is complete */
         /* replica -> proxy (response ring) */
         PROTO_RESP_START = 16, /* struct proto_resp_start + headers + body chunk */
         PROTO_RESP_BODY = 17,  /* struct proto_body + data */
+        PROTO_RESP_END = 18,   /* struct proto_cancel: a streaming response is complete */
+        PROTO_CALL_START = 19, /* struct proto_call_start + deployment + method + call path + arg chunk */
+        PROTO_CALL_BODY = 20,  /* struct proto_body (req_id = call id) + data */
+        PROTO_CALL_CANCEL = 21, /* struct proto_cancel (req_id = call id): nobody waits for it any more */
+        PROTO_CALL_CREDIT = 22, /* struct proto_credit (req_id = call id): the caller read that many streamed bytes */
 };
+
+/* Bytes a streaming response (or a streamed call answer) may have in flight before the sender
+ * waits for PROTO_*_CREDIT: what one stream can make its receiver hold. */
+#define PROTO_STREAM_WINDOW (256u * 1024)
 
 /* Each header in a START record: this struct, then name bytes, then value bytes. */
 struct proto_header {
@@ -31,12 +44,19 @@ struct proto_req_start {
         uint32_t method_len;
         uint32_t path_len;     /* path after the route prefix, always starting with '/' */
         uint32_t query_len;
-        uint32_t has_query;    /* 1 when the target had a '?' */
+        uint16_t has_query;    /* 1 when the target had a '?' */
+        uint16_t flags;        /* PROTO_REQ_* */
         uint32_t n_headers;
         uint32_t headers_len;  /* bytes of all proto_header entries with their names and values */
         uint32_t chunk_len;    /* body bytes in this record */
         uint64_t body_len;     /* total body bytes of the request */
 };
+
+/* proto_req_start.flags */
+#define PROTO_REQ_CALL 1u      /* a handle call: method is the handler's name, path "/", headers
+                                * "serve-caller" (the calling deployment) and "serve-call-path"
+                                * (deployments the call chain went through, for cycle checks) */
+#define PROTO_REQ_STREAM_OK 2u /* the sink takes a streaming response */
 
 struct proto_body {
         uint64_t req_id;
@@ -54,8 +74,47 @@ struct proto_resp_start {
         uint32_t n_headers;
         uint32_t headers_len;
         uint32_t chunk_len;
-        uint64_t body_len;     /* total body bytes of the response */
+        uint64_t body_len;     /* total body bytes of the response; 0 with PROTO_RESP_STREAM */
+        uint32_t flags;        /* PROTO_RESP_STREAM: body in pieces until PROTO_RESP_END */
+        uint32_t pad_;
 };
+#define PROTO_RESP_STREAM 1u
+
+struct proto_credit {
+        uint64_t req_id;
+        uint64_t bytes;
+};
+
+/* A handle call. call_id is the replica's (never reused); parent_id is the request (req_id)
+ * the calling handler serves, 0 when none: the call is cancelled with it. */
+struct proto_call_start {
+        uint64_t call_id;
+        uint64_t parent_id;
+        uint32_t flags;        /* PROTO_CALL_STREAM */
+        uint32_t deployment_len;
+        uint32_t method_len;
+        uint32_t path_len;     /* the call path ("A>B>C": deployments it came through) */
+        uint32_t chunk_len;    /* argument bytes in this record */
+        uint32_t pad_;
+        uint64_t body_len;     /* argument bytes in all */
+};
+#define PROTO_CALL_STREAM 1u
+
+/* The answer to a call. status: the callee's, or the failure's (503 queue full, 504, 502...),
+ * whose message is then the body. */
+struct proto_call_resp {
+        uint64_t call_id;
+        uint32_t status;
+        uint32_t flags;        /* PROTO_RESP_STREAM: pieces until PROTO_CALL_RESP_END */
+        uint32_t chunk_len;
+        uint32_t pad_;
+        uint64_t body_len;     /* 0 with PROTO_RESP_STREAM */
+};
+
+/* A replica's outstanding calls: more is a protocol error (the replica is killed). */
+#define PROTO_MAX_CALLS 4096u
+#define PROTO_MAX_NAME 255u    /* deployment and method names in a call */
+#define PROTO_MAX_CALL_PATH 1024u
 
 /* Limits a replica's response must respect (the proxy answers 502 and kills the replica
  * otherwise). */

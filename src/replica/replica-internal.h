@@ -1,0 +1,73 @@
+/* What the files of serve-replica share (replica.c: the process, its rings and threads). */
+#pragma once
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "macros.h"
+#include "sdk-internal.h"
+#include "shm/segment.h"
+
+/* Who reads the request ring. */
+enum ring_owner {
+        RING_VACANT, /* nobody: kick_locked() finds someone */
+        RING_WORKER, /* a handler thread, the leader */
+        RING_MAIN,   /* the main thread: every handler thread was busy */
+};
+
+struct replica {
+        int ctl_fd;
+        int sig_fd;
+        struct segment seg;
+        const struct serve_deployment *dep;
+        size_t n_handlers;
+        struct serve_ctx ctx;
+        unsigned max_ongoing;
+        double health_period_s;
+
+        /* Guards everything down to `main_kicked`. Whoever ring_owner names is the request
+         * ring's one consumer and alone touches seg.req; handing it over under this lock orders
+         * one owner's use of seg.req before the next one's. */
+        pthread_mutex_t lock;
+        pthread_cond_t cond;                 /* for idle handler threads: see kick_locked() */
+        struct serve_request **table;        /* received, not yet answered */
+        size_t n_table, table_cap;
+        struct serve_request *queue_head, *queue_tail;
+        size_t outstanding;                  /* received, response not completely sent */
+        bool draining;                       /* new requests get 503 */
+        bool stopping;                       /* handler threads exit when the queue is empty */
+        enum ring_owner ring_owner;
+        unsigned n_idle;                     /* handler threads waiting on cond */
+        bool wake_pending;                   /* cond signalled, no waiter has looked yet */
+        bool main_kicked;                    /* main_wake rung, the main thread has not looked yet */
+        int main_wake;                       /* eventfd: the main thread should look at ring_owner */
+
+        pthread_mutex_t send_lock;           /* makes the handler threads one ring producer */
+
+        pthread_t *workers;
+        size_t n_workers;
+        pthread_t health;
+        bool health_started;
+        /* Set by main before joining the health thread (release), polled there (acquire). */
+        _Atomic bool exiting;
+        /* Set by main once init succeeded (release); the health thread only runs check_health
+         * after it (acquire). */
+        _Atomic bool ready;
+
+        uint64_t drain_deadline;
+        int exit_status;
+};
+
+/* ---- the response ring (replica.c) ---- */
+
+/* Reserves a response record, waiting for the proxy to free space. Call with send_lock held: a
+ * response's records stay contiguous in the ring. */
+void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len);
+/* Makes the records allocated so far visible to the proxy (rings its doorbell if it sleeps). */
+void resp_publish(struct replica *rep);
+/* The proxy broke the protocol: end the process (exit 2). */
+_noreturn_ void peer_broken(int r, const char *what);
+/* Replaces resp with a plain 500. */
+void response_internal_error(struct serve_response *resp);
