@@ -173,7 +173,8 @@ static void remote_send(struct backend *b, struct request *q) {
                 return;
         }
         sid = (uint64_t)p->generation << 32 | slot;
-        r = peer_wire_put_req(netconn_outbuf(p->nc), p->nc->out_limit, sid, q->dep->app, strlen(q->dep->app), q->raw,
+        r = peer_wire_put_req(netconn_outbuf(p->nc), p->nc->out_limit, sid, q->call ? PEER_REQ_F_CALL : 0, q->dep->app,
+                              strlen(q->dep->app), q->raw,
                               q->head_len, q->body, q->body_len);
         if (r < 0) {
                 p->free_slots[p->n_free++] = slot;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "call.h"
 #include "log.h"
 #include "peer_link.h"
 
@@ -164,12 +165,18 @@ static void in_submit(struct peer_in *pin, struct request *q, const char *app, s
         int r;
 
         pin->assembling = NULL;
-        if (!router_route_of_app(pin->ps->router, app, app_len)) {
+        if (q->call) {
+                /* A handle call: routed by the deployment its head names, within the app. */
+                if (call_route(pin->ps->router, q, app, app_len) < 0) {
+                        request_reject(q, 503);
+                        return;
+                }
+        } else if (!router_route_of_app(pin->ps->router, app, app_len)) {
                 /* Not (or no longer) an application here: the sender tries elsewhere. */
                 request_reject(q, 503);
                 return;
         }
-        if (!router_route(pin->ps->router, q, app, app_len)) {
+        if (!q->call && !router_route(pin->ps->router, q, app, app_len)) {
                 request_fail(q, 404, "the path is not under the application's route_prefix");
                 return;
         }
@@ -235,6 +242,7 @@ static int in_request(struct peer_in *pin, const struct peer_frame_header *h, co
         q->body = q->raw + pr.head_len;
         q->body_len = pr.body_len;
         q->local_only = true;
+        q->call = (pr.flags & PEER_REQ_F_CALL) != 0;
         q->body_sent = 0; /* body bytes received so far (reset when submitted) */
         list_add_tail(bucket_of(pin, h->stream), &q->sink_link);
         pin->n_streams++;

@@ -23,7 +23,7 @@ int peer_wire_next(const void *data, size_t len, struct peer_frame_header *ret_h
 
 int peer_wire_req_start(const struct peer_frame_header *h, const char *pl, size_t avail, struct peer_req *ret,
                         size_t *ret_need) {
-        uint16_t al;
+        uint16_t al, fl;
         uint32_t hl;
         uint64_t bl, prefix;
 
@@ -35,11 +35,13 @@ int peer_wire_req_start(const struct peer_frame_header *h, const char *pl, size_
                 return -EAGAIN;
         }
         memcpy(&al, pl, 2);
+        memcpy(&fl, pl + 2, 2);
         memcpy(&hl, pl + 4, 4);
         memcpy(&bl, pl + 8, 8);
         /* All sums in 64 bits: h->len <= 2^20, al < 2^16, hl < 2^32. */
         prefix = (uint64_t)16 + al + hl;
-        if (al == 0 || al > PEER_MAX_APP || hl == 0 || prefix > h->len || h->len - prefix > bl)
+        if (al == 0 || al > PEER_MAX_APP || hl == 0 || prefix > h->len || h->len - prefix > bl ||
+            (fl & ~PEER_REQ_F_CALL))
                 return -EBADMSG;
         if (avail < prefix) {
                 *ret_need = (size_t)prefix;
@@ -48,6 +50,7 @@ int peer_wire_req_start(const struct peer_frame_header *h, const char *pl, size_
         *ret = (struct peer_req){
                 .app = pl + 16,
                 .app_len = al,
+                .flags = fl,
                 .head = pl + 16 + al,
                 .head_len = hl,
                 .body_len = bl,
@@ -149,10 +152,10 @@ int peer_wire_put_body(struct buf *b, size_t limit, uint8_t type, uint64_t strea
         return 0;
 }
 
-int peer_wire_put_req(struct buf *b, size_t limit, uint64_t stream, const char *app, size_t app_len, const char *head,
-                      size_t head_len, const char *body, uint64_t body_len) {
+int peer_wire_put_req(struct buf *b, size_t limit, uint64_t stream, uint16_t flags, const char *app, size_t app_len,
+                      const char *head, size_t head_len, const char *body, uint64_t body_len) {
         uint8_t fixed[16 + PEER_MAX_APP];
-        uint16_t al = (uint16_t)app_len, zero = 0;
+        uint16_t al = (uint16_t)app_len;
         uint32_t hl = (uint32_t)head_len;
         size_t first, need;
 
@@ -160,7 +163,7 @@ int peer_wire_put_req(struct buf *b, size_t limit, uint64_t stream, const char *
             body_len > SIZE_MAX / 2)
                 return -EMSGSIZE;
         memcpy(fixed, &al, 2);
-        memcpy(fixed + 2, &zero, 2);
+        memcpy(fixed + 2, &flags, 2);
         memcpy(fixed + 4, &hl, 4);
         memcpy(fixed + 8, &body_len, 8);
         memcpy(fixed + 16, app, app_len);

@@ -3,7 +3,9 @@
  * bytes (<= PEER_FRAME_MAX). A request is one REQ frame and then REQ_BODY frames until its body
  * is complete; the frames of one request are contiguous on the link (one writer), so the
  * receiver assembles at most one request at a time.
- *   REQ        payload: u16 app_len, u16 0, u32 head_len, u64 body_len, app, HTTP head, body...
+ *   REQ        payload: u16 app_len, u16 flags, u32 head_len, u64 body_len, app, HTTP head, body...
+ *              (flags: PEER_REQ_F_CALL: a handle call, routed by its head's serve-deployment
+ *              header instead of its path; call.h)
  *   REQ_BODY   payload: body bytes
  *   CANCEL     the client went away
  *   RESP       status; payload: u64 body_len, u32 headers_len, u32 0, header lines, body...
@@ -23,6 +25,7 @@
 #define PEER_FRAME_MAX (1u << 20)
 #define PEER_MAX_HEADERS (64u * 1024)  /* response header bytes */
 #define PEER_MAX_APP 255u
+#define PEER_REQ_F_CALL 1u
 
 enum peer_frame_type {
         PEER_REQ = 1,
@@ -51,6 +54,7 @@ int peer_wire_next(const void *data, size_t len, struct peer_frame_header *ret_h
 struct peer_req {
         const char *app;
         size_t app_len;
+        uint16_t flags;         /* PEER_REQ_F_* */
         const char *head;       /* the HTTP request head, up to and including its empty line */
         size_t head_len;
         uint64_t body_len;      /* the whole body */
@@ -85,7 +89,7 @@ int peer_wire_put(struct buf *b, size_t limit, uint8_t type, uint16_t status, ui
                   size_t l1, const void *p2, size_t l2);
 /* Appends a REQ frame with as much of the body as fits, then REQ_BODY frames for the rest.
  * Returns 0, -ENOBUFS (nothing appended) or -EMSGSIZE (no app or head, or too long for a frame). */
-int peer_wire_put_req(struct buf *b, size_t limit, uint64_t stream, const char *app, size_t app_len,
+int peer_wire_put_req(struct buf *b, size_t limit, uint64_t stream, uint16_t flags, const char *app, size_t app_len,
                       const char *head, size_t head_len, const char *body, uint64_t body_len);
 /* Appends a RESP frame (no body bytes). Returns 0 or -ENOBUFS. */
 int peer_wire_put_resp(struct buf *b, size_t limit, uint64_t stream, int status, const char *headers,

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "call.h"
 #include "log.h"
 #include "proto.h"
 #include "replica_link.h"
@@ -41,6 +42,7 @@ int replica_link_set_limit(struct replica *rep, uint32_t max_ongoing) {
 }
 
 void replica_link_free(struct replica *rep) {
+        call_link_abandon_all(rep);
         loop_undefer(&rep->repoll);
         free(rep->slots);
         rep->slots = NULL;
@@ -122,6 +124,7 @@ static int send_start(struct replica *rep, struct request *u) {
                 .path_len = (uint32_t)u->path_len,
                 .query_len = (uint32_t)q->query_len,
                 .has_query = q->query != NULL,
+                .flags = u->call ? PROTO_REQ_CALL : 0,
                 .n_headers = n_headers,
                 .headers_len = (uint32_t)hdr_bytes,
                 .chunk_len = (uint32_t)chunk,
@@ -230,9 +233,10 @@ static void link_send(struct backend *b, struct request *u) {
 
 bool replica_link_flush(struct replica *rep) {
         struct list *pos, *tmp;
+        bool calls = call_link_flush(rep);
 
         if (list_empty(&rep->backlog))
-                return false;
+                return calls;
         list_for_each_safe(pos, tmp, &rep->backlog) {
                 struct request *u = list_entry(pos, struct request, link);
                 int r = push(rep, u);
@@ -251,7 +255,7 @@ bool replica_link_flush(struct replica *rep) {
          * the replica, or the ring stays full of records it cannot see. */
         if (rep->seg.req.local != atomic_load_explicit(&rep->seg.req.sh->head, memory_order_relaxed))
                 publish_requests(rep);
-        return !list_empty(&rep->backlog);
+        return !list_empty(&rep->backlog) || calls;
 }
 
 static void link_cancel(struct request *u) {
@@ -446,6 +450,12 @@ int replica_link_poll(struct replica *rep) {
                 case PROTO_RESP_BODY:
                         r = on_resp_body(rep, scratch, rec.len);
                         break;
+                case PROTO_CALL_START:
+                case PROTO_CALL_BODY:
+                case PROTO_CALL_CANCEL:
+                case PROTO_CALL_CREDIT:
+                        r = call_link_record(rep, rec.type, scratch, rec.len);
+                        break;
                 default:
                         r = -EBADMSG;
                 }
@@ -476,6 +486,7 @@ void replica_link_fail_all(struct replica *rep, int status, const char *why) {
         list_init(&rep->backlog);
         rep->stalled = NULL;
         loop_undefer(&rep->repoll);
+        call_link_abandon_all(rep); /* the calls it made are cancelled where they run */
 }
 
 static void link_resume(struct request *u) {

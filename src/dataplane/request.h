@@ -27,6 +27,10 @@
 struct request;
 struct deployment;
 
+/* sink_ops.begin()'s body_len for a streaming response: the length is unknown, the body comes
+ * in pieces until end(). */
+#define REQUEST_LEN_STREAM UINT64_MAX
+
 struct sink_ops {
         /* The response starts: its status, validated "Name: value\r\n" header lines and body
          * length. */
@@ -84,6 +88,7 @@ struct request {
         uint64_t sink_id;
         struct list sink_link;     /* the sink's list of its requests */
         bool local_only;           /* never forwarded to a peer (it came from one) */
+        bool call;                 /* a handle call (call.h): its head names deployment and method */
         bool sink_blocked;         /* room() said 0; waiting for request_sink_ready() */
 
         /* Where it runs. */

@@ -59,6 +59,7 @@ struct replica {
         int ongoing;
         struct list backlog;       /* assigned requests not yet fully in the request ring */
         struct request *stalled;   /* its sink is full: the response ring waits for it */
+        struct call_table *calls;  /* its handle calls (call.c), NULL until the first */
         void (*on_broken)(struct replica *rep); /* it wrote garbage: kill it (the supervisor) */
         struct loop_deferred repoll; /* read the response ring again (a stalled sink has room) */
 };
@@ -122,6 +123,13 @@ struct router {
         struct list stats;         /* struct dep_stats */
         struct list timeouts;      /* requests with a deadline, FIFO (one request_timeout_s) */
         bool ready;
+        /* Handle calls (call.h): the deployment (app, name) that serves calls on this node (the
+         * newest version), or NULL; set by the supervisor. */
+        struct deployment *(*find)(void *userdata, const char *app, size_t app_len, const char *name,
+                                   size_t name_len);
+        void *find_userdata;
+        double call_timeout_s;     /* request_timeout_s for calls (0: none) */
+        uint64_t max_call_body;    /* max_request_body_bytes for call arguments (0: no limit) */
 };
 
 /* The counters of (app, name), created on first use. NULL on allocation failure. */

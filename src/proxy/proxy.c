@@ -857,6 +857,9 @@ static void apply_options(struct proxy *p, const struct proxy_options *o) {
         if (p->opts.max_connections <= 0)
                 p->opts.max_connections = 16384;
         request_set_body_budget(o->max_buffered_body);
+        /* Handle calls obey the node's HTTP request limits too. */
+        router_get()->call_timeout_s = o->request_timeout_s;
+        router_get()->max_call_body = o->max_body;
 }
 
 void proxy_update_options(struct proxy *p, const struct proxy_options *opts) { apply_options(p, opts); }

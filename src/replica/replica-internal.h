@@ -21,6 +21,7 @@ struct replica {
         int ctl_fd;
         int sig_fd;
         struct segment seg;
+        const struct serve_application *app; /* the loaded module's application (the graph) */
         const struct serve_deployment *dep;
         size_t n_handlers;
         struct serve_ctx ctx;

@@ -24,11 +24,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/prctl.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <time.h>
 
+#include "calls.h"
+#include "graph.h"
 #include "log.h"
 #include "macros.h"
 #include "module.h"
@@ -106,7 +109,7 @@ int replica_app_validate(const struct serve_application *app, const char *where,
                 return error_set(-EINVAL, ret_error,
                               "%s: ingress '%s' is not listed among the deployments", where,
                               app->ingress->name ? app->ingress->name : "(unnamed)");
-        return 0;
+        return graph_validate(app, where, ret_error);
 }
 
 /* dlopens path and finds and validates symbol. The handle stays open for the process's life. */
@@ -441,6 +444,8 @@ static void run_request(struct replica *rep, struct serve_request *req, struct s
                 resp->status = req->reject_status;
                 if (req->reject_status == 503)
                         serve_response_write(resp, "replica stopping\n", strlen("replica stopping\n"));
+                else if (req->reject_status == 404)
+                        serve_response_printf(resp, "deployment '%s' has no such method\n", rep->ctx.deployment);
                 return;
         }
         /* A request cancelled before it started is not run at all. */
@@ -509,6 +514,39 @@ _noreturn_ static void bad_record(const char *why) {
         _exit(2);
 }
 
+/* The handler index of a method name: plain handlers first, then batched ones. */
+static int handler_by_name(const struct replica *rep, const char *name) {
+        size_t n = handler_count(rep->dep);
+
+        for (size_t i = 0; i < n; i++)
+                if (streq(rep->dep->handlers[i].name, name))
+                        return (int) i;
+        for (size_t j = 0; rep->dep->batched && j < REPLICA_MAX_LIST && rep->dep->batched[j].name; j++)
+                if (streq(rep->dep->batched[j].name, name))
+                        return (int) (n + j);
+        return -ENOENT;
+}
+
+/* A handle call names its method, caller and call path in headers only the worker writes. */
+static void resolve_call(struct replica *rep, struct serve_request *req) {
+        const char *m = NULL;
+
+        for (size_t i = 0; i < req->n_headers; i++) {
+                const struct serve_req_header *h = &req->headers[i];
+                if (strcasecmp(h->name, "serve-method") == 0)
+                        m = h->value;
+                else if (strcasecmp(h->name, "serve-caller") == 0)
+                        req->caller = h->value;
+                else if (strcasecmp(h->name, "serve-call-path") == 0)
+                        req->call_path = h->value;
+        }
+        int k = m ? handler_by_name(rep, m) : -ENOENT;
+        if (k < 0)
+                req->reject_status = 404;
+        else
+                req->handler = (uint32_t) k;
+}
+
 static void on_req_start(struct replica *rep, const uint8_t *p, uint32_t len,
                          struct serve_request **ready) {
         struct proto_req_start st;
@@ -570,6 +608,9 @@ static void on_req_start(struct replica *rep, const uint8_t *p, uint32_t len,
 
         req->id = st.req_id;
         req->handler = st.handler;
+        req->flags = st.flags;
+        if (st.flags & PROTO_REQ_CALL)
+                resolve_call(rep, req);
         req->body_len = st.body_len;
         req->body = malloc(st.body_len + 1);
         if (req->body) {
@@ -668,6 +709,9 @@ static void on_req_cancel(struct replica *rep, const uint8_t *p, uint32_t len,
                         request_ready_locked(rep, req, ready);
         }
         pthread_mutex_unlock(&rep->lock);
+        /* The calls it made are cancelled with it (and, by the worker, theirs). */
+        if (req)
+                calls_cancel_parent(c.req_id);
 }
 
 /* Reads request records as the ring's one consumer. A handler thread passes `ready`: reading
@@ -693,6 +737,11 @@ static int drain_ring(struct replica *rep, struct serve_request **ready) {
                         break;
                 case PROTO_REQ_CANCEL:
                         on_req_cancel(rep, rec.payload, rec.len, ready);
+                        break;
+                case PROTO_CALL_RESP_START:
+                case PROTO_CALL_RESP_BODY:
+                case PROTO_CALL_RESP_END:
+                        calls_on_record(rec.type, rec.payload, rec.len);
                         break;
                 default:
                         bad_record("unknown record type");
@@ -751,7 +800,9 @@ static void handle_request(struct replica *rep, struct serve_request *req) {
         struct serve_response resp;
 
         serve_response_init(&resp);
+        calls_set_current(req);
         run_request(rep, req, &resp);
+        calls_set_current(NULL);
 
         /* Out of the table before the response is visible: the proxy may reuse the id, and a
          * late cancel for it must find nothing. */
@@ -1170,6 +1221,9 @@ int replica_run(int control_fd) {
                 start_failed(rep, m);
         }
         rep->n_handlers = handler_count(rep->dep);
+        rep->app = app;
+        calls_init(rep);
+        rep->ctx.ops = &calls_runtime_ops;
 
         if (max_ongoing < 1)
                 max_ongoing = rep->dep->defaults.max_ongoing_requests > 0

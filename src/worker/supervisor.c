@@ -834,12 +834,34 @@ bool supervisor_all_exited(const struct supervisor *s) {
         return true;
 }
 
+/* The deployment that serves handle calls to (app, name) here: the newest version (a retiring
+ * one only while it has no successor). */
+static struct deployment *find_deployment(void *userdata, const char *app, size_t app_len, const char *name,
+                                          size_t name_len) {
+        struct supervisor *s = userdata;
+        struct deployment *found = NULL;
+        struct list *pos;
+
+        for (pos = s->deployments.next; pos != &s->deployments; pos = pos->next) {
+                struct deployment *d = list_entry(pos, struct deployment, link);
+                if (strlen(d->app) != app_len || memcmp(d->app, app, app_len) != 0 || strlen(d->name) != name_len ||
+                    memcmp(d->name, name, name_len) != 0)
+                        continue;
+                if (!d->retiring)
+                        return d;
+                found = d;
+        }
+        return found;
+}
+
 int supervisor_new(struct loop *loop, struct router *router, const char *replica_bin, struct supervisor **ret) {
         struct supervisor *s = calloc(1, sizeof *s);
         if (!s)
                 return -ENOMEM;
         s->loop = loop;
         s->router = router;
+        router->find = find_deployment;
+        router->find_userdata = s;
         s->replica_bin = strdup(replica_bin);
         list_init(&s->deployments);
         *ret = s;

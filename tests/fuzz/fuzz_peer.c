@@ -254,7 +254,7 @@ static void encode(const uint8_t *data, size_t size) {
                         size_t al = (size_t) take(&rd, 2) % 300, hl = (size_t) take(&rd, 3) % (PEER_FRAME_MAX + 16);
                         uint64_t bl = take(&rd, 3) % BIG;
                         const char *app = bytes_of(&rd, al), *head = bytes_of(&rd, hl), *body = bytes_of(&rd, (size_t) bl);
-                        r = peer_wire_put_req(&b, limit, stream, app, al, head, hl, body, bl);
+                        r = peer_wire_put_req(&b, limit, stream, (uint16_t)(stream & 1), app, al, head, hl, body, bl);
                         check(r == 0 || r == -ENOBUFS || r == -EMSGSIZE);
                         check((r == -EMSGSIZE) == (al == 0 || al > PEER_MAX_APP || hl == 0 || 16 + al + hl > PEER_FRAME_MAX));
                         if (r == 0) {
