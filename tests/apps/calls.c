@@ -11,6 +11,8 @@
  *     /where           Leaf.where: the node (SERVE_NODE_NAME) and pid of the Leaf replica
  *     /batch?n=N       N async calls to Leaf.size: the batch sizes each saw, "4,4,4,4,..."
  *     /pieces?n=N      a streaming call to Leaf.pieces: "pieces=K bytes=B first=..."
+ *     /loop?n=N&w=W    N calls to Leaf.echo, W in flight at once, timed (tests/bench/handles):
+ *                      "calls=N seconds=S p50_us=X p99_us=Y"
  *   Leaf: echo, fail, wait (writes DIR/cancelled-leaf when it sees its cancellation), where,
  *         pieces (N flushed pieces), and the batched handler size.
  *   Mid: relay (calls Leaf.wait, notes DIR/cancelled-mid when its own request is cancelled).
@@ -152,6 +154,7 @@ static const struct serve_deployment Mid = {
 
 static int busy_hold(serve_ctx *ctx, const serve_request *req, serve_response *resp) {
         (void) ctx;
+        touch("busy-holding");
         for (int i = 0; i < 6000 && !exists("release") && !serve_request_cancelled(req); i++)
                 nap();
         return serve_response_printf(resp, "held");
@@ -168,6 +171,55 @@ static const struct serve_deployment Busy = {
 static int answer(serve_response *resp, int r, struct serve_result *res) {
         serve_response_printf(resp, "status=%d rc=%d msg=%s", res->status, r, (char *) res->data);
         serve_result_free(res);
+        return 0;
+}
+
+static double now_us(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b) {
+        double x = *(const double *) a, y = *(const double *) b;
+        return x < y ? -1 : x > y;
+}
+
+/* n calls, w in flight (a ring of futures): throughput and each call's latency. */
+static int timed_loop(serve_ctx *ctx, long n, long w, serve_response *resp) {
+        serve_future *f[64];
+        double t0[64], *lat;
+        struct serve_result res;
+        long started = 0, done = 0, failed = 0;
+
+        if (n < 1 || n > 10000000 || w < 1 || w > 64)
+                return serve_response_set_status(resp, 400), 0;
+        lat = malloc((size_t) n * sizeof *lat);
+        if (!lat)
+                return -ENOMEM;
+        double begin = now_us();
+        for (; started < w && started < n; started++) {
+                t0[started % w] = now_us();
+                if (serve_call_async(ctx, "Leaf", "echo", "x", 1, &f[started % w]) < 0)
+                        return free(lat), -EIO;
+        }
+        while (done < n) {
+                long k = done % w;
+                failed += serve_future_wait(f[k], &res) != 0;
+                serve_result_free(&res);
+                lat[done++] = now_us() - t0[k];
+                if (started < n) {
+                        t0[k] = now_us();
+                        if (serve_call_async(ctx, "Leaf", "echo", "x", 1, &f[k]) < 0)
+                                return free(lat), -EIO;
+                        started++;
+                }
+        }
+        double secs = (now_us() - begin) / 1e6;
+        qsort(lat, (size_t) n, sizeof *lat, cmp_double);
+        serve_response_printf(resp, "calls=%ld failed=%ld seconds=%.3f calls_per_s=%.0f p50_us=%.1f p99_us=%.1f\n", n,
+                              failed, secs, n / secs, lat[n / 2], lat[(n * 99) / 100]);
+        free(lat);
         return 0;
 }
 
@@ -245,6 +297,8 @@ static int front(serve_ctx *ctx, const serve_request *req, serve_response *resp)
                 serve_future_free(f);
                 return serve_response_printf(resp, "rc=%d pieces>0=%d bytes=%zu first=%s", r, pieces > 0, bytes, first);
         }
+        if (strcmp(path, "/loop") == 0)
+                return timed_loop(ctx, qlong(req, "n", 10000), qlong(req, "w", 1), resp);
         serve_response_set_status(resp, 404);
         return 0;
 }
