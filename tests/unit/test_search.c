@@ -1,7 +1,7 @@
 /* Unit tests for the search example's parts: the embedding (deterministic, normalised, similar
  * texts closer), the CPU ranker against a plain reference (every cosine in double, qsort) on
- * random data with ties, and the wire format (round trips, and every malformed payload
- * refused). */
+ * random data with ties, the wire format (round trips, and every malformed payload refused),
+ * and the GPU ranker against the CPU's when this build has CUDA and a GPU is visible. */
 
 #include <errno.h>
 #include <inttypes.h>
@@ -16,6 +16,9 @@
 #include "embed.h"
 #include "rank.h"
 #include "wire.h"
+#ifdef HAVE_CUDA
+#include "rank_cuda.h"
+#endif
 #include "tap.h"
 
 static uint64_t rng_state = 0x5eed5eed12345678ull;
@@ -415,6 +418,52 @@ static void test_wire_hits(void) {
                "a count of 2^32-1 is refused (no overflow)");
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* the GPU ranker */
+
+static void test_rank_cuda(void) {
+#ifdef HAVE_CUDA
+        static const size_t ns[] = { 1, 2, 16, 100, 1024 };
+        char name[256];
+        size_t runs = 0, failed = 0;
+
+        if (rank_cuda_init(name, sizeof name) < 0) {
+                printf("# GPU comparison ran 0 times: built with CUDA, but no GPU is visible\n");
+                return;
+        }
+        printf("# GPU: %s\n", name);
+        for (size_t ni = 0; ni < ELEMENTSOF(ns); ni++) {
+                size_t n = ns[ni], dim = EMBED_DIM;
+                const size_t ks[] = { 1, 10, n, n + 1 };
+                float *docs = malloc(n * dim * sizeof *docs), query[EMBED_DIM];
+                struct rank_hit *cpu = malloc((n + 1) * sizeof *cpu), *gpu = malloc((n + 1) * sizeof *gpu);
+                if (!docs || !cpu || !gpu)
+                        abort();
+                random_docs(docs, n, dim);
+                for (size_t j = 0; j < dim; j++)
+                        query[j] = rng_float();
+                for (size_t ki = 0; ki < ELEMENTSOF(ks); ki++) {
+                        size_t n_cpu = rank_cpu(query, docs, n, dim, ks[ki], cpu), n_gpu = 0;
+                        int r = rank_cuda(query, docs, n, dim, ks[ki], gpu, &n_gpu);
+                        bool same = r == 0 && n_gpu == n_cpu;
+                        for (size_t i = 0; same && i < n_cpu; i++)
+                                same = gpu[i].index == cpu[i].index && fabsf(gpu[i].score - cpu[i].score) <= 1e-4f;
+                        runs++;
+                        if (!same && failed++ == 0)
+                                printf("# %zu docs, top_k %zu: rank_cuda returned %d, %zu hits (CPU: %zu)\n", n, ks[ki],
+                                       r, n_gpu, n_cpu);
+                }
+                free(docs);
+                free(cpu);
+                free(gpu);
+        }
+        ok(failed == 0, "rank_cuda equals rank_cpu in %zu of %zu runs (indices equal, scores within 1e-4)",
+           runs - failed, runs);
+#else
+        printf("# GPU comparison ran 0 times: this build has no CUDA (--with-cuda=no, or configure found no nvcc)\n");
+#endif
+}
+
 int main(void) {
         test_fnv();
         test_embed_golden();
@@ -423,5 +472,6 @@ int main(void) {
         test_hit_order();
         test_wire_request();
         test_wire_hits();
+        test_rank_cuda();
         return tap_done();
 }
