@@ -155,7 +155,7 @@ const char *serve_request_caller(const serve_request *req);
  * included) is a handler bug: it is logged and the client gets 500. */
 void serve_response_set_status(serve_response *resp, int status);
 /* Adds a header (name: token chars; value: no CR/LF). Content-Length and Connection are the
- * proxy's. Returns 0 or -EINVAL. */
+ * proxy's. Returns 0 or -EINVAL (also once serve_response_flush() sent the headers). */
 int serve_response_add_header(serve_response *resp, const char *name, const char *value);
 /* Appends body bytes. Returns 0 or -ENOMEM / -EFBIG (over 1 GiB). */
 int serve_response_write(serve_response *resp, const void *data, size_t len);
