@@ -253,7 +253,10 @@ static void finish_out(struct peer *p, struct request *q) {
         router_dispatch(p->ps->router, dep);
 }
 
-/* After delivering to q: when its sink is full, stop reading the link until it has room. */
+/* After delivering to q: when its sink is full, stop reading the link until it has room. For a
+ * streamed response too: one slow client then holds the whole link (its other responses wait,
+ * as the peer's replicas wait for credit) until it reads or its send timeout drops it. Simple
+ * and bounded; per-stream credit on the link would free the others. */
 static void block_if_full(struct peer *p, struct request *q) {
         if (!request_waiting(q) || request_room(q) > 0)
                 return;
@@ -277,6 +280,12 @@ static int out_frame(struct peer *p, const struct peer_frame_header *h, const ch
                 q->state = REQUEST_RESPONDING;
                 q->resp_body_len = resp.body_len;
                 q->resp_received = resp.body_here;
+                q->resp_stream = resp.stream;
+                if (resp.stream) {
+                        request_begin(q, h->status, resp.headers, resp.headers_len, REQUEST_LEN_STREAM);
+                        block_if_full(p, q);
+                        return 0;
+                }
                 request_begin(q, h->status, resp.headers, resp.headers_len, resp.body_len);
                 request_body(q, resp.body, resp.body_here);
                 if (q->resp_received == q->resp_body_len)
@@ -285,6 +294,14 @@ static int out_frame(struct peer *p, const struct peer_frame_header *h, const ch
                         block_if_full(p, q);
                 return 0;
         case PEER_RESP_BODY:
+                if (q->state == REQUEST_RESPONDING && q->resp_stream) {
+                        if (h->len > PROTO_MAX_RESP_BODY - q->resp_received)
+                                return -EBADMSG;
+                        q->resp_received += h->len;
+                        request_body(q, pl, h->len);
+                        block_if_full(p, q);
+                        return 0;
+                }
                 if (q->state != REQUEST_RESPONDING || h->len > q->resp_body_len - q->resp_received)
                         return -EBADMSG;
                 q->resp_received += h->len;
@@ -294,9 +311,16 @@ static int out_frame(struct peer *p, const struct peer_frame_header *h, const ch
                 else
                         block_if_full(p, q);
                 return 0;
+        case PEER_RESP_END:
+                if (q->state != REQUEST_RESPONDING || !q->resp_stream || h->len != 0)
+                        return -EBADMSG;
+                finish_out(p, q);
+                return 0;
         case PEER_REJECT:
         case PEER_FAIL:
-                if (q->state == REQUEST_RESPONDING)
+                /* A FAIL may cut a response off (the request timed out there, its replica died),
+                 * or answer our CANCEL; a REJECT comes before any response. */
+                if (q->state == REQUEST_RESPONDING && h->type == PEER_REJECT)
                         return -EBADMSG;
                 dep = q->dep;
                 if (h->type == PEER_REJECT)

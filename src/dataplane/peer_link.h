@@ -17,7 +17,8 @@
  * (they resume when it reads): what a peer that never reads can make us hold. */
 #define LINK_OUT_BUDGET (4u << 20)
 /* Past the budget, a sink may still receive one ring record (<= a quarter of a ring) and a few
- * small frames: the link is dropped only beyond this. */
+ * small frames: the link is dropped only beyond this, plus PROTO_STREAM_WINDOW per streamed
+ * response under way (its replica may send that much after room() said 0). */
 #define LINK_OUT_LIMIT (LINK_OUT_BUDGET + (8u << 20))
 /* Our own requests queued to a peer before it counts as busy (the router tries others). */
 #define LINK_REQ_BUDGET (4u << 20)
@@ -48,6 +49,7 @@ struct peer_in {
         struct netconn *nc;
         struct list buckets[STREAM_BUCKETS]; /* requests by stream id (request.sink_link) */
         unsigned n_streams, n_blocked;
+        unsigned n_streaming;        /* streamed responses under way (each may overshoot the budget) */
         /* The request whose body frames are still coming (at most one: they are contiguous). */
         struct request *assembling;
         char assembling_app[PEER_MAX_APP + 1];

@@ -8,6 +8,7 @@
 #include "call.h"
 #include "log.h"
 #include "peer_link.h"
+#include "proto.h"
 
 static const struct netconn_ops in_ops;
 static const struct sink_ops stream_sink_ops;
@@ -38,10 +39,24 @@ static void in_teardown_later(struct peer_in *pin, const char *why);
 
 static bool in_writable(const struct peer_in *pin) { return !pin->dead && pin->nc && !pin->nc->closed; }
 
+/* What may be queued to the peer before the link is dropped (see LINK_OUT_LIMIT). */
+static size_t in_out_limit(const struct peer_in *pin) {
+        return LINK_OUT_LIMIT + (size_t)pin->n_streaming * PROTO_STREAM_WINDOW;
+}
+
+static void in_count_streaming(struct peer_in *pin, bool more) {
+        if (more)
+                pin->n_streaming++;
+        else if (pin->n_streaming > 0)
+                pin->n_streaming--;
+        if (pin->nc)
+                pin->nc->out_limit = in_out_limit(pin) + PEER_FRAME_MAX;
+}
+
 static void in_send(struct peer_in *pin, uint8_t type, uint16_t status, uint64_t stream, const void *p, size_t l) {
         if (!in_writable(pin))
                 return;
-        if (peer_wire_put(netconn_outbuf(pin->nc), LINK_OUT_LIMIT, type, status, stream, p, l, NULL, 0) < 0) {
+        if (peer_wire_put(netconn_outbuf(pin->nc), in_out_limit(pin), type, status, stream, p, l, NULL, 0) < 0) {
                 in_teardown_later(pin, "it does not read its responses");
                 return;
         }
@@ -55,15 +70,23 @@ static void stream_gone(struct request *q) {
         if (q->sink_blocked && pin->n_blocked)
                 pin->n_blocked--;
         q->sink_blocked = false;
+        if (q->resp_stream)
+                in_count_streaming(pin, false);
 }
 
+/* A streamed response (REQUEST_LEN_STREAM) goes as RESP with PEER_FLAG_STREAM, its pieces as
+ * RESP_BODY frames, its end as RESP_END. The link's budget holds it back like any response: a
+ * peer that does not read stops its replica's handler (no credit while room() says 0). */
 static void stream_begin(struct request *q, int status, const char *headers, size_t headers_len, uint64_t body_len) {
         struct peer_in *pin = q->sink_ctx;
+        bool streamed = body_len == REQUEST_LEN_STREAM;
 
+        if (streamed)
+                in_count_streaming(pin, true); /* until stream_gone() */
         if (!in_writable(pin))
                 return;
-        if (peer_wire_put_resp(netconn_outbuf(pin->nc), LINK_OUT_LIMIT, q->sink_id, status, headers, headers_len,
-                               body_len) < 0) {
+        if (peer_wire_put_resp(netconn_outbuf(pin->nc), in_out_limit(pin), q->sink_id, status, headers, headers_len,
+                               streamed ? 0 : body_len, streamed) < 0) {
                 in_teardown_later(pin, "it does not read its responses");
                 return;
         }
@@ -75,7 +98,7 @@ static void stream_body(struct request *q, const void *data, size_t len) {
 
         if (!in_writable(pin))
                 return;
-        if (peer_wire_put_body(netconn_outbuf(pin->nc), LINK_OUT_LIMIT, PEER_RESP_BODY, q->sink_id, data, len) < 0) {
+        if (peer_wire_put_body(netconn_outbuf(pin->nc), in_out_limit(pin), PEER_RESP_BODY, q->sink_id, data, len) < 0) {
                 in_teardown_later(pin, "it does not read its responses");
                 return;
         }
@@ -96,7 +119,11 @@ static size_t stream_room(const struct request *q) {
         return 0;
 }
 
-static void stream_end(struct request *q) { stream_gone(q); }
+static void stream_end(struct request *q) {
+        if (q->resp_stream)
+                in_send(q->sink_ctx, PEER_RESP_END, 0, q->sink_id, NULL, 0);
+        stream_gone(q);
+}
 
 static void stream_fail(struct request *q, int status, const char *why) {
         in_send(q->sink_ctx, PEER_FAIL, (uint16_t)status, q->sink_id, why, strlen(why));
@@ -312,10 +339,13 @@ static ssize_t in_frame_start(struct peer_in *pin, const char *data, size_t len)
         case PEER_CANCEL:
                 if (h.len != 0)
                         return -EBADMSG;
-                /* Unknown streams are ignored: the answer may have crossed the cancel. */
+                /* Unknown streams are ignored: the answer may have crossed the cancel. A known
+                 * one gets nothing more from us but the 499 that tells the sender it is over
+                 * (it keeps the stream id until then). */
                 if ((q = stream_find(pin, h.stream))) {
                         stream_gone(q);
                         request_abandon(q);
+                        in_send(pin, PEER_FAIL, 499, h.stream, "cancelled", strlen("cancelled"));
                 }
                 return (ssize_t)hdr;
         default:

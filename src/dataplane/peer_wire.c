@@ -12,7 +12,7 @@ int peer_wire_next(const void *data, size_t len, struct peer_frame_header *ret_h
         if (len < HDR)
                 return 0;
         memcpy(&h, data, HDR);
-        if (h.len > PEER_FRAME_MAX || h.type < PEER_REQ || h.type > PEER_FAIL)
+        if (h.len > PEER_FRAME_MAX || h.type < PEER_REQ || h.type > PEER_RESP_END)
                 return -EBADMSG;
         if (len - HDR < h.len)
                 return 0;
@@ -91,10 +91,13 @@ int peer_wire_parse_resp(const struct peer_frame_header *h, const char *pl, uint
                 return -EBADMSG;
         memcpy(&body_len, pl, 8);
         memcpy(&hl, pl + 8, 4);
-        if (h->status < 200 || h->status > 599 || hl > PEER_MAX_HEADERS || hl > h->len - 16 || body_len > max_body ||
-            h->len - 16 - hl > body_len || !headers_valid(pl + 16, hl))
+        /* (A stream's body_len is 0, so it has no body bytes here either.) */
+        if (h->status < 200 || h->status > 599 || (h->flags & ~PEER_FLAG_STREAM) ||
+            ((h->flags & PEER_FLAG_STREAM) && body_len != 0) || hl > PEER_MAX_HEADERS || hl > h->len - 16 ||
+            body_len > max_body || h->len - 16 - hl > body_len || !headers_valid(pl + 16, hl))
                 return -EBADMSG;
         *ret = (struct peer_resp){
+                .stream = h->flags & PEER_FLAG_STREAM,
                 .body_len = body_len,
                 .headers = pl + 16,
                 .headers_len = hl,
@@ -106,9 +109,10 @@ int peer_wire_parse_resp(const struct peer_frame_header *h, const char *pl, uint
 
 static bool fits(const struct buf *b, size_t limit, size_t n) { return n <= limit && b->len <= limit - n; }
 
-static void put(struct buf *b, uint8_t type, uint16_t status, uint64_t stream, const void *p1, size_t l1,
-                const void *p2, size_t l2) {
-        struct peer_frame_header h = { .len = (uint32_t)(l1 + l2), .type = type, .status = status, .stream = stream };
+static void put_flags(struct buf *b, uint8_t type, uint8_t flags, uint16_t status, uint64_t stream, const void *p1,
+                      size_t l1, const void *p2, size_t l2) {
+        struct peer_frame_header h = { .len = (uint32_t)(l1 + l2), .type = type, .flags = flags, .status = status,
+                                       .stream = stream };
 
         memcpy(b->data + b->len, &h, HDR);
         b->len += HDR;
@@ -118,6 +122,11 @@ static void put(struct buf *b, uint8_t type, uint16_t status, uint64_t stream, c
         if (l2)
                 memcpy(b->data + b->len, p2, l2);
         b->len += l2;
+}
+
+static void put(struct buf *b, uint8_t type, uint16_t status, uint64_t stream, const void *p1, size_t l1,
+                const void *p2, size_t l2) {
+        put_flags(b, type, 0, status, stream, p1, l1, p2, l2);
 }
 
 int peer_wire_put(struct buf *b, size_t limit, uint8_t type, uint16_t status, uint64_t stream, const void *p1,
@@ -190,13 +199,19 @@ int peer_wire_put_req(struct buf *b, size_t limit, uint64_t stream, uint16_t fla
 }
 
 int peer_wire_put_resp(struct buf *b, size_t limit, uint64_t stream, int status, const char *headers,
-                       size_t headers_len, uint64_t body_len) {
+                       size_t headers_len, uint64_t body_len, bool streamed) {
         uint8_t fixed[16] = {};
         uint32_t hl = (uint32_t)headers_len;
 
         if (headers_len > PEER_MAX_HEADERS)
                 return -EMSGSIZE;
+        if (streamed)
+                body_len = 0;
         memcpy(fixed, &body_len, 8);
         memcpy(fixed + 8, &hl, 4);
-        return peer_wire_put(b, limit, PEER_RESP, (uint16_t)status, stream, fixed, 16, headers, headers_len);
+        if (!fits(b, limit, HDR + 16 + headers_len) || buf_reserve(b, HDR + 16 + headers_len, limit) < 0)
+                return -ENOBUFS;
+        put_flags(b, PEER_RESP, streamed ? PEER_FLAG_STREAM : 0, (uint16_t)status, stream, fixed, 16, headers,
+                  headers_len);
+        return 0;
 }

@@ -9,9 +9,16 @@
  *   REQ_BODY   payload: body bytes
  *   CANCEL     the client went away
  *   RESP       status; payload: u64 body_len, u32 headers_len, u32 0, header lines, body...
+ *              With flags PEER_FLAG_STREAM the length is unknown (body_len 0, no body here):
+ *              the body comes in RESP_BODY frames, one per piece the handler flushed, until
+ *              RESP_END.
  *   RESP_BODY  payload: body bytes
  *   REJECT     status; the peer has no replica for it (any more): the sender tries elsewhere
- *   FAIL       status (4xx/5xx); payload: reason text. The request failed at the peer.
+ *   FAIL       status (4xx/5xx); payload: reason text. The request failed at the peer (also
+ *              while its response was under way: the receiver cuts the response off), or the
+ *              peer let go of it after our CANCEL (499): a stream that was not complete when
+ *              the CANCEL came gets one, so the sender knows it is over.
+ *   RESP_END   no payload: a streamed response (RESP with PEER_FLAG_STREAM) is complete.
  * Everything here validates what it reads: lengths against the frame, the frame against its
  * type; a peer that sends something these functions refuse is disconnected. */
 #pragma once
@@ -35,7 +42,11 @@ enum peer_frame_type {
         PEER_RESP_BODY = 5,
         PEER_REJECT = 6,
         PEER_FAIL = 7,
+        PEER_RESP_END = 8,
 };
+
+/* peer_frame_header.flags of a RESP frame (other frames have none). */
+#define PEER_FLAG_STREAM 1u
 
 struct peer_frame_header {
         uint32_t len;
@@ -73,13 +84,15 @@ int peer_wire_parse_req(const struct peer_frame_header *h, const char *payload, 
 
 /* A RESP frame's payload. */
 struct peer_resp {
+        bool stream;            /* PEER_FLAG_STREAM: body_len 0, pieces until RESP_END */
         uint64_t body_len;
         const char *headers;    /* "Name: value\r\n" lines, validated */
         size_t headers_len;
         const char *body;
         size_t body_here;
 };
-/* Returns 0, or -EBADMSG (bad status, lengths, or header lines a client could be split by). */
+/* Returns 0, or -EBADMSG (bad status, lengths, flags, or header lines a client could be split
+ * by; a stream with a body_len or body bytes). */
 int peer_wire_parse_resp(const struct peer_frame_header *h, const char *payload, uint64_t max_body,
                          struct peer_resp *ret);
 
@@ -91,9 +104,10 @@ int peer_wire_put(struct buf *b, size_t limit, uint8_t type, uint16_t status, ui
  * Returns 0, -ENOBUFS (nothing appended) or -EMSGSIZE (no app or head, or too long for a frame). */
 int peer_wire_put_req(struct buf *b, size_t limit, uint64_t stream, uint16_t flags, const char *app, size_t app_len,
                       const char *head, size_t head_len, const char *body, uint64_t body_len);
-/* Appends a RESP frame (no body bytes). Returns 0 or -ENOBUFS. */
+/* Appends a RESP frame (no body bytes); with `streamed`, of a streamed response (its body_len
+ * is not known: pass 0). Returns 0, -ENOBUFS or -EMSGSIZE (headers too long). */
 int peer_wire_put_resp(struct buf *b, size_t limit, uint64_t stream, int status, const char *headers,
-                       size_t headers_len, uint64_t body_len);
+                       size_t headers_len, uint64_t body_len, bool streamed);
 /* Appends body bytes as frames of `type` (REQ_BODY, RESP_BODY) of at most PEER_FRAME_MAX.
  * Returns 0 or -ENOBUFS (nothing appended). */
 int peer_wire_put_body(struct buf *b, size_t limit, uint8_t type, uint64_t stream, const char *data, size_t len);

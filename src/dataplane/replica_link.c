@@ -124,7 +124,7 @@ static int send_start(struct replica *rep, struct request *u) {
                 .path_len = (uint32_t)u->path_len,
                 .query_len = (uint32_t)q->query_len,
                 .has_query = q->query != NULL,
-                .flags = u->call ? PROTO_REQ_CALL : 0,
+                .flags = (u->call ? PROTO_REQ_CALL : 0) | PROTO_REQ_STREAM_OK, /* the proxy, peer and call sinks take streams */
                 .n_headers = n_headers,
                 .headers_len = (uint32_t)hdr_bytes,
                 .chunk_len = (uint32_t)chunk,
@@ -184,6 +184,66 @@ static int send_cancel(struct replica *rep, struct request *u) {
         return 0;
 }
 
+static int send_credit(struct replica *rep, struct request *u, uint64_t bytes) {
+        void *mem;
+        int r = ring_alloc(&rep->seg.req, PROTO_REQ_CREDIT, 0, sizeof(struct proto_credit), &mem);
+        if (r < 0)
+                return r;
+        struct proto_credit c = { .req_id = u->backend_id, .bytes = bytes };
+        memcpy(mem, &c, sizeof c);
+        return 0;
+}
+
+/* Credit for the bytes of u's streamed response that its sink took: the replica may send as
+ * many more. Granted in batches of a quarter window (the replica still has three quarters to
+ * go on with, so it never waits for the batching), everything owed at once with `all` (the
+ * sink has room again), and never while the sink is full: then u waits for
+ * request_sink_ready() (link_resume). The sink may receive what the replica has in flight
+ * meanwhile, at most one window. A cancelled stream gets no more credit: its handler learns of
+ * the cancel and stops. */
+static void stream_credit(struct replica *rep, struct request *u, bool all) {
+        uint64_t owed = u->resp_received - u->resp_credited;
+
+        if (u->cancelled || owed == 0 || (!all && owed < PROTO_STREAM_WINDOW / 4))
+                return;
+        if (request_room(u) == 0) {
+                u->sink_blocked = true;
+                return;
+        }
+        if (send_credit(rep, u, owed) < 0) {
+                rep->ctl_owed = true; /* the request ring is full: replica_link_flush() retries */
+                return;
+        }
+        u->resp_credited += owed;
+        publish_requests(rep);
+}
+
+/* A stream's handler must learn of its cancel, or it waits for credit forever: a cancel that
+ * does not fit now is sent by replica_link_flush(). */
+static void owe_cancel(struct replica *rep, struct request *u) {
+        u->cancel_owed = true;
+        rep->ctl_owed = true;
+}
+
+/* Sends the credits and cancels of streams that did not fit in the request ring before. */
+static void send_owed(struct replica *rep) {
+        rep->ctl_owed = false;
+        for (uint32_t i = 0; i < rep->n_slots && !rep->ctl_owed; i++) {
+                struct request *u = rep->slots[i];
+                if (!u || u->state != REQUEST_RESPONDING || !u->resp_stream)
+                        continue;
+                if (u->cancel_owed) {
+                        if (send_cancel(rep, u) < 0) {
+                                rep->ctl_owed = true;
+                                break;
+                        }
+                        u->cancel_owed = false;
+                } else if (!u->sink_blocked)
+                        stream_credit(rep, u, true);
+        }
+        publish_requests(rep);
+}
+
 /* Pushes what it can of u. Returns 0 when the whole request (and a pending cancel) is in the
  * ring, -EAGAIN otherwise. */
 static int push(struct replica *rep, struct request *u) {
@@ -235,8 +295,10 @@ bool replica_link_flush(struct replica *rep) {
         struct list *pos, *tmp;
         bool calls = call_link_flush(rep);
 
+        if (rep->ctl_owed)
+                send_owed(rep);
         if (list_empty(&rep->backlog))
-                return calls;
+                return calls || rep->ctl_owed;
         list_for_each_safe(pos, tmp, &rep->backlog) {
                 struct request *u = list_entry(pos, struct request, link);
                 int r = push(rep, u);
@@ -255,7 +317,7 @@ bool replica_link_flush(struct replica *rep) {
          * the replica, or the ring stays full of records it cannot see. */
         if (rep->seg.req.local != atomic_load_explicit(&rep->seg.req.sh->head, memory_order_relaxed))
                 publish_requests(rep);
-        return !list_empty(&rep->backlog) || calls;
+        return !list_empty(&rep->backlog) || calls || rep->ctl_owed;
 }
 
 static void link_cancel(struct request *u) {
@@ -273,9 +335,12 @@ static void link_cancel(struct request *u) {
                 /* Its response is underway: it must stay RESPONDING (and out of the backlog,
                  * since we may be called from within replica_link_poll(), which may finish and free
                  * u right after), so skip the cancel; the rest of the response is discarded as
-                 * it arrives. */
-                if (u->state == REQUEST_RESPONDING)
+                 * it arrives. A stream's handler, though, would wait for credit forever. */
+                if (u->state == REQUEST_RESPONDING) {
+                        if (u->resp_stream)
+                                owe_cancel(rep, u);
                         return;
+                }
                 /* No room now: queue it behind the backlog (already fully sent: push() only
                  * adds the cancel record). */
                 u->state = REQUEST_SENDING;
@@ -373,13 +438,17 @@ static int on_resp_start(struct replica *rep, const uint8_t *p, uint32_t len) {
         struct proto_resp_start s;
         struct request *u;
         _cleanup_(buf_free) struct buf hdrs = {};
+        bool stream, was_sending;
 
         if (len < sizeof s)
                 return -EBADMSG;
         memcpy(&s, p, sizeof s);
+        stream = s.flags & PROTO_RESP_STREAM;
+        /* A stream announces no length, and its first piece counts against its window. */
         if (s.status < 200 || s.status > 599 || s.n_headers > PROTO_MAX_RESP_HEADERS ||
             s.headers_len > PROTO_MAX_HEADER_BYTES || s.body_len > PROTO_MAX_RESP_BODY ||
-            (uint64_t)s.headers_len + s.chunk_len != len - sizeof s || s.chunk_len > s.body_len)
+            (s.flags & ~PROTO_RESP_STREAM) || (uint64_t)s.headers_len + s.chunk_len != len - sizeof s ||
+            (stream ? s.body_len != 0 || s.chunk_len > PROTO_STREAM_WINDOW : s.chunk_len > s.body_len))
                 return -EBADMSG;
         u = lookup(rep, s.req_id);
         /* A response before the whole request was sent is only legitimate for a cancelled one. */
@@ -387,11 +456,24 @@ static int on_resp_start(struct replica *rep, const uint8_t *p, uint32_t len) {
                 return -EBADMSG;
         if (render_headers(p + sizeof s, s.headers_len, s.n_headers, &hdrs) < 0)
                 return -EBADMSG;
-        if (u->state == REQUEST_SENDING)
+        was_sending = u->state == REQUEST_SENDING;
+        if (was_sending)
                 list_del(&u->link);
         u->state = REQUEST_RESPONDING;
         u->resp_body_len = s.body_len;
         u->resp_received = s.chunk_len;
+        u->resp_stream = stream;
+        u->resp_credited = 0;
+        if (stream) {
+                /* Still in the backlog, its cancel was not sent (push() sends it last). */
+                if (was_sending && u->cancelled)
+                        owe_cancel(rep, u);
+                request_begin(u, (int)s.status, hdrs.data, hdrs.len, REQUEST_LEN_STREAM);
+                if (s.chunk_len)
+                        request_body(u, p + sizeof s + s.headers_len, s.chunk_len);
+                stream_credit(rep, u, false);
+                return 0;
+        }
         request_begin(u, (int)s.status, hdrs.data, hdrs.len, s.body_len);
         if (s.chunk_len)
                 request_body(u, p + sizeof s + s.headers_len, s.chunk_len);
@@ -413,7 +495,19 @@ static int on_resp_body(struct replica *rep, const uint8_t *p, uint32_t len) {
         if (b.len != len - sizeof b)
                 return -EBADMSG;
         u = lookup(rep, b.req_id);
-        if (!u || u->state != REQUEST_RESPONDING || b.len > u->resp_body_len - u->resp_received)
+        if (!u || u->state != REQUEST_RESPONDING)
+                return -EBADMSG;
+        if (u->resp_stream) {
+                /* Within its total and within what it was allowed to send. */
+                if (b.len > PROTO_MAX_RESP_BODY - u->resp_received ||
+                    u->resp_received + b.len > u->resp_credited + PROTO_STREAM_WINDOW)
+                        return -EBADMSG;
+                u->resp_received += b.len;
+                request_body(u, p + sizeof b, b.len);
+                stream_credit(rep, u, false);
+                return 0;
+        }
+        if (b.len > u->resp_body_len - u->resp_received)
                 return -EBADMSG;
         u->resp_received += b.len;
         request_body(u, p + sizeof b, b.len);
@@ -423,6 +517,21 @@ static int on_resp_body(struct replica *rep, const uint8_t *p, uint32_t len) {
         }
         stall_if_full(rep, u);
         return 0;
+}
+
+/* The end of a streaming response. */
+static int on_resp_end(struct replica *rep, const uint8_t *p, uint32_t len) {
+        struct proto_cancel e;
+        struct request *u;
+
+        if (len != sizeof e)
+                return -EBADMSG;
+        memcpy(&e, p, sizeof e);
+        u = lookup(rep, e.req_id);
+        if (!u || u->state != REQUEST_RESPONDING || !u->resp_stream)
+                return -EBADMSG;
+        finish(rep, u);
+        return 1;
 }
 
 int replica_link_poll(struct replica *rep) {
@@ -449,6 +558,9 @@ int replica_link_poll(struct replica *rep) {
                         break;
                 case PROTO_RESP_BODY:
                         r = on_resp_body(rep, scratch, rec.len);
+                        break;
+                case PROTO_RESP_END:
+                        r = on_resp_end(rep, scratch, rec.len);
                         break;
                 case PROTO_CALL_START:
                 case PROTO_CALL_BODY:
@@ -485,6 +597,7 @@ void replica_link_fail_all(struct replica *rep, int status, const char *why) {
         }
         list_init(&rep->backlog);
         rep->stalled = NULL;
+        rep->ctl_owed = false;
         loop_undefer(&rep->repoll);
         call_link_abandon_all(rep); /* the calls it made are cancelled where they run */
 }
@@ -492,6 +605,10 @@ void replica_link_fail_all(struct replica *rep, int status, const char *why) {
 static void link_resume(struct request *u) {
         struct replica *rep = list_entry(u->backend, struct replica, be);
 
+        if (u->resp_stream) {
+                stream_credit(rep, u, true);
+                return;
+        }
         if (rep->stalled != u)
                 return;
         rep->stalled = NULL;

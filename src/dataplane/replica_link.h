@@ -2,7 +2,12 @@
  * as space allows), reads and validates everything the replica writes into its response ring,
  * and matches responses to in-flight requests. Everything read from a replica is untrusted.
  * When a request's sink is full, the response ring is not read until the sink has room again:
- * that replica's other responses wait, no memory grows. */
+ * that replica's other responses wait, no memory grows.
+ *
+ * A streaming response (PROTO_RESP_STREAM: pieces until PROTO_RESP_END) does not stop the ring:
+ * the replica may have PROTO_STREAM_WINDOW bytes of it sent and not credited, and we credit
+ * (PROTO_REQ_CREDIT) what its sink took, while the sink has room. A slow client thus stops its
+ * own handler (its flush waits), and the replica's other responses go on. */
 #pragma once
 
 #include "router.h"
@@ -16,7 +21,8 @@ void replica_link_free(struct replica *rep);
  * flight above it finish). Returns 0 or -ENOMEM. */
 int replica_link_set_limit(struct replica *rep, uint32_t max_ongoing);
 
-/* Continues sending requests that did not fit into the ring. Returns true when some remain. */
+/* Continues sending requests that did not fit into the ring, and streams' credits and cancels
+ * that did not. Returns true when some remain. */
 bool replica_link_flush(struct replica *rep);
 
 /* Wakes the replica if requests were published while it slept (once per loop iteration). */

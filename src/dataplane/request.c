@@ -89,6 +89,7 @@ void request_free(struct request *q) {
 
 void request_begin(struct request *q, int status, const char *headers, size_t headers_len, uint64_t body_len) {
         q->status = status;
+        q->resp_stream = body_len == REQUEST_LEN_STREAM;
         if (q->sink)
                 q->sink->begin(q, status, headers, headers_len, body_len);
 }

@@ -27,15 +27,17 @@
 struct request;
 struct deployment;
 
-/* sink_ops.begin()'s body_len for a streaming response: the length is unknown, the body comes
- * in pieces until end(). */
+/* A response whose length is not known when it starts (a handler that streams): its body
+ * comes in pieces, each body() call one piece the handler flushed, until end(). */
 #define REQUEST_LEN_STREAM UINT64_MAX
 
 struct sink_ops {
         /* The response starts: its status, validated "Name: value\r\n" header lines and body
-         * length. */
+         * length, or REQUEST_LEN_STREAM: the length is unknown, the body comes in pieces until
+         * end() (an HTTP client gets them as chunks). */
         void (*begin)(struct request *q, int status, const char *headers, size_t headers_len, uint64_t body_len);
-        /* Body bytes, in order. */
+        /* Body bytes, in order (never 0 of them). For a stream, one call per piece, to be passed
+         * on at once rather than collected. */
         void (*body)(struct request *q, const void *data, size_t len);
         /* The whole response was delivered. The request is freed after this returns. */
         void (*end)(struct request *q);
@@ -47,7 +49,10 @@ struct sink_ops {
          * treated as fail(status). */
         void (*reject)(struct request *q, int status);
         /* Response bytes the sink can take now without passing its budget. At 0 the backend
-         * stops delivering until the sink calls request_sink_ready(). */
+         * stops delivering until the sink calls request_sink_ready(). A stream's backend stops
+         * its sender through a credit window instead, so a sink may still receive up to
+         * PROTO_STREAM_WINDOW (proto.h) bytes per streaming request after saying 0: each sink
+         * tolerates that much beyond its budget. */
         size_t (*room)(const struct request *q);
 };
 
@@ -115,6 +120,12 @@ struct request {
         bool start_sent;
 
         uint64_t resp_body_len, resp_received;
+        bool resp_stream;          /* the response is a stream (request_begin with REQUEST_LEN_STREAM) */
+        /* Replica link, streaming responses: body bytes credited back to the replica (it may
+         * have PROTO_STREAM_WINDOW more in flight), and a REQ_CANCEL that did not fit in the
+         * ring yet (sent by replica_link_flush()). */
+        uint64_t resp_credited;
+        bool cancel_owed;
         uint64_t start_ns;         /* when the whole request was here */
         int status;                /* the response's status (for metrics) */
         uint64_t deadline_ns;      /* request_timeout_s; 0 = none */
@@ -153,7 +164,8 @@ int request_normalize_path(struct request *q);
 /* Someone still waits for q's response. */
 static inline bool request_waiting(const struct request *q) { return q->sink != NULL; }
 
-/* The backend's response hooks: forward to the sink when it still waits. */
+/* The backend's response hooks: forward to the sink when it still waits. request_begin()
+ * sets q->resp_stream for body_len == REQUEST_LEN_STREAM (sinks read it in end()). */
 void request_begin(struct request *q, int status, const char *headers, size_t headers_len, uint64_t body_len);
 void request_body(struct request *q, const void *data, size_t len);
 /* Response bytes q's sink can take now (SIZE_MAX when nobody waits: the rest is discarded). */

@@ -60,6 +60,7 @@ struct replica {
         struct list backlog;       /* assigned requests not yet fully in the request ring */
         struct request *stalled;   /* its sink is full: the response ring waits for it */
         struct call_table *calls;  /* its handle calls (call.c), NULL until the first */
+        bool ctl_owed;             /* a stream's credit or cancel did not fit in the request ring */
         void (*on_broken)(struct replica *rep); /* it wrote garbage: kill it (the supervisor) */
         struct loop_deferred repoll; /* read the response ring again (a stalled sink has room) */
 };

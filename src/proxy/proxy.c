@@ -38,6 +38,7 @@ struct conn {
         unsigned refs;              /* io_uring operations in flight */
         bool recv_armed, sending, closing, close_after_write, lingering, response_begun, keep_alive, continue_sent;
         bool discard_body;          /* HEAD, 204, 304: the response has no body on the wire */
+        bool resp_chunked;          /* a streamed response: its pieces go out as chunks */
 
         struct buf in;              /* received, unprocessed bytes (head + body of the request) */
         size_t parse_prev;
@@ -564,6 +565,7 @@ static void request_complete(struct conn *c, const struct http_request *parsed) 
         c->state = CONN_UPSTREAM;
         c->response_begun = false;
         c->discard_body = false;
+        c->resp_chunked = false;
         timer_clear(c);
         r = router_submit(p->router, q, p->opts.request_timeout_s);
         if (r < 0) {
@@ -674,6 +676,7 @@ static void sink_begin(struct request *q, int status, const char *headers, size_
         struct conn *c = q->sink_ctx;
         struct buf *o = out_buf(c);
         bool head = q->req.method_len == 4 && memcmp(q->req.method, "HEAD", 4) == 0;
+        bool stream = body_len == REQUEST_LEN_STREAM, framed = status != 204 && status != 304;
 
         if (c->p->draining)
                 c->keep_alive = false;
@@ -681,8 +684,15 @@ static void sink_begin(struct request *q, int status, const char *headers, size_
          * wrote is dropped, or the client would take it for the next response. HEAD says what
          * a GET would get; 204 and 304 have no Content-Length (a 304's would have to be the
          * length of the 200 it stands for, which the handler did not say). */
-        c->discard_body = head || status == 204 || status == 304;
-        put_status_line(o, status, status != 204 && status != 304, body_len);
+        c->discard_body = head || !framed;
+        /* A stream of unknown length: chunks for HTTP/1.1 (one per piece the handler flushed);
+         * an HTTP/1.0 client knows no chunks, so its body ends with the connection. */
+        c->resp_chunked = stream && framed && q->req.minor_version >= 1;
+        if (stream && !c->discard_body && !c->resp_chunked)
+                c->keep_alive = false;
+        put_status_line(o, status, framed && !stream, body_len);
+        if (c->resp_chunked)
+                (void)buf_append(o, "Transfer-Encoding: chunked\r\n", 28, OUT_LIMIT);
         (void)buf_append(o, headers, headers_len, OUT_LIMIT);
         (void)buf_append(o, c->keep_alive ? "\r\n" : "Connection: close\r\n\r\n", c->keep_alive ? 2 : 21, OUT_LIMIT);
         c->response_begun = true;
@@ -691,10 +701,14 @@ static void sink_begin(struct request *q, int status, const char *headers, size_
 
 static void sink_body(struct request *q, const void *data, size_t len) {
         struct conn *c = q->sink_ctx;
+        struct buf *o = out_buf(c);
+        char size[24];
 
         if (c->discard_body)
                 return;
-        if (buf_append(out_buf(c), data, len, OUT_LIMIT) < 0) {
+        /* One chunk per piece (len > 0: an empty chunk would end the body), sent at once. */
+        if ((c->resp_chunked && buf_append(o, size, (size_t)snprintf(size, sizeof size, "%zx\r\n", len), OUT_LIMIT) < 0) ||
+            buf_append(o, data, len, OUT_LIMIT) < 0 || (c->resp_chunked && buf_append(o, "\r\n", 2, OUT_LIMIT) < 0)) {
                 /* Past the hard limit (the budget stops the replica long before): give up. */
                 c->cur = NULL;
                 request_abandon(q);
@@ -732,6 +746,8 @@ static void conn_request_done(struct conn *c) {
 static void sink_end(struct request *q) {
         struct conn *c = q->sink_ctx;
 
+        if (c->resp_chunked && !c->discard_body)
+                (void)buf_append(out_buf(c), "0\r\n\r\n", 5, OUT_LIMIT);
         router_record(q, q->status);
         conn_request_done(c);
 }

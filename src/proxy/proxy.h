@@ -2,8 +2,10 @@
  * batched sends). It parses requests strictly, normalises their paths, answers built-in routes
  * and limits itself, and hands everything else to the router as requests (request.h) whose sink
  * is the connection: responses come back into the connection's output buffer, bounded by a
- * budget (past it the replica waits until the client reads). One request per connection is in
- * flight at a time; pipelined requests wait in the input buffer and are answered in order. */
+ * budget (past it the replica waits until the client reads). A streamed response goes out
+ * as it comes, one chunk per piece (Transfer-Encoding: chunked; HTTP/1.0: until the connection
+ * closes). One request per connection is in flight at a time; pipelined requests wait in the
+ * input buffer and are answered in order. */
 #pragma once
 
 #include <stdbool.h>

@@ -45,6 +45,8 @@ struct replica {
         bool main_kicked;                    /* main_wake rung, the main thread has not looked yet */
         int main_wake;                       /* eventfd: the main thread should look at ring_owner */
 
+        struct stream *streams;              /* streaming responses under way (stream.c); lock */
+
         pthread_mutex_t send_lock;           /* makes the handler threads one ring producer */
 
         pthread_t *workers;
@@ -72,3 +74,36 @@ void resp_publish(struct replica *rep);
 _noreturn_ void peer_broken(int r, const char *what);
 /* Replaces resp with a plain 500. */
 void response_internal_error(struct serve_response *resp);
+
+/* ---- streaming responses (stream.c) ---- */
+
+/* One response's stream: serve_response_flush() sends what the handler wrote so far. Lives on
+ * the handler thread's stack for one request. */
+struct stream {
+        struct replica *rep;
+        struct serve_request *req;
+        bool allowed;            /* its sink takes a stream (PROTO_REQ_STREAM_OK) */
+        bool started;            /* RESP_START went out: the response is a stream */
+        uint64_t total;          /* body bytes taken into the stream (<= PROTO_MAX_RESP_BODY) */
+        /* Guarded by rep->lock: body bytes sent (counted before they go out), and credited by
+         * the proxy; sent - credited <= PROTO_STREAM_WINDOW. */
+        uint64_t sent, credited;
+        pthread_cond_t cond;     /* with rep->lock: credit arrived, or the request was cancelled */
+        struct stream *next;     /* in rep->streams once started */
+};
+
+/* Makes resp's serve_response_flush() stream it (resp->ops, resp->rt). */
+void stream_init(struct stream *st, struct replica *rep, struct serve_request *req, struct serve_response *resp);
+void stream_destroy(struct stream *st);
+/* The handler returned: sends the rest of a started stream's body, waiting for credit (a no-op
+ * for a response that is not a stream). Returns 0, -ECANCELED or -EFBIG (the rest was dropped). */
+int stream_finish_body(struct stream *st, struct serve_response *resp);
+/* Takes a started stream out of rep->streams (rep->lock held): before its end is visible. */
+void stream_forget_locked(struct stream *st);
+/* Sends RESP_END: the stream is complete. */
+void stream_send_end(struct stream *st);
+/* For the reader of the request ring (rep->lock held). A credit (or cancel) for a request that
+ * is not streaming is ignored: it ended meanwhile. stream_credit_locked() returns 0, or -EINVAL
+ * for credit beyond what the stream sent (the proxy is broken). */
+int stream_credit_locked(struct replica *rep, uint64_t id, uint64_t bytes);
+void stream_cancel_locked(struct replica *rep, uint64_t id);

@@ -462,7 +462,12 @@ static void run_request(struct replica *rep, struct serve_request *req, struct s
 
         const struct serve_handler *h = &rep->dep->handlers[req->handler];
         int r = h->fn(&rep->ctx, req, resp);
-        if (r < 0 && resp->status < 400) {
+        if (r < 0 && resp->streaming) {
+                /* Its status went out with the first flush: the stream ends where it failed. */
+                log_warning_errno(r, "Handler %s failed for %s %s after its response began streaming: %m; "
+                                  "ending the stream there", h->name, req->method, req->path);
+                serve_response_clear(resp);
+        } else if (r < 0 && resp->status < 400) {
                 log_warning_errno(r, "Handler %s failed for %s %s: %m", h->name, req->method, req->path);
                 response_internal_error(resp);
         }
@@ -704,6 +709,7 @@ static void on_req_cancel(struct replica *rep, const uint8_t *p, uint32_t len,
         if (req) {
                 /* Pairs with the acquire load in serve_request_cancelled(). */
                 atomic_store_explicit(&req->cancelled, true, memory_order_release);
+                stream_cancel_locked(rep, c.req_id); /* a flush waiting for credit returns */
                 /* The rest of its body will never come: answer it now (499). */
                 if (req->state == SERVE_REQUEST_ASSEMBLING)
                         request_ready_locked(rep, req, ready);
@@ -712,6 +718,21 @@ static void on_req_cancel(struct replica *rep, const uint8_t *p, uint32_t len,
         /* The calls it made are cancelled with it (and, by the worker, theirs). */
         if (req)
                 calls_cancel_parent(c.req_id);
+}
+
+/* A streaming response may send more: wakes its handler if its flush waits. */
+static void on_req_credit(struct replica *rep, const uint8_t *p, uint32_t len) {
+        struct proto_credit c;
+        int r;
+
+        if (len < sizeof c)
+                bad_record("short REQ_CREDIT");
+        memcpy(&c, p, sizeof c);
+        pthread_mutex_lock(&rep->lock);
+        r = stream_credit_locked(rep, c.req_id, c.bytes);
+        pthread_mutex_unlock(&rep->lock);
+        if (r < 0)
+                bad_record("REQ_CREDIT for more than the stream sent");
 }
 
 /* Reads request records as the ring's one consumer. A handler thread passes `ready`: reading
@@ -737,6 +758,9 @@ static int drain_ring(struct replica *rep, struct serve_request **ready) {
                         break;
                 case PROTO_REQ_CANCEL:
                         on_req_cancel(rep, rec.payload, rec.len, ready);
+                        break;
+                case PROTO_REQ_CREDIT:
+                        on_req_credit(rep, rec.payload, rec.len);
                         break;
                 case PROTO_CALL_RESP_START:
                 case PROTO_CALL_RESP_BODY:
@@ -798,19 +822,30 @@ static struct serve_request *lead(struct replica *rep) {
 
 static void handle_request(struct replica *rep, struct serve_request *req) {
         struct serve_response resp;
+        struct stream st;
 
         serve_response_init(&resp);
+        stream_init(&st, rep, req, &resp);
         calls_set_current(req);
         run_request(rep, req, &resp);
         calls_set_current(NULL);
+        /* A stream's rest goes out while it is still in the table: cancels and credit for it
+         * must find it. */
+        (void) stream_finish_body(&st, &resp);
 
         /* Out of the table before the response is visible: the proxy may reuse the id, and a
          * late cancel for it must find nothing. */
         pthread_mutex_lock(&rep->lock);
         table_remove(rep, req);
+        if (st.started)
+                stream_forget_locked(&st);
         pthread_mutex_unlock(&rep->lock);
 
-        send_response(rep, req->id, &resp);
+        if (st.started)
+                stream_send_end(&st); /* cancelled or not: the proxy waits for its end */
+        else
+                send_response(rep, req->id, &resp);
+        stream_destroy(&st);
         serve_response_clear(&resp);
         serve_request_free(req);
 }

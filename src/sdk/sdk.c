@@ -206,6 +206,8 @@ int serve_response_add_header(serve_response *resp, const char *name, const char
 
         if (!resp || !name || !value || !*name)
                 return -EINVAL;
+        if (resp->streaming)
+                return -EINVAL; /* the headers went out with the first flush */
         for (const char *p = name; *p; p++)
                 if (!is_tchar((unsigned char) *p))
                         return -EINVAL;

@@ -155,7 +155,7 @@ const char *serve_request_caller(const serve_request *req);
  * included) is a handler bug: it is logged and the client gets 500. */
 void serve_response_set_status(serve_response *resp, int status);
 /* Adds a header (name: token chars; value: no CR/LF). Content-Length and Connection are the
- * proxy's. Returns 0 or -EINVAL. */
+ * proxy's. Returns 0 or -EINVAL (also once serve_response_flush() sent the headers). */
 int serve_response_add_header(serve_response *resp, const char *name, const char *value);
 /* Appends body bytes. Returns 0 or -ENOMEM / -EFBIG (over 1 GiB). */
 int serve_response_write(serve_response *resp, const void *data, size_t len);
@@ -165,7 +165,10 @@ int serve_response_printf(serve_response *resp, const char *fmt, ...) __attribut
  * each flushed piece from serve_future_next()). Later writes are sent at the next flush or when
  * the handler returns. Blocks while the receiver is slow (each stream may have 256 KiB in flight): backpressure,
  * not buffering. Returns 0, or -ECANCELED once the client went away (stop producing: the rest
- * is dropped). The status and headers cannot change after the first flush. */
+ * is dropped), -EFBIG when the stream would pass 1 GiB in all (what was written since the last
+ * flush is dropped), -EMSGSIZE when the headers are too large to stream (the response then
+ * answers 500). The status and headers cannot change after the first flush. A receiver that
+ * takes no stream (yet) gets the whole response when the handler returns: flush returns 0. */
 int serve_response_flush(serve_response *resp);
 
 /* ---- handles: calling another deployment of the application ---- */

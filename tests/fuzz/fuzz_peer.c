@@ -8,10 +8,12 @@
  * peer_wire_parse_req() and peer_wire_parse_resp() whatever its type: they must refuse the
  * wrong type, accept exactly what an independent check of the lengths accepts, and hand back
  * pointers and lengths that stay inside the payload (body_here <= body_len, headers_len <=
- * payload, header lines "Name: value\r\n" with no other CR or LF).
+ * payload, header lines "Name: value\r\n" with no other CR or LF). A RESP's flags are only
+ * PEER_FLAG_STREAM, and a streamed RESP announces no length and carries no body (its pieces
+ * are RESP_BODY frames until a RESP_END, a frame type like the others).
  *
  * Encoding: the input, read again from its start, is also a program for the encoders
- * (peer_wire_put, _put_req, _put_resp, _put_body) writing into one struct buf under a tiny
+ * (peer_wire_put, _put_req, _put_resp (fixed-length or streamed), _put_body) writing into one struct buf under a tiny
  * limit (64..4159 bytes, or rarely 3 MiB so bodies split into several frames), with the front of
  * the buffer consumed now and then as a link sends it. Each call either fails with -ENOBUFS or
  * -EMSGSIZE leaving the buffer as it was (length and bytes), or appends frames within the limit
@@ -96,8 +98,10 @@ static void check_frame(const struct peer_frame_header *h, const char *pl, uint6
                 bool valid = false;
                 if (h->len >= 16) {
                         uint64_t bl = rd64(pl), hl = rd32(pl + 8);
+                        /* flags: only PEER_FLAG_STREAM, and a stream announces no length */
                         valid = h->status >= 200 && h->status <= 599 && hl <= PEER_MAX_HEADERS && hl <= h->len - 16 &&
-                                bl <= max_body && h->len - 16 - hl <= bl && lines_ok(pl + 16, (size_t) hl);
+                                bl <= max_body && h->len - 16 - hl <= bl && lines_ok(pl + 16, (size_t) hl) &&
+                                (h->flags == 0 || (h->flags == PEER_FLAG_STREAM && bl == 0));
                 }
                 check(valid == (r == 0));
         }
@@ -108,6 +112,9 @@ static void check_frame(const struct peer_frame_header *h, const char *pl, uint6
                 check(rs.body == rs.headers + rs.headers_len);
                 check(inside(rs.body, rs.body_here, pl, h->len) && rs.body + rs.body_here == pl + h->len);
                 check(rs.body_here <= rs.body_len && rs.body_len <= max_body);
+                check(rs.stream == (h->flags == PEER_FLAG_STREAM));
+                if (rs.stream)
+                        check(rs.body_len == 0 && rs.body_here == 0);
         }
 }
 
@@ -128,7 +135,7 @@ static void decode(const uint8_t *data, size_t size) {
                         if (left >= HDR) {
                                 uint32_t len = rd32(data + off);
                                 uint8_t type = data[off + 4];
-                                check(len <= PEER_FRAME_MAX && type >= PEER_REQ && type <= PEER_FAIL);
+                                check(len <= PEER_FRAME_MAX && type >= PEER_REQ && type <= PEER_RESP_END);
                                 check(left - HDR < len);
                         }
                         return;
@@ -138,14 +145,14 @@ static void decode(const uint8_t *data, size_t size) {
                 if (r < 0) {
                         uint32_t len = rd32(data + off);
                         uint8_t type = data[off + 4];
-                        check(len > PEER_FRAME_MAX || type < PEER_REQ || type > PEER_FAIL);
+                        check(len > PEER_FRAME_MAX || type < PEER_REQ || type > PEER_RESP_END);
                         return;
                 }
                 check(pl == (const char *) data + off + HDR);
                 check(h.len == rd32(data + off) && h.type == data[off + 4] && h.flags == data[off + 5]);
                 check(h.status == rd16(data + off + 6) && h.stream == rd64(data + off + 8));
                 check(h.len <= PEER_FRAME_MAX && h.len <= left - HDR);
-                check(h.type >= PEER_REQ && h.type <= PEER_FAIL);
+                check(h.type >= PEER_REQ && h.type <= PEER_RESP_END);
 
                 /* Exactly the payload, so a read past it is caught. */
                 char *copy = malloc(h.len ? h.len : 1);
@@ -235,7 +242,7 @@ static void encode(const uint8_t *data, size_t size) {
                         memcpy(shadow, b.data, before);
                 switch (op % 5) {
                 case 0: { /* any frame */
-                        uint8_t type = (uint8_t) (1 + take(&rd, 1) % 7);
+                        uint8_t type = (uint8_t) (1 + take(&rd, 1) % PEER_RESP_END);
                         size_t l1 = (size_t) take(&rd, 1), l2 = (size_t) (take(&rd, 3) % (BIG / 2));
                         const char *p1 = bytes_of(&rd, l1), *p2 = bytes_of(&rd, l2);
                         r = peer_wire_put(&b, limit, type, status, stream, p1, l1, p2, l2);
@@ -279,22 +286,28 @@ static void encode(const uint8_t *data, size_t size) {
                         }
                         break;
                 }
-                case 2: { /* a response head */
+                case 2: { /* a response head, of a fixed length or streamed */
                         size_t hl = (size_t) take(&rd, 3) % (PEER_MAX_HEADERS + 64);
-                        uint64_t bl = take(&rd, 8) >> (take(&rd, 1) & 63);
+                        uint8_t shift = (uint8_t) take(&rd, 1);
+                        uint64_t bl = take(&rd, 8) >> (shift & 63);
+                        bool streamed = shift & 64;
                         const char *headers = bytes_of(&rd, hl);
-                        r = peer_wire_put_resp(&b, limit, stream, status, headers, hl, bl);
+                        r = peer_wire_put_resp(&b, limit, stream, status, headers, hl, bl, streamed);
                         check(r == 0 || r == -ENOBUFS || r == -EMSGSIZE);
                         check((r == -EMSGSIZE) == (hl > PEER_MAX_HEADERS));
                         if (r == 0) {
                                 size_t n = frames(&b, before, f, MAX_FRAMES);
                                 check(n == 1 && f[0].h.type == PEER_RESP && f[0].h.status == status && f[0].h.stream == stream);
-                                check(f[0].h.len == 16 + hl && rd64(f[0].pl) == bl && rd32(f[0].pl + 8) == hl);
+                                check(f[0].h.flags == (streamed ? PEER_FLAG_STREAM : 0));
+                                check(f[0].h.len == 16 + hl && rd64(f[0].pl) == (streamed ? 0 : bl) && rd32(f[0].pl + 8) == hl);
                                 check(memcmp(f[0].pl + 16, headers, hl) == 0);
                                 /* A receiver accepts it exactly when its fields are acceptable. */
                                 struct peer_resp pr;
                                 bool ok = status >= 200 && status <= 599 && lines_ok(f[0].pl + 16, hl);
-                                check((peer_wire_parse_resp(&f[0].h, f[0].pl, UINT64_MAX, &pr) == 0) == ok);
+                                int pr_r = peer_wire_parse_resp(&f[0].h, f[0].pl, UINT64_MAX, &pr);
+                                check((pr_r == 0) == ok);
+                                if (pr_r == 0)
+                                        check(pr.stream == streamed && pr.body_len == (streamed ? 0 : bl));
                         }
                         break;
                 }

@@ -12,7 +12,13 @@
  * announced, an end only after exactly that many, nothing handed over that still lives in shared
  * memory, no request freed while still linked or assigned. After -EBADMSG the replica is killed
  * (replica_link_fail_all) and a fresh one takes over for the rest of the input. Any violation
- * abort()s. */
+ * abort()s.
+ *
+ * Streamed responses too (RESP_START with PROTO_RESP_STREAM, RESP_BODY pieces, RESP_END): the
+ * sink gets REQUEST_LEN_STREAM and never more than one PROTO_STREAM_WINDOW past what the proxy
+ * credited, a full sink stalls no ring (a streaming one still gets what is in flight), and the
+ * PROTO_REQ_CREDIT records the proxy writes into the request ring (read back when the replica
+ * consumes it) never credit more than its sink took. */
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -43,8 +49,10 @@ struct fake {
         bool full;           /* its sink says it has no room (until OP_RESUME) */
         bool begun;          /* request_begin was called */
         bool responding;     /* was seen in REQUEST_RESPONDING */
+        bool stream;         /* request_begin got REQUEST_LEN_STREAM */
         uint64_t announced;  /* body_len given to request_begin */
         uint64_t delivered;  /* body bytes given to request_body */
+        uint64_t credit_seen; /* PROTO_REQ_CREDIT bytes for it found in the request ring */
 };
 
 static struct fake *fake_of(struct request *u) {
@@ -62,6 +70,7 @@ static struct {
         bool in_poll;
         unsigned finished;  /* responses completed (ended or discarded) during this poll */
         struct loop_deferred *deferred; /* the replica's repoll, when queued */
+        struct ring req_cons; /* the replica's view of its request ring */
 } W;
 
 static uint8_t *resp_data(void) {
@@ -156,7 +165,8 @@ void request_begin(struct request *u, int status, const char *headers, size_t he
         check(W.in_poll);
         check(u->backend == &W.rep.be && W.rep.slots[u->slot] == u && u->state == REQUEST_RESPONDING);
         check(status >= 200 && status <= 599);
-        check(body_len <= PROTO_MAX_RESP_BODY);
+        check(body_len <= PROTO_MAX_RESP_BODY || body_len == REQUEST_LEN_STREAM);
+        check(u->resp_stream == (body_len == REQUEST_LEN_STREAM));
         check(headers_len <= PROTO_MAX_HEADER_BYTES + 4u * PROTO_MAX_RESP_HEADERS);
         check(!in_shared(headers, headers_len));
         check_header_block(headers, headers_len);
@@ -164,6 +174,7 @@ void request_begin(struct request *u, int status, const char *headers, size_t he
                 return; /* cancelled: the model drops it */
         check(!u->cancelled && !f->begun);
         f->begun = true;
+        f->stream = body_len == REQUEST_LEN_STREAM;
         f->announced = body_len;
         f->delivered = 0;
         if (f->drop_in_begin)
@@ -185,8 +196,15 @@ void request_body(struct request *u, const void *data, size_t len) {
         if (!u->sink || len == 0)
                 return;
         check(!u->cancelled && f->begun);
-        check(!u->sink_blocked); /* a stalled sink gets nothing until it is resumed */
-        check(len <= f->announced - f->delivered);
+        if (f->stream) {
+                /* A full stream sink gets what the replica had in flight: at most a window past
+                 * the credit. */
+                check(u->resp_received <= u->resp_credited + PROTO_STREAM_WINDOW);
+                check(len <= PROTO_MAX_RESP_BODY - f->delivered);
+        } else {
+                check(!u->sink_blocked); /* a stalled sink gets nothing until it is resumed */
+                check(len <= f->announced - f->delivered);
+        }
         f->delivered += len;
         if (f->drop_in_body)
                 abandon(u); /* a client that does not read: conn_close() -> detach_request() */
@@ -203,8 +221,12 @@ void request_end(struct request *u) {
 
         check(W.in_poll);
         check(u->sink == &SINK && !u->cancelled);
-        check(f->begun && f->delivered == f->announced);
-        check(u->resp_received == u->resp_body_len && u->resp_body_len == f->announced);
+        if (f->stream)
+                check(f->begun && u->resp_stream && f->delivered == u->resp_received);
+        else {
+                check(f->begun && f->delivered == f->announced);
+                check(u->resp_received == u->resp_body_len && u->resp_body_len == f->announced);
+        }
         check(u->state == REQUEST_DONE);
         check_released(u);
         W.finished++;
@@ -218,7 +240,7 @@ void request_release(struct request *u) {
         check_released(u);
         if (W.in_poll) {
                 /* replica_link.c only discards a finished response of a cancelled request */
-                check(u->resp_received == u->resp_body_len);
+                check(u->resp_stream || u->resp_received == u->resp_body_len);
                 W.finished++;
         }
         free(fake_of(u));
@@ -277,6 +299,7 @@ static void world_open(uint32_t resp_size) {
         W.in_poll = false;
         check(ring_attach(&W.rep.seg.resp, W.resp_mem, resp_size, true) == 0);
         check(ring_attach(&W.rep.seg.req, W.req_mem, REQ_RING_SIZE, true) == 0);
+        check(ring_attach(&W.req_cons, W.req_mem, REQ_RING_SIZE, false) == 0);
         W.rep.seg.fd = -1;
         W.rep.seg.req_bell = -1;
         W.rep.seg.resp_bell = -1;
@@ -320,7 +343,16 @@ static void check_invariants(void) {
                  * otherwise the replica's next RESP_BODY is rejected and the replica killed. */
                 if (f->responding)
                         check(u->state == REQUEST_RESPONDING);
-                if (u->state == REQUEST_RESPONDING) {
+                if (u->state == REQUEST_RESPONDING && u->resp_stream) {
+                        f->responding = true;
+                        /* Credit only for what arrived, and nothing past a window beyond it. */
+                        check(u->resp_credited <= u->resp_received);
+                        check(u->resp_received <= u->resp_credited + PROTO_STREAM_WINDOW);
+                        check(u->resp_received <= PROTO_MAX_RESP_BODY);
+                        check(W.rep.stalled != u); /* a stream never stalls the ring */
+                        if (u->sink)
+                                check(f->begun && f->stream && f->delivered == u->resp_received);
+                } else if (u->state == REQUEST_RESPONDING) {
                         f->responding = true;
                         check(u->resp_received < u->resp_body_len);
                         check(u->resp_body_len <= PROTO_MAX_RESP_BODY);
@@ -329,6 +361,7 @@ static void check_invariants(void) {
                                 check(f->delivered == u->resp_received);
                         }
                 }
+                check(!u->cancel_owed || (u->cancelled && W.rep.ctl_owed));
         }
         check(n == W.rep.ongoing);
         list_for_each_safe(pos, tmp, &W.rep.backlog) {
@@ -453,6 +486,8 @@ static void op_resp_start(struct input *in) {
         uint32_t room = W.resp_size / 4 - sizeof s, off = sizeof s, n = 0;
 
         s.req_id = pick_id(in, sel);
+        if (flags & 32)
+                s.flags = flags & 64 ? get32(in) : PROTO_RESP_STREAM; /* a stream, or any flags */
         s.status = flags & 1 ? get16(in) : 200 + get8(in) % 4 * 100;
         uint8_t n_headers = get8(in) % 8;
         for (uint8_t i = 0; i < n_headers; i++) {
@@ -469,8 +504,10 @@ static void op_resp_start(struct input *in) {
         s.n_headers = flags & 2 ? get8(in) : n;
         s.headers_len = off - sizeof s;
         s.body_len = flags & 4 ? get32(in) : get16(in);
+        if (s.flags == PROTO_RESP_STREAM && !(flags & 128))
+                s.body_len = 0; /* (a stream with a length, sometimes) */
         uint64_t chunk = get16(in); /* MIN() evaluates its arguments twice */
-        s.chunk_len = (uint32_t)MIN(MIN(chunk, s.body_len), room);
+        s.chunk_len = (uint32_t)MIN(MIN(chunk, s.flags ? (uint64_t)UINT32_MAX : s.body_len), room);
         get_bytes(in, buf + off, s.chunk_len);
         off += s.chunk_len;
         if (flags & 8)
@@ -492,6 +529,15 @@ static void op_resp_body(struct input *in) {
         memcpy(buf, &b, sizeof b);
         get_bytes(in, buf + sizeof b, len);
         put_record(PROTO_RESP_BODY, buf, sizeof b + len);
+        if (flags & 16)
+                publish();
+}
+
+static void op_resp_end(struct input *in) {
+        struct proto_cancel e = { .req_id = pick_id(in, get8(in)) };
+        uint8_t flags = get8(in);
+
+        put_record(PROTO_RESP_END, &e, flags & 8 ? sizeof e - 1 - flags % 4 : sizeof e);
         if (flags & 16)
                 publish();
 }
@@ -605,8 +651,39 @@ static void op_resume(struct input *in) {
 }
 
 /* The replica consumes the whole request ring. */
+static void check_req_record(const struct ring_record *rec) {
+        if (rec->type == PROTO_REQ_START) {
+                struct proto_req_start st;
+                check(rec->len >= sizeof st);
+                memcpy(&st, rec->payload, sizeof st);
+                check(st.flags & PROTO_REQ_STREAM_OK); /* every sink here takes streams */
+        } else if (rec->type == PROTO_REQ_CREDIT) {
+                struct proto_credit c;
+                check(rec->len == sizeof c);
+                memcpy(&c, rec->payload, sizeof c);
+                check(c.bytes > 0);
+                uint32_t slot = (uint32_t)c.req_id;
+                check(slot < W.rep.n_slots);
+                struct request *u = W.rep.slots[slot];
+                /* (A request that finished since cannot be checked any more.) */
+                if (u && u->backend_id == c.req_id) {
+                        struct fake *f = fake_of(u);
+                        check(u->resp_stream);
+                        f->credit_seen += c.bytes;
+                        check(f->credit_seen <= u->resp_credited && u->resp_credited <= u->resp_received);
+                }
+        }
+}
+
 static void req_consume(void) {
+        struct ring_record rec;
+        int r;
+
+        while ((r = ring_next(&W.req_cons, &rec)) > 0)
+                check_req_record(&rec);
+        /* Whatever is left (a tail the input set anywhere makes the rest unreadable) is skipped. */
         uint32_t h = atomic_load_explicit(&req_sh()->head, memory_order_acquire);
+        W.req_cons.local = W.req_cons.cached = h;
         atomic_store_explicit(&req_sh()->tail, h, memory_order_release);
 }
 
@@ -628,6 +705,7 @@ enum {
         OP_KILL,
         OP_REQ_SLEEP,
         OP_RESUME,
+        OP_RESP_END,
         N_OPS,
 };
 
@@ -680,7 +758,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         op_cancel(&in);
                         break;
                 case OP_FLUSH:
-                        check(replica_link_flush(&W.rep) == !list_empty(&W.rep.backlog));
+                        check(replica_link_flush(&W.rep) == (!list_empty(&W.rep.backlog) || W.rep.ctl_owed));
                         break;
                 case OP_REQ_CONSUME:
                         req_consume();
@@ -697,6 +775,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         break;
                 case OP_RESUME:
                         op_resume(&in);
+                        break;
+                case OP_RESP_END:
+                        op_resp_end(&in);
                         break;
                 }
                 check_invariants();

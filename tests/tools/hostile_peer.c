@@ -520,7 +520,7 @@ static int read_frame(struct conn *c, struct frame *f, uint64_t deadline) {
         f->type = h[4];
         f->status = get16(h + 6);
         f->stream = get64(h + 8);
-        if (f->len > PEER_FRAME_MAX || f->type < PEER_REQ || f->type > PEER_FAIL)
+        if (f->len > PEER_FRAME_MAX || f->type < PEER_REQ || f->type > PEER_RESP_END)
                 return -EBADMSG;
         free(f->payload);
         f->payload = malloc(f->len + 1);
