@@ -69,5 +69,5 @@ void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len);
 void resp_publish(struct replica *rep);
 /* The proxy broke the protocol: end the process (exit 2). */
 _noreturn_ void peer_broken(int r, const char *what);
-/* Replaces resp with a plain 500. */
+/* Replaces resp with a plain 500 (response.c). */
 void response_internal_error(struct serve_response *resp);

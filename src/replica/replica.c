@@ -301,12 +301,6 @@ void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len) {
         }
 }
 
-void response_internal_error(struct serve_response *resp) {
-        serve_response_clear(resp);
-        resp->status = 500;
-        serve_response_write(resp, "internal error\n", strlen("internal error\n"));
-}
-
 /* Frames resp as RESP_START + RESP_BODY records and publishes them. */
 static void send_response(struct replica *rep, uint64_t id, struct serve_response *resp) {
         uint32_t max = ring_max_payload(&rep->seg.resp);
