@@ -17,12 +17,20 @@ enum ring_owner {
         RING_MAIN,   /* the main thread: every handler thread was busy */
 };
 
+struct batcher;
+
 struct replica {
         int ctl_fd;
         int sig_fd;
         struct segment seg;
         const struct serve_deployment *dep;
         size_t n_handlers;
+        /* Batched handlers (batch.c). The handler numbering is dep->handlers (0 .. n_handlers-1),
+         * then dep->batched (n_handlers + j, run by batchers[j]). Set at start, before the
+         * handler threads; fixed after (a batcher's parameters change under its own lock). */
+        size_t n_batched;
+        struct batcher **batchers;
+        uint32_t http_handler;               /* where HTTP requests go (see replica.c) */
         struct serve_ctx ctx;
         unsigned max_ongoing;
         double health_period_s;
@@ -59,6 +67,12 @@ struct replica {
         uint64_t drain_deadline;
         int exit_status;
 };
+
+/* ---- handlers (replica.c) ---- */
+
+/* The index of the handler called `name` in the handler numbering (plain handlers, then
+ * batched ones), or -ENOENT. */
+int replica_handler_index(const struct replica *rep, const char *name);
 
 /* ---- the response ring (replica.c) ---- */
 
