@@ -41,7 +41,10 @@ struct batcher {
         const struct serve_batch_handler *h;
         pthread_mutex_t lock;
         pthread_cond_t leader_cond; /* CLOCK_MONOTONIC: a leader waits for its batch to fill */
-        pthread_cond_t done_cond;   /* members wait for their response */
+        /* Members wait for their response here, whatever their batch: a leader's broadcast
+         * also wakes members of other batches, who look at their own flag and sleep again (at
+         * most max_ongoing_requests threads wait; one condition needs no per-batch setup). */
+        pthread_cond_t done_cond;
         /* Guarded by lock, like everything below. */
         unsigned max_batch_size;
         double wait_s;
