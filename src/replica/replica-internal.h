@@ -17,6 +17,8 @@ enum ring_owner {
         RING_MAIN,   /* the main thread: every handler thread was busy */
 };
 
+struct batcher;
+
 struct replica {
         int ctl_fd;
         int sig_fd;
@@ -24,6 +26,12 @@ struct replica {
         const struct serve_application *app; /* the loaded module's application (the graph) */
         const struct serve_deployment *dep;
         size_t n_handlers;
+        /* Batched handlers (batch.c). The handler numbering is dep->handlers (0 .. n_handlers-1),
+         * then dep->batched (n_handlers + j, run by batchers[j]). Set at start, before the
+         * handler threads; fixed after (a batcher's parameters change under its own lock). */
+        size_t n_batched;
+        struct batcher **batchers;
+        uint32_t http_handler;               /* where HTTP requests go (see replica.c) */
         struct serve_ctx ctx;
         unsigned max_ongoing;
         double health_period_s;
@@ -63,6 +71,12 @@ struct replica {
         int exit_status;
 };
 
+/* ---- handlers (replica.c) ---- */
+
+/* The index of the handler called `name` in the handler numbering (plain handlers, then
+ * batched ones), or -ENOENT. */
+int replica_handler_index(const struct replica *rep, const char *name);
+
 /* ---- the response ring (replica.c) ---- */
 
 /* Reserves a response record, waiting for the proxy to free space. Call with send_lock held: a
@@ -72,7 +86,7 @@ void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len);
 void resp_publish(struct replica *rep);
 /* The proxy broke the protocol: end the process (exit 2). */
 _noreturn_ void peer_broken(int r, const char *what);
-/* Replaces resp with a plain 500. */
+/* Replaces resp with a plain 500 (response.c). */
 void response_internal_error(struct serve_response *resp);
 
 /* ---- streaming responses (stream.c) ---- */

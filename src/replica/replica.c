@@ -30,6 +30,7 @@
 #include <sys/signalfd.h>
 #include <time.h>
 
+#include "batch.h"
 #include "calls.h"
 #include "graph.h"
 #include "log.h"
@@ -56,9 +57,82 @@
 
 static size_t handler_count(const struct serve_deployment *d) {
         size_t n = 0;
-        while (n < REPLICA_MAX_LIST && (d->handlers[n].name || d->handlers[n].fn))
+        while (d->handlers && n < REPLICA_MAX_LIST && (d->handlers[n].name || d->handlers[n].fn))
                 n++;
         return n;
+}
+
+static size_t batched_count(const struct serve_deployment *d) {
+        size_t n = 0;
+        while (d->batched && n < REPLICA_MAX_LIST && (d->batched[n].name || d->batched[n].fn))
+                n++;
+        return n;
+}
+
+/* Handler i of the numbering: the plain ones (n_plain of them), then the batched ones. */
+static const char *handler_name(const struct serve_deployment *d, size_t n_plain, size_t i) {
+        return i < n_plain ? d->handlers[i].name : d->batched[i - n_plain].name;
+}
+
+/* The handler HTTP requests go to: "__call__" when there is one, else the first plain handler,
+ * else the first batched one (d has at least one). */
+static uint32_t http_handler_index(const struct serve_deployment *d) {
+        size_t n_plain = handler_count(d), n = n_plain + batched_count(d);
+
+        for (size_t i = 0; i < n; i++)
+                if (streq(handler_name(d, n_plain, i), "__call__"))
+                        return (uint32_t) i;
+        return 0;
+}
+
+int replica_handler_index(const struct replica *rep, const char *name) {
+        for (size_t i = 0; i < rep->n_handlers + rep->n_batched; i++)
+                if (streq(handler_name(rep->dep, rep->n_handlers, i), name))
+                        return (int) i;
+        return -ENOENT;
+}
+
+/* Checks d's handlers, plain and batched. */
+static int handlers_validate(const struct serve_deployment *d, const char *where, char **ret_error) {
+        size_t h = handler_count(d), nb = batched_count(d);
+
+        if (h >= REPLICA_MAX_LIST)
+                return error_set(-EINVAL, ret_error,
+                                 "%s: deployment '%s': handlers not terminated by { NULL, NULL }",
+                                 where, d->name);
+        if (nb >= REPLICA_MAX_LIST)
+                return error_set(-EINVAL, ret_error,
+                                 "%s: deployment '%s': batched handlers not terminated by { NULL }",
+                                 where, d->name);
+        if (h + nb == 0)
+                return error_set(-EINVAL, ret_error, "%s: deployment '%s' has no handlers", where, d->name);
+        for (size_t j = 0; j < h; j++)
+                if (!d->handlers[j].name || !*d->handlers[j].name || !d->handlers[j].fn)
+                        return error_set(-EINVAL, ret_error,
+                                         "%s: deployment '%s': handler #%zu needs a name and a function",
+                                         where, d->name, j);
+        for (size_t j = 0; j < nb; j++) {
+                const struct serve_batch_handler *b = &d->batched[j];
+                unsigned max;
+                double wait_s;
+
+                if (!b->name || !*b->name || !b->fn)
+                        return error_set(-EINVAL, ret_error,
+                                         "%s: deployment '%s': batched handler #%zu needs a name and a function",
+                                         where, d->name, j);
+                batch_handler_params(b, &max, &wait_s);
+                if (!batch_params_valid(max, wait_s))
+                        return error_set(-EINVAL, ret_error,
+                                         "%s: deployment '%s': batched handler '%s': batch_wait_timeout_s must be from 0 to %g seconds",
+                                         where, d->name, b->name, BATCH_MAX_WAIT_S);
+        }
+        for (size_t i = 0; i < h + nb; i++)
+                for (size_t j = 0; j < i; j++)
+                        if (streq(handler_name(d, h, i), handler_name(d, h, j)))
+                                return error_set(-EINVAL, ret_error,
+                                                 "%s: deployment '%s': handler name '%s' is used twice",
+                                                 where, d->name, handler_name(d, h, i));
+        return 0;
 }
 
 int replica_app_validate(const struct serve_application *app, const char *where, char **ret_error) {
@@ -87,19 +161,9 @@ int replica_app_validate(const struct serve_application *app, const char *where,
                                 return error_set(-EINVAL, ret_error,
                                               "%s: deployment name '%s' is used twice", where,
                                               d->name);
-                if (!d->handlers || !d->handlers[0].name)
-                        return error_set(-EINVAL, ret_error, "%s: deployment '%s' has no handlers",
-                                      where, d->name);
-                size_t h = handler_count(d);
-                if (h >= REPLICA_MAX_LIST)
-                        return error_set(-EINVAL, ret_error,
-                                      "%s: deployment '%s': handlers not terminated by { NULL, NULL }",
-                                      where, d->name);
-                for (size_t j = 0; j < h; j++)
-                        if (!d->handlers[j].name || !*d->handlers[j].name || !d->handlers[j].fn)
-                                return error_set(-EINVAL, ret_error,
-                                              "%s: deployment '%s': handler #%zu needs a name and a function",
-                                              where, d->name, j);
+                int r = handlers_validate(d, where, ret_error);
+                if (r < 0)
+                        return r;
                 if (d == app->ingress)
                         ingress_found = true;
         }
@@ -144,23 +208,49 @@ static int app_load(const char *path, const char *symbol, const struct serve_app
 
 /* ---- --describe ---- */
 
+/* "handlers": every handler name in the numbering (plain, then batched); "batched": the
+ * batched ones with their parameters, defaults applied. */
+static int handlers_to_json(const struct serve_deployment *d, cJSON *j) {
+        size_t n_plain = handler_count(d), n_batched = batched_count(d);
+        cJSON *handlers, *batched;
+
+        if (!(handlers = cJSON_AddArrayToObject(j, "handlers")) ||
+            !(batched = cJSON_AddArrayToObject(j, "batched")))
+                return -ENOMEM;
+        for (size_t i = 0; i < n_plain + n_batched; i++) {
+                cJSON *s = cJSON_CreateString(handler_name(d, n_plain, i));
+                if (!s || !cJSON_AddItemToArray(handlers, s)) {
+                        cJSON_Delete(s);
+                        return -ENOMEM;
+                }
+        }
+        for (size_t i = 0; i < n_batched; i++) {
+                cJSON *b = cJSON_CreateObject();
+                unsigned max;
+                double wait_s;
+
+                batch_handler_params(&d->batched[i], &max, &wait_s);
+                if (!b || !cJSON_AddItemToArray(batched, b)) {
+                        cJSON_Delete(b);
+                        return -ENOMEM;
+                }
+                if (!cJSON_AddStringToObject(b, "name", d->batched[i].name) ||
+                    !cJSON_AddNumberToObject(b, "max_batch_size", max) ||
+                    !cJSON_AddNumberToObject(b, "batch_wait_timeout_s", wait_s))
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
 static cJSON *deployment_to_json(const struct serve_deployment *d) {
         const struct serve_deployment_options *o = &d->defaults;
-        cJSON *j = cJSON_CreateObject(), *handlers, *defaults;
+        cJSON *j = cJSON_CreateObject(), *defaults;
 
         if (!j)
                 return NULL;
-        if (!cJSON_AddStringToObject(j, "name", d->name) ||
-            !(handlers = cJSON_AddArrayToObject(j, "handlers")) ||
+        if (!cJSON_AddStringToObject(j, "name", d->name) || handlers_to_json(d, j) < 0 ||
             !(defaults = cJSON_AddObjectToObject(j, "defaults")))
                 goto fail;
-        for (size_t i = 0; d->handlers[i].name; i++) {
-                cJSON *s = cJSON_CreateString(d->handlers[i].name);
-                if (!s || !cJSON_AddItemToArray(handlers, s)) {
-                        cJSON_Delete(s);
-                        goto fail;
-                }
-        }
         if (!cJSON_AddNumberToObject(defaults, "num_replicas", o->num_replicas) ||
             !cJSON_AddNumberToObject(defaults, "max_ongoing_requests", o->max_ongoing_requests) ||
             !cJSON_AddNumberToObject(defaults, "max_queued_requests", o->max_queued_requests) ||
@@ -302,12 +392,6 @@ void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len) {
                 nanosleep(&(struct timespec) { .tv_nsec = backoff_ns }, NULL);
                 backoff_ns = MIN(backoff_ns * 2, 1000 * 1000L);
         }
-}
-
-void response_internal_error(struct serve_response *resp) {
-        serve_response_clear(resp);
-        resp->status = 500;
-        serve_response_write(resp, "internal error\n", strlen("internal error\n"));
 }
 
 /* Frames resp as RESP_START + RESP_BODY records and publishes them. */
@@ -453,10 +537,15 @@ static void run_request(struct replica *rep, struct serve_request *req, struct s
                 resp->status = 499;
                 return;
         }
-        if (req->handler >= rep->n_handlers) {
+        if (req->handler >= rep->n_handlers + rep->n_batched) {
                 log_error("Request for handler #%u, but deployment has %zu handlers, answering 500",
-                          req->handler, rep->n_handlers);
+                          req->handler, rep->n_handlers + rep->n_batched);
                 response_internal_error(resp);
+                return;
+        }
+        if (req->handler >= rep->n_handlers) {
+                /* It settles failures and cancellations itself, request by request. */
+                batch_run(rep->batchers[req->handler - rep->n_handlers], &rep->ctx, req, resp);
                 return;
         }
 
@@ -519,19 +608,6 @@ _noreturn_ static void bad_record(const char *why) {
         _exit(2);
 }
 
-/* The handler index of a method name: plain handlers first, then batched ones. */
-static int handler_by_name(const struct replica *rep, const char *name) {
-        size_t n = handler_count(rep->dep);
-
-        for (size_t i = 0; i < n; i++)
-                if (streq(rep->dep->handlers[i].name, name))
-                        return (int) i;
-        for (size_t j = 0; rep->dep->batched && j < REPLICA_MAX_LIST && rep->dep->batched[j].name; j++)
-                if (streq(rep->dep->batched[j].name, name))
-                        return (int) (n + j);
-        return -ENOENT;
-}
-
 /* A handle call names its method, caller and call path in headers only the worker writes. */
 static void resolve_call(struct replica *rep, struct serve_request *req) {
         const char *m = NULL;
@@ -545,7 +621,7 @@ static void resolve_call(struct replica *rep, struct serve_request *req) {
                 else if (strcasecmp(h->name, "serve-call-path") == 0)
                         req->call_path = h->value;
         }
-        int k = m ? handler_by_name(rep, m) : -ENOENT;
+        int k = m ? replica_handler_index(rep, m) : -ENOENT;
         if (k < 0)
                 req->reject_status = 404;
         else
@@ -612,8 +688,10 @@ static void on_req_start(struct replica *rep, const uint8_t *p, uint32_t len,
         p += st.headers_len;
 
         req->id = st.req_id;
-        req->handler = st.handler;
         req->flags = st.flags;
+        /* HTTP requests (handler 0 on the wire) go to the deployment's HTTP handler; a handle
+         * call names its method. */
+        req->handler = rep->http_handler;
         if (st.flags & PROTO_REQ_CALL)
                 resolve_call(rep, req);
         req->body_len = st.body_len;
@@ -940,6 +1018,43 @@ _noreturn_ static void replica_finish(struct replica *rep, bool all_done) {
         _exit(rep->exit_status);
 }
 
+/* Gives every batcher its handler's parameters, overridden by user_config's max_batch_size and
+ * batch_wait_timeout_s (invalid ones are logged and ignored). */
+static void batchers_configure(struct replica *rep, const char *user_config) {
+        struct batch_overrides o;
+
+        if (rep->n_batched == 0)
+                return; /* the keys may mean something else to the deployment */
+        batch_overrides_parse(user_config, &o);
+        for (size_t j = 0; j < rep->n_batched; j++) {
+                unsigned max;
+                double wait_s;
+
+                batch_apply_overrides(rep->batchers[j], &o);
+                batch_get_params(rep->batchers[j], &max, &wait_s);
+                log_info("Batched handler %s: max_batch_size %u, batch_wait_timeout_s %g%s",
+                         rep->dep->batched[j].name, max, wait_s,
+                         max > rep->max_ongoing ? " (a batch holds at most max_ongoing_requests)" : "");
+        }
+}
+
+/* One batcher per batched handler, configured with user_config. */
+static int batchers_create(struct replica *rep, const char *user_config) {
+        rep->n_batched = batched_count(rep->dep);
+        if (rep->n_batched == 0)
+                return 0;
+        rep->batchers = calloc(rep->n_batched, sizeof *rep->batchers);
+        if (!rep->batchers)
+                return -ENOMEM;
+        for (size_t j = 0; j < rep->n_batched; j++) {
+                int r = batch_new(&rep->dep->batched[j], &rep->batchers[j]);
+                if (r < 0)
+                        return r; /* the process ends: nothing to free */
+        }
+        batchers_configure(rep, user_config);
+        return 0;
+}
+
 static void on_reconfigure(struct replica *rep, const cJSON *msg) {
         _cleanup_free_ char *uc = NULL, *e = NULL;
         int r;
@@ -950,8 +1065,10 @@ static void on_reconfigure(struct replica *rep, const cJSON *msg) {
                 begin_drain(rep, REPLICA_DEFAULT_GRACEFUL_S, 1);
                 return;
         }
+        batchers_configure(rep, uc);
         if (!rep->dep->reconfigure) {
-                if (!uc) {
+                /* A user_config may be there for the batched handlers alone. */
+                if (!uc || rep->n_batched > 0) {
                         ctl_send(rep, "reconfigured", NULL);
                         return;
                 }
@@ -1259,6 +1376,7 @@ int replica_run(int control_fd) {
         rep->app = app;
         calls_init(rep);
         rep->ctx.ops = &calls_runtime_ops;
+        rep->http_handler = http_handler_index(rep->dep);
 
         if (max_ongoing < 1)
                 max_ongoing = rep->dep->defaults.max_ongoing_requests > 0
@@ -1270,6 +1388,12 @@ int replica_run(int control_fd) {
                                         ? rep->dep->defaults.health_check_period_s
                                         : REPLICA_DEFAULT_HEALTH_PERIOD_S;
         rep->health_period_s = health_period;
+        r = batchers_create(rep, user_config);
+        if (r < 0) {
+                char m[128];
+                snprintf(m, sizeof m, "cannot set up the batched handlers: %s", strerror(-r));
+                start_failed(rep, m);
+        }
         /* The proxy keeps at most max_ongoing in flight; the slack covers a response that is
          * still being framed when the proxy already sent the next request. */
         rep->table_cap = 2 * (size_t) rep->max_ongoing + 16;

@@ -6,7 +6,8 @@
 #include "serve.h"
 
 /* Checks what a module exports: ABI version, an ingress that is one of the deployments,
- * unique non-empty deployment names, at least one handler each. `where` ("FILE: symbol 'S'")
+ * unique non-empty deployment names, at least one handler each (plain or batched, names unique
+ * across both, batch parameters in range). `where` ("FILE: symbol 'S'")
  * prefixes the message. Returns 0, or -EINVAL with *ret_error (malloc'd). */
 int replica_app_validate(const struct serve_application *app, const char *where, char **ret_error);
 
