@@ -8,6 +8,19 @@ set -u
 
 DIR=$WORK/marks
 mkdir -p "$DIR"
+search_yaml() {
+        cat <<YAML
+  - name: search
+    route_prefix: /search
+    import_path: search:app
+    deployments:
+      - name: Pipeline
+        num_replicas: ${2:-1}
+      - name: Embedder
+        num_replicas: 2
+${1:-}
+YAML
+}
 calls_yaml() {
         cat <<YAML
 applications:
@@ -21,7 +34,7 @@ applications:
 ${2:-}
 YAML
 }
-calls_yaml app >"$WORK/apps.yaml"
+{ calls_yaml app; search_yaml; } >"$WORK/apps.yaml"
 start_serve main "$WORK/apps.yaml" || { fail "serve run starts"; finish; exit 1; }
 U=http://127.0.0.1:$PORT/c
 wait_until 30 bash -c "[ \"\$(curl -s -m 5 -d x '$U/call?m=echo')\" = Front:x ]"
@@ -67,6 +80,25 @@ check "a lone request runs as a batch of one once the wait passes" "$(curl -s -m
 check "a streaming call yields the callee's pieces to the caller" "$(curl -s -m 20 -d 5 "$U/pieces")" \
         "rc=0 pieces>0=1 bytes=40 first=piece 0"
 
+# ---- the search pipeline: Pipeline -> Embedder (batched) -> Ranker ----
+S=http://127.0.0.1:$PORT/search
+search() { curl -s -m 20 -d "$1" "$S"; }
+wait_until 30 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -m 5 -d '{\"query\":\"a\",\"docs\":[\"a\"]}' '$S')\" = 200 ]"
+check "search: the README's query ranks the cat first" \
+        "$(search '{"query":"cat","docs":["a dog barks","a cat sleeps"],"top_k":1}' | jq -c '[.results[].index]')" "[1]"
+out=$(search '{"query":"red apple pie","docs":["blue sky","red apple pie","apple","pie in the sky","red"],"top_k":5}')
+check "search: results in descending score, every document ranked" "$(jq -c '[.results[].index]' <<<"$out")" "[1,2,4,3,0]"
+check "search: the same text scores 1" "$(jq '.results[0].score' <<<"$out")" "1"
+check "search: scores descend" "$(jq '[.results[].score] | . == (sort | reverse)' <<<"$out")" "true"
+check "search: top_k limits the results" "$(search '{"query":"a","docs":["a","b","c"],"top_k":2}' | jq '.results | length')" "2"
+check "search: bad JSON is 400" "$(http_code -d '{"query":' "$S")" "400"
+check_contains "search: ... with a message" "$(search '{"query":')" "not valid JSON"
+check_contains "search: a missing field is named" "$(search '{"docs":["a"]}')" "query"
+check_contains "search: a document that is not a string is named" "$(search '{"query":"a","docs":["a",3]}')" '\"docs\"[1] must be a string'
+check "search: top_k 0 is 400" "$(http_code -d '{"query":"a","docs":["a"],"top_k":0}' "$S")" "400"
+check "search: GET is 405" "$(http_code "$S")" "405"
+check_contains "search: the Ranker says where it ranks" "$(cat "$LOG")" "Ranker: no GPU visible, ranking on the CPU"
+
 # ---- the graph is checked when the module loads ----
 calls_yaml cyclic >"$WORK/cyclic.yaml"
 out=$("$SERVE" run --http-host 127.0.0.1 --http-port "$(free_port)" "$WORK/cyclic.yaml" 2>&1)
@@ -81,13 +113,16 @@ kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null
 
 # ---- two nodes: Front on node-1, Leaf only on node-2 (custom resources pin them) ----
 cluster_init 127.0.17 3
-worker_resources() { echo "{num_cpus: 2, custom: {$( [ "$1" = 1 ] && echo front || echo leaf): 1}}"; }
+worker_resources() { echo "{num_cpus: 16, custom: {$( [ "$1" = 1 ] && echo front || echo leaf): 1}}"; }
 calls_yaml app "      - name: Front
         ray_actor_options: {resources: {front: 0.5}}
       - name: Mid
         ray_actor_options: {resources: {front: 0.1}}
       - name: Busy
         ray_actor_options: {resources: {front: 0.1}}" | sed 's/^      - name: Leaf$/      - name: Leaf\n        ray_actor_options: {resources: {leaf: 0.5}}/' >"$CONF/apps.yaml"
+search_yaml "        ray_actor_options: {resources: {front: 0.2}}
+      - name: Ranker
+        ray_actor_options: {resources: {leaf: 0.2}}" 2 >>"$CONF/apps.yaml"
 start_head || { fail "serve-head starts"; sed 's/^/#   /' "$WORK/head.log"; finish; exit 1; }
 for n in 1 2; do start_worker "$n"; done
 node_http() { echo "http://$NET.$(($1 + 1)):$HTTP_PORT"; }
@@ -107,5 +142,13 @@ wait_until 20 test -e "$DIR/leaf-started" || fail "Leaf.wait started on node-2"
 kill "$chain_pid"
 wait_until 20 test -e "$DIR/cancelled-leaf" && pass "cancellation crosses the link (Leaf on node-2 sees cancelled)" ||
         fail "cancellation crosses the link (Leaf on node-2 sees cancelled)"
+
+wait_until 60 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -m 5 -d '{\"query\":\"a\",\"docs\":[\"a\"]}' $(node_http 2)/search)\" = 200 ]"
+check "search: Embedder runs on node-1 only" "$(running search Embedder | cut -d' ' -f1 | sort -u)" "node-1"
+check "search: Ranker runs on node-2 only" "$(running search Ranker | cut -d' ' -f1 | sort -u)" "node-2"
+for n in 1 2; do
+        check "search end to end through node-$n's proxy, Embedder and Ranker on different nodes" \
+                "$(curl -s -m 20 -d '{"query":"red apple pie","docs":["blue sky","red apple pie","apple","pie in the sky","red"],"top_k":5}' "$(node_http "$n")/search" | jq -c '[.results[].index]')" "[1,2,4,3,0]"
+done
 
 finish
