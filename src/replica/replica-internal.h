@@ -82,6 +82,10 @@ int replica_handler_index(const struct replica *rep, const char *name);
 /* Reserves a response record, waiting for the proxy to free space. Call with send_lock held: a
  * response's records stay contiguous in the ring. */
 void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len);
+/* Writes resp's RESP_START record for request id (status, headers, the first `first` body
+ * bytes; body_len and flags as given), send_lock held; not yet published. */
+void resp_put_start(struct replica *rep, uint64_t id, const struct serve_response *resp, uint64_t body_len,
+                    uint32_t flags, size_t first);
 /* Makes the records allocated so far visible to the proxy (rings its doorbell if it sleeps). */
 void resp_publish(struct replica *rep);
 /* The proxy broke the protocol: end the process (exit 2). */

@@ -394,21 +394,9 @@ void *resp_alloc(struct replica *rep, uint16_t type, uint32_t len) {
         }
 }
 
-/* Frames resp as RESP_START + RESP_BODY records and publishes them. */
-static void send_response(struct replica *rep, uint64_t id, struct serve_response *resp) {
-        uint32_t max = ring_max_payload(&rep->seg.resp);
-        size_t fixed = sizeof(struct proto_resp_start);
-
-        if (fixed + resp->headers_bytes >= max) {
-                log_error("Response headers (%zu bytes) do not fit in one ring record (%u bytes), answering 500",
-                          resp->headers_bytes, max);
-                response_internal_error(resp);
-        }
-
-        size_t first = MIN(resp->body_len, max - fixed - resp->headers_bytes);
-        size_t len = fixed + resp->headers_bytes + first;
-
-        pthread_mutex_lock(&rep->send_lock);
+void resp_put_start(struct replica *rep, uint64_t id, const struct serve_response *resp, uint64_t body_len,
+                    uint32_t flags, size_t first) {
+        size_t len = sizeof(struct proto_resp_start) + resp->headers_bytes + first;
         uint8_t *p = resp_alloc(rep, PROTO_RESP_START, (uint32_t) len);
         struct proto_resp_start st = {
                 .req_id = id,
@@ -416,7 +404,8 @@ static void send_response(struct replica *rep, uint64_t id, struct serve_respons
                 .n_headers = (uint32_t) resp->n_headers,
                 .headers_len = (uint32_t) resp->headers_bytes,
                 .chunk_len = (uint32_t) first,
-                .body_len = resp->body_len,
+                .body_len = body_len,
+                .flags = flags,
         };
         memcpy(p, &st, sizeof st);
         p += sizeof st;
@@ -434,6 +423,23 @@ static void send_response(struct replica *rep, uint64_t id, struct serve_respons
         }
         if (first > 0)
                 memcpy(p, resp->body, first);
+}
+
+/* Frames resp as RESP_START + RESP_BODY records and publishes them. */
+static void send_response(struct replica *rep, uint64_t id, struct serve_response *resp) {
+        uint32_t max = ring_max_payload(&rep->seg.resp);
+        size_t fixed = sizeof(struct proto_resp_start);
+
+        if (fixed + resp->headers_bytes >= max) {
+                log_error("Response headers (%zu bytes) do not fit in one ring record (%u bytes), answering 500",
+                          resp->headers_bytes, max);
+                response_internal_error(resp);
+        }
+
+        size_t first = MIN(resp->body_len, max - fixed - resp->headers_bytes);
+
+        pthread_mutex_lock(&rep->send_lock);
+        resp_put_start(rep, id, resp, resp->body_len, 0, first);
         resp_publish(rep);
 
         for (size_t off = first; off < resp->body_len;) {

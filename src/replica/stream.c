@@ -138,7 +138,6 @@ static ssize_t send_start(struct stream *st, struct serve_response *resp) {
         struct replica *rep = st->rep;
         uint32_t max = ring_max_payload(&rep->seg.resp);
         size_t fixed = sizeof(struct proto_resp_start), first;
-        uint8_t *p;
 
         if (fixed + resp->headers_bytes >= max) {
                 log_error("Response headers (%zu bytes) do not fit in one ring record (%u bytes): not streaming",
@@ -156,32 +155,7 @@ static ssize_t send_start(struct stream *st, struct serve_response *resp) {
         resp->streaming = true;
 
         pthread_mutex_lock(&rep->send_lock);
-        p = resp_alloc(rep, PROTO_RESP_START, (uint32_t) (fixed + resp->headers_bytes + first));
-        struct proto_resp_start s = {
-                .req_id = st->req->id,
-                .status = (uint32_t) resp->status,
-                .n_headers = (uint32_t) resp->n_headers,
-                .headers_len = (uint32_t) resp->headers_bytes,
-                .chunk_len = (uint32_t) first,
-                .body_len = 0,
-                .flags = PROTO_RESP_STREAM,
-        };
-        memcpy(p, &s, sizeof s);
-        p += sizeof s;
-        for (size_t i = 0; i < resp->n_headers; i++) {
-                struct proto_header h = {
-                        .name_len = (uint32_t) strlen(resp->headers[i].name),
-                        .value_len = (uint32_t) strlen(resp->headers[i].value),
-                };
-                memcpy(p, &h, sizeof h);
-                p += sizeof h;
-                memcpy(p, resp->headers[i].name, h.name_len);
-                p += h.name_len;
-                memcpy(p, resp->headers[i].value, h.value_len);
-                p += h.value_len;
-        }
-        if (first > 0)
-                memcpy(p, resp->body, first);
+        resp_put_start(rep, st->req->id, resp, 0, PROTO_RESP_STREAM, first);
         resp_publish(rep);
         pthread_mutex_unlock(&rep->send_lock);
         return (ssize_t) first;
