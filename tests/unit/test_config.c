@@ -497,8 +497,8 @@ static void test_files(void) {
                 return;
         ok(strcmp(c->path, path) == 0, "path recorded");
         ok(strcmp(c->http.host, "0.0.0.0") == 0 && c->http.port == 8000, "listens on 0.0.0.0:8000");
-        is_int(c->n_apps, 3, "three example applications");
-        if (c->n_apps == 3) {
+        is_int(c->n_apps, 4, "four example applications");
+        if (c->n_apps == 4) {
                 struct app_config *e = &c->apps[0], *s = &c->apps[1];
                 ok(strcmp(e->name, "echo") == 0 && strcmp(e->route_prefix, "/echo") == 0 &&
                            strcmp(e->import_path, "echo:app") == 0,
@@ -519,6 +519,14 @@ static void test_files(void) {
                 ok(strcmp(c->apps[2].name, "burn") == 0 && b->has_autoscaling && b->autoscaling.min_replicas == 1 &&
                            b->autoscaling.max_replicas == 4 && b->autoscaling.target_cpu_utilization > 0,
                    "burn: autoscaled 1..4, on requests and CPU");
+                const struct app_config *sa = &c->apps[3];
+                ok(strcmp(sa->name, "search") == 0 && strcmp(sa->route_prefix, "/search") == 0 &&
+                           strcmp(sa->import_path, "search:app") == 0 && sa->n_deployments == 3,
+                   "search: the pipeline's three deployments");
+                ok(sa->n_deployments == 3 && sa->deployments[1].has_autoscaling &&
+                           sa->deployments[1].autoscaling.min_replicas == 2 &&
+                           sa->deployments[1].autoscaling.max_replicas == 8,
+                   "search: Embedder autoscaled 2..8");
         }
         config_free(c);
 }
