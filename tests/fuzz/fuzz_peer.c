@@ -74,12 +74,13 @@ static void check_frame(const struct peer_frame_header *h, const char *pl, uint6
                 if (h->len >= 16) {
                         uint64_t al = rd16(pl), hl = rd32(pl + 4), bl = rd64(pl + 8);
                         valid = al >= 1 && al <= PEER_MAX_APP && hl >= 1 && 16 + al + hl <= h->len &&
-                                h->len - 16 - al - hl <= bl;
+                                h->len - 16 - al - hl <= bl && (rd16(pl + 2) & ~PEER_REQ_F_CALL) == 0;
                 }
                 check(valid == (r == 0));
         }
         if (r == 0) {
                 check(rq.app == pl + 16);
+                check(rq.flags == rd16(pl + 2));
                 check(rq.app_len >= 1 && rq.app_len <= PEER_MAX_APP);
                 check(inside(rq.app, rq.app_len, pl, h->len));
                 check(rq.head == rq.app + rq.app_len && rq.head_len >= 1);
