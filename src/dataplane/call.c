@@ -182,6 +182,12 @@ static void call_answered(struct call *c) {
 
 /* ---- the sink: the calling replica ---- */
 
+/* Whether c's caller takes more of its answer as far as flow control goes: one that reads a
+ * streamed answer in pieces only while it has credit left (its CALL_CREDIT resumes it). */
+static bool has_credit(const struct call *c) {
+        return !(c->stream && c->want_stream) || c->credit > 0;
+}
+
 static void sink_begin(struct request *q, int status, const char *headers, size_t headers_len, uint64_t body_len) {
         struct call *c = q->sink_ctx;
 
@@ -436,7 +442,7 @@ int call_link_record(struct replica *rep, uint16_t type, const uint8_t *p, uint3
                         return 0;
                 /* More than a window outstanding would be the caller's own memory: cap it. */
                 c->credit = MIN(c->credit + MIN(cr.bytes, (uint64_t)PROTO_STREAM_WINDOW), (uint64_t)PROTO_STREAM_WINDOW);
-                if (c->q && c->q->sink_blocked && c->pending.len == 0) {
+                if (c->q && c->q->sink_blocked && c->pending.len == 0 && has_credit(c)) {
                         waiting_del(c);
                         request_sink_ready(c->q);
                 }
@@ -477,14 +483,14 @@ bool call_link_flush(struct replica *rep) {
                 pending_del(c);
                 if (!c->q)
                         call_free(c);
-                else if (c->q->sink_blocked)
+                else if (c->q->sink_blocked && has_credit(c))
                         request_sink_ready(c->q);
         }
         if (ring_free_space(&rep->seg.req) > CALL_RING_RESERVE) {
                 list_for_each_safe(pos, tmp, &t->waiting) {
                         struct call *c = list_entry(pos, struct call, wlink);
                         waiting_del(c);
-                        if (c->q && c->q->sink_blocked)
+                        if (c->q && c->q->sink_blocked && has_credit(c))
                                 request_sink_ready(c->q);
                 }
         }

@@ -551,7 +551,8 @@ int replica_link_poll(struct replica *rep) {
                         scratch = n;
                         scratch_cap = rec.len;
                 }
-                memcpy(scratch, rec.payload, rec.len);
+                if (rec.len) /* scratch is still NULL before the first non-empty record */
+                        memcpy(scratch, rec.payload, rec.len);
                 switch (rec.type) {
                 case PROTO_RESP_START:
                         r = on_resp_start(rep, scratch, rec.len);

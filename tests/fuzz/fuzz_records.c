@@ -18,7 +18,18 @@
  * sink gets REQUEST_LEN_STREAM and never more than one PROTO_STREAM_WINDOW past what the proxy
  * credited, a full sink stalls no ring (a streaming one still gets what is in flight), and the
  * PROTO_REQ_CREDIT records the proxy writes into the request ring (read back when the replica
- * consumes it) never credit more than its sink took. */
+ * consumes it) never credit more than its sink took.
+ *
+ * Handle calls: replica_link.c hands PROTO_CALL_* records to call.c, which has its own target
+ * (fuzz_calls.c). Here call.c is stubbed rather than linked (its request-model and router needs
+ * would take over this target): the replica also writes CALL_START, CALL_BODY, CALL_CANCEL and
+ * CALL_CREDIT records, well-framed or not, among its responses. The stubs accept a record whose
+ * framing is right (0) and reject garbage (-EBADMSG), as call_link_record() does before it looks
+ * at its calls, and check that replica_link.c hands each one over only while polling, for this
+ * replica, as a private copy of the ring's bytes, and that a rejected one kills the replica.
+ * call_link_flush() reports calls waiting for ring space as the last call record said
+ * (replica_link_flush() must pass that on), and the calls must be abandoned whenever the replica
+ * is killed. */
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -71,6 +82,9 @@ static struct {
         unsigned finished;  /* responses completed (ended or discarded) during this poll */
         struct loop_deferred *deferred; /* the replica's repoll, when queued */
         struct ring req_cons; /* the replica's view of its request ring */
+        bool calls_waiting;  /* what call_link_flush() reports */
+        bool calls_abandoned; /* call_link_abandon_all() ran for this replica */
+        bool call_rejected;  /* call_link_record() said -EBADMSG during this poll */
 } W;
 
 static uint8_t *resp_data(void) {
@@ -271,6 +285,64 @@ void loop_undefer(struct loop_deferred *d) {
 }
 
 struct router *router_get(void) { return NULL; }
+
+/* ---- stubs of call.c ---- */
+
+static int call_verdict(uint16_t type, const uint8_t *p, uint32_t len);
+
+int call_link_record(struct replica *rep, uint16_t type, const uint8_t *p, uint32_t len) {
+        const volatile uint8_t *d = p;
+        uint8_t sum = 0;
+
+        check(rep == &W.rep && W.in_poll);
+        check(!W.call_rejected); /* nothing is read after garbage */
+        check(type >= PROTO_CALL_START && type <= PROTO_CALL_CREDIT);
+        check(len == 0 || p != NULL);
+        check(!in_shared(p, len)); /* parsed from a private copy: the replica can rewrite the ring */
+        for (uint32_t i = 0; i < len; i++) /* every byte must be readable (ASan) */
+                sum ^= d[i];
+        (void)sum;
+        int r = call_verdict(type, p, len);
+        if (r < 0)
+                W.call_rejected = true;
+        return r;
+}
+
+static int call_verdict(uint16_t type, const uint8_t *p, uint32_t len) {
+        switch (type) {
+        case PROTO_CALL_START: {
+                struct proto_call_start s;
+                if (len < sizeof s)
+                        return -EBADMSG;
+                memcpy(&s, p, sizeof s);
+                if ((uint64_t)s.deployment_len + s.method_len + s.path_len + s.chunk_len != len - sizeof s ||
+                    s.chunk_len > s.body_len)
+                        return -EBADMSG;
+                return 0;
+        }
+        case PROTO_CALL_BODY: {
+                struct proto_body b;
+                if (len < sizeof b)
+                        return -EBADMSG;
+                memcpy(&b, p, sizeof b);
+                return b.len == len - sizeof b ? 0 : -EBADMSG;
+        }
+        case PROTO_CALL_CANCEL:
+                return len == sizeof(struct proto_cancel) ? 0 : -EBADMSG;
+        default:
+                return len == sizeof(struct proto_credit) ? 0 : -EBADMSG;
+        }
+}
+
+bool call_link_flush(struct replica *rep) {
+        check(rep == &W.rep);
+        return W.calls_waiting;
+}
+
+void call_link_abandon_all(struct replica *rep) {
+        check(rep == &W.rep);
+        W.calls_abandoned = true;
+}
 void router_dispatch(struct router *r, struct deployment *dep) { (void)r, (void)dep; }
 
 /* The supervisor's answer to garbage found while resuming: kill it (the world is replaced). */
@@ -308,11 +380,14 @@ static void world_open(uint32_t resp_size) {
         W.rep.state = REPLICA_READY;
         W.rep.on_broken = on_broken;
         W.deferred = NULL;
+        W.calls_waiting = false;
+        W.calls_abandoned = false;
 }
 
 /* The replica is killed: every request still assigned to it gets its 502. */
 static void world_kill(void) {
         replica_link_fail_all(&W.rep, 502, "x");
+        check(W.calls_abandoned); /* the calls it made are cancelled where they run */
         for (uint32_t i = 0; i < W.rep.n_slots; i++)
                 check(W.rep.slots[i] == NULL);
         check(W.rep.ongoing == 0);
@@ -380,8 +455,11 @@ static void check_invariants(void) {
 static void do_poll(void) {
         W.finished = 0;
         W.in_poll = true;
+        W.call_rejected = false;
         int r = replica_link_poll(&W.rep);
         W.in_poll = false;
+        if (W.call_rejected)
+                check(r == -EBADMSG);
         if (r >= 0) {
                 check((unsigned)r == W.finished);
                 if (W.rep.stalled)
@@ -544,9 +622,16 @@ static void op_resp_end(struct input *in) {
 
 /* A record with any type and payload; mostly small types (so 16 and 17 come up often), with an
  * optional request id patched into the first 8 bytes. */
+static void op_call_record(struct input *in, uint16_t t);
+
 static void op_raw_record(struct input *in) {
         uint8_t buf[MAX_REC];
         uint16_t t = get16(in);
+
+        if ((t & 0xc000) == 0x4000) {
+                op_call_record(in, t);
+                return;
+        }
         uint16_t type = t & 0x8000 ? t : t & 0x1f;
         uint32_t len = get16(in) % (W.resp_size / 4 + 1);
 
@@ -557,6 +642,61 @@ static void op_raw_record(struct input *in) {
         }
         put_record(type, buf, len);
         publish();
+}
+
+/* A handle-call record (for call.c, stubbed here): mostly well-framed, sometimes not. */
+static void op_call_record(struct input *in, uint16_t t) {
+        uint8_t buf[MAX_REC];
+        uint16_t type = (uint16_t)(PROTO_CALL_START + (t & 3));
+        bool lie = t & 4;
+        uint32_t room = W.resp_size / 4, len;
+        uint64_t id = get8(in);
+
+        switch (type) {
+        case PROTO_CALL_START: {
+                struct proto_call_start s = { .call_id = id, .deployment_len = 2, .method_len = 1 };
+                s.flags = t & 8 ? PROTO_CALL_STREAM : 0;
+                s.body_len = get16(in);
+                s.chunk_len = (uint32_t)MIN(s.body_len, (uint64_t)(room - sizeof s - 3));
+                uint32_t want = get16(in); /* MIN() evaluates its arguments twice */
+                s.chunk_len = MIN(s.chunk_len, want);
+                memcpy(buf, &s, sizeof s);
+                memcpy(buf + sizeof s, "Abm", 3);
+                len = (uint32_t)sizeof s + 3 + s.chunk_len;
+                get_bytes(in, buf + sizeof s + 3, s.chunk_len);
+                break;
+        }
+        case PROTO_CALL_BODY: {
+                struct proto_body b = { .req_id = id };
+                b.len = get16(in) % (room - sizeof b + 1);
+                memcpy(buf, &b, sizeof b);
+                get_bytes(in, buf + sizeof b, b.len);
+                len = (uint32_t)sizeof b + b.len;
+                break;
+        }
+        case PROTO_CALL_CANCEL:
+                memcpy(buf, &id, sizeof id);
+                len = sizeof id;
+                break;
+        default: {
+                struct proto_credit c = { .req_id = id, .bytes = get16(in) };
+                memcpy(buf, &c, sizeof c);
+                len = sizeof c;
+        }
+        }
+        if (lie) { /* a record length that does not match its fields */
+                if (get8(in) & 1 && len + 8 <= sizeof buf) {
+                        memset(buf + len, 0, 8);
+                        len += 8;
+                } else {
+                        uint32_t cut = 1u + get8(in) % 8u;
+                        len -= MIN(len, cut);
+                }
+        }
+        W.calls_waiting = t & 32; /* what call_link_flush() says from now on */
+        put_record(type, buf, len);
+        if (t & 16)
+                publish();
 }
 
 static void op_write_raw(struct input *in) {
@@ -640,8 +780,11 @@ static void op_resume(struct input *in) {
                 broken = false;
                 W.finished = 0;
                 W.in_poll = true;
+                W.call_rejected = false;
                 d->fn(d);
                 W.in_poll = false;
+                if (W.call_rejected)
+                        check(broken);
                 if (broken) {
                         uint32_t size = W.resp_size;
                         world_kill();
@@ -758,7 +901,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         op_cancel(&in);
                         break;
                 case OP_FLUSH:
-                        check(replica_link_flush(&W.rep) == (!list_empty(&W.rep.backlog) || W.rep.ctl_owed));
+                        check(replica_link_flush(&W.rep) ==
+                              (!list_empty(&W.rep.backlog) || W.rep.ctl_owed || W.calls_waiting));
                         break;
                 case OP_REQ_CONSUME:
                         req_consume();
