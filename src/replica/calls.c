@@ -209,6 +209,12 @@ static int op_call(serve_ctx *ctx, const char *dep, const char *method, const vo
         if (!name_ok(dep) || !name_ok(method))
                 return set_error(ret_error, 400, -EINVAL, "handle call from '%s': invalid deployment or method name",
                                  self->name);
+        /* Its name travels in the call path: the worker refuses (and kills) a path it cannot
+         * carry in a header. */
+        if (!name_ok(self->name))
+                return set_error(ret_error, 400, -EINVAL,
+                                 "deployment '%s' cannot make handle calls: names in a call need printable characters without spaces or '>'",
+                                 self->name);
         if (!graph_binds(self, dep)) {
                 graph_binds_list(self, binds, sizeof binds);
                 return set_error(ret_error, 404, -ENOENT,
