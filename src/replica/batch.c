@@ -22,16 +22,8 @@
 #include "replica-internal.h"
 #include "util.h"
 
-struct batch_member {
-        const serve_request *req;
-        serve_response *resp;
-        struct batch_member *next;
-        size_t batch_size;  /* what batch_run() returns */
-        bool done;          /* resp holds the answer; set by the leader */
-};
-
 struct batch {
-        struct batch_member *head, **tail;
+        struct batch_item *head, **tail;
         size_t n;
         size_t max;         /* max_batch_size when it opened */
         bool closed;        /* no one joins any more; b->open no longer points here */
@@ -137,7 +129,7 @@ static void answer_cancelled(serve_response *resp) {
         resp->status = 499;
 }
 
-static void join_locked(struct batch *g, struct batch_member *m) {
+static void join_locked(struct batch *g, struct batch_item *m) {
         *g->tail = m;
         g->tail = &m->next;
         g->n++;
@@ -180,11 +172,11 @@ static void batch_execute(struct batcher *b, serve_ctx *ctx, struct batch *g) {
         if (!reqs || !resps) {
                 log_error("Out of memory for a batch of %zu for handler %s, answering 500", g->n,
                           b->h->name);
-                for (struct batch_member *m = g->head; m; m = m->next)
+                for (struct batch_item *m = g->head; m; m = m->next)
                         response_internal_error(m->resp);
                 return;
         }
-        for (struct batch_member *m = g->head; m; m = m->next) {
+        for (struct batch_item *m = g->head; m; m = m->next) {
                 if (serve_request_cancelled(m->req)) {
                         answer_cancelled(m->resp);
                         continue;
@@ -196,7 +188,7 @@ static void batch_execute(struct batcher *b, serve_ctx *ctx, struct batch *g) {
         }
         if (n == 0)
                 return;
-        for (struct batch_member *m = g->head; m; m = m->next)
+        for (struct batch_item *m = g->head; m; m = m->next)
                 if (m->batch_size)
                         m->batch_size = n;
 
@@ -212,30 +204,32 @@ static void batch_execute(struct batcher *b, serve_ctx *ctx, struct batch *g) {
         }
 }
 
-size_t batch_run(struct batcher *b, serve_ctx *ctx, const serve_request *req, serve_response *resp) {
-        struct batch_member me = { .req = req, .resp = resp };
+void batch_submit(struct batcher *b, serve_ctx *ctx, struct batch_item *it, void (*complete)(struct batch_item *it)) {
+        it->complete = complete;
+        it->next = NULL;
+        it->batch_size = 0;
 
         /* Left out at once: it would only take a place in the batch. */
-        if (serve_request_cancelled(req)) {
-                answer_cancelled(resp);
-                return 0;
+        if (serve_request_cancelled(it->req)) {
+                answer_cancelled(it->resp);
+                complete(it);
+                return;
         }
 
         pthread_mutex_lock(&b->lock);
         if (b->open) {
+                /* A member: the leader answers it; this thread goes back to serving. */
                 struct batch *g = b->open;
-                join_locked(g, &me);
+                join_locked(g, it);
                 if (g->n >= g->max)
                         close_locked(b, g); /* full: it goes now */
-                while (!me.done)
-                        pthread_cond_wait(&b->done_cond, &b->lock);
                 pthread_mutex_unlock(&b->lock);
-                return me.batch_size;
+                return;
         }
 
         /* We lead a new batch. */
         struct batch g = { .tail = &g.head, .max = b->max_batch_size };
-        join_locked(&g, &me);
+        join_locked(&g, it);
         if (g.n < g.max) {
                 struct timespec deadline = deadline_after(b->wait_s);
                 b->open = &g;
@@ -249,13 +243,38 @@ size_t batch_run(struct batcher *b, serve_ctx *ctx, const serve_request *req, se
         pthread_mutex_unlock(&b->lock);
 
         batch_execute(b, ctx, &g);
+        for (struct batch_item *m = g.head, *next; m; m = next) {
+                next = m->next; /* m may be gone once completed */
+                m->complete(m);
+        }
+}
+
+/* batch_run()'s item: its thread waits for the leader's completion. */
+struct waiting_item {
+        struct batch_item it;
+        struct batcher *b;
+        bool done;
+};
+
+static void waiting_complete(struct batch_item *it) {
+        struct waiting_item *w = container_of(it, struct waiting_item, it);
+        struct batcher *b = w->b;
 
         pthread_mutex_lock(&b->lock);
-        for (struct batch_member *m = g.head; m; m = m->next)
-                m->done = true; /* m may leave once we unlock: the last touch */
+        w->done = true; /* w may leave once we unlock: the last touch */
         pthread_cond_broadcast(&b->done_cond);
         pthread_mutex_unlock(&b->lock);
-        return me.batch_size;
+}
+
+size_t batch_run(struct batcher *b, serve_ctx *ctx, const serve_request *req, serve_response *resp) {
+        struct waiting_item w = { .it = { .req = req, .resp = resp }, .b = b };
+
+        batch_submit(b, ctx, &w.it, waiting_complete);
+        pthread_mutex_lock(&b->lock);
+        while (!w.done)
+                pthread_cond_wait(&b->done_cond, &b->lock);
+        pthread_mutex_unlock(&b->lock);
+        return w.it.batch_size;
 }
 
 /* ---- user_config ---- */

@@ -1,11 +1,14 @@
 /* Batched handlers (Ray's @serve.batch): one batcher per `struct serve_batch_handler`.
  *
- * Every request is run by its own handler thread, which calls batch_run(). The first thread to
- * arrive opens a batch and leads it: it waits until the batch is full or its deadline
- * (batch_wait_timeout_s after it opened) passes, closes it, calls the handler's fn once for all
- * its members and hands each member its own response. Later arrivals join the open batch, or
- * open the next one once it is closed. Members just wait for their response. Nothing here knows
- * the replica: it takes the context, the request and the response, so it is tested alone. */
+ * A handler thread hands its request over with batch_submit(). The first thread to arrive opens
+ * a batch and leads it: it waits until the batch is full or its deadline (batch_wait_timeout_s
+ * after it opened) passes, closes it, calls the handler's fn once for all its members and
+ * completes each member (its own request too) with the member's own response. Later arrivals
+ * join the open batch, or open the next one once it is closed, and return at once: their thread
+ * goes back to serving while the leader answers for them (a parked thread per member would cost
+ * a sleep and a wakeup per request — more than batching saves when fn is cheap). Nothing here
+ * knows the replica: it takes the context, the request and the response, so it is tested
+ * alone. */
 #pragma once
 
 #include <stdbool.h>
@@ -20,6 +23,17 @@
 #define BATCH_MAX_WAIT_S 3600.0
 
 struct batcher;
+
+/* A request handed to a batch: filled by the caller, which keeps it alive until complete(). */
+struct batch_item {
+        const serve_request *req;
+        serve_response *resp;
+        /* Called once resp holds the answer, on the leader's thread (or the caller's, for a
+         * request left out at once); the item is the caller's again. */
+        void (*complete)(struct batch_item *it);
+        size_t batch_size;             /* the size of the batch it ran in; 0: it did not run */
+        struct batch_item *next;       /* batch.c's */
+};
 
 /* Whether max_batch_size (>= 1) and batch_wait_timeout_s (0..BATCH_MAX_WAIT_S) are valid. */
 bool batch_params_valid(unsigned max_batch_size, double wait_s);
@@ -37,6 +51,12 @@ void batch_free(struct batcher *b);
  * Returns 0 or -EINVAL (see batch_params_valid()). */
 int batch_set_params(struct batcher *b, unsigned max_batch_size, double wait_s);
 void batch_get_params(struct batcher *b, unsigned *ret_max, double *ret_wait_s);
+
+/* Hands it->req to a batch of b's handler; complete(it) runs once it->resp holds its answer
+ * (the answers are as for batch_run()). Returns at once when the request joined a batch another
+ * thread leads; the thread that opens a batch waits for it to fill, runs it and completes every
+ * member before it returns. */
+void batch_submit(struct batcher *b, serve_ctx *ctx, struct batch_item *it, void (*complete)(struct batch_item *it));
 
 /* Runs req in a batch of b's handler and returns once resp holds its answer: what fn wrote,
  * 500 "internal error" when fn failed and resp has no status >= 400, or 499 with an empty body

@@ -550,7 +550,8 @@ static void run_request(struct replica *rep, struct serve_request *req, struct s
                 return;
         }
         if (req->handler >= rep->n_handlers) {
-                /* It settles failures and cancellations itself, request by request. */
+                /* (Only when handing it over found no memory.) It settles failures and
+                 * cancellations itself, request by request. */
                 batch_run(rep->batchers[req->handler - rep->n_handlers], &rep->ctx, req, resp);
                 return;
         }
@@ -904,34 +905,85 @@ static struct serve_request *lead(struct replica *rep) {
         }
 }
 
-static void handle_request(struct replica *rep, struct serve_request *req) {
+/* The end of every request: the rest of a stream, out of the table, the answer, freed. */
+static void finish_request(struct replica *rep, struct serve_request *req, struct serve_response *resp,
+                           struct stream *st) {
+        /* A stream's rest goes out while it is still in the table: cancels and credit for it
+         * must find it. */
+        (void) stream_finish_body(st, resp);
+
+        /* Out of the table before the response is visible: the proxy may reuse the id, and a
+         * late cancel for it must find nothing. */
+        pthread_mutex_lock(&rep->lock);
+        table_remove(rep, req);
+        if (st->started)
+                stream_forget_locked(st);
+        pthread_mutex_unlock(&rep->lock);
+
+        if (st->started)
+                stream_send_end(st); /* cancelled or not: the proxy waits for its end */
+        else
+                send_response(rep, req->id, resp);
+        stream_destroy(st);
+        serve_response_clear(resp);
+        serve_request_free(req);
+}
+
+/* A request of a batched handler, handed to its batch: the batch's leader completes it. */
+struct batched_request {
+        struct batch_item it;
+        struct replica *rep;
+        struct serve_request *req;
         struct serve_response resp;
         struct stream st;
+};
+
+static void batched_complete(struct batch_item *it) {
+        struct batched_request *br = container_of(it, struct batched_request, it);
+        struct replica *rep = br->rep;
+
+        finish_request(rep, br->req, &br->resp, &br->st);
+        free(br);
+        pthread_mutex_lock(&rep->lock);
+        rep->outstanding--;
+        pthread_mutex_unlock(&rep->lock);
+}
+
+/* Hands req to its batch. Returns false when there is no memory for that (run it as usual). */
+static bool submit_batched(struct replica *rep, struct serve_request *req) {
+        struct batched_request *br = calloc(1, sizeof *br);
+
+        if (!br)
+                return false;
+        br->rep = rep;
+        br->req = req;
+        serve_response_init(&br->resp);
+        stream_init(&br->st, rep, req, &br->resp);
+        br->it.req = req;
+        br->it.resp = &br->resp;
+        calls_set_current(req);
+        batch_submit(rep->batchers[req->handler - rep->n_handlers], &rep->ctx, &br->it, batched_complete);
+        calls_set_current(NULL);
+        return true;
+}
+
+/* Runs req and answers it. Returns true when it was answered here, false when a batch's leader
+ * answers it (and counts it out of rep->outstanding). */
+static bool handle_request(struct replica *rep, struct serve_request *req) {
+        struct serve_response resp;
+        struct stream st;
+
+        if (!req->reject_status && req->handler >= rep->n_handlers &&
+            req->handler < rep->n_handlers + rep->n_batched && submit_batched(rep, req))
+                return false;
 
         serve_response_init(&resp);
         stream_init(&st, rep, req, &resp);
         calls_set_current(req);
         run_request(rep, req, &resp);
         calls_set_current(NULL);
-        /* A stream's rest goes out while it is still in the table: cancels and credit for it
-         * must find it. */
-        (void) stream_finish_body(&st, &resp);
-
-        /* Out of the table before the response is visible: the proxy may reuse the id, and a
-         * late cancel for it must find nothing. */
-        pthread_mutex_lock(&rep->lock);
-        table_remove(rep, req);
-        if (st.started)
-                stream_forget_locked(&st);
-        pthread_mutex_unlock(&rep->lock);
-
-        if (st.started)
-                stream_send_end(&st); /* cancelled or not: the proxy waits for its end */
-        else
-                send_response(rep, req->id, &resp);
-        stream_destroy(&st);
-        serve_response_clear(&resp);
-        serve_request_free(req);
+        finish_request(rep, req, &resp, &st);
+        return true;
 }
 
 static void *worker_main(void *userdata) {
@@ -965,9 +1017,10 @@ static void *worker_main(void *userdata) {
                         continue;
                 }
                 pthread_mutex_unlock(&rep->lock);
-                handle_request(rep, req);
+                bool answered = handle_request(rep, req);
                 pthread_mutex_lock(&rep->lock);
-                rep->outstanding--;
+                if (answered)
+                        rep->outstanding--;
         }
         pthread_mutex_unlock(&rep->lock);
         return NULL;
