@@ -163,13 +163,14 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
  * still sends until it closes too (or a short timeout), so that unread request bytes do not turn
  * our close into a reset that destroys the response before the client reads it. */
 static void conn_linger(struct conn *c) {
-        struct io_uring_sqe *sqe;
-
         if (c->lingering)
                 return;
         c->lingering = true;
-        sqe = loop_sqe(c->p->loop, NULL);
-        io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
+        /* A plain syscall, not an untracked io_uring operation: one still in flight when the
+         * connection is closed (the client closes at once) could run after the close, on the fd
+         * number the next accepted connection got, and shut down that client's responses. */
+        if (shutdown(c->fd, SHUT_WR) < 0 && errno != ENOTCONN)
+                log_full_errno(LOG_DEBUG, errno, __FILE__, __LINE__, "shutdown() of a lingering connection failed: %m");
         timer_set(c, &c->p->active_list, 2.0);
         arm_recv(c);
 }
