@@ -273,16 +273,6 @@ int call_route(struct router *r, struct request *q, const char *app, size_t app_
 
 /* ---- records from the caller ---- */
 
-/* Names travel in HTTP header values: printable ASCII without spaces. */
-static bool name_valid(const uint8_t *p, uint32_t len, uint32_t max) {
-        if (len == 0 || len > max)
-                return false;
-        for (uint32_t i = 0; i < len; i++)
-                if (p[i] < 0x21 || p[i] > 0x7e)
-                        return false;
-        return true;
-}
-
 /* Refuses a call (its argument bytes still coming are skipped): answered from the loop. */
 static void refuse(struct call *c, int status, const char *why) {
         c->refused = true;
@@ -333,9 +323,9 @@ static int on_call_start(struct replica *rep, const uint8_t *p, uint32_t len) {
         p += sizeof s;
         if ((uint64_t)s.deployment_len + s.method_len + s.path_len + s.chunk_len != len - sizeof s ||
             s.chunk_len > s.body_len || s.body_len > PROTO_MAX_RESP_BODY || (s.flags & ~PROTO_CALL_STREAM) ||
-            !name_valid(p, s.deployment_len, PROTO_MAX_NAME) ||
-            !name_valid(p + s.deployment_len, s.method_len, PROTO_MAX_NAME) ||
-            (s.path_len && !name_valid(p + s.deployment_len + s.method_len, s.path_len, PROTO_MAX_CALL_PATH)))
+            !proto_name_valid(p, s.deployment_len, PROTO_MAX_NAME) ||
+            !proto_name_valid(p + s.deployment_len, s.method_len, PROTO_MAX_NAME) ||
+            (s.path_len && !proto_name_valid(p + s.deployment_len + s.method_len, s.path_len, PROTO_MAX_CALL_PATH)))
                 return -EBADMSG;
         if (t->assembling || t->n >= PROTO_MAX_CALLS || call_find(rep, s.call_id))
                 return -EBADMSG;
@@ -395,11 +385,10 @@ static int on_call_body(struct replica *rep, const uint8_t *p, uint32_t len) {
         struct proto_body b;
         struct call *c;
 
-        if (len < sizeof b)
+        if (!proto_body_parse(p, len, &b))
                 return -EBADMSG;
-        memcpy(&b, p, sizeof b);
         c = t ? t->assembling : NULL;
-        if (!c || c->id != b.req_id || b.len != len - sizeof b || b.len > c->discard_left || b.len == 0)
+        if (!c || c->id != b.req_id || b.len > c->discard_left || b.len == 0)
                 return -EBADMSG;
         if (!c->refused)
                 memcpy((char *)c->q->body + c->q->body_sent, p + sizeof b, b.len);

@@ -489,10 +489,7 @@ static int on_resp_body(struct replica *rep, const uint8_t *p, uint32_t len) {
         struct proto_body b;
         struct request *u;
 
-        if (len < sizeof b)
-                return -EBADMSG;
-        memcpy(&b, p, sizeof b);
-        if (b.len != len - sizeof b)
+        if (!proto_body_parse(p, len, &b))
                 return -EBADMSG;
         u = lookup(rep, b.req_id);
         if (!u || u->state != REQUEST_RESPONDING)

@@ -187,14 +187,9 @@ static bool path_has(const char *path, const char *name) {
         return false;
 }
 
+/* A name the worker takes in a call, without the call path's separator. */
 static bool name_ok(const char *s) {
-        size_t n = strlen(s);
-        if (n == 0 || n > PROTO_MAX_NAME)
-                return false;
-        for (; *s; s++)
-                if ((unsigned char)*s < 0x21 || (unsigned char)*s > 0x7e || *s == '>')
-                        return false;
-        return true;
+        return proto_name_valid(s, strlen(s), PROTO_MAX_NAME) && !strchr(s, '>');
 }
 
 static int op_call(serve_ctx *ctx, const char *dep, const char *method, const void *arg, size_t len, bool stream,
@@ -224,7 +219,7 @@ static int op_call(serve_ctx *ctx, const char *dep, const char *method, const vo
         target = graph_find(rep->app, dep);
         if (!target)
                 return set_error(ret_error, 404, -ENOENT, "application '%s' has no deployment '%s'", rep->ctx.app, dep);
-        if (!graph_has_method(target, method))
+        if (deployment_handler_index(target, method) < 0)
                 return set_error(ret_error, 404, -ENOENT, "deployment '%s' has no method '%s'", dep, method);
         if (path_has(path, dep) || streq(dep, self->name))
                 return set_error(ret_error, 508, -EDEADLK, "calling '%s' from '%s' would close a call cycle: %s%s%s > %s", dep,
@@ -429,10 +424,7 @@ static void on_resp_body(const uint8_t *p, uint32_t len) {
         struct proto_body b;
         struct serve_future *f;
 
-        if (len < sizeof b)
-                bad("short CALL_RESP_BODY");
-        memcpy(&b, p, sizeof b);
-        if (b.len != len - sizeof b)
+        if (!proto_body_parse(p, len, &b))
                 bad("CALL_RESP_BODY length does not match its record");
         pthread_mutex_lock(&calls.lock);
         f = *slot_of(b.req_id);

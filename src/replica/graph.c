@@ -22,16 +22,6 @@ bool graph_binds(const struct serve_deployment *from, const char *name) {
         return false;
 }
 
-bool graph_has_method(const struct serve_deployment *d, const char *method) {
-        for (size_t i = 0; d->handlers && i < GRAPH_MAX && d->handlers[i].name; i++)
-                if (streq(d->handlers[i].name, method))
-                        return true;
-        for (size_t i = 0; d->batched && i < GRAPH_MAX && d->batched[i].name; i++)
-                if (streq(d->batched[i].name, method))
-                        return true;
-        return false;
-}
-
 void graph_binds_list(const struct serve_deployment *d, char *buf, size_t cap) {
         size_t o = 0;
 

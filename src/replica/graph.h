@@ -15,8 +15,5 @@ const struct serve_deployment *graph_find(const struct serve_application *app, c
 /* Whether `from` binds `name`. */
 bool graph_binds(const struct serve_deployment *from, const char *name);
 
-/* Whether d has a handler (plain or batched) called `method`. */
-bool graph_has_method(const struct serve_deployment *d, const char *method);
-
 /* Writes a's binds ("A, B") into buf (truncated to cap); "none" when it binds none. */
 void graph_binds_list(const struct serve_deployment *d, char *buf, size_t cap);

@@ -73,9 +73,9 @@ struct replica {
 
 /* ---- handlers (replica.c) ---- */
 
-/* The index of the handler called `name` in the handler numbering (plain handlers, then
- * batched ones), or -ENOENT. */
-int replica_handler_index(const struct replica *rep, const char *name);
+/* The index of d's handler called `name` in the handler numbering (plain handlers, then
+ * batched ones), or -ENOENT: what a handle call's method names, here and at the callee. */
+int deployment_handler_index(const struct serve_deployment *d, const char *name);
 
 /* ---- the response ring (replica.c) ---- */
 

@@ -85,9 +85,11 @@ static uint32_t http_handler_index(const struct serve_deployment *d) {
         return 0;
 }
 
-int replica_handler_index(const struct replica *rep, const char *name) {
-        for (size_t i = 0; i < rep->n_handlers + rep->n_batched; i++)
-                if (streq(handler_name(rep->dep, rep->n_handlers, i), name))
+int deployment_handler_index(const struct serve_deployment *d, const char *name) {
+        size_t n_plain = handler_count(d), n = n_plain + batched_count(d);
+
+        for (size_t i = 0; i < n; i++)
+                if (streq(handler_name(d, n_plain, i), name))
                         return (int) i;
         return -ENOENT;
 }
@@ -628,7 +630,7 @@ static void resolve_call(struct replica *rep, struct serve_request *req) {
                 else if (strcasecmp(h->name, "serve-call-path") == 0)
                         req->call_path = h->value;
         }
-        int k = m ? replica_handler_index(rep, m) : -ENOENT;
+        int k = m ? deployment_handler_index(rep->dep, m) : -ENOENT;
         if (k < 0)
                 req->reject_status = 404;
         else
@@ -748,10 +750,7 @@ static void on_req_body(struct replica *rep, const uint8_t *p, uint32_t len,
         struct proto_body b;
         struct serve_request *req;
 
-        if (len < sizeof b)
-                bad_record("short REQ_BODY");
-        memcpy(&b, p, sizeof b);
-        if (b.len != len - sizeof b)
+        if (!proto_body_parse(p, len, &b))
                 bad_record("REQ_BODY length does not match its record");
 
         pthread_mutex_lock(&rep->lock);

@@ -7,7 +7,10 @@
  * struct, in this order, with no padding between them. */
 #pragma once
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum proto_type {
         /* proxy -> replica (request ring) */
@@ -138,3 +141,24 @@ struct proto_call_resp {
  *   {"type":"reconfigured"}
  */
 #define PROTO_CTL_MAX (256u * 1024)
+
+/* A PROTO_*_BODY record: its struct proto_body, whose len must be what follows it. Returns
+ * false for a record that is not one (the sender is broken). */
+static inline bool proto_body_parse(const void *p, size_t len, struct proto_body *ret) {
+        if (len < sizeof *ret)
+                return false;
+        memcpy(ret, p, sizeof *ret);
+        return ret->len == len - sizeof *ret;
+}
+
+/* A name a handle call carries (deployment, method, call path): 1..max printable ASCII bytes
+ * without spaces, since it travels in an HTTP header value. */
+static inline bool proto_name_valid(const void *name, size_t len, size_t max) {
+        const uint8_t *p = name;
+        if (len == 0 || len > max)
+                return false;
+        for (size_t i = 0; i < len; i++)
+                if (p[i] < 0x21 || p[i] > 0x7e)
+                        return false;
+        return true;
+}

@@ -912,43 +912,6 @@ static void settle(void) {
         }
 }
 
-/* ---- reading the input ---- */
-
-struct input {
-        const uint8_t *p;
-        size_t n;
-};
-
-static uint8_t get8(struct input *in) {
-        if (in->n == 0)
-                return 0;
-        in->n--;
-        return *in->p++;
-}
-
-static uint16_t get16(struct input *in) {
-        uint16_t lo = get8(in);
-        return (uint16_t)(lo | get8(in) << 8);
-}
-
-static uint32_t get32(struct input *in) {
-        uint32_t lo = get16(in);
-        return lo | (uint32_t)get16(in) << 16;
-}
-
-static uint64_t get64(struct input *in) {
-        uint64_t lo = get32(in);
-        return lo | (uint64_t)get32(in) << 32;
-}
-
-static void get_bytes(struct input *in, void *dst, size_t len) {
-        size_t k = MIN(len, in->n);
-        memcpy(dst, in->p, k);
-        memset((uint8_t *)dst + k, 0, len - k);
-        in->p += k;
-        in->n -= k;
-}
-
 /* ---- the replica's records ---- */
 
 static bool name_ok(const uint8_t *p, uint32_t len, uint32_t max) {

@@ -473,39 +473,6 @@ static void do_poll(void) {
         world_open(size);
 }
 
-/* ---- reading the input ---- */
-
-struct input {
-        const uint8_t *p;
-        size_t n;
-};
-
-static uint8_t get8(struct input *in) {
-        if (in->n == 0)
-                return 0;
-        in->n--;
-        return *in->p++;
-}
-
-static uint16_t get16(struct input *in) {
-        uint16_t lo = get8(in);
-        return (uint16_t)(lo | get8(in) << 8);
-}
-
-static uint32_t get32(struct input *in) {
-        uint32_t lo = get16(in);
-        return lo | (uint32_t)get16(in) << 16;
-}
-
-/* Copies up to len input bytes into dst, zero-filling what the input lacks. */
-static void get_bytes(struct input *in, void *dst, size_t len) {
-        size_t k = MIN(len, in->n);
-        memcpy(dst, in->p, k);
-        memset((uint8_t *)dst + k, 0, len - k);
-        in->p += k;
-        in->n -= k;
-}
-
 /* ---- what the replica does ---- */
 
 static void publish(void) {

@@ -135,7 +135,7 @@ if ! command -v jq >/dev/null; then
         finish
         exit
 fi
-cluster_init 127.0.12 2
+cluster_init 127.0.18 2
 cat >"$CONF/apps.yaml" <<'YAML'
 applications:
   - name: shapes
