@@ -276,7 +276,11 @@ static int routing_build_table(struct head *h, struct routing_table *t) {
         }
         for (pos = h->nodes.next; pos != &h->nodes; pos = pos->next) {
                 struct node *n = list_entry(pos, struct node, link);
-                if (!n->alive || !n->report || !n->data_port)
+                /* A node without a report yet is listed too (with no ready replicas until it
+                 * reports): after a head restart, one recovered from the state file and not yet
+                 * re-registered must not look gone to its peers, who would drop its data links
+                 * and the requests on them. */
+                if (!n->alive || !n->data_port)
                         continue;
                 /* Its certificates below min_serial are revoked: peers refuse them too. */
                 r = routing_table_add_node(t, n->routing_id, n->name, n->address, n->data_port, trust_min_serial(h, n->name));
