@@ -40,6 +40,16 @@
                         h('p', {class: 'latest'}));
         }
 
+        // 0.25, 12, 1.5k, 2M: axis labels without dygraphs' "250m" for a quarter.
+        function short(v) {
+                const a = Math.abs(v);
+                if (a >= 1e6)
+                        return `${+(v / 1e6).toPrecision(3)}M`;
+                if (a >= 1e3)
+                        return `${+(v / 1e3).toPrecision(3)}k`;
+                return String(+v.toPrecision(3));
+        }
+
         function lastValue(values) {
                 for (let i = values.length - 1; i >= 0; i--)
                         if (values[i] !== null && values[i] !== undefined)
@@ -85,8 +95,8 @@
                                 strokePattern: l.dashed ? Dygraph.DASHED_LINE : null};
                 const graph = new Dygraph(plot, rows, {
                         labels, series, ylabel: unit, legend: 'always', labelsDiv: legend, labelsSeparateLines: false,
-                        includeZero: true, strokeWidth: 1.6, connectSeparatedPoints: false, labelsKMB: true,
-                        axes: {y: {axisLabelWidth: 44}}, xAxisHeight: 20, height: 150,
+                        includeZero: true, strokeWidth: 1.6, connectSeparatedPoints: false,
+                        axes: {y: {axisLabelWidth: 44, axisLabelFormatter: short}}, xAxisHeight: 20, height: 150,
                 });
                 graphs.set(section, {graph, labelsKey});
         }
