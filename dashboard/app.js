@@ -17,7 +17,9 @@
                 const ctl = new AbortController();
                 const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
                 try {
-                        const r = await fetch(path, {signal: ctl.signal, cache: 'no-store'});
+                        const r = await fetch(path, {signal: ctl.signal, cache: 'no-store'}).catch(e => {
+                                throw new Error(ctl.signal.aborted ? `no answer within ${FETCH_TIMEOUT_MS / 1000} s` : e.message);
+                        });
                         if (!r.ok) {
                                 const e = new Error(`${path}: HTTP ${r.status}`);
                                 e.status = r.status;
@@ -217,9 +219,9 @@
                 return s;
         }
 
-        function eventItem(e) {
+        function eventItem(e, full) {
                 return h('li', {class: BAD_EVENTS.test(e.kind) ? 'event bad' : 'event', dataset: {kind: e.kind, id: e.id}},
-                        h('time', {datetime: new Date(e.time * 1000).toISOString(), title: datetime(e.time)}, clock(e.time)),
+                        h('time', {datetime: new Date(e.time * 1000).toISOString(), title: datetime(e.time)}, full ? datetime(e.time) : clock(e.time)),
                         h('span', {class: 'kind'}, h('span', {'aria-hidden': 'true'}, (EVENT_ICONS[e.kind] || '•') + ' '), e.kind),
                         h('span', {class: 'subject'}, subjectLink(e.subject), e.node && e.node !== e.subject ? ` on ${e.node}` : ''),
                         h('span', {class: 'message'}, e.message || ''));
@@ -228,7 +230,7 @@
         function eventList(events, id, empty) {
                 if (!events.length)
                         return h('ol', {id, class: 'events'}, h('li', {class: 'empty'}, empty));
-                return h('ol', {id, class: 'events'}, events.map(eventItem));
+                return h('ol', {id, class: 'events'}, events.map(e => eventItem(e, id === 'events-all')));
         }
 
         function panel(title, id, ...content) {
