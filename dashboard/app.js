@@ -183,11 +183,12 @@
                         return '—';
                 const avail = (n.resources_available || {})[res] ?? total;
                 const fmt = res === 'memory' ? bytes : x => num(x, 2);
-                return `${fmt(total - avail)} / ${fmt(total)}`;
+                return `${fmt(total - avail)} of ${fmt(total)}`;
         }
 
         function nodesTable(nodes, id) {
-                const rows = nodes.map(n => ({attrs: {dataset: {node: n.node_id}}, cells: [
+                const byName = (a, b) => String(a.node_id).localeCompare(String(b.node_id), 'en', {numeric: true});
+                const rows = [...nodes].sort(byName).map(n => ({attrs: {dataset: {node: n.node_id}}, cells: [
                         link(n.node_id, 'node', n.node_id),
                         h('span', null, badge(n.state), n.is_head_node ? ' (head)' : '',
                                 n.state === 'ALIVE' && n.connected === false ? ' ⚠ not connected' : ''),
@@ -195,7 +196,7 @@
                         {cell: used(n, 'CPU'), attrs: {class: 'n'}}, {cell: used(n, 'memory'), attrs: {class: 'n'}},
                         {cell: used(n, 'GPU'), attrs: {class: 'n'}}, {cell: num(n.replicas), attrs: {class: 'n'}},
                         ago(n.last_heartbeat_s_ago)]}));
-                return table(['node', 'state', 'group', 'CPU used/total', 'memory used/total', 'GPU', 'replicas', 'heartbeat'],
+                return table(['node', 'state', 'group', 'CPU used', 'memory used', 'GPU used', 'replicas', 'heartbeat'],
                         rows, {id, class: 'grid'}, 'no nodes have joined');
         }
 
@@ -203,8 +204,8 @@
                 replica_started: '▶', replica_ready: '✔', replica_crashed: '✖', replica_restarted: '↻',
                 health_check_failed: '✖', replica_stopped: '■', autoscale: '⇅', replicas_pending: '…',
                 node_joined: '+', node_disconnected: '⚠', node_dead: '✖', node_alive: '●', node_removed: '−',
-                node_launched: '+', node_draining: '■', node_deleted: '−'};
-        const BAD_EVENTS = /crash|fail|dead|error|disconnect/;
+                node_launched: '+', node_draining: '■', node_deleted: '−', node_stopping: '■', replica_unresponsive: '✖'};
+        const BAD_EVENTS = /crash|fail|dead|error|disconnect|unresponsive/;
 
         function subjectLink(s) {
                 if (!s)
@@ -242,14 +243,14 @@
                 return [...charts.lines(hist, scope, 'p50_ms', keys, k => `${k} p50`),
                         ...charts.lines(hist, scope, 'p99_ms', keys, k => `${k} p99`).map(l => ({...l, dashed: true}))];
         }
-        // Replica lines per deployment: running solid, target dashed, pending dotted (same colour).
+        // Replica lines per deployment: running solid, target dashed, pending dotted (one colour).
         function replicaLines(hist, keys, withPending) {
                 const out = [];
                 for (const k of keys || Object.keys((hist.series.deployments) || {}).sort()) {
                         out.push(...charts.lines(hist, 'deployments', 'replicas_running', [k], x => `${x} running`));
                         out.push(...charts.lines(hist, 'deployments', 'replicas_target', [k], x => `${x} target`).map(l => ({...l, dashed: true})));
                         if (withPending)
-                                out.push(...charts.lines(hist, 'deployments', 'replicas_pending', [k], x => `${x} pending`).map(l => ({...l, dashed: true})));
+                                out.push(...charts.lines(hist, 'deployments', 'replicas_pending', [k], x => `${x} pending`).map(l => ({...l, dotted: true})));
                 }
                 return out;
         }
@@ -279,7 +280,7 @@
         const overview = {
                 mount(el) {
                         fill(el,
-                                h('div', {class: 'row'},
+                                h('div', {class: 'row row-nodes'},
                                         panel('Applications', 'apps-panel', h('div', {id: 'apps-box'})),
                                         panel('Nodes', 'nodes-panel', h('div', {id: 'nodes-box'}))),
                                 panel('Deployments', 'deps-panel', h('div', {id: 'deployments-box'})),
@@ -400,7 +401,7 @@
                                         panel('Charts', 'dep-charts', chartGrid([
                                                 ['requests', 'Requests/s'], ['errors', 'Errors/s'],
                                                 ['latency', 'Latency p50 / p99 (dashed)'],
-                                                ['replicas', 'Replicas: running / target / pending (dashed)']])));
+                                                ['replicas', 'Replicas: running / target (dashed) / pending (dotted)']])));
                         },
                         update(el) {
                                 const a = findApp(appName), d = a && (a.deployments || {})[depName];

@@ -57,7 +57,7 @@
                 return null;
         }
 
-        // draw(section, t, lines, unit): lines = [{label, values (parallel to t), key, dashed}].
+        // draw(section, t, lines, unit): lines = [{label, values (parallel to t), key, dashed, dotted}].
         function draw(section, t, lines, unit) {
                 const name = section.dataset.chart;
                 const plot = section.querySelector('.plot'), legend = section.querySelector('.legend');
@@ -80,7 +80,7 @@
                 }
                 const rows = t.map((tt, i) => [new Date(tt * 1000), ...lines.map(l => l.values[i] ?? null)]);
                 const labels = ['time', ...lines.map(l => l.label)];
-                const labelsKey = JSON.stringify(labels) + JSON.stringify(lines.map(l => [l.key, l.dashed]));
+                const labelsKey = JSON.stringify(labels) + JSON.stringify(lines.map(l => [l.key, l.dashed, l.dotted]));
                 if (old && old.labelsKey === labelsKey) {
                         old.graph.updateOptions({file: rows});
                         return;
@@ -92,7 +92,7 @@
                 const series = {};
                 for (const l of lines)
                         series[l.label] = {color: PALETTE[keys.indexOf(l.key ?? l.label) % PALETTE.length],
-                                strokePattern: l.dashed ? Dygraph.DASHED_LINE : null};
+                                strokePattern: l.dotted ? Dygraph.DOTTED_LINE : l.dashed ? Dygraph.DASHED_LINE : null};
                 const graph = new Dygraph(plot, rows, {
                         labels, series, ylabel: unit, legend: 'always', labelsDiv: legend, labelsSeparateLines: false,
                         includeZero: true, strokeWidth: 1.6, connectSeparatedPoints: false,

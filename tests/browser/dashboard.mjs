@@ -205,12 +205,12 @@ try {
         });
 
         await page.goto(API + '/#/');
-        await step('a broken apps.yaml shows the error banner with its line and column', async () => {
+        await step('a broken apps.yaml shows the error banner with its line and column (8:23, the word "many")', async () => {
                 writeApps(2, true);
                 reloadHead();
                 await page.waitForFunction(() => {
                         const b = document.getElementById('config-error');
-                        return !b.hidden && /apps\.yaml:8:\d+/.test(b.innerText);
+                        return !b.hidden && b.innerText.includes('apps.yaml:8:23:');
                 }, null, WAIT);
                 expect(await page.locator('#config-error').isVisible(), 'the banner is not visible');
                 await shot('config-error.png');
@@ -237,7 +237,9 @@ try {
                 await page.waitForFunction(() => (document.querySelector('#deployments tr[data-deployment="echo/Echo"] [data-test=replicas]') || {}).innerText === '4 / 4', null, WAIT);
                 return latest;
         });
-        await page.waitForTimeout(0);
+        // A few more points after the step, so the screenshot shows it (not a readiness wait).
+        await page.waitForFunction(t => serveDashboard.history.t.length >= t + 4,
+                await page.evaluate(() => serveDashboard.history.t.length), WAIT).catch(() => {});
         await shot('overview-scaled.png');
 
         // ---- actions and the token ----
