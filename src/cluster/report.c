@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "ctlmsg.h"
+#include "events.h"
 #include "macros.h"
 #include "metrics.h"
 #include "report.h"
@@ -46,7 +47,7 @@ static int validate_rq_delay(const cJSON *rep, char *err, size_t errlen) {
 }
 
 int report_validate(const cJSON *msg, char *err, size_t errlen) {
-        const cJSON *reps, *deps, *stats, *it, *pj;
+        const cJSON *reps, *deps, *stats, *evs, *it, *pj;
         const char *sv;
         long long iv;
         double dv;
@@ -71,6 +72,7 @@ int report_validate(const cJSON *msg, char *err, size_t errlen) {
                 CHECK(ctl_get_string(it, "gpus", 64, false, &sv, err, errlen));
                 CHECK(ctl_get_string(it, "limits", 256, false, &sv, err, errlen));
                 CHECK(ctl_get_double(it, "cpu_s", 0, 1e12, false, &dv, err, errlen));
+                CHECK(ctl_get_int(it, "restarts", 0, 1 << 30, false, &iv, err, errlen));
                 CHECK(validate_rq_delay(it, err, errlen));
         }
         cJSON_ArrayForEach(it, deps) {
@@ -96,6 +98,19 @@ int report_validate(const cJSON *msg, char *err, size_t errlen) {
                         snprintf(err, errlen, "field latency_ms_buckets: invalid histogram");
                         return -EINVAL;
                 }
+        }
+        CHECK(ctl_get_array(msg, "events", EVENT_REPORT_MAX, false, &evs, err, errlen));
+        cJSON_ArrayForEach(it, evs) {
+                CHECK(ctl_get_int(it, "id", 1, 1ll << 53, true, &iv, err, errlen));
+                CHECK(ctl_get_double(it, "time", 0, 1e11, true, &dv, err, errlen));
+                CHECK(ctl_get_string(it, "kind", EVENT_KIND_MAX - 1, true, &sv, err, errlen));
+                if (!event_kind_valid(sv)) {
+                        snprintf(err, errlen, "field events.kind: want [a-z_]+");
+                        return -EINVAL;
+                }
+                CHECK(ctl_get_string(it, "subject", EVENT_SUBJECT_MAX - 1, true, &sv, err, errlen));
+                CHECK(ctl_get_string(it, "node", EVENT_NODE_MAX - 1, false, &sv, err, errlen));
+                CHECK(ctl_get_string(it, "message", EVENT_MESSAGE_MAX - 1, true, &sv, err, errlen));
         }
         CHECK(ctl_get_object(msg, "peers", false, &pj, err, errlen));
         CHECK(ctl_get_object(msg, "load", false, &pj, err, errlen));

@@ -34,6 +34,8 @@ struct scaler {
         double next_tick;
         double min_sample_s;           /* samples are at least this far apart */
         bool urgent;
+        scaler_observer observer;
+        void *observer_data;
 };
 
 int scaler_new(struct scaler **ret) {
@@ -50,6 +52,11 @@ static void scaled_done(struct scaled *s) {
 }
 
 void scaler_set_min_sample_interval(struct scaler *sc, double s) { sc->min_sample_s = s > 0 ? s : 0; }
+
+void scaler_set_observer(struct scaler *sc, scaler_observer fn, void *userdata) {
+        sc->observer = fn;
+        sc->observer_data = userdata;
+}
 
 void scaler_free(struct scaler *sc) {
         if (!sc)
@@ -242,7 +249,7 @@ static void sample(struct scaled *s, double now) {
 }
 
 /* Decides one deployment: the largest count any signal asks for, each after its own delay. */
-static bool decide(struct scaled *s, struct dep_spec *d, double now) {
+static bool decide(struct scaler *sc, struct scaled *s, struct dep_spec *d, double now) {
         struct autoscale_decision dec[SCALER_N_SIGNALS];
         int best = -1;
 
@@ -265,7 +272,13 @@ static bool decide(struct scaled *s, struct dep_spec *d, double now) {
         s->st.target = s->target;
         s->st.decided_at = now;
         snprintf(s->st.reason, sizeof s->st.reason, "%s: %s", signal_names[best], dec[best].reason);
-        log_info("autoscaler: deployment %s/%s: %d -> %d replicas: %s", s->app, s->name, was, s->target, s->st.reason);
+        char msg[512];
+        snprintf(msg, sizeof msg, "autoscaler: deployment %s/%s: %d -> %d replicas: %s", s->app, s->name, was, s->target,
+                 s->st.reason);
+        if (sc->observer)
+                sc->observer(sc->observer_data, s->app, s->name, msg);
+        else
+                log_info("%s", msg);
         if (d)
                 d->replicas = s->target;
         return true;
@@ -286,7 +299,7 @@ int scaler_tick(struct scaler *sc, struct serve_spec *spec, double now, double *
                 bool cold = s->target == 0 && s->acc.waiting_at_zero > 0;
                 if (cold || now - s->last_sample >= MAX(s->cfg.metrics_interval_s, sc->min_sample_s))
                         sample(s, now);
-                changed += decide(s, spec ? spec_find(spec, s->app, s->name) : NULL, now);
+                changed += decide(sc, s, spec ? spec_find(spec, s->app, s->name) : NULL, now);
         }
         *ret_next_s = SCALER_TICK_S;
         return changed;

@@ -51,6 +51,10 @@ void scaler_free(struct scaler *sc);
  * a sample spanning two heartbeats or more counts each worker's load about once (fewer would
  * see some workers twice and others not at all). Default 0. */
 void scaler_set_min_sample_interval(struct scaler *sc, double s);
+/* Each decision's sentence ("autoscaler: deployment app/Name: 2 -> 4 replicas: requests: ...")
+ * goes to fn, which logs it, instead of the log. */
+typedef void (*scaler_observer)(void *userdata, const char *app, const char *name, const char *message);
+void scaler_set_observer(struct scaler *sc, scaler_observer fn, void *userdata);
 
 /* Brings the table in line with spec (after every config change): adds its autoscaled
  * deployments (at their initial count, or at `current(app, name)` when that is >= 0: replicas

@@ -36,6 +36,39 @@ void latency_hist_merge(struct latency_hist *into, const struct latency_hist *fr
         into->sum_ms += from->sum_ms;
 }
 
+void latency_hist_delta(struct latency_hist *into, const struct latency_hist *now, const struct latency_hist *before) {
+        bool reset = now->count < before->count;
+        for (size_t i = 0; i < LATENCY_BUCKETS && !reset; i++)
+                reset = now->buckets[i] < before->buckets[i];
+        *into = *now;
+        if (reset)
+                return;
+        for (size_t i = 0; i < LATENCY_BUCKETS; i++)
+                into->buckets[i] -= before->buckets[i];
+        into->count -= before->count;
+        into->sum_ms = now->sum_ms >= before->sum_ms ? now->sum_ms - before->sum_ms : 0;
+}
+
+double latency_hist_quantile(const struct latency_hist *h, double q) {
+        uint64_t seen = 0;
+        double rank;
+
+        if (!h->count)
+                return NAN;
+        rank = q * (double)h->count;
+        for (size_t i = 0; i < LATENCY_BUCKETS; i++) {
+                if (!h->buckets[i] || (double)(seen + h->buckets[i]) < rank) {
+                        seen += h->buckets[i];
+                        continue;
+                }
+                if (i == LATENCY_BUCKETS - 1) /* +Inf: the largest finite bound is all we know */
+                        return latency_bounds_ms[LATENCY_BUCKETS - 2];
+                double lo = i ? latency_bounds_ms[i - 1] : 0, hi = latency_bounds_ms[i];
+                return lo + (hi - lo) * (rank - (double)seen) / (double)h->buckets[i];
+        }
+        return latency_bounds_ms[LATENCY_BUCKETS - 2];
+}
+
 int latency_hist_to_json(const struct latency_hist *h, cJSON **ret) {
         cJSON *a = cJSON_CreateArray();
         uint64_t cum = 0;

@@ -27,6 +27,13 @@ void latency_hist_observe(struct latency_hist *h, double ms);
 /* Adds `from` into `into` bucket by bucket. */
 void latency_hist_merge(struct latency_hist *into, const struct latency_hist *from);
 
+/* into = now - before (what was observed in between); when a counter went down (the worker
+ * restarted), into = now. */
+void latency_hist_delta(struct latency_hist *into, const struct latency_hist *now, const struct latency_hist *before);
+/* The q-quantile (0..1) in ms, linear within its bucket (the +Inf bucket gives the largest finite
+ * bound); NaN for an empty histogram. */
+double latency_hist_quantile(const struct latency_hist *h, double q);
+
 /* Builds the cumulative JSON array (LATENCY_BUCKETS numbers, the last == count) that a report's
  * `latency_ms_buckets` carries. Returns 0 with *ret owned by the caller, or -ENOMEM. */
 int latency_hist_to_json(const struct latency_hist *h, struct cJSON **ret);

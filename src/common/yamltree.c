@@ -693,6 +693,31 @@ static int node_to_json(struct yt_parser *p, const struct yt_node *n, unsigned d
         return 0;
 }
 
+int yt_text_to_json(const char *name, const char *text, size_t len, struct cJSON **ret, char **ret_error) {
+        struct yt_parser p = { .name = name };
+        struct yt_node *root = NULL;
+        cJSON *j = NULL;
+        int r;
+
+        r = yt_load_tree(&p, text, len, &root);
+        if (r >= 0 && !root)
+                j = cJSON_CreateNull();
+        else if (r >= 0)
+                r = node_to_json(&p, root, 0, &j);
+        yt_node_free(root);
+        if (r >= 0 && !j)
+                r = -ENOMEM;
+        if (r < 0) {
+                if (ret_error)
+                        *ret_error = TAKE_PTR(p.error);
+                free(p.error);
+                return r;
+        }
+        free(p.error);
+        *ret = j;
+        return 0;
+}
+
 /* Any YAML value as compact JSON text in a malloc'd string. */
 int yt_get_json(struct yt_parser *p, const struct yt_node *n, char **ret) {
         cJSON *j = NULL;

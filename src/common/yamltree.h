@@ -49,6 +49,11 @@ void yt_node_free(struct yt_node *n);
  * an empty stream), or -EINVAL (message in p->error) or -ENOMEM. */
 int yt_load_tree(struct yt_parser *p, const char *text, size_t len, struct yt_node **ret);
 
+/* A whole YAML document as JSON (null for an empty one), with YAML's types for plain scalars.
+ * Returns 0 and *ret, or -EINVAL ("NAME:LINE:COLUMN: ..." in *ret_error) or -ENOMEM. */
+struct cJSON;
+int yt_text_to_json(const char *name, const char *text, size_t len, struct cJSON **ret, char **ret_error);
+
 /* Reads a whole file (pipes and /dev/stdin too) of at most max_size bytes into a malloc'd,
  * NUL-terminated buffer. Returns 0, *ret_text and *ret_len; -EFBIG ("PATH: too large (over N
  * MiB)") or the errno of a failed open/read ("PATH: strerror"), with the message in

@@ -33,6 +33,7 @@ struct replica {
         struct deployment *dep;
         char id[96];               /* "app/Deployment#serial" */
         unsigned serial;
+        unsigned restarts;         /* it replaced a crashed replica that had restarts - 1 */
         enum replica_state state;
         pid_t pid;
         int pidfd, ctl_fd;
@@ -87,6 +88,8 @@ struct deployment {
         int queue_len;
         unsigned next_serial;
         unsigned failures;         /* consecutive failed starts, for backoff */
+        unsigned to_replace;       /* crashed replicas not replaced yet */
+        unsigned replace_restarts; /* the highest `restarts` among them */
         uint64_t next_start_ns;
         bool retiring;             /* replaced by a newer version or removed: drain then stop */
         int remote_inflight;       /* requests of ours at peers that point here: keeps it alive */

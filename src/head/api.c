@@ -10,6 +10,7 @@
 #include "macros.h"
 #include "metrics.h"
 #include "report.h"
+#include "yamltree.h"
 
 static bool authorized(struct head *h, const struct httpd_request *rq) {
         const struct http_header *a = http_request_header(rq->req, "Authorization");
@@ -22,7 +23,29 @@ static bool authorized(struct head *h, const struct httpd_request *rq) {
         return token_equal(tok, h->api_token);
 }
 
+/* A request that changes something without the token: refused (401) and logged. */
+static bool refuse_unauthorized(struct head *h, const struct httpd_request *rq, struct httpd_response *resp) {
+        if (authorized(h, rq))
+                return false;
+        log_warning("%.*s %.*s from %s refused: missing or invalid bearer token", (int)rq->req->method_len, rq->req->method,
+                    (int)MIN(rq->req->path_len, 200u), rq->req->path, rq->peer);
+        httpd_respond_error(resp, 401, "missing or invalid bearer token");
+        return true;
+}
+
 static const char *replica_state_of(const cJSON *r) { return cJSON_GetStringValue(cJSON_GetObjectItem(r, "state")) ?: "?"; }
+
+/* Application `name`'s entry in the applied config (as JSON), or NULL. A config with one
+ * unnamed application calls it "default". */
+static cJSON *app_config_of(const struct head *h, const char *name) {
+        cJSON *apps = cJSON_GetObjectItemCaseSensitive(h->cfg_json, "applications"), *it;
+        cJSON_ArrayForEach(it, apps) {
+                const char *n = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "name"));
+                if (streq(n ?: "default", name))
+                        return it;
+        }
+        return NULL;
+}
 
 static cJSON *applications_json(struct head *h) {
         cJSON *j = cJSON_CreateObject(), *apps, *http;
@@ -52,6 +75,8 @@ static cJSON *applications_json(struct head *h) {
                 else
                         cJSON_AddNullToObject(a, "route_prefix");
                 cJSON_AddNumberToObject(a, "last_deployed_time_s", h->deployed_at);
+                const cJSON *ac = app_config_of(h, as->name);
+                cJSON_AddItemToObject(a, "config", ac ? cJSON_Duplicate(ac, true) : cJSON_CreateNull());
                 deps = cJSON_AddObjectToObject(a, "deployments");
                 for (size_t i = 0; i < h->spec->n_deps; i++) {
                         const struct dep_spec *d = &h->spec->deps[i];
@@ -97,14 +122,15 @@ static cJSON *applications_json(struct head *h) {
                                         cJSON_AddStringToObject(r, "version",
                                                                 cJSON_GetStringValue(cJSON_GetObjectItem(it, "version")) ?: "");
                                         cJSON_AddNumberToObject(r, "ongoing", cJSON_GetNumberValue(cJSON_GetObjectItem(it, "ongoing")));
+                                        const cJSON *rs = cJSON_GetObjectItem(it, "restarts");
+                                        cJSON_AddNumberToObject(r, "restarts", cJSON_IsNumber(rs) ? rs->valuedouble : 0);
                                         if (cJSON_GetObjectItem(it, "limits"))
                                                 cJSON_AddStringToObject(r, "limits", cJSON_GetStringValue(cJSON_GetObjectItem(it, "limits")));
                                         if (cJSON_GetObjectItem(it, "gpus"))
                                                 cJSON_AddStringToObject(r, "gpus", cJSON_GetStringValue(cJSON_GetObjectItem(it, "gpus")));
                                         cJSON_AddItemToArray(reps, r);
                                         total++;
-                                        running += streq(replica_state_of(it), "RUNNING") &&
-                                                   streq_ptr(cJSON_GetStringValue(cJSON_GetObjectItem(it, "version")), d->version);
+                                        running += replica_is_running(it, d->version);
                                 }
                         }
                         pend = cJSON_AddArrayToObject(dj, "pending");
@@ -158,6 +184,7 @@ static cJSON *nodes_json(struct head *h) {
                 cJSON_AddStringToObject(o, "state", n->alive ? "ALIVE" : "DEAD");
                 cJSON_AddBoolToObject(o, "connected", n->nc != NULL);
                 cJSON_AddBoolToObject(o, "is_head_node", n->head_node);
+                cJSON_AddStringToObject(o, "group", node_group(n));
                 cJSON_AddItemToObject(o, "labels", cJSON_Duplicate(n->labels, true));
                 tot = cJSON_AddObjectToObject(o, "resources_total");
                 cJSON_AddNumberToObject(tot, "CPU", n->cpus);
@@ -213,11 +240,8 @@ static void remove_node(struct head *h, const struct httpd_request *rq, const ch
                         struct httpd_response *resp) {
         char name[256];
 
-        if (!authorized(h, rq)) {
-                log_warning("DELETE /api/cluster/nodes/ from %s refused: missing or invalid bearer token", rq->peer);
-                httpd_respond_error(resp, 401, "missing or invalid bearer token");
+        if (refuse_unauthorized(h, rq, resp))
                 return;
-        }
         snprintf(name, sizeof name, "%.*s", (int)MIN(len, sizeof name - 1), rest);
         if (len >= sizeof name || strlen(name) != len || !node_name_valid(name)) {
                 httpd_respond_error(resp, 400, "not a node name");
@@ -239,10 +263,49 @@ static void remove_node(struct head *h, const struct httpd_request *rq, const ch
         cJSON_Delete(j);
 }
 
+/* DELETE /api/serve/applications/NAME: the running config without that application. */
+static void shutdown_app(struct head *h, const struct httpd_request *rq, const char *rest, size_t len,
+                         struct httpd_response *resp) {
+        char name[YT_MAX_NAME + 1];
+
+        if (refuse_unauthorized(h, rq, resp))
+                return;
+        snprintf(name, sizeof name, "%.*s", (int)MIN(len, sizeof name - 1), rest);
+        cJSON *cfg = cJSON_Duplicate(h->cfg_json, true), *apps = cJSON_GetObjectItemCaseSensitive(cfg, "applications"), *it;
+        size_t i = 0;
+        bool found = false;
+        cJSON_ArrayForEach(it, apps) {
+                const char *n = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "name"));
+                if (len < sizeof name && streq(n ?: "default", name)) {
+                        found = true;
+                        break;
+                }
+                i++;
+        }
+        if (!found) {
+                cJSON_Delete(cfg);
+                httpd_respond_error(resp, 404, "no such application");
+                return;
+        }
+        cJSON_DeleteItemFromArray(apps, (int)i);
+        char *text = cJSON_Print(cfg);
+        cJSON_Delete(cfg);
+        if (!text) {
+                httpd_respond_error(resp, 500, "out of memory");
+                return;
+        }
+        log_info("application %s shut down by %s", name, rq->peer);
+        deploy_from_api(h, rq, text, strlen(text), resp);
+        cJSON_free(text);
+}
+
 void on_api(void *userdata, const struct httpd_request *rq, struct httpd_response *resp) {
         struct head *h = userdata;
         const char *rest;
         size_t rest_len;
+
+        if (dashboard_handle(h, rq, resp))
+                return;
         bool put = httpd_is(rq, "PUT", "/api/serve/applications/") || httpd_is(rq, "PUT", "/api/serve/applications");
         bool del = httpd_is(rq, "DELETE", "/api/serve/applications/") || httpd_is(rq, "DELETE", "/api/serve/applications");
 
@@ -265,13 +328,19 @@ void on_api(void *userdata, const struct httpd_request *rq, struct httpd_respons
         } else if (httpd_prefix_is(rq, "DELETE", "/api/cluster/nodes/", &rest, &rest_len)) {
                 remove_node(h, rq, rest, rest_len, resp);
         } else if (put || del) {
-                if (!authorized(h, rq)) {
-                        log_warning("%s /api/serve/applications/ from %s refused: missing or invalid bearer token",
-                                    put ? "PUT" : "DELETE", rq->peer);
-                        httpd_respond_error(resp, 401, "missing or invalid bearer token");
+                if (!refuse_unauthorized(h, rq, resp))
+                        deploy_from_api(h, rq, put ? rq->body : NULL, put ? rq->body_len : 0, resp);
+        } else if (httpd_prefix_is(rq, "DELETE", "/api/serve/applications/", &rest, &rest_len)) {
+                shutdown_app(h, rq, rest, rest_len, resp);
+        } else if (httpd_is(rq, "POST", "/api/serve/reload")) {
+                if (refuse_unauthorized(h, rq, resp))
                         return;
-                }
-                deploy_from_api(h, rq, put ? rq->body : NULL, put ? rq->body_len : 0, resp);
+                log_info("reload of %s asked by %s", h->apps_path, rq->peer);
+                h->reload = true;
+                cJSON *j = cJSON_CreateObject();
+                cJSON_AddStringToObject(j, "reloading", h->apps_path);
+                httpd_respond_json(resp, 202, j);
+                cJSON_Delete(j);
         } else
                 httpd_respond_error(resp, 404, "no such endpoint");
 }

@@ -18,6 +18,7 @@
 #include "head.h"
 #include "log.h"
 #include "macros.h"
+#include "yamltree.h"
 
 struct deploy {
         struct head *h;
@@ -39,6 +40,8 @@ static void deploy_free(struct deploy *d) {
 }
 
 void record_config_error(struct head *h, const char *msg) {
+        /* The caller logged it, with what it means for the running config. */
+        event_log_add(&h->events, -1, "config_error", "config", "", "%s", msg);
         free(h->config_error);
         h->config_error = strdup(msg);
         h->config_error_at = wall_now();
@@ -62,6 +65,68 @@ static bool spec_same(const struct serve_spec *a, const struct serve_spec *b) {
                         return false;
         }
         return true;
+}
+
+/* The top-level fields of two deployments' JSON that differ, as "a, b, c" (at most len bytes). */
+static void changed_fields(const cJSON *a, const cJSON *b, char *out, size_t len) {
+        const cJSON *it;
+        size_t used = 0;
+
+        out[0] = 0;
+        cJSON_ArrayForEach(it, a) {
+                const cJSON *o = cJSON_GetObjectItemCaseSensitive(b, it->string);
+                if (o && cJSON_Compare(it, o, true))
+                        continue;
+                int w = snprintf(out + used, len - used, "%s%s", used ? ", " : "", it->string);
+                if (w < 0 || (size_t)w >= len - used)
+                        break;
+                used += (size_t)w;
+        }
+}
+
+/* Tells, per deployment, what installing `next` over `cur` does: added, removed, rolling (new
+ * replicas replace the old ones: code or options that need a new process changed), in place
+ * (the running replicas take the change) or identical; one event per change. Fills counts. */
+static void diff_events(struct head *h, const struct serve_spec *cur, const struct serve_spec *next, unsigned counts[5]) {
+        enum { ADDED, REMOVED, ROLLING, IN_PLACE, IDENTICAL };
+
+        for (size_t i = 0; i < next->n_deps; i++) {
+                const struct dep_spec *d = &next->deps[i], *o = spec_find(cur, d->app, d->name);
+                _cleanup_free_ char *key = dep_key(d->app, d->name);
+                if (!o) {
+                        counts[ADDED]++;
+                        event_log_add(&h->events, LOG_INFO, "deployment_changed", key ?: d->name, "",
+                                      "deployment %s added: %d replica(s)", key ?: d->name, d->replicas);
+                        continue;
+                }
+                cJSON *ja = dep_spec_to_json(o), *jb = dep_spec_to_json(d);
+                char what[256] = "";
+                if (ja && jb)
+                        changed_fields(jb, ja, what, sizeof what);
+                cJSON_Delete(ja);
+                cJSON_Delete(jb);
+                if (!streq(o->version, d->version)) {
+                        counts[ROLLING]++;
+                        event_log_add(&h->events, LOG_INFO, "deployment_changed", key ?: d->name, "",
+                                      "deployment %s: rolling to new replicas (changed: %s)", key ?: d->name,
+                                      what[0] ? what : "code");
+                } else if (what[0]) {
+                        counts[IN_PLACE]++;
+                        event_log_add(&h->events, LOG_INFO, "deployment_changed", key ?: d->name, "",
+                                      "deployment %s: in place, the running replicas take it (changed: %s)", key ?: d->name,
+                                      what);
+                } else
+                        counts[IDENTICAL]++;
+        }
+        for (size_t i = 0; cur && i < cur->n_deps; i++) {
+                const struct dep_spec *o = &cur->deps[i];
+                if (spec_find(next, o->app, o->name))
+                        continue;
+                _cleanup_free_ char *key = dep_key(o->app, o->name);
+                counts[REMOVED]++;
+                event_log_add(&h->events, LOG_INFO, "deployment_changed", key ?: o->name, "",
+                              "deployment %s removed: its replicas drain and stop", key ?: o->name);
+        }
 }
 
 /* Replicas of (app, name) in the assignment (from the state file at startup): what a restarted
@@ -88,13 +153,20 @@ static void install_config(struct head *h, struct serve_config *cfg, struct serv
         (void)scaler_sync(h->scaler, spec, (double)now_ns() / 1e9, placed_count, h);
         /* An identical config changes nothing, not even the epoch. */
         bool same = h->cfg_text && streq(h->cfg_text, text) && spec_same(h->spec, spec);
+        unsigned counts[5] = { 0 };
+        diff_events(h, h->spec, spec, counts);
         config_free(h->cfg);
         h->cfg = cfg;
         serve_spec_free(h->spec);
         h->spec = spec;
         if (!same) {
+                cJSON *j = NULL;
                 free(h->cfg_text);
                 h->cfg_text = strdup(text);
+                /* Parsed once already: it converts (NULL only when out of memory). */
+                (void)yt_text_to_json(cfg->path ?: "config", text, strlen(text), &j, NULL);
+                cJSON_Delete(h->cfg_json);
+                h->cfg_json = j;
                 h->config_epoch++;
                 h->deployed_at = wall_now();
         }
@@ -104,8 +176,11 @@ static void install_config(struct head *h, struct serve_config *cfg, struct serv
         h->config_error = NULL;
         build_config_message(h);
         h->dirty = true;
-        log_info("applied %s config: %zu application(s), %zu deployment(s)%s", source, spec->n_apps, spec->n_deps,
-                 same ? " (unchanged)" : "");
+        event_log_add(&h->events, LOG_INFO, "deploy", "config", "",
+                      "applied %s config: %zu application(s), %zu deployment(s)%s: %u added, %u removed, %u rolling, "
+                      "%u in place, %u identical",
+                      source, spec->n_apps, spec->n_deps, same ? " (unchanged)" : "", counts[0], counts[1], counts[2],
+                      counts[3], counts[4]);
 }
 
 int apply_config(struct head *h, struct serve_config *cfg, const char *text, const char *source, char **ret_error) {
@@ -226,7 +301,7 @@ void deploy_reload(struct head *h) {
         int r;
 
         sd_notify(0, "RELOADING=1");
-        log_info("reloading %s", h->apps_path);
+        event_log_add(&h->events, LOG_INFO, "reload", "config", "", "reloading %s", h->apps_path);
         r = read_apps_file(h, &cfg, &text, &err);
         if (r >= 0 && asprintf(&what, "reload of %s", h->apps_path) < 0)
                 r = -ENOMEM;

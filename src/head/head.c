@@ -39,12 +39,20 @@ static void on_signal(struct loop_op *op, int res, unsigned flags) {
         io_uring_prep_read(sqe, h->sfd, &h->si, sizeof h->si, 0);
 }
 
+static void on_autoscale(void *userdata, const char *app, const char *name, const char *message) {
+        struct head *h = userdata;
+        _cleanup_free_ char *key = dep_key(app, name);
+        event_log_add(&h->events, LOG_INFO, "autoscale", key ?: name, "", "%s", message);
+}
+
 static void usage(FILE *f) {
         fprintf(f,
                 "Usage: serve-head [OPTIONS]\n"
                 "\n"
                 "The controller of a serve cluster: reads apps.yaml and cluster.yaml, accepts worker\n"
-                "nodes, places replicas on them and serves the REST API (serve status, serve deploy).\n"
+                "nodes, places replicas on them and serves the REST API (serve status, serve deploy)\n"
+                "and the dashboard (http://API_HOST:API_PORT/, files from SERVE_DASHBOARD_DIR or the\n"
+                "installed ones, charts by Debian's libjs-dygraphs).\n"
                 "It is never in the request path: workers keep serving while it is down.\n"
                 "\n"
                 "Options:\n"
@@ -62,6 +70,9 @@ static void usage(FILE *f) {
                 "                         Time a REST API client has to send its request head (default %g)\n"
                 "      --api-idle-timeout SECONDS\n"
                 "                         Time a REST API request body or response may stall (default %g)\n"
+                "      --history-interval SECONDS\n"
+                "                         How often the dashboard's time series are sampled; they keep\n"
+                "                         the last hour (default %g)\n"
                 "\n"
                 "Join tokens (the cluster CA is in STATE-DIR/pki unless cluster.yaml's tls: names one):\n"
                 "      --join-token create [--ttl DURATION] [--uses N] [--name NODE]\n"
@@ -85,7 +96,8 @@ static void usage(FILE *f) {
                 "A config's code is described by child processes while the head keeps serving; one config\n"
                 "at a time: a PUT or DELETE of the applications meanwhile gets 409, a SIGHUP meanwhile\n"
                 "reloads once the current one is done.\n",
-                SPEC_DESCRIBE_TIMEOUT_S, HTTPD_MAX_CONNECTIONS, HTTPD_HEADER_TIMEOUT_S, HTTPD_IDLE_TIMEOUT_S);
+                SPEC_DESCRIBE_TIMEOUT_S, HTTPD_MAX_CONNECTIONS, HTTPD_HEADER_TIMEOUT_S, HTTPD_IDLE_TIMEOUT_S,
+                HISTORY_INTERVAL_S);
 }
 
 static int load_files(struct head *h, bool check_only) {
@@ -151,6 +163,7 @@ int main(int argc, char **argv) {
                 { "api-max-connections", required_argument, NULL, 'M' },
                 { "api-header-timeout", required_argument, NULL, 'T' },
                 { "api-idle-timeout", required_argument, NULL, 'I' },
+                { "history-interval", required_argument, NULL, 'H' },
                 { "join-token", required_argument, NULL, 'J' },
                 { "ttl", required_argument, NULL, 't' },
                 { "uses", required_argument, NULL, 'u' },
@@ -160,7 +173,7 @@ int main(int argc, char **argv) {
                 {},
         };
         struct head h = { .conf_dir = "/etc/serve", .state_dir = "/var/lib/serve", .sfd = -1,
-                          .describe_timeout_s = SPEC_DESCRIBE_TIMEOUT_S,
+                          .describe_timeout_s = SPEC_DESCRIBE_TIMEOUT_S, .history_interval_s = HISTORY_INTERVAL_S,
                           .api_opts = { .max_body = MAX_API_BODY, .what = "the REST API" } };
         bool check_only = false;
         const char *jt_action = NULL, *jt_ttl = NULL, *jt_uses = NULL, *jt_name = NULL, *jt_id = NULL;
@@ -184,16 +197,26 @@ int main(int argc, char **argv) {
                         break;
                 case 'D':
                 case 'T':
+                case 'H':
                 case 'I': {
                         char *end;
                         double v = strtod(optarg, &end);
                         if (*optarg == '\0' || *end || !(v > 0 && v <= 86400)) {
                                 fprintf(stderr, "serve-head: --%s needs seconds in (0, 86400], got '%s'\n",
-                                        c == 'D' ? "describe-timeout" : c == 'T' ? "api-header-timeout" : "api-idle-timeout",
+                                        c == 'D'   ? "describe-timeout"
+                                        : c == 'T' ? "api-header-timeout"
+                                        : c == 'H' ? "history-interval"
+                                                   : "api-idle-timeout",
                                         optarg);
                                 return 2;
                         }
-                        if (c == 'D')
+                        if (c == 'H' && v < 0.1) {
+                                fprintf(stderr, "serve-head: --history-interval needs at least 0.1 seconds, got '%s'\n", optarg);
+                                return 2;
+                        }
+                        if (c == 'H')
+                                h.history_interval_s = v;
+                        else if (c == 'D')
                                 h.describe_timeout_s = v;
                         else if (c == 'T')
                                 h.api_opts.header_timeout_s = v;
@@ -275,8 +298,9 @@ int main(int argc, char **argv) {
                 return 1;
         }
 
-        if (scaler_new(&h.scaler) < 0 || trust_init(&h) < 0)
+        if (scaler_new(&h.scaler) < 0 || dashboard_init(&h, h.history_interval_s) < 0 || trust_init(&h) < 0)
                 return 1;
+        scaler_set_observer(h.scaler, on_autoscale, &h);
         scaler_set_min_sample_interval(h.scaler, 2 * h.ccfg->worker_heartbeat_interval_s);
         recover(&h);
         if (trust_start(&h) < 0)
@@ -357,6 +381,7 @@ int main(int argc, char **argv) {
                         h.routing_next_ns = now + MAX(ROUTING_MIN_INTERVAL_NS, 3 * (now_ns() - t0));
                 }
                 save_state_flush(&h, false);
+                dashboard_tick(&h, now);
                 r = loop_run_once(&h.loop, MIN(wd_next, h.routing_dirty || h.dirty || h.state_dirty ? 10 * NSEC_PER_MSEC
                                                                                                    : 100 * NSEC_PER_MSEC));
                 if (r < 0) {
@@ -386,6 +411,8 @@ int main(int argc, char **argv) {
         netblob_unref(h.config_msg);
         netblob_unref(h.config_delta);
         cJSON_Delete(h.config_full);
+        cJSON_Delete(h.cfg_json);
+        dashboard_free(&h);
         routing_table_done(&h.routing);
         free(h.saved_state);
         trust_free(&h);

@@ -7,6 +7,8 @@
  *   api.c        the REST API views and /metrics
  *   persist.c    the state file: what is saved and how a restart recovers from it
  *   trust.c      the cluster CA: joins, certificates, revocation, `--join-token`
+ *   dashboard.c  the web UI's files, the time-series history and the events view
+ *   history.c    the bounded time-series store the dashboard plots (pure data)
  *
  * Everything runs on one thread, from one io_uring loop. */
 #pragma once
@@ -18,6 +20,8 @@
 #include <sys/signalfd.h>
 
 #include "config.h"
+#include "events.h"
+#include "history.h"
 #include "httpd.h"
 #include "loop.h"
 #include "netconn.h"
@@ -46,6 +50,10 @@
 #define MAX_PENDING_CONNS 1024
 /* A message from a connection that has not authenticated: a join (token + certificate request). */
 #define UNAUTH_MSG_MAX (64u << 10)
+/* The cluster's event log: ~1 MiB of the latest events (struct event is ~950 bytes). */
+#define HEAD_EVENTS_CAPACITY 1000
+/* The dashboard's sampling interval (seconds) unless --history-interval says otherwise. */
+#define HISTORY_INTERVAL_S 5.0
 
 struct node {
         struct head *h;
@@ -80,6 +88,7 @@ struct node {
         long long ready_cache_epoch;
         uint64_t routing_version;      /* the routing table version it holds; ROUTING_NONE: none */
         uint64_t sent_share_sig;       /* share_signature() of the assign last sent */
+        cJSON *dash_prev;              /* its stats and replicas at the dashboard's last sample */
         struct node *hash_next;        /* in h->node_index's chain */
         struct list link;
 };
@@ -110,6 +119,7 @@ struct assignment {
 };
 
 struct deploy;
+struct dashboard;
 
 struct head {
         struct loop loop;
@@ -136,10 +146,15 @@ struct head {
         struct netblob *config_delta;  /* what changed since config_delta_base, for nodes holding it */
         long long config_delta_base;
         struct deploy *deploy;         /* a config being described; at most one */
+        cJSON *cfg_json;               /* cfg_text as JSON (the applications' config as applied) */
 
         struct scaler *scaler;         /* replica counts of autoscaled deployments */
         struct assignment *assign;     /* parallel to spec->deps */
         size_t n_assign;
+
+        struct event_log events;       /* what the controller did and why (and the workers' replicas) */
+        struct dashboard *dash;
+        double history_interval_s;
 
         struct list nodes, pending;
         size_t n_nodes;
@@ -178,6 +193,8 @@ void nodes_check_liveness(struct head *h);
 /* Counts every node as just seen: after a long startup, before the workers could reconnect. */
 void nodes_restart_clocks(struct head *h);
 void nodes_free_all(struct head *h);
+/* The node's group: its label "group", else "default". */
+const char *node_group(const struct node *n);
 /* `serve nodes remove`: forgets the node (its replicas are placed elsewhere), closes its link and
  * revokes its certificates. Returns 0 or -ENOENT. */
 int nodes_remove(struct head *h, const char *name);
@@ -218,6 +235,19 @@ void deploy_cancel(struct head *h);
 
 /* api.c */
 void on_api(void *userdata, const struct httpd_request *rq, struct httpd_response *resp);
+
+/* dashboard.c */
+/* Returns 0 or -ENOMEM (logged). */
+int dashboard_init(struct head *h, double interval_s);
+void dashboard_free(struct head *h);
+/* Samples the history when an interval has passed. */
+void dashboard_tick(struct head *h, uint64_t now);
+/* GET /, /ui/..., /api/dashboard/...: true when it answered resp. */
+bool dashboard_handle(struct head *h, const struct httpd_request *rq, struct httpd_response *resp);
+/* The events in a validated report of node n go into h->events. */
+void dashboard_take_events(struct head *h, struct node *n, const cJSON *report);
+/* Whether a reported replica is RUNNING at the deployment's current version. */
+bool replica_is_running(const cJSON *rep, const char *version);
 
 /* trust.c */
 /* Loads (or makes) the CA; warns about transport: plaintext. Returns 0 or a negative errno (logged). */

@@ -44,10 +44,16 @@ void node_free(struct node *n) {
                 free((char *)n->custom[i].name);
         free(n->custom);
         cJSON_Delete(n->report);
+        cJSON_Delete(n->dash_prev);
         free(n->report_text);
         free(n->sent_assign);
         free(n->shares);
         free(n);
+}
+
+const char *node_group(const struct node *n) {
+        const char *g = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(n->labels, "group"));
+        return g && *g ? g : "default";
 }
 
 struct node *node_find(struct head *h, const char *name) {
@@ -85,7 +91,8 @@ struct node *node_get(struct head *h, const char *name) {
 static void node_lost(struct node *n, const char *why) {
         if (!n->alive)
                 return;
-        log_warning("node %s is dead (%s): placing its replicas elsewhere", n->name, why);
+        event_log_add(&n->h->events, LOG_WARNING, "node_dead", n->name, n->name,
+                      "node %s is dead (%s): placing its replicas elsewhere", n->name, why);
         n->alive = false;
         cJSON_Delete(n->report);
         n->report = NULL;
@@ -99,8 +106,9 @@ static void node_on_close(struct netconn *nc, int err) {
         if (!n)
                 return;
         n->nc = NULL;
-        log_warning("node %s disconnected (%s); it counts as alive until worker_timeout_s passes", n->name,
-                    err ? strerror(-err) : "closed");
+        event_log_add(&n->h->events, LOG_WARNING, "node_disconnected", n->name, n->name,
+                      "node %s disconnected (%s); it counts as alive until worker_timeout_s passes", n->name,
+                      err ? strerror(-err) : "closed");
 }
 
 static int parse_hello_node(struct head *h, struct node *n, const cJSON *node, char *err, size_t errlen) {
@@ -315,9 +323,9 @@ static void on_hello(struct pending_conn *pc, cJSON *m) {
         cJSON_Delete(n->report);
         n->report = NULL;
         n->ready_sig = 0;
-        log_info("node %s registered from %s: %.1f CPUs, %.1f GiB, %u GPU(s)%s%s", name, nc->peer, n->cpus,
-                 (double)n->memory / (1 << 30), n->n_gpus, n->head_node ? ", head node" : "",
-                 was_alive ? "" : ", now alive");
+        event_log_add(&h->events, LOG_INFO, "node_joined", name, name, "node %s registered from %s: %.1f CPUs, %.1f GiB, %u GPU(s)%s%s",
+                      name, nc->peer, n->cpus, (double)n->memory / (1 << 30), n->n_gpus, n->head_node ? ", head node" : "",
+                      was_alive ? "" : ", now alive");
         cJSON *w = ctlmsg_new("welcome");
         cJSON_AddNumberToObject(w, "heartbeat_interval_s", h->ccfg->worker_heartbeat_interval_s);
         node_send(n, w);
@@ -395,10 +403,12 @@ static void node_on_data(struct netconn *nc) {
                                  * node that registers again, rather than restart them. */
                                 n->alive = true;
                                 n->h->dirty = true;
-                                log_info("node %s is alive again", n->name);
+                                event_log_add(&n->h->events, LOG_INFO, "node_alive", n->name, n->name,
+                                              "node %s is alive again", n->name);
                                 adopt_replicas(n->h, n, cJSON_GetObjectItem(m, "replicas"));
                         }
                         scaler_take_report(n->h->scaler, m);
+                        dashboard_take_events(n->h, n, m);
                         cJSON_Delete(n->report);
                         n->report = TAKE_PTR(m);
                         free(n->report_text);
@@ -417,7 +427,7 @@ static void node_on_data(struct netconn *nc) {
                         log_info("node %s asked for the whole config and routing table", n->name);
                         node_resync(n);
                 } else if (streq(type, "goodbye")) {
-                        log_info("node %s is stopping", n->name);
+                        event_log_add(&n->h->events, LOG_INFO, "node_stopping", n->name, n->name, "node %s is stopping", n->name);
                         node_lost(n, "it stopped");
                 } else
                         log_debug("node %s: ignoring message '%s'", n->name, type);
@@ -627,7 +637,8 @@ int nodes_remove(struct head *h, const char *name) {
         r = trust_revoke(h, name);
         if (r < 0)
                 return r;
-        log_info("removing node %s from the cluster%s", name, n->alive ? ": placing its replicas elsewhere" : "");
+        event_log_add(&h->events, LOG_INFO, "node_removed", name, name, "removing node %s from the cluster%s", name,
+                      n->alive ? ": placing its replicas elsewhere" : "");
         node_free(n); /* closes its link */
         h->n_nodes--;
         h->dirty = true;

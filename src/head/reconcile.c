@@ -450,7 +450,8 @@ void reconcile(struct head *h) {
                         if (streq(h->assign[k].key, na[i].key))
                                 old = &h->assign[k];
                 if (dr->pending && (!old || old->pending != dr->pending || !streq_ptr(old->pending_reason, dr->pending_reason)))
-                        log_warning("deployment %s: %u replica(s) PENDING: %s", na[i].key, dr->pending, dr->pending_reason);
+                        event_log_add(&h->events, LOG_WARNING, "replicas_pending", na[i].key, "",
+                                      "deployment %s: %u replica(s) PENDING: %s", na[i].key, dr->pending, dr->pending_reason);
         }
         assignments_free(h->assign, h->n_assign);
         h->assign = TAKE_PTR(na);

@@ -18,6 +18,7 @@
 #include "cgroup.h"
 #include "scaler.h"
 #include "loadmon.h"
+#include "events.h"
 
 #define RING_SIZE (1u << 20)
 #define STARTUP_TIMEOUT_NS (120 * NSEC_PER_SEC)
@@ -32,9 +33,23 @@ struct supervisor {
         struct cgroups *cg;        /* replica cgroups, when serve-worker runs delegated */
         struct loadmon *lm;        /* CPU time and run-queue delay per replica, or NULL */
         struct list deployments;
+        struct event_log events;   /* what happened to replicas, for the head (reports) */
         unsigned n_from_zero;      /* deployments that scale from zero (some may, once retired) */
         bool stopping;
 };
+
+/* An event about replica rep: logged once, and sent to the head in the next report. */
+_printf_(4, 5) static void rep_event(const struct replica *rep, int level, const char *kind, const char *fmt, ...) {
+        char subject[EVENT_SUBJECT_MAX];
+        va_list ap;
+
+        snprintf(subject, sizeof subject, "%s/%s", rep->dep->app, rep->dep->name);
+        va_start(ap, fmt);
+        event_log_addv(&rep->dep->sup->events, level, kind, subject, "", fmt, ap);
+        va_end(ap);
+}
+
+struct event_log *supervisor_events(struct supervisor *s) { return &s->events; }
 
 /* ---- deployments ---- */
 
@@ -201,7 +216,7 @@ static void on_ctl(struct loop_op *op, int res, unsigned flags) {
                         rep->state = REPLICA_READY;
                         d->n_ready++;
                         d->failures = 0;
-                        log_info("replica %s ready (pid %d)", rep->id, (int)rep->pid);
+                        rep_event(rep, LOG_INFO, "replica_ready", "replica %s ready (pid %d)", rep->id, (int)rep->pid);
                         router_dispatch(d->sup->router, d);
                 }
         } else if (streq(type, "error")) {
@@ -209,7 +224,8 @@ static void on_ctl(struct loop_op *op, int res, unsigned flags) {
                 log_error("replica %s: %s", rep->id, m ? m : "failed");
         } else if (streq(type, "unhealthy")) {
                 const char *m = cJSON_GetStringValue(cJSON_GetObjectItem(j, "message"));
-                log_warning("replica %s failed its health check (%s), replacing it", rep->id, m ? m : "check_health");
+                rep_event(rep, LOG_WARNING, "health_check_failed", "replica %s failed its health check (%s), replacing it",
+                          rep->id, m ? m : "check_health");
                 replica_kill(rep, 502, "replica failed its health check");
         } else if (streq(type, "reconfigured")) {
                 log_info("replica %s applied the new user_config", rep->id);
@@ -231,12 +247,17 @@ static void on_exit_ready(struct loop_op *op, int res, unsigned flags) {
         if (waitpid(rep->pid, &status, WNOHANG) <= 0)
                 status = 0;
         if (!planned || rep->state != REPLICA_DEAD) {
+                const char *kind = planned ? "replica_stopped" : "replica_crashed";
                 if (WIFSIGNALED(status))
-                        log_warning("replica %s (pid %d) was killed by signal %d", rep->id, (int)rep->pid, WTERMSIG(status));
+                        rep_event(rep, LOG_WARNING, kind, "replica %s (pid %d) was killed by signal %d (%s)", rep->id,
+                                  (int)rep->pid, WTERMSIG(status), strsignal(WTERMSIG(status)));
                 else if (!planned)
-                        log_warning("replica %s (pid %d) exited with status %d", rep->id, (int)rep->pid, WEXITSTATUS(status));
+                        rep_event(rep, LOG_WARNING, kind, "replica %s (pid %d) exited with status %d", rep->id, (int)rep->pid,
+                                  WEXITSTATUS(status));
         }
         if (!planned && !d->retiring && !d->sup->stopping) {
+                d->to_replace++;
+                d->replace_restarts = MAX(d->replace_restarts, rep->restarts + 1);
                 d->failures++;
                 uint64_t backoff = MIN(BACKOFF_MAX_NS, (NSEC_PER_SEC / 4) << MIN(d->failures, 8u));
                 d->next_start_ns = now_ns() + backoff;
@@ -414,7 +435,15 @@ static int replica_start(struct supervisor *s, struct deployment *d) {
         rep->exit_armed = true;
         arm_ctl(rep, s->loop);
         arm_bell(rep, s->loop);
-        log_info("replica %s starting (pid %d)%s%s", rep->id, (int)pid, rep->limits ? ", " : "", rep->limits ?: "");
+        if (d->to_replace) {
+                rep->restarts = d->replace_restarts;
+                if (--d->to_replace == 0)
+                        d->replace_restarts = 0;
+                rep_event(rep, LOG_INFO, "replica_restarted", "replica %s starting (pid %d) in place of a crashed one (restart %u)%s%s",
+                          rep->id, (int)pid, rep->restarts, rep->limits ? ", " : "", rep->limits ?: "");
+        } else
+                rep_event(rep, LOG_INFO, "replica_started", "replica %s starting (pid %d)%s%s", rep->id, (int)pid,
+                          rep->limits ? ", " : "", rep->limits ?: "");
         if (d->stats)
                 d->stats->replica_starts++;
         return 0;
@@ -700,14 +729,15 @@ health:
                         uint64_t hb = atomic_load_explicit(&rep->seg.ctl->heartbeat_ns, memory_order_relaxed);
                         uint64_t limit = sec_to_ns(d->health_timeout_s);
                         if (hb + limit < now && rep->started_ns + limit < now && limit > 0) {
-                                log_error("replica %s missed its heartbeat for %.1fs: killing it", rep->id, d->health_timeout_s);
+                                rep_event(rep, LOG_ERR, "replica_unresponsive", "replica %s missed its heartbeat for %.1fs: killing it",
+                                          rep->id, d->health_timeout_s);
                                 rep->kill_timeout = true;
                                 replica_kill(rep, 504, "the replica stopped responding (health_check_timeout_s)");
                                 continue;
                         }
                 } else if (rep->state == REPLICA_STARTING && now > rep->started_ns + STARTUP_TIMEOUT_NS) {
-                        log_error("replica %s did not become ready in %llus: killing it", rep->id,
-                                  (unsigned long long)(STARTUP_TIMEOUT_NS / NSEC_PER_SEC));
+                        rep_event(rep, LOG_ERR, "replica_unresponsive", "replica %s did not become ready in %llus: killing it",
+                                  rep->id, (unsigned long long)(STARTUP_TIMEOUT_NS / NSEC_PER_SEC));
                         replica_kill(rep, 502, "the replica did not start");
                         continue;
                 } else if (rep->state == REPLICA_DRAINING) {
@@ -864,6 +894,11 @@ int supervisor_new(struct loop *loop, struct router *router, const char *replica
         router->find_userdata = s;
         s->replica_bin = strdup(replica_bin);
         list_init(&s->deployments);
+        if (!s->replica_bin || event_log_init(&s->events, EVENT_REPORT_MAX) < 0) {
+                free(s->replica_bin);
+                free(s);
+                return -ENOMEM;
+        }
         *ret = s;
         return 0;
 }
@@ -874,6 +909,7 @@ void supervisor_free(struct supervisor *s) {
                 return;
         list_for_each_safe(pos, tmp, &s->deployments)
                 deployment_free(list_entry(pos, struct deployment, link));
+        event_log_free(&s->events);
         free(s->replica_bin);
         free(s->node);
         free(s);
@@ -929,6 +965,7 @@ int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deploy
                             !cJSON_AddStringToObject(o, "version", d->version) ||
                             !cJSON_AddStringToObject(o, "state", replica_state_name(rep->state)) ||
                             !cJSON_AddNumberToObject(o, "pid", rep->pid) || !cJSON_AddNumberToObject(o, "ongoing", rep->ongoing) ||
+                            !cJSON_AddNumberToObject(o, "restarts", rep->restarts) ||
                             !cJSON_AddNumberToObject(o, "started_at", wall_offset_s + (double)rep->started_ns / 1e9) ||
                             (rep->gpus[0] && !cJSON_AddStringToObject(o, "gpus", rep->gpus)) ||
                             (rep->limits && !cJSON_AddStringToObject(o, "limits", rep->limits)) ||

@@ -34,6 +34,10 @@ int supervisor_apply_spec(struct supervisor *s, const struct serve_spec *spec);
  * clock to wall time. Returns 0 or -ENOMEM. */
 int supervisor_report(const struct supervisor *s, cJSON *replicas, cJSON *deployments, double wall_offset_s);
 
+/* What happened to the replicas lately (the latest EVENT_REPORT_MAX events): a report sends
+ * those after the last it sent. */
+struct event_log *supervisor_events(struct supervisor *s);
+
 /* Names the node, so replica ids are unique in the cluster ("app/Dep#3@node-1"). */
 int supervisor_set_node(struct supervisor *s, const char *node);
 

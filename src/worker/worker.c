@@ -30,6 +30,7 @@
 #include "cgroup.h"
 #include "loadmon.h"
 #include "enroll.h"
+#include "events.h"
 #include "metrics.h"
 #include "pki.h"
 
@@ -48,6 +49,7 @@ struct worker {
         char *replica_bin;
 
         struct supervisor *sup;
+        uint64_t events_sent;      /* the last of the supervisor's events a report carried */
         struct proxy *proxy;
         struct peers *peers;
         struct httpd metrics;
@@ -175,6 +177,23 @@ static void add_one_load(void *userdata, const struct deployment *d, const struc
                        cJSON_AddNumberToObject(it, "rq_waits", l->rq_wakeups));
                 return;
         }
+}
+
+/* The supervisor's events since the last report that carried them: "events" (see events.h). A
+ * report that cannot be sent takes them along (the head is down: nobody would see them). */
+static cJSON *report_add_events(struct worker *w, cJSON *m) {
+        struct event_log *ev = supervisor_events(w->sup);
+        cJSON *arr;
+
+        if (!m || ev->next_id - 1 == w->events_sent)
+                return m;
+        if (!(arr = event_log_json(ev, w->events_sent, EVENT_REPORT_MAX)) || !cJSON_AddItemToObject(m, "events", arr)) {
+                cJSON_Delete(arr);
+                cJSON_Delete(m);
+                return NULL;
+        }
+        w->events_sent = ev->next_id - 1;
+        return m;
 }
 
 static cJSON *report_add_autoscale(struct worker *w, cJSON *m, uint64_t now) {
@@ -813,9 +832,8 @@ int main(int argc, char **argv) {
                         /* Once a heartbeat: is the certificate due for renewal? */
                         if (now >= w.next_report_ns)
                                 head_send(&w, enroll_renew_message(w.enroll));
-                        head_send(&w, report_add_autoscale(&w, report_add_load(&w, report_build(w.sup, router_get(), w.peers,
-                                                                                               w.wall_offset_s)),
-                                                           now));
+                        cJSON *rep = report_build(w.sup, router_get(), w.peers, w.wall_offset_s);
+                        head_send(&w, report_add_events(&w, report_add_autoscale(&w, report_add_load(&w, rep), now)));
                         w.next_report_ns = now + sec_to_ns(w.hb_interval_s);
                         w.next_urgent_ns = now + URGENT_REPORT_MIN_NS;
                 }

@@ -7,6 +7,7 @@
 SERVE=$top_builddir/serve
 export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs"
 export SERVE_REPLICA_BIN="$top_builddir/serve-replica"
+export SERVE_DASHBOARD_DIR=${SERVE_DASHBOARD_DIR:-$top_srcdir/dashboard}
 
 PASS=0
 FAIL=0

@@ -1,0 +1,387 @@
+/* The dashboard on the API port: its static files (the page, its scripts, and Debian's
+ * libjs-dygraphs for the charts), the time series it plots and the events it lists.
+ *
+ * The history is sampled from the reports the workers already send: every interval the head
+ * adds up, per deployment, what each node's counters grew by since the previous sample
+ * (requests, errors, the latency histogram), counts running/target/pending replicas, alive nodes
+ * per group, and each node's CPU and run-queue delay from its replicas' load numbers. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "head.h"
+#include "log.h"
+#include "macros.h"
+#include "metrics.h"
+
+#define HISTORY_WINDOW_S 3600.0
+#define HISTORY_MAX_SERIES 4096
+#define EVENTS_PAGE_MAX 1000
+#define STATIC_FILE_MAX (8u << 20)
+
+struct dashboard {
+        struct history *hist;
+        double interval_s;
+        uint64_t next_ns;
+        double last_t;                 /* wall time of the previous sample; 0: none yet */
+        char *dir;                     /* the page's files */
+        char *js_dir;                  /* /usr/share/javascript */
+};
+
+int dashboard_init(struct head *h, double interval_s) {
+        struct dashboard *db = calloc(1, sizeof *db);
+        const char *dir = getenv("SERVE_DASHBOARD_DIR"), *js = getenv("SERVE_JAVASCRIPT_DIR");
+        size_t points = (size_t)ceil(HISTORY_WINDOW_S / interval_s);
+
+        if (!db || !(db->dir = strdup(dir && *dir ? dir : PKGDATADIR "/dashboard")) ||
+            !(db->js_dir = strdup(js && *js ? js : "/usr/share/javascript")) ||
+            history_new(interval_s, MAX(points, 2u), HISTORY_MAX_SERIES, &db->hist) < 0 ||
+            event_log_init(&h->events, HEAD_EVENTS_CAPACITY) < 0) {
+                if (db) {
+                        free(db->dir);
+                        free(db->js_dir);
+                }
+                free(db);
+                return log_error_errno(-ENOMEM, "Cannot set up the dashboard: %m");
+        }
+        db->interval_s = interval_s;
+        h->dash = db;
+        return 0;
+}
+
+void dashboard_free(struct head *h) {
+        if (!h->dash)
+                return;
+        history_free(h->dash->hist);
+        free(h->dash->dir);
+        free(h->dash->js_dir);
+        free(h->dash);
+        h->dash = NULL;
+        event_log_free(&h->events);
+}
+
+bool replica_is_running(const cJSON *rep, const char *version) {
+        return streq_ptr(cJSON_GetStringValue(cJSON_GetObjectItem(rep, "state")), "RUNNING") &&
+               streq_ptr(cJSON_GetStringValue(cJSON_GetObjectItem(rep, "version")), version);
+}
+
+/* ---- sampling ---- */
+
+struct dep_acc {
+        double requests, errors;
+        struct latency_hist latency;
+        unsigned running;
+};
+
+static double num(const cJSON *o, const char *key) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static const char *str(const cJSON *o, const char *key) {
+        return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, key));
+}
+
+/* The item of arr whose k1 and (when k2) k2 strings are v1 and v2. */
+static const cJSON *find_item(const cJSON *arr, const char *k1, const char *v1, const char *k2, const char *v2) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, arr) {
+                if (streq_ptr(str(it, k1), v1) && (!k2 || streq_ptr(str(it, k2), v2)))
+                        return it;
+        }
+        return NULL;
+}
+
+/* How much counter `key` grew from before to now (now when it went down: a restarted worker). */
+static double grew(const cJSON *now, const cJSON *before, const char *key) {
+        double a = num(now, key), b = before ? num(before, key) : 0;
+        return a >= b ? a - b : a;
+}
+
+static void set(struct history *hist, const char *scope, const char *name, const char *metric, double v) {
+        if (isfinite(v))
+                (void)history_set(hist, scope, name, metric, v);
+}
+
+/* Adds node n's part since the previous sample (dt seconds ago; 0: none) to acc, records its
+ * own series, and keeps what it reported for the next sample. */
+static void sample_node(struct head *h, struct node *n, double dt, struct dep_acc *acc) {
+        struct history *hist = h->dash->hist;
+        const cJSON *stats = cJSON_GetObjectItem(n->report, "stats"), *reps = cJSON_GetObjectItem(n->report, "replicas");
+        const cJSON *prev = n->dash_prev, *pstats = cJSON_GetObjectItem(prev, "stats"),
+                    *preps = cJSON_GetObjectItem(prev, "replicas"), *it;
+        double cpu = 0, rq_sum = 0, rq_count = 0;
+        bool have = prev && dt > 0;
+
+        cJSON_ArrayForEach(it, stats) {
+                const struct dep_spec *d = spec_find(h->spec, str(it, "app") ?: "", str(it, "deployment") ?: "");
+                if (!d || !have)
+                        continue;
+                struct dep_acc *a = &acc[d - h->spec->deps];
+                const cJSON *p = find_item(pstats, "app", d->app, "deployment", d->name);
+                struct latency_hist now = { 0 }, before = { 0 }, delta;
+                a->requests += grew(it, p, "requests");
+                a->errors += grew(it, p, "errors");
+                if (latency_hist_json_get(it, &now) == 0 && (!p || latency_hist_json_get(p, &before) == 0)) {
+                        latency_hist_delta(&delta, &now, &before);
+                        latency_hist_merge(&a->latency, &delta);
+                }
+        }
+        cJSON_ArrayForEach(it, reps) {
+                const struct dep_spec *d = h->spec ? spec_find(h->spec, str(it, "app") ?: "", str(it, "deployment") ?: "") : NULL;
+                if (d && replica_is_running(it, d->version))
+                        acc[d - h->spec->deps].running++;
+                if (!have)
+                        continue;
+                const cJSON *p = find_item(preps, "id", str(it, "id"), NULL, NULL);
+                const cJSON *rq = cJSON_GetObjectItem(it, "rq_delay"), *prq = cJSON_GetObjectItem(p, "rq_delay");
+                cpu += grew(it, p, "cpu_s");
+                rq_sum += grew(rq, prq, "sum");
+                rq_count += grew(rq, prq, "count");
+        }
+        if (have) {
+                set(hist, "nodes", n->name, "cpu_cores", cpu / dt);
+                if (rq_count > 0)
+                        set(hist, "nodes", n->name, "rq_delay_ms", rq_sum / rq_count * 1000);
+        }
+        cJSON *keep = cJSON_CreateObject();
+        if (keep && (!cJSON_AddItemToObject(keep, "stats", cJSON_Duplicate(stats, true)) ||
+                     !cJSON_AddItemToObject(keep, "replicas", cJSON_Duplicate(reps, true)))) {
+                cJSON_Delete(keep);
+                keep = NULL;
+        }
+        cJSON_Delete(n->dash_prev);
+        n->dash_prev = keep;
+}
+
+/* The request series of one deployment, under scope/name. */
+static void set_requests(struct history *hist, const char *scope, const char *name, const struct dep_acc *a, double dt) {
+        if (!(dt > 0))
+                return;
+        set(hist, scope, name, "requests_per_s", a->requests / dt);
+        set(hist, scope, name, "errors_per_s", a->errors / dt);
+        set(hist, scope, name, "p50_ms", latency_hist_quantile(&a->latency, 0.5));
+        set(hist, scope, name, "p99_ms", latency_hist_quantile(&a->latency, 0.99));
+}
+
+static void sample(struct head *h, double t) {
+        struct dashboard *db = h->dash;
+        size_t nd = h->spec ? h->spec->n_deps : 0;
+        struct dep_acc *acc = calloc(nd + 1, sizeof *acc);
+        double dt = db->last_t > 0 ? t - db->last_t : 0;
+        cJSON *groups = cJSON_CreateObject();
+        struct list *pos, *tmp;
+
+        if (!acc || !groups) {
+                free(acc);
+                cJSON_Delete(groups);
+                return;
+        }
+        history_begin(db->hist, t);
+        list_for_each_safe(pos, tmp, &h->nodes) {
+                struct node *n = list_entry(pos, struct node, link);
+                const char *g = node_group(n);
+                cJSON *c = cJSON_GetObjectItemCaseSensitive(groups, g);
+                if (!c)
+                        c = cJSON_AddNumberToObject(groups, g, 0);
+                if (c && n->alive)
+                        cJSON_SetNumberValue(c, c->valuedouble + 1);
+                if (!n->alive || !n->report || !h->spec) {
+                        cJSON_Delete(n->dash_prev);
+                        n->dash_prev = NULL;
+                        continue;
+                }
+                sample_node(h, n, dt, acc);
+        }
+        for (size_t i = 0; i < nd; i++) {
+                const struct dep_spec *d = &h->spec->deps[i];
+                _cleanup_free_ char *key = dep_key(d->app, d->name);
+                if (!key)
+                        continue;
+                set_requests(db->hist, "deployments", key, &acc[i], dt);
+                set(db->hist, "deployments", key, "replicas_running", acc[i].running);
+                set(db->hist, "deployments", key, "replicas_target", d->replicas);
+                set(db->hist, "deployments", key, "replicas_pending", i < h->n_assign ? h->assign[i].pending : 0);
+        }
+        for (size_t i = 0; h->spec && i < h->spec->n_apps; i++) {
+                const struct app_spec *as = &h->spec->apps[i];
+                const struct dep_spec *d = spec_find(h->spec, as->name, as->ingress);
+                if (d)
+                        set_requests(db->hist, "applications", as->name, &acc[d - h->spec->deps], dt);
+        }
+        const cJSON *g;
+        cJSON_ArrayForEach(g, groups) set(db->hist, "groups", g->string, "nodes_alive", g->valuedouble);
+        db->last_t = t;
+        cJSON_Delete(groups);
+        free(acc);
+}
+
+void dashboard_tick(struct head *h, uint64_t now) {
+        struct dashboard *db = h->dash;
+
+        if (!db || now < db->next_ns)
+                return;
+        /* On the grid of the interval (from the first sample), not drifting by the loop's lateness. */
+        db->next_ns = db->next_ns ? db->next_ns + (uint64_t)(db->interval_s * 1e9) : now + (uint64_t)(db->interval_s * 1e9);
+        if (db->next_ns <= now)
+                db->next_ns = now + (uint64_t)(db->interval_s * 1e9);
+        sample(h, wall_now());
+}
+
+/* ---- views ---- */
+
+/* The value of query parameter `key` as a number >= 0 (def when absent); false when malformed. */
+static bool query_number(const struct httpd_request *rq, const char *key, double def, double *ret) {
+        const char *q = rq->req->query, *end = q ? q + rq->req->query_len : NULL;
+        size_t kl = strlen(key);
+
+        *ret = def;
+        while (q && q < end) {
+                const char *amp = memchr(q, '&', (size_t)(end - q)) ?: end;
+                if ((size_t)(amp - q) > kl && memcmp(q, key, kl) == 0 && q[kl] == '=') {
+                        char buf[64], *e;
+                        size_t vl = (size_t)(amp - q) - kl - 1;
+                        if (vl == 0 || vl >= sizeof buf)
+                                return false;
+                        memcpy(buf, q + kl + 1, vl);
+                        buf[vl] = 0;
+                        double v = strtod(buf, &e);
+                        if (*e || !(v >= 0) || !isfinite(v))
+                                return false;
+                        *ret = v;
+                        return true;
+                }
+                q = amp + 1;
+        }
+        return true;
+}
+
+static void history_view(struct head *h, const struct httpd_request *rq, struct httpd_response *resp) {
+        double since;
+        if (!query_number(rq, "since", -1, &since)) {
+                httpd_respond_error(resp, 400, "since: want a time in seconds since the epoch");
+                return;
+        }
+        cJSON *j = history_json(h->dash->hist, since);
+        if (!j) {
+                httpd_respond_error(resp, 500, "out of memory");
+                return;
+        }
+        httpd_respond_json(resp, 200, j);
+        cJSON_Delete(j);
+}
+
+static void events_view(struct head *h, const struct httpd_request *rq, struct httpd_response *resp) {
+        double since, limit;
+        if (!query_number(rq, "since", 0, &since) || !query_number(rq, "limit", EVENTS_PAGE_MAX, &limit) || limit < 1) {
+                httpd_respond_error(resp, 400, "since: want an event id; limit: want a count of at least 1");
+                return;
+        }
+        cJSON *j = cJSON_CreateObject(), *arr = event_log_json(&h->events, (uint64_t)since, (size_t)MIN(limit, EVENTS_PAGE_MAX));
+        if (!j || !arr || !cJSON_AddItemToObject(j, "events", arr) ||
+            !cJSON_AddNumberToObject(j, "next", (double)MAX((uint64_t)since, h->events.next_id - 1)) ||
+            !cJSON_AddNumberToObject(j, "capacity", (double)h->events.capacity)) {
+                if (!j || !cJSON_GetObjectItem(j, "events"))
+                        cJSON_Delete(arr);
+                cJSON_Delete(j);
+                httpd_respond_error(resp, 500, "out of memory");
+                return;
+        }
+        httpd_respond_json(resp, 200, j);
+        cJSON_Delete(j);
+}
+
+static const char *content_type_of(const char *name) {
+        static const struct { const char *ext, *type; } types[] = {
+                { ".html", "text/html; charset=utf-8" },  { ".js", "text/javascript; charset=utf-8" },
+                { ".css", "text/css; charset=utf-8" },    { ".svg", "image/svg+xml" },
+                { ".png", "image/png" },                  { ".json", "application/json" },
+        };
+        const char *dot = strrchr(name, '.');
+        for (size_t i = 0; dot && i < ELEMENTSOF(types); i++)
+                if (streq(dot, types[i].ext))
+                        return types[i].type;
+        return "application/octet-stream";
+}
+
+/* A file name of the flat dashboard folder: [A-Za-z0-9._-], not starting with a dot. */
+static bool file_name_valid(const char *s, size_t len) {
+        if (len == 0 || len > 128 || s[0] == '.')
+                return false;
+        for (size_t i = 0; i < len; i++)
+                if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
+                      s[i] == '.' || s[i] == '_' || s[i] == '-'))
+                        return false;
+        return true;
+}
+
+static void serve_file(struct httpd_response *resp, const char *dir, const char *name, const char *missing_hint) {
+        _cleanup_free_ char *path = NULL, *text = NULL;
+        size_t len;
+        int r;
+
+        if (asprintf(&path, "%s/%s", dir, name) < 0) {
+                httpd_respond_error(resp, 500, "out of memory");
+                return;
+        }
+        r = read_file(path, STATIC_FILE_MAX, &text, &len);
+        if (r < 0) {
+                static struct log_limiter lim;
+                log_limited(&lim, LOG_WARNING, "dashboard: cannot read %s: %s%s", path, strerror(-r), missing_hint);
+                char msg[600];
+                snprintf(msg, sizeof msg, "the dashboard's file %s cannot be read: %s%s", path, strerror(-r), missing_hint);
+                httpd_respond_error(resp, r == -ENOENT ? 404 : 500, msg);
+                return;
+        }
+        resp->content_type = content_type_of(name);
+        if (buf_append(&resp->body, text, len, SIZE_MAX) < 0)
+                httpd_respond_error(resp, 500, "out of memory");
+}
+
+bool dashboard_handle(struct head *h, const struct httpd_request *rq, struct httpd_response *resp) {
+        const char *rest;
+        size_t len;
+
+        if (httpd_is(rq, "GET", "/") || httpd_is(rq, "GET", "/index.html"))
+                serve_file(resp, h->dash->dir, "index.html",
+                           " (install serve's dashboard files, or point SERVE_DASHBOARD_DIR at them)");
+        else if (httpd_is(rq, "GET", "/ui/lib/dygraph.min.js") || httpd_is(rq, "GET", "/ui/lib/dygraph.min.css")) {
+                _cleanup_free_ char *dir = NULL;
+                if (asprintf(&dir, "%s/dygraphs", h->dash->js_dir) < 0)
+                        httpd_respond_error(resp, 500, "out of memory");
+                else
+                        serve_file(resp, dir, httpd_is(rq, "GET", "/ui/lib/dygraph.min.js") ? "dygraph.min.js" : "dygraph.min.css",
+                                   " (install Debian's libjs-dygraphs)");
+        } else if (httpd_prefix_is(rq, "GET", "/ui/", &rest, &len)) {
+                char name[129];
+                if (!file_name_valid(rest, len)) {
+                        httpd_respond_error(resp, 404, "no such file");
+                        return true;
+                }
+                memcpy(name, rest, len);
+                name[len] = 0;
+                serve_file(resp, h->dash->dir, name, "");
+        } else if (httpd_is(rq, "GET", "/api/dashboard/history"))
+                history_view(h, rq, resp);
+        else if (httpd_is(rq, "GET", "/api/dashboard/events"))
+                events_view(h, rq, resp);
+        else
+                return false;
+        return true;
+}
+
+/* ---- what the workers report ---- */
+
+void dashboard_take_events(struct head *h, struct node *n, const cJSON *report) {
+        const cJSON *it;
+        double now = wall_now();
+
+        cJSON_ArrayForEach(it, cJSON_GetObjectItem(report, "events")) {
+                double t = num(it, "time");
+                /* The worker's clock: believed within a minute of ours (report_validate checked the rest). */
+                if (!(fabs(t - now) < 60))
+                        t = now;
+                event_log_add_at(&h->events, t, str(it, "kind"), str(it, "subject"), n->name, str(it, "message"));
+        }
+}
