@@ -77,8 +77,11 @@
 
         function mergeEvents(got) {
                 if (state.eventsNext !== null && got.next < state.eventsNext) {
-                        // The head restarted and counts from 1 again: start over.
+                        // The head restarted and counts from 1 again: start over, and fetch
+                        // all it has at the next poll (this answer skipped those up to since).
                         state.events = [];
+                        state.eventsNext = null;
+                        return;
                 }
                 const lastId = state.events.length ? state.events[state.events.length - 1].id : -Infinity;
                 state.events.push(...(got.events || []).filter(e => e.id > lastId));

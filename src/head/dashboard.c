@@ -280,7 +280,8 @@ static void events_view(struct head *h, const struct httpd_request *rq, struct h
         }
         cJSON *j = cJSON_CreateObject(), *arr = event_log_json(&h->events, (uint64_t)since, (size_t)MIN(limit, EVENTS_PAGE_MAX));
         if (!j || !arr || !cJSON_AddItemToObject(j, "events", arr) ||
-            !cJSON_AddNumberToObject(j, "next", (double)MAX((uint64_t)since, h->events.next_id - 1)) ||
+            /* Lower than since after a head restart (ids start again): the reader starts over. */
+            !cJSON_AddNumberToObject(j, "next", (double)(h->events.next_id - 1)) ||
             !cJSON_AddNumberToObject(j, "capacity", (double)h->events.capacity)) {
                 if (!j || !cJSON_GetObjectItem(j, "events"))
                         cJSON_Delete(arr);

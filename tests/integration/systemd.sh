@@ -22,10 +22,11 @@ for t in systemd-nspawn debootstrap nsenter ip dpkg-buildpackage jq; do command 
 [ -d /sys/fs/cgroup/unified ] && [ -d /sys/fs/cgroup/systemd ] || [ -f /sys/fs/cgroup/cgroup.procs ] || skip "no cgroup hierarchy for containers"
 
 CACHE=${SERVE_TEST_CACHE:-/var/cache/serve-test}
-ROOT=$CACHE/bookworm
 NET=10.231.0
 PREFIX=serve$$
-DEPS=systemd,systemd-sysv,dbus,curl,iproute2,procps,libcjson1,libyaml-0-2,liburing2,libhwloc15
+DEPS=systemd,systemd-sysv,dbus,curl,iproute2,procps,libcjson1,libyaml-0-2,liburing2,libhwloc15,libjs-dygraphs
+# One cached root per package list: a root made for an older list lacks what the package needs.
+ROOT=$CACHE/bookworm-$(echo "$DEPS" | md5sum | cut -c1-8)
 
 # ---- the root file system (once per machine; about 40 s) ----
 if [ ! -f "$ROOT/.serve-test-complete" ]; then
@@ -139,6 +140,9 @@ check "systemd-analyze verify passes on the installed units" "$v" ""
 # ---- replicas: unprivileged, each in its own cgroup below the worker's (Delegate=yes) ----
 wait_until 30 bash -c "nsenter -t ${LEADER[node1]} -a curl -s -m 5 http://127.0.0.1:8265/api/serve/applications/ | jq -e '.applications.echo.deployments.Echo.replicas[0].state == \"RUNNING\"' >/dev/null"
 rj=$(in_ct node1 curl -s -m 10 http://127.0.0.1:8265/api/serve/applications/)
+check_contains "the installed dashboard is served on :8265" "$(in_ct node1 curl -s -m 10 http://127.0.0.1:8265/)" "<title>"
+check "with its charts from Debian's libjs-dygraphs" \
+        "$(in_ct node1 curl -s -m 10 -o /dev/null -w '%{http_code}' http://127.0.0.1:8265/ui/lib/dygraph.min.js)" 200
 rpid=$(echo "$rj" | jq -r '.applications.echo.deployments.Echo.replicas[0].pid')
 check "the replica runs as the unprivileged serve user" "$(in_ct node1 ps -o user= -p "$rpid" | tr -d ' ')" "serve"
 check_contains "the replica has its own cgroup below serve-worker's" "$(in_ct node1 cat "/proc/$rpid/cgroup")" "serve-worker.service/replicas/"
