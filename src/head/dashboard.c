@@ -83,76 +83,154 @@ static const char *str(const cJSON *o, const char *key) {
         return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, key));
 }
 
-/* The item of arr whose k1 and (when k2) k2 strings are v1 and v2. */
-static const cJSON *find_item(const cJSON *arr, const char *k1, const char *v1, const char *k2, const char *v2) {
-        const cJSON *it;
-        cJSON_ArrayForEach(it, arr) {
-                if (streq_ptr(str(it, k1), v1) && (!k2 || streq_ptr(str(it, k2), v2)))
-                        return it;
-        }
-        return NULL;
+/* What a node had reported at the previous sample, the counters only (a copy of its report would
+ * double the head's largest memory): its deployments' request counters and its replicas' load
+ * numbers, each sorted by the hash of its name. */
+struct dash_stat {
+        uint64_t key;                  /* hash of app and deployment */
+        double requests, errors;
+        struct latency_hist latency;
+};
+struct dash_rep {
+        uint64_t key;                  /* hash of the replica id */
+        double cpu_s, rq_sum, rq_count;
+};
+struct dash_snapshot {
+        struct dash_stat *stats;
+        struct dash_rep *reps;
+        size_t n_stats, n_reps;
+};
+
+void dash_snapshot_free(struct dash_snapshot *s) {
+        if (!s)
+                return;
+        free(s->stats);
+        free(s->reps);
+        free(s);
 }
 
-/* How much counter `key` grew from before to now (now when it went down: a restarted worker). */
-static double grew(const cJSON *now, const cJSON *before, const char *key) {
-        double a = num(now, key), b = before ? num(before, key) : 0;
-        return a >= b ? a - b : a;
+static uint64_t name_hash(const char *a, const char *b) {
+        uint64_t x = 1469598103934665603ull;
+        for (const char *p = a ?: ""; *p; p++)
+                x = (x ^ (unsigned char)*p) * 1099511628211ull;
+        x = (x ^ 0xff) * 1099511628211ull;
+        for (const char *p = b ?: ""; *p; p++)
+                x = (x ^ (unsigned char)*p) * 1099511628211ull;
+        return x;
 }
+
+static int key_cmp(const void *a, const void *b) {
+        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+/* The entry with key in a sorted array of n elements of size `size` (key first), or NULL. */
+static const void *find_key(const void *base, size_t n, size_t size, uint64_t key) {
+        return base ? bsearch(&key, base, n, size, key_cmp) : NULL;
+}
+
+/* How much a counter grew (now when it went down: a restarted worker). */
+static double grew(double now, double before) { return now >= before ? now - before : now; }
 
 static void set(struct history *hist, const char *scope, const char *name, const char *metric, double v) {
         if (isfinite(v))
                 (void)history_set(hist, scope, name, metric, v);
 }
 
+/* The deployments of the spec by name_hash(app, name): an open-addressing table of indexes + 1. */
+struct dep_index {
+        uint32_t *slots;
+        size_t mask;
+};
+
+static int dep_index_build(struct dep_index *ix, const struct serve_spec *spec) {
+        size_t size = 16;
+        while (size < 2 * spec->n_deps)
+                size <<= 1;
+        if (!(ix->slots = calloc(size, sizeof *ix->slots)))
+                return -ENOMEM;
+        ix->mask = size - 1;
+        for (size_t i = 0; i < spec->n_deps; i++) {
+                size_t b = name_hash(spec->deps[i].app, spec->deps[i].name) & ix->mask;
+                while (ix->slots[b])
+                        b = (b + 1) & ix->mask;
+                ix->slots[b] = (uint32_t)i + 1;
+        }
+        return 0;
+}
+
+static const struct dep_spec *dep_index_find(const struct dep_index *ix, const struct serve_spec *spec, uint64_t key,
+                                             const char *app, const char *name) {
+        for (size_t b = key & ix->mask; ix->slots[b]; b = (b + 1) & ix->mask) {
+                const struct dep_spec *d = &spec->deps[ix->slots[b] - 1];
+                if (streq_ptr(d->app, app) && streq_ptr(d->name, name))
+                        return d;
+        }
+        return NULL;
+}
+
 /* Adds node n's part since the previous sample (dt seconds ago; 0: none) to acc, records its
- * own series, and keeps what it reported for the next sample. */
-static void sample_node(struct head *h, struct node *n, double dt, struct dep_acc *acc) {
+ * own series, and keeps its counters for the next sample. */
+static void sample_node(struct head *h, const struct dep_index *ix, struct node *n, double dt, struct dep_acc *acc) {
         struct history *hist = h->dash->hist;
-        const cJSON *stats = cJSON_GetObjectItem(n->report, "stats"), *reps = cJSON_GetObjectItem(n->report, "replicas");
-        const cJSON *prev = n->dash_prev, *pstats = cJSON_GetObjectItem(prev, "stats"),
-                    *preps = cJSON_GetObjectItem(prev, "replicas"), *it;
+        const cJSON *stats = cJSON_GetObjectItem(n->report, "stats"), *reps = cJSON_GetObjectItem(n->report, "replicas"), *it;
+        struct dash_snapshot *prev = n->dash_prev, *now = calloc(1, sizeof *now);
+        size_t ns = (size_t)cJSON_GetArraySize(stats), nr = (size_t)cJSON_GetArraySize(reps);
         double cpu = 0, rq_sum = 0, rq_count = 0;
         bool have = prev && dt > 0;
 
+        if (!now || (ns && !(now->stats = calloc(ns, sizeof *now->stats))) ||
+            (nr && !(now->reps = calloc(nr, sizeof *now->reps)))) {
+                dash_snapshot_free(now);
+                now = NULL;
+                have = false;
+        }
         cJSON_ArrayForEach(it, stats) {
-                const struct dep_spec *d = spec_find(h->spec, str(it, "app") ?: "", str(it, "deployment") ?: "");
-                if (!d || !have)
+                const char *app = str(it, "app"), *name = str(it, "deployment");
+                struct dash_stat c = { .key = name_hash(app, name), .requests = num(it, "requests"), .errors = num(it, "errors") };
+                if (latency_hist_json_get(it, &c.latency) < 0)
                         continue;
+                if (now)
+                        now->stats[now->n_stats++] = c;
+                const struct dep_spec *d = dep_index_find(ix, h->spec, c.key, app, name);
+                if (!have || !d)
+                        continue;
+                const struct dash_stat *p = find_key(prev->stats, prev->n_stats, sizeof *p, c.key);
                 struct dep_acc *a = &acc[d - h->spec->deps];
-                const cJSON *p = find_item(pstats, "app", d->app, "deployment", d->name);
-                struct latency_hist now = { 0 }, before = { 0 }, delta;
-                a->requests += grew(it, p, "requests");
-                a->errors += grew(it, p, "errors");
-                if (latency_hist_json_get(it, &now) == 0 && (!p || latency_hist_json_get(p, &before) == 0)) {
-                        latency_hist_delta(&delta, &now, &before);
-                        latency_hist_merge(&a->latency, &delta);
-                }
+                struct latency_hist zero = { 0 }, delta;
+                a->requests += grew(c.requests, p ? p->requests : 0);
+                a->errors += grew(c.errors, p ? p->errors : 0);
+                latency_hist_delta(&delta, &c.latency, p ? &p->latency : &zero);
+                latency_hist_merge(&a->latency, &delta);
         }
         cJSON_ArrayForEach(it, reps) {
-                const struct dep_spec *d = h->spec ? spec_find(h->spec, str(it, "app") ?: "", str(it, "deployment") ?: "") : NULL;
+                const char *app = str(it, "app"), *name = str(it, "deployment");
+                const struct dep_spec *d = dep_index_find(ix, h->spec, name_hash(app, name), app, name);
+                const cJSON *rq = cJSON_GetObjectItem(it, "rq_delay");
+                struct dash_rep c = { .key = name_hash(str(it, "id"), NULL), .cpu_s = num(it, "cpu_s"),
+                                      .rq_sum = num(rq, "sum"), .rq_count = num(rq, "count") };
                 if (d && replica_is_running(it, d->version))
                         acc[d - h->spec->deps].running++;
+                if (now)
+                        now->reps[now->n_reps++] = c;
                 if (!have)
                         continue;
-                const cJSON *p = find_item(preps, "id", str(it, "id"), NULL, NULL);
-                const cJSON *rq = cJSON_GetObjectItem(it, "rq_delay"), *prq = cJSON_GetObjectItem(p, "rq_delay");
-                cpu += grew(it, p, "cpu_s");
-                rq_sum += grew(rq, prq, "sum");
-                rq_count += grew(rq, prq, "count");
+                const struct dash_rep *p = find_key(prev->reps, prev->n_reps, sizeof *p, c.key);
+                cpu += grew(c.cpu_s, p ? p->cpu_s : 0);
+                rq_sum += grew(c.rq_sum, p ? p->rq_sum : 0);
+                rq_count += grew(c.rq_count, p ? p->rq_count : 0);
         }
         if (have) {
                 set(hist, "nodes", n->name, "cpu_cores", cpu / dt);
                 if (rq_count > 0)
                         set(hist, "nodes", n->name, "rq_delay_ms", rq_sum / rq_count * 1000);
         }
-        cJSON *keep = cJSON_CreateObject();
-        if (keep && (!cJSON_AddItemToObject(keep, "stats", cJSON_Duplicate(stats, true)) ||
-                     !cJSON_AddItemToObject(keep, "replicas", cJSON_Duplicate(reps, true)))) {
-                cJSON_Delete(keep);
-                keep = NULL;
-        }
-        cJSON_Delete(n->dash_prev);
-        n->dash_prev = keep;
+        if (now && now->n_stats)
+                qsort(now->stats, now->n_stats, sizeof *now->stats, key_cmp);
+        if (now && now->n_reps)
+                qsort(now->reps, now->n_reps, sizeof *now->reps, key_cmp);
+        dash_snapshot_free(prev);
+        n->dash_prev = now;
 }
 
 /* The request series of one deployment, under scope/name. */
@@ -171,9 +249,10 @@ static void sample(struct head *h, double t) {
         struct dep_acc *acc = calloc(nd + 1, sizeof *acc);
         double dt = db->last_t > 0 ? t - db->last_t : 0;
         cJSON *groups = cJSON_CreateObject();
+        struct dep_index ix = { 0 };
         struct list *pos, *tmp;
 
-        if (!acc || !groups) {
+        if (!acc || !groups || (h->spec && dep_index_build(&ix, h->spec) < 0)) {
                 free(acc);
                 cJSON_Delete(groups);
                 return;
@@ -188,11 +267,11 @@ static void sample(struct head *h, double t) {
                 if (c && n->alive)
                         cJSON_SetNumberValue(c, c->valuedouble + 1);
                 if (!n->alive || !n->report || !h->spec) {
-                        cJSON_Delete(n->dash_prev);
+                        dash_snapshot_free(n->dash_prev);
                         n->dash_prev = NULL;
                         continue;
                 }
-                sample_node(h, n, dt, acc);
+                sample_node(h, &ix, n, dt, acc);
         }
         for (size_t i = 0; i < nd; i++) {
                 const struct dep_spec *d = &h->spec->deps[i];
@@ -214,6 +293,7 @@ static void sample(struct head *h, double t) {
         cJSON_ArrayForEach(g, groups) set(db->hist, "groups", g->string, "nodes_alive", g->valuedouble);
         db->last_t = t;
         cJSON_Delete(groups);
+        free(ix.slots);
         free(acc);
 }
 

@@ -88,7 +88,7 @@ struct node {
         long long ready_cache_epoch;
         uint64_t routing_version;      /* the routing table version it holds; ROUTING_NONE: none */
         uint64_t sent_share_sig;       /* share_signature() of the assign last sent */
-        cJSON *dash_prev;              /* its stats and replicas at the dashboard's last sample */
+        struct dash_snapshot *dash_prev; /* its counters at the dashboard's last sample */
         struct node *hash_next;        /* in h->node_index's chain */
         struct list link;
 };
@@ -120,6 +120,7 @@ struct assignment {
 
 struct deploy;
 struct dashboard;
+struct dash_snapshot;
 
 struct head {
         struct loop loop;
@@ -246,6 +247,7 @@ void dashboard_tick(struct head *h, uint64_t now);
 bool dashboard_handle(struct head *h, const struct httpd_request *rq, struct httpd_response *resp);
 /* The events in a validated report of node n go into h->events. */
 void dashboard_take_events(struct head *h, struct node *n, const cJSON *report);
+void dash_snapshot_free(struct dash_snapshot *s);
 /* Whether a reported replica is RUNNING at the deployment's current version. */
 bool replica_is_running(const cJSON *rep, const char *version);
 

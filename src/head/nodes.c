@@ -44,7 +44,7 @@ void node_free(struct node *n) {
                 free((char *)n->custom[i].name);
         free(n->custom);
         cJSON_Delete(n->report);
-        cJSON_Delete(n->dash_prev);
+        dash_snapshot_free(n->dash_prev);
         free(n->report_text);
         free(n->sent_assign);
         free(n->shares);
