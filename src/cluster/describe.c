@@ -44,8 +44,11 @@ void description_free(struct description *d) {
         free(d->module);
         free(d->symbol);
         free(d->ingress);
-        for (size_t i = 0; i < d->n_deps; i++)
+        for (size_t i = 0; i < d->n_deps; i++) {
                 free(d->deps[i].name);
+                free(d->deps[i].user_config_json);
+                free(d->deps[i].autoscaling_config_json);
+        }
         free(d->deps);
         memset(d, 0, sizeof *d);
 }
@@ -109,7 +112,11 @@ static int describe_parse(const char *out, struct description *ret, char **ret_e
                 d->graceful_timeout = json_num(def, "graceful_shutdown_timeout_s");
                 d->num_cpus = json_num(def, "num_cpus");
                 d->num_gpus = json_num(def, "num_gpus");
-                if (!d->name) {
+                const char *uc = cJSON_GetStringValue(cJSON_GetObjectItem(def, "user_config"));
+                const char *as = cJSON_GetStringValue(cJSON_GetObjectItem(def, "autoscaling_config"));
+                d->user_config_json = uc ? strdup(uc) : NULL;
+                d->autoscaling_config_json = as ? strdup(as) : NULL;
+                if (!d->name || (uc && !d->user_config_json) || (as && !d->autoscaling_config_json)) {
                         cJSON_Delete(j);
                         description_free(ret);
                         return error_set(-ENOMEM, ret_err, "out of memory");

@@ -15,6 +15,8 @@ struct described_deployment {
         char *name;
         int num_replicas, max_ongoing, max_queued;
         double health_period, health_timeout, graceful_timeout, num_cpus, num_gpus;
+        /* Code defaults as JSON text (ABI 3; NULL when the code has none). */
+        char *user_config_json, *autoscaling_config_json;
 };
 
 struct description {

@@ -88,7 +88,8 @@ static char *strdup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
 /* The file's value where it set one, else the code's default, else the system default. */
 static int spec_build(const struct app_config *a, const struct deployment_config *dc, const struct description *desc,
-                      const struct described_deployment *dd, struct dep_spec *d) {
+                      const struct described_deployment *dd, const struct autoscaling_config *code_as,
+                      struct dep_spec *d) {
         struct deployment_config def;
         deployment_config_defaults(&def);
         const struct deployment_config *c = dc ? dc : &def;
@@ -102,12 +103,18 @@ static int spec_build(const struct app_config *a, const struct deployment_config
         d->module_hash = desc->module_hash;
         d->args_json = strdup(a->args_json ?: "{}");
         d->working_dir = strdup_or_null(a->runtime_env.working_dir);
-        d->env = calloc(a->runtime_env.n_env_vars + 1, sizeof(char *));
+        d->env = calloc(a->runtime_env.n_env_vars + 2, sizeof(char *));
         if (!d->app || !d->name || !d->module || !d->symbol || !d->args_json || !d->env)
                 return -ENOMEM;
         for (size_t i = 0; i < a->runtime_env.n_env_vars; i++)
                 if (!(d->env[d->n_env++] = strdup(a->runtime_env.env_vars[i])))
                         return -ENOMEM;
+        /* The Python bridge adds this virtualenv's site-packages to sys.path. */
+        if (a->runtime_env.py_executable &&
+            asprintf(&d->env[d->n_env++], "SERVE_PY_EXECUTABLE=%s", a->runtime_env.py_executable) < 0) {
+                d->env[--d->n_env] = NULL;
+                return -ENOMEM;
+        }
 #define PICK(flag, field, code) ((set & (flag)) ? c->field : ((code) ? (code) : c->field))
         d->replicas = PICK(DEPLOY_SET_NUM_REPLICAS, num_replicas, dd->num_replicas);
         d->max_ongoing = PICK(DEPLOY_SET_MAX_ONGOING, max_ongoing_requests, dd->max_ongoing);
@@ -136,15 +143,20 @@ static int spec_build(const struct app_config *a, const struct deployment_config
                 d->num_gpus = dd->num_gpus;
         }
         d->max_per_node = c->max_replicas_per_node;
-        if (dc && dc->has_autoscaling) { /* num_replicas: auto is autoscaling with Ray's defaults for it */
+        /* The code's autoscaling_config applies unless the file sets autoscaling_config or a
+         * fixed num_replicas. */
+        const struct autoscaling_config *as = dc && dc->has_autoscaling ? &dc->autoscaling
+                                              : !(set & DEPLOY_SET_NUM_REPLICAS) ? code_as : NULL;
+        if (as) { /* num_replicas: auto is autoscaling with Ray's defaults for it */
                 d->autoscaling = true;
-                d->as = dc->autoscaling;
+                d->as = *as;
                 d->scales_from_zero = d->as.min_replicas == 0;
                 d->replicas = d->as.initial_replicas >= 0 ? d->as.initial_replicas : d->as.min_replicas;
         }
         if (d->max_ongoing < 1)
                 d->max_ongoing = 1;
-        if (c->user_config_json && !(d->user_config_json = strdup(c->user_config_json)))
+        const char *uc = (set & DEPLOY_SET_USER_CONFIG) ? c->user_config_json : dd->user_config_json;
+        if (uc && !(d->user_config_json = strdup(uc)))
                 return -ENOMEM;
         d->line = dc ? dc->line : a->line;
         d->column = dc ? dc->column : a->column;
@@ -164,6 +176,38 @@ static int fail_at(char **ret_error, const struct serve_config *cfg, int line, i
         if (asprintf(ret_error, "%s:%d:%d: %s: %s", cfg->path ?: "config", line, col, field, msg) < 0)
                 *ret_error = NULL;
         return -EINVAL;
+}
+
+/* The code's user_config and autoscaling_config defaults (ABI 3) are checked like the file's
+ * values, and an invalid one is a config error naming the deployment (at the application's
+ * import_path: the code is at fault). Returns 0 (and *ret_as parsed when the code has one), or
+ * -EINVAL with *ret_error. */
+static int code_defaults_check(const struct serve_config *cfg, size_t i, const struct app_config *a,
+                               const struct deployment_config *dc, const struct described_deployment *dd,
+                               struct autoscaling_config *ret_as, char **ret_error) {
+        char field[128];
+        int r;
+
+        snprintf(field, sizeof field, "applications[%zu].import_path", i);
+        if (dd->user_config_json && !(dc && (dc->set & DEPLOY_SET_USER_CONFIG))) {
+                cJSON *j = cJSON_Parse(dd->user_config_json);
+                cJSON_Delete(j);
+                if (!j)
+                        return fail_at(ret_error, cfg, a->line, a->column, field,
+                                       "deployment '%s' in %s: its user_config default in code is not valid JSON",
+                                       dd->name, a->import_path);
+        }
+        if (dd->autoscaling_config_json) {
+                _cleanup_free_ char *e = NULL;
+                r = config_parse_autoscaling_json(dd->autoscaling_config_json, ret_as, &e);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0)
+                        return fail_at(ret_error, cfg, a->line, a->column, field,
+                                       "deployment '%s' in %s: its autoscaling_config default in code is invalid: %s",
+                                       dd->name, a->import_path, e ? e : "invalid");
+        }
+        return 0;
 }
 
 /* Which application's description application i uses: the first one with the same code
@@ -211,6 +255,8 @@ static int spec_assemble(const struct serve_config *cfg, const struct descriptio
                         r = -ENOMEM;
                 for (size_t m = 0; m < desc->n_deps && r == 0; m++) {
                         const struct deployment_config *dc = NULL;
+                        struct autoscaling_config code_as;
+                        bool code_as_set = desc->deps[m].autoscaling_config_json != NULL;
                         for (size_t k = 0; k < a->n_deployments; k++)
                                 if (streq(desc->deps[m].name, a->deployments[k].name))
                                         dc = &a->deployments[k];
@@ -220,7 +266,11 @@ static int spec_assemble(const struct serve_config *cfg, const struct descriptio
                                 break;
                         }
                         s->deps = nd;
-                        r = spec_build(a, dc, desc, &desc->deps[m], &s->deps[s->n_deps++]);
+                        r = code_defaults_check(cfg, i, a, dc, &desc->deps[m], &code_as, ret_error);
+                        if (r < 0)
+                                break;
+                        r = spec_build(a, dc, desc, &desc->deps[m], code_as_set ? &code_as : NULL,
+                                       &s->deps[s->n_deps++]);
                 }
         }
         if (r < 0) {

@@ -304,6 +304,29 @@ static int parse_autoscaling(struct yt_parser *p, const struct yt_node *v, bool 
         return 0;
 }
 
+int config_parse_autoscaling_json(const char *json, struct autoscaling_config *ret, char **ret_error) {
+        struct yt_parser p = { .name = "autoscaling_config" };
+        struct yt_node *root = NULL;
+        struct deployment_config def;
+        int r;
+
+        deployment_config_defaults(&def);
+        *ret = def.autoscaling;
+        /* JSON is YAML: the same schema checks apply as for apps.yaml's autoscaling_config. */
+        r = yt_load_tree(&p, json, strlen(json), &root);
+        if (r >= 0 && !root)
+                r = yt_fail_at(&p, 1, 1, "must be a mapping");
+        if (r >= 0)
+                r = parse_autoscaling(&p, root, false, ret);
+        yt_node_free(root);
+        if (r < 0 && ret_error) {
+                *ret_error = p.error ? p.error : NULL;
+                p.error = NULL;
+        }
+        free(p.error);
+        return r < 0 ? r : 0;
+}
+
 /* deployments[] */
 
 static const char *const deployment_keys[] = {
@@ -432,7 +455,7 @@ static int parse_deployment(struct yt_parser *p, const struct yt_node *v, size_t
 
 /* runtime_env */
 
-static const char *const runtime_env_keys[] = { "working_dir", "env_vars" };
+static const char *const runtime_env_keys[] = { "working_dir", "env_vars", "pip", "py_executable" };
 
 static int parse_env_var(struct yt_parser *p, const struct yt_node *key, const struct yt_node *val, void *item,
                          void *userdata) {
@@ -459,9 +482,24 @@ static int runtime_env_field(struct yt_parser *p, unsigned idx, const struct yt_
                              void *userdata) {
         struct runtime_env *e = userdata;
 
-        if (idx == 0)
+        switch (idx) {
+        case 0:
                 return yt_get_string(p, v, false, &e->working_dir);
-        return parse_env_vars(p, v, e);
+        case 1:
+                return parse_env_vars(p, v, e);
+        case 2:
+                /* Ray installs these from PyPI per application; a serve node reaches no package
+                 * index, and a replica should not download code at start anyway. */
+                return yt_fail(p, v, "is not supported: nodes reach no package index; install packages "
+                                     "with apt (python3-...), or into a virtualenv and name its interpreter "
+                                     "in runtime_env.py_executable");
+        default: {
+                int r = yt_get_string(p, v, false, &e->py_executable);
+                if (r >= 0 && e->py_executable[0] != '/')
+                        r = yt_fail(p, v, "must be an absolute path (a virtualenv's bin/python)");
+                return r;
+        }
+        }
 }
 
 /* applications[] */
@@ -723,6 +761,7 @@ static void app_config_done(struct app_config *a) {
         free(a->import_path);
         free(a->args_json);
         free(a->runtime_env.working_dir);
+        free(a->runtime_env.py_executable);
         for (size_t i = 0; i < a->runtime_env.n_env_vars; i++)
                 free(a->runtime_env.env_vars[i]);
         free(a->runtime_env.env_vars);

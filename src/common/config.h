@@ -99,6 +99,7 @@ struct runtime_env {
         char *working_dir;   /* NULL when absent */
         char **env_vars;     /* "KEY=VALUE" strings */
         size_t n_env_vars;
+        char *py_executable; /* a virtualenv's interpreter for Python deployments; NULL when absent */
 };
 
 struct app_config {
@@ -130,6 +131,11 @@ int config_parse(const char *name, const char *text, size_t len, struct serve_co
 /* Reads and parses a file; as config_parse(), plus the errno of a failed read (message names
  * the file). */
 int config_load_file(const char *path, struct serve_config **ret, char **ret_error);
+
+/* An autoscaling_config given as JSON text (a deployment's default in code), with apps.yaml's
+ * schema and checks, over the system defaults. Returns 0 and *ret, or -EINVAL with a message
+ * in *ret_error ("autoscaling_config:LINE:COLUMN: field: what is wrong"), or -ENOMEM. */
+int config_parse_autoscaling_json(const char *json, struct autoscaling_config *ret, char **ret_error);
 
 /* Fills the defaults documented above (used by config_parse for absent fields). */
 void deployment_config_defaults(struct deployment_config *d);

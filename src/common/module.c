@@ -57,6 +57,81 @@ static int searched_add(char **list, const char *dir) {
         return 0;
 }
 
+/* Where `name` (a file name) is first found along the search path, or NULL: working_dir, each
+ * directory of $SERVE_APP_PATH, PKGLIBDIR/apps. When `searched` is not NULL, the directories
+ * are appended to it. Returns 0 (and *ret, malloc'd or NULL) or -ENOMEM. */
+static int search_path(const char *name, const char *working_dir, char **searched, char **ret) {
+        const char *env = getenv("SERVE_APP_PATH");
+        _cleanup_free_ char *env_copy = env ? strdup(env) : NULL;
+        char *found = NULL;
+        int r;
+
+        *ret = NULL;
+        if (env && !env_copy)
+                return -ENOMEM;
+        /* Every directory, in order (the list of them is wanted for messages). */
+        const char *dirs[258];
+        size_t n = 0;
+        if (working_dir)
+                dirs[n++] = working_dir;
+        for (char *save = NULL, *d = env_copy ? strtok_r(env_copy, ":", &save) : NULL; d && n < ELEMENTSOF(dirs) - 1;
+             d = strtok_r(NULL, ":", &save))
+                dirs[n++] = d;
+        dirs[n++] = PKGLIBDIR "/apps";
+        for (size_t i = 0; i < n; i++) {
+                if (searched && (r = searched_add(searched, dirs[i])) < 0) {
+                        free(found);
+                        return r;
+                }
+                if (found)
+                        continue;
+                found = path_join(dirs[i], name);
+                if (!found)
+                        return -ENOMEM;
+                if (!is_regular_file(found))
+                        found = mfree(found);
+        }
+        *ret = found;
+        return 0;
+}
+
+static bool has_suffix(const char *s, const char *suffix) {
+        size_t n = strlen(s), k = strlen(suffix);
+        return n > k && streq(s + n - k, suffix);
+}
+
+/* MODULE without '/': MODULE.so or MODULE.py (or MODULE itself when it ends in one of them)
+ * along the search path. Both found (anywhere) is an error: which one was meant is unclear. */
+static int module_search(const char *module, const char *working_dir, char **ret, char **ret_error) {
+        _cleanup_free_ char *so_name = NULL, *py_name = NULL, *so = NULL, *py = NULL, *searched = NULL;
+        bool explicit_ext = has_suffix(module, ".so") || has_suffix(module, ".py");
+        int r;
+
+        if (explicit_ext) {
+                r = search_path(module, working_dir, &searched, &so);
+                if (r < 0)
+                        return r;
+                if (!so)
+                        return error_set(-ENOENT, ret_error, "module '%s' not found in: %s", module, searched);
+                *ret = TAKE_PTR(so);
+                return 0;
+        }
+        if (asprintf(&so_name, "%s.so", module) < 0 || asprintf(&py_name, "%s.py", module) < 0)
+                return -ENOMEM;
+        if ((r = search_path(so_name, working_dir, &searched, &so)) < 0 ||
+            (r = search_path(py_name, working_dir, NULL, &py)) < 0)
+                return r;
+        if (so && py)
+                return error_set(-EINVAL, ret_error,
+                                 "module '%s' is ambiguous: both %s and %s match; rename one, or name the file in import_path",
+                                 module, so, py);
+        if (!so && !py)
+                return error_set(-ENOENT, ret_error, "module '%s' (%s or %s) not found in: %s", module, so_name, py_name,
+                                 searched);
+        *ret = so ? TAKE_PTR(so) : TAKE_PTR(py);
+        return 0;
+}
+
 int module_resolve(const char *import_path, const char *working_dir, char **ret_path,
                    char **ret_symbol, char **ret_error) {
         _cleanup_free_ char *module = NULL, *symbol = NULL, *file = NULL, *searched = NULL,
@@ -94,51 +169,9 @@ int module_resolve(const char *import_path, const char *working_dir, char **ret_
                                     module, file);
                 found = TAKE_PTR(file);
         } else {
-                size_t n = strlen(module);
-                bool has_so = n > 3 && streq(module + n - 3, ".so");
-                const char *env = getenv("SERVE_APP_PATH");
-                _cleanup_free_ char *env_copy = env ? strdup(env) : NULL;
-
-                if (asprintf(&file, "%s%s", module, has_so ? "" : ".so") < 0) {
-                        file = NULL;
-                        return -ENOMEM;
-                }
-                if (env && !env_copy)
-                        return -ENOMEM;
-
-                if (working_dir) {
-                        found = path_join(working_dir, file);
-                        if (!found)
-                                return -ENOMEM;
-                        if (!is_regular_file(found)) {
-                                found = mfree(found);
-                                if ((r = searched_add(&searched, working_dir)) < 0)
-                                        return r;
-                        }
-                }
-                for (char *save = NULL, *d = env_copy ? strtok_r(env_copy, ":", &save) : NULL;
-                     !found && d; d = strtok_r(NULL, ":", &save)) {
-                        found = path_join(d, file);
-                        if (!found)
-                                return -ENOMEM;
-                        if (!is_regular_file(found)) {
-                                found = mfree(found);
-                                if ((r = searched_add(&searched, d)) < 0)
-                                        return r;
-                        }
-                }
-                if (!found) {
-                        found = path_join(PKGLIBDIR "/apps", file);
-                        if (!found)
-                                return -ENOMEM;
-                        if (!is_regular_file(found)) {
-                                found = mfree(found);
-                                if ((r = searched_add(&searched, PKGLIBDIR "/apps")) < 0)
-                                        return r;
-                                return error_set(-ENOENT, ret_error, "module '%s' (%s) not found in: %s",
-                                            module, file, searched);
-                        }
-                }
+                r = module_search(module, working_dir, &found, ret_error);
+                if (r < 0)
+                        return r;
         }
 
         char *abs = realpath(found, NULL);

@@ -1,9 +1,11 @@
-/* Finds the shared object named by an application's import_path ("MODULE:SYMBOL"). */
+/* Finds the shared object or Python module named by an application's import_path ("MODULE:SYMBOL"). */
 #pragma once
 
 /* MODULE containing '/' is a path (a relative one is taken from working_dir when given, else
- * the current directory). Otherwise MODULE.so (".so" only appended when missing) is searched in
- * working_dir, then each directory of $SERVE_APP_PATH (colon-separated), then PKGLIBDIR/apps.
+ * the current directory). Otherwise MODULE.so and MODULE.py (a shared object or a Python
+ * module; MODULE itself when it ends in .so or .py) are searched in working_dir, then each
+ * directory of $SERVE_APP_PATH (colon-separated), then PKGLIBDIR/apps; a name that matches both
+ * a .so and a .py (anywhere along the search) is -EINVAL naming both files.
  * Whether SYMBOL exists is only known after dlopen (the replica checks it).
  *
  * Returns 0 with *ret_path (absolute, symlinks resolved) and *ret_symbol (both malloc'd), or

@@ -5,7 +5,10 @@
 : "${top_srcdir:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${top_builddir:=$top_srcdir/build}"
 SERVE=$top_builddir/serve
-export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs"
+export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs:$top_srcdir/examples/python"
+# Python deployments: the bridge and the serve package from the trees under test.
+export SERVE_PYTHON_BRIDGE="$top_builddir/.libs/serve_python.so"
+export SERVE_PYTHON_PATH="$top_srcdir/python"
 export SERVE_REPLICA_BIN="$top_builddir/serve-replica"
 export SERVE_DASHBOARD_DIR=${SERVE_DASHBOARD_DIR:-$top_srcdir/dashboard}
 
@@ -111,7 +114,7 @@ cluster_init() {
         HEAD_BIN=$top_builddir/serve-head
         WORKER_BIN=$top_builddir/serve-worker
         CLI=$top_builddir/serve
-        export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs"
+        export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs:$top_srcdir/examples/python"
         CONF=$WORK/conf
         STATE=$WORK/state
         mkdir -p "$CONF" "$STATE"
