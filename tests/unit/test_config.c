@@ -6,8 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "common/config.h"
+#include "common/module.h"
 #include "tap.h"
 
 static struct serve_config *parse_ok(const char *yaml) {
@@ -531,11 +533,114 @@ static void test_files(void) {
         config_free(c);
 }
 
+static void touch(const char *path) {
+        FILE *f = fopen(path, "w");
+        if (f)
+                fclose(f);
+}
+
+/* import_path's module search: .so and .py along working_dir, $SERVE_APP_PATH, PKGLIBDIR/apps. */
+static void test_module_search(void) {
+        char tmpl[] = "/tmp/serve-module-XXXXXX", a[64], b[64], f[160];
+        char *path = NULL, *sym = NULL, *err = NULL;
+        const char *dir = mkdtemp(tmpl);
+        int r;
+
+        if (!ok(dir != NULL, "module search: a temporary directory"))
+                return;
+        snprintf(a, sizeof a, "%s/a", dir);
+        snprintf(b, sizeof b, "%s/b", dir);
+        mkdir(a, 0700);
+        mkdir(b, 0700);
+        snprintf(f, sizeof f, "%s/m.py", a);
+        touch(f);
+        snprintf(f, sizeof f, "%s/c.so", a);
+        touch(f);
+        snprintf(f, sizeof f, "%s/m.so", b);
+        touch(f);
+        snprintf(f, sizeof f, "%s/only.py", b);
+        touch(f);
+        snprintf(f, sizeof f, "%s:%s", a, b);
+        setenv("SERVE_APP_PATH", f, 1);
+
+        r = module_resolve("only:app", NULL, &path, &sym, &err);
+        ok(r == 0 && path && strstr(path, "/b/only.py") && strcmp(sym, "app") == 0, "only.py is found for only:app");
+        free(path), free(sym), free(err), path = sym = err = NULL;
+        r = module_resolve("c:app", NULL, &path, &sym, &err);
+        ok(r == 0 && path && strstr(path, "/a/c.so"), "c.so is found for c:app");
+        free(path), free(sym), free(err), path = sym = err = NULL;
+        r = module_resolve("m:app", NULL, &path, &sym, &err);
+        ok(r == -EINVAL && err && strstr(err, "/a/m.py") && strstr(err, "/b/m.so"),
+           "m.py in one directory and m.so in another: an error naming both (%s)", err ? err : "");
+        free(path), free(sym), free(err), path = sym = err = NULL;
+        r = module_resolve("m.py:app", NULL, &path, &sym, &err);
+        ok(r == 0 && path && strstr(path, "/a/m.py"), "m.py:app names the Python module itself");
+        free(path), free(sym), free(err), path = sym = err = NULL;
+        r = module_resolve("only:app", a, &path, &sym, &err);
+        ok(r == 0 && path && strstr(path, "/b/only.py"), "working_dir first, then SERVE_APP_PATH");
+        free(path), free(sym), free(err), path = sym = err = NULL;
+        r = module_resolve("nope:app", b, &path, &sym, &err);
+        ok(r == -ENOENT && err && strstr(err, "nope.so or nope.py") && strstr(err, a) && strstr(err, "/apps"),
+           "not found: the module, both extensions and every directory (%s)", err ? err : "");
+        free(path), free(sym), free(err), path = sym = err = NULL;
+        unsetenv("SERVE_APP_PATH");
+        static const char *const files[] = { "a/m.py", "a/c.so", "b/m.so", "b/only.py", "a", "b", "" };
+        for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+                snprintf(f, sizeof f, "%s/%s", dir, files[i]);
+                if (remove(f) < 0)
+                        printf("# cannot remove %s\n", f);
+        }
+}
+
+/* runtime_env: pip is refused, py_executable must be absolute. */
+static void test_runtime_env(void) {
+        static const char pip[] = "applications:\n  - import_path: m:app\n    runtime_env:\n      pip: [numpy]\n";
+        static const char venv[] = "applications:\n  - import_path: m:app\n    runtime_env:\n      py_executable: /srv/venv/bin/python\n";
+        static const char rel[] = "applications:\n  - import_path: m:app\n    runtime_env:\n      py_executable: venv/bin/python\n";
+        struct serve_config *c = NULL;
+        char *err = NULL;
+
+        ok(config_parse("apps.yaml", pip, strlen(pip), &c, &err) == -EINVAL && err && strstr(err, "pip") &&
+                   strstr(err, "apt") && strstr(err, "py_executable"),
+           "runtime_env.pip is refused, saying what to do instead (%s)", err ? err : "");
+        free(err), err = NULL;
+        ok(config_parse("apps.yaml", venv, strlen(venv), &c, &err) == 0 && c &&
+                   strcmp(c->apps[0].runtime_env.py_executable, "/srv/venv/bin/python") == 0,
+           "runtime_env.py_executable is kept");
+        config_free(c), c = NULL;
+        ok(config_parse("apps.yaml", rel, strlen(rel), &c, &err) == -EINVAL && err && strstr(err, "absolute"),
+           "a relative py_executable is refused");
+        free(err), err = NULL;
+}
+
+/* A deployment's autoscaling_config default in code (JSON) is checked like apps.yaml's. */
+static void test_autoscaling_json(void) {
+        struct autoscaling_config a;
+        char *err = NULL;
+
+        ok(config_parse_autoscaling_json("{\"min_replicas\": 2, \"max_replicas\": 5, \"target_ongoing_requests\": 3}",
+                                         &a, &err) == 0 && a.min_replicas == 2 && a.max_replicas == 5 &&
+                   a.target_ongoing_requests == 3 && a.upscale_delay_s == 30,
+           "autoscaling_config from JSON, with the defaults for the rest");
+        ok(config_parse_autoscaling_json("{\"min_replicas\": 3, \"max_replicas\": 2}", &a, &err) == -EINVAL && err &&
+                   strstr(err, "max_replicas"),
+           "max_replicas below min_replicas is refused (%s)", err ? err : "");
+        free(err), err = NULL;
+        ok(config_parse_autoscaling_json("{\"bogus\": 1}", &a, &err) == -EINVAL && err && strstr(err, "bogus"),
+           "an unknown key is refused (%s)", err ? err : "");
+        free(err), err = NULL;
+        ok(config_parse_autoscaling_json("[1, 2]", &a, &err) == -EINVAL, "a list is refused");
+        free(err), err = NULL;
+}
+
 int main(void) {
         test_full();
         test_defaults();
         test_errors();
         test_limits();
         test_files();
+        test_module_search();
+        test_runtime_env();
+        test_autoscaling_json();
         return tap_done();
 }
