@@ -192,11 +192,12 @@ static bool name_ok(const char *s) {
         return proto_name_valid(s, strlen(s), PROTO_MAX_NAME) && !strchr(s, '>');
 }
 
-static int op_call(serve_ctx *ctx, const char *dep, const char *method, const void *arg, size_t len, bool stream,
-                   serve_future **ret_future, struct serve_result *ret_error) {
+static int op_call(serve_ctx *ctx, const serve_request *for_req, const char *dep, const char *method,
+                   const void *arg, size_t len, bool stream, serve_future **ret_future,
+                   struct serve_result *ret_error) {
         struct replica *rep = calls.rep;
         const struct serve_deployment *self = rep->dep, *target;
-        struct serve_request *parent = current;
+        const struct serve_request *parent = for_req ? for_req : current;
         const char *path = parent && parent->call_path ? parent->call_path : "";
         char binds[512];
 

@@ -54,6 +54,20 @@
 
 /* ---- loading and validating the module ---- */
 
+/* ABI 2 modules (built before the code defaults for user_config and autoscaling_config) still
+ * load: their structs end before those fields, which are read only at >= 3. */
+#define REPLICA_MIN_ABI 2u
+
+static bool abi_supported(uint32_t v) { return v >= REPLICA_MIN_ABI && v <= SERVE_ABI_VERSION; }
+
+/* The ABI 3 code defaults of d (NULL for older modules). */
+static const char *dep_user_config_default(const struct serve_deployment *d) {
+        return d->abi_version >= 3 ? d->user_config_json : NULL;
+}
+static const char *dep_autoscaling_default(const struct serve_deployment *d) {
+        return d->abi_version >= 3 ? d->autoscaling_config_json : NULL;
+}
+
 
 static size_t handler_count(const struct serve_deployment *d) {
         size_t n = 0;
@@ -141,9 +155,9 @@ int replica_app_validate(const struct serve_application *app, const char *where,
         bool ingress_found = false;
         size_t n;
 
-        if (app->abi_version != SERVE_ABI_VERSION)
-                return error_set(-EINVAL, ret_error, "%s: abi_version %u, this serve supports %u",
-                              where, app->abi_version, SERVE_ABI_VERSION);
+        if (!abi_supported(app->abi_version))
+                return error_set(-EINVAL, ret_error, "%s: abi_version %u, this serve supports %u to %u",
+                              where, app->abi_version, REPLICA_MIN_ABI, SERVE_ABI_VERSION);
         if (!app->ingress)
                 return error_set(-EINVAL, ret_error, "%s: no ingress deployment", where);
         if (!app->deployments || !app->deployments[0])
@@ -152,10 +166,10 @@ int replica_app_validate(const struct serve_application *app, const char *where,
         for (n = 0; n < REPLICA_MAX_LIST && app->deployments[n]; n++) {
                 const struct serve_deployment *d = app->deployments[n];
 
-                if (d->abi_version != SERVE_ABI_VERSION)
+                if (!abi_supported(d->abi_version))
                         return error_set(-EINVAL, ret_error,
-                                      "%s: deployment #%zu: abi_version %u, this serve supports %u",
-                                      where, n, d->abi_version, SERVE_ABI_VERSION);
+                                      "%s: deployment #%zu: abi_version %u, this serve supports %u to %u",
+                                      where, n, d->abi_version, REPLICA_MIN_ABI, SERVE_ABI_VERSION);
                 if (!d->name || !*d->name)
                         return error_set(-EINVAL, ret_error, "%s: deployment #%zu has no name", where, n);
                 for (size_t j = 0; j < n; j++)
@@ -178,30 +192,88 @@ int replica_app_validate(const struct serve_application *app, const char *where,
         return graph_validate(app, where, ret_error);
 }
 
-/* dlopens path and finds and validates symbol. The handle stays open for the process's life. */
-static int app_load(const char *path, const char *symbol, const struct serve_application **ret_app,
-                    char **ret_error) {
-        _cleanup_free_ char *where = NULL;
-        void *dl, *sym;
+static bool is_python_module(const char *path) {
+        size_t n = strlen(path);
+        return n > 3 && streq(path + n - 3, ".py");
+}
+
+typedef int (*python_load_fn)(const char *py_path, const char *symbol, const char *working_dir,
+                              const struct serve_application **ret_app, char **ret_error);
+
+/* A .py module goes to the Python bridge (serve_python.so, which embeds CPython): it imports
+ * the module and hands back an application synthesized from its @serve.deployment classes. */
+static int python_app_load(const char *path, const char *symbol, const char *working_dir,
+                           const struct serve_application **ret_app, char **ret_error) {
+#ifdef HAVE_PYTHON
+        const char *bridge = getenv("SERVE_PYTHON_BRIDGE");
+        _cleanup_free_ char *error = NULL;
+        python_load_fn load;
+        void *dl;
         int r;
 
-        dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (!bridge || !*bridge)
+                bridge = PKGLIBDIR "/python/serve_python.so";
+        /* RTLD_GLOBAL: CPython's extension modules (numpy's) resolve libpython's symbols
+         * through the global scope. */
+        dl = dlopen(bridge, RTLD_NOW | RTLD_GLOBAL);
         if (!dl)
-                return error_set(-ENOEXEC, ret_error, "%s", dlerror());
-        dlerror();
-        sym = dlsym(dl, symbol);
-        if (!sym) {
-                dlclose(dl);
-                return error_set(-ENOENT, ret_error, "%s: symbol '%s' not found", path, symbol);
+                return error_set(-ENOEXEC, ret_error,
+                                 "%s: Python deployments need serve's Python support (serve_python.so): %s", path,
+                                 dlerror());
+        load = (python_load_fn) dlsym(dl, "serve_python_load");
+        if (!load)
+                return error_set(-ENOEXEC, ret_error,
+                                 "%s: Python deployments need serve's Python support (serve_python.so): %s has no serve_python_load",
+                                 path, bridge);
+        r = load(path, symbol, working_dir, ret_app, &error);
+        if (r < 0)
+                return error_set(r, ret_error, "%s", error ? error : "the Python bridge failed to load the module");
+        return 0;
+#else
+        (void) symbol;
+        (void) working_dir;
+        (void) ret_app;
+        return error_set(-ENOTSUP, ret_error,
+                         "%s: Python deployments need serve's Python support (serve_python.so): this serve was built without Python (configure --with-python)",
+                         path);
+#endif
+}
+
+/* dlopens path (or hands a .py module to the Python bridge) and finds and validates symbol.
+ * The handle stays open for the process's life. */
+static int app_load(const char *path, const char *symbol, const char *working_dir,
+                    const struct serve_application **ret_app, char **ret_error) {
+        _cleanup_free_ char *where = NULL;
+        void *dl = NULL, *sym;
+        int r;
+
+        if (is_python_module(path)) {
+                const struct serve_application *papp;
+                r = python_app_load(path, symbol, working_dir, &papp, ret_error);
+                if (r < 0)
+                        return r;
+                sym = (void *) papp;
+        } else {
+                dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+                if (!dl)
+                        return error_set(-ENOEXEC, ret_error, "%s", dlerror());
+                dlerror();
+                sym = dlsym(dl, symbol);
+                if (!sym) {
+                        dlclose(dl);
+                        return error_set(-ENOENT, ret_error, "%s: symbol '%s' not found", path, symbol);
+                }
         }
         if (asprintf(&where, "%s: symbol '%s'", path, symbol) < 0) {
                 where = NULL;
-                dlclose(dl);
+                if (dl)
+                        dlclose(dl);
                 return -ENOMEM;
         }
         r = replica_app_validate(sym, where, ret_error);
         if (r < 0) {
-                dlclose(dl);
+                if (dl)
+                        dlclose(dl);
                 return r;
         }
         *ret_app = sym;
@@ -263,6 +335,13 @@ static cJSON *deployment_to_json(const struct serve_deployment *d) {
             !cJSON_AddNumberToObject(defaults, "num_cpus", o->num_cpus) ||
             !cJSON_AddNumberToObject(defaults, "num_gpus", o->num_gpus))
                 goto fail;
+        /* Code defaults as JSON text (the head parses and validates them against apps.yaml's
+         * schema, naming the deployment). */
+        if ((dep_user_config_default(d) &&
+             !cJSON_AddStringToObject(defaults, "user_config", dep_user_config_default(d))) ||
+            (dep_autoscaling_default(d) &&
+             !cJSON_AddStringToObject(defaults, "autoscaling_config", dep_autoscaling_default(d))))
+                goto fail;
         return j;
 fail:
         cJSON_Delete(j);
@@ -278,7 +357,7 @@ int replica_describe(const char *import_path, const char *working_dir, FILE *out
         r = module_resolve(import_path, working_dir, &path, &symbol, ret_error);
         if (r < 0)
                 return r;
-        r = app_load(path, symbol, &app, ret_error);
+        r = app_load(path, symbol, working_dir, &app, ret_error);
         if (r < 0)
                 return r;
 
@@ -1418,7 +1497,8 @@ int replica_run(int control_fd) {
                 if (r < 0)
                         start_failed(rep, error ? error : "cannot resolve import_path");
         }
-        r = app_load(path, symbol, &app, &error);
+        /* The supervisor started us in working_dir (a Python module's imports look there). */
+        r = app_load(path, symbol, NULL, &app, &error);
         if (r < 0)
                 start_failed(rep, error ? error : "cannot load the module");
         for (size_t i = 0; app->deployments[i]; i++)

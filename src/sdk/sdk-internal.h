@@ -4,6 +4,7 @@
  * libserve exports only serve_* symbols, so the helpers the replica needs are static inline. */
 #pragma once
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -14,10 +15,12 @@
 
 /* What the replica plugs into libserve for handles and streaming: libserve knows no daemon. */
 struct serve_runtime_ops {
-        int (*call)(serve_ctx *ctx, const char *deployment, const char *method, const void *arg, size_t len,
-                    bool stream, serve_future **ret_future, struct serve_result *ret_error);
-        /* (call: on failure, ret_error, when not NULL, gets the status and a message naming
-         * what is wrong.) */
+        int (*call)(serve_ctx *ctx, const serve_request *parent, const char *deployment, const char *method,
+                    const void *arg, size_t len, bool stream, serve_future **ret_future,
+                    struct serve_result *ret_error);
+        /* (call: parent is the request the call belongs to (cancelled with it); NULL: the one
+         * this thread's handler serves, if any. On failure, ret_error, when not NULL, gets the
+         * status and a message naming what is wrong.) */
         int (*wait)(serve_future *f, struct serve_result *ret);
         int (*next)(serve_future *f, const void **ret_data, size_t *ret_len);
         int (*error)(const serve_future *f, const char **ret_message);
@@ -40,6 +43,20 @@ struct serve_ctx {
                                * different threads */
         char *error;
 };
+
+/* serve_call_async()/serve_call_stream() on behalf of `parent` (a request being served, NULL as
+ * they do): for code that runs a request's work on another thread than its handler's (the
+ * Python bridge's asyncio loop), so that the call still belongs to that request. Returns as
+ * serve_call_async(). */
+static inline int serve_call_start_for(serve_ctx *ctx, const serve_request *parent, const char *deployment,
+                                       const char *method, const void *arg, size_t len, bool stream,
+                                       serve_future **ret_future) {
+        if (!ctx || !deployment || !method || (!arg && len > 0) || !ret_future)
+                return -EINVAL;
+        if (!ctx->ops || !ctx->ops->call)
+                return -ENOTSUP;
+        return ctx->ops->call(ctx, parent, deployment, method, arg, len, stream, ret_future, NULL);
+}
 
 struct serve_req_header {
         const char *name;  /* NUL-terminated, inside serve_request.strings */

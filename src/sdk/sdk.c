@@ -315,7 +315,7 @@ static int call_start(serve_ctx *ctx, const char *deployment, const char *method
                 return result_message(ret_error, 500, -ENOTSUP, "handle calls need serve-replica");
         if (ret_error)
                 *ret_error = (struct serve_result) {};
-        return ctx->ops->call(ctx, deployment, method, arg, len, stream, ret_future, ret_error);
+        return ctx->ops->call(ctx, NULL, deployment, method, arg, len, stream, ret_future, ret_error);
 }
 
 int serve_call_async(serve_ctx *ctx, const char *deployment, const char *method, const void *arg, size_t len,

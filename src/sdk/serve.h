@@ -30,7 +30,8 @@
 extern "C" {
 #endif
 
-#define SERVE_ABI_VERSION 2u /* 2: batched handlers, binds (handles) */
+#define SERVE_ABI_VERSION 3u /* 2: batched handlers, binds (handles); 3: user_config and
+                              * autoscaling_config defaults in code */
 
 typedef struct serve_ctx serve_ctx;           /* one per replica */
 typedef struct serve_request serve_request;   /* valid during the handler call only */
@@ -101,6 +102,12 @@ struct serve_deployment {
          * names like the others' (unique across both lists); they come after `handlers` in the
          * handler numbering. */
         const struct serve_batch_handler *batched;
+        /* ABI 3 (read only from modules that say abi_version >= 3). Code defaults, as JSON text
+         * (NULL: none), that apps.yaml overrides like the options above: the user_config given
+         * to init/reconfigure, and an autoscaling_config object (apps.yaml's keys). An invalid
+         * one is a config error naming the deployment. */
+        const char *user_config_json;
+        const char *autoscaling_config_json;
 };
 
 struct serve_application {
