@@ -388,6 +388,15 @@ def invoke(replica, method, req, resp):
         args = (_argument(req),) if takes_arg else ()
         if kind == _PLAIN:
             result = func(*args)
+            # A plain method may hand over to an async or generator one (a dispatcher).
+            if inspect.iscoroutine(result):
+                result = _context.run_coroutine(result)
+            elif inspect.isgenerator(result):
+                _stream(resp, result, "%s.%s" % (replica.name, method))
+                return
+            elif inspect.isasyncgen(result):
+                _stream(resp, _async_items(result), "%s.%s" % (replica.name, method))
+                return
         elif kind == _ASYNC:
             result = _context.run_coroutine(func(*args))
         elif kind == _GEN:

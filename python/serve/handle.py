@@ -19,6 +19,16 @@ def _serve():
     return mod
 
 
+def _call_error(e):
+    """The RayServeException for a serve._serve.CallError(status, message)."""
+    args = tuple(e.args) + (500, "")
+    try:
+        status = int(args[0])
+    except (TypeError, ValueError):
+        return RayServeException(str(e), 500)
+    return from_status(status, args[1] if len(e.args) > 1 else "")
+
+
 class DeploymentResponse:
     """The answer of one call: await it, or .result()."""
 
@@ -35,8 +45,15 @@ class DeploymentResponse:
         with self._lock:
             if not self._done:
                 fut, self._fut = self._fut, None
+                mod = _serve()
                 try:
-                    status, body = _serve().wait(fut)
+                    if isinstance(fut, RayServeException):
+                        raise fut  # the call did not start
+                    status, body = mod.wait(fut)
+                except RayServeException as e:
+                    self._error = e
+                except mod.CallError as e:
+                    self._error = _call_error(e)
                 except Exception as e:  # noqa: BLE001 - the call failed to complete
                     self._error = RayServeException(str(e), 500)
                 else:
@@ -73,11 +90,12 @@ class DeploymentResponse:
                 fut, self._fut = self._fut, None
                 self._done = True
                 self._error = RayServeException("cancelled", 499)
-                _serve().cancel(fut)
+                if not isinstance(fut, BaseException):
+                    _serve().cancel(fut)
 
     def __del__(self):
         try:
-            if not self._done and self._fut is not None:
+            if not self._done and self._fut is not None and not isinstance(self._fut, BaseException):
                 _serve().cancel(self._fut)
         except Exception:  # noqa: BLE001 - at interpreter exit
             pass
@@ -98,8 +116,7 @@ class DeploymentResponseGenerator:
             piece = mod.next(self._fut)
         except mod.CallError as e:
             self._end = True
-            status, message = (e.args + (500, ""))[:2] if e.args else (500, "")
-            raise from_status(int(status), message) from None
+            raise _call_error(e) from None
         if piece is None:
             self._end = True
         return piece
@@ -150,10 +167,18 @@ class _Method:
         data = _codec.encode(args[0]) if args else b""
         req = _context.current_request.get()
         mod = _serve()
-        if self._handle._stream:
-            return DeploymentResponseGenerator(
-                mod.call_stream(req, self._handle.deployment_name, self._name, data))
-        return DeploymentResponse(mod.call(req, self._handle.deployment_name, self._name, data))
+        try:
+            if self._handle._stream:
+                return DeploymentResponseGenerator(
+                    mod.call_stream(req, self._handle.deployment_name, self._name, data))
+            return DeploymentResponse(mod.call(req, self._handle.deployment_name, self._name, data))
+        except mod.CallError as e:
+            # Not started (no such deployment or method, a full queue): raised when awaited,
+            # as Ray does.
+            err = _call_error(e)
+            if self._handle._stream:
+                raise err from None
+            return DeploymentResponse(err)
 
 
 class DeploymentHandle:

@@ -538,6 +538,18 @@ class HandleTest(Base):
         self.assertEqual(body["type"], "BackPressureError")
         self.assertTrue(issubclass(BackPressureError, RayServeException))
 
+    def test_call_not_started(self):
+        def refuse(*a):
+            raise FAKE.CallError(404, "no such method")
+        saved = FAKE.call
+        FAKE.call = refuse
+        try:
+            FAKE.routes["Other"] = lambda m, d: (200, b"")
+            body = json.loads(call(self.r, "fails").body)
+        finally:
+            FAKE.call = saved
+        self.assertEqual(body, {"status": 404, "message": "no such method", "type": "RayServeException"})
+
     def test_stream(self):
         FAKE.routes["Other"] = lambda m, d: [b"a", b"b", b"c"]
         self.assertEqual(json.loads(call(self.r, "stream").body), ["a", "b", "c"])
