@@ -499,7 +499,7 @@ static void test_files(void) {
                 return;
         ok(strcmp(c->path, path) == 0, "path recorded");
         ok(strcmp(c->http.host, "0.0.0.0") == 0 && c->http.port == 8000, "listens on 0.0.0.0:8000");
-        is_int(c->n_apps, 4, "four example applications");
+        is_int(c->n_apps, 6, "six example applications (four C, two Python)");
         if (c->n_apps == 4) {
                 struct app_config *e = &c->apps[0], *s = &c->apps[1];
                 ok(strcmp(e->name, "echo") == 0 && strcmp(e->route_prefix, "/echo") == 0 &&
