@@ -9,6 +9,8 @@ export SERVE_APP_PATH="$top_builddir/.libs:$top_builddir/tests/apps/.libs:$top_s
 # Python deployments: the bridge and the serve package from the trees under test.
 export SERVE_PYTHON_BRIDGE="$top_builddir/.libs/serve_python.so"
 export SERVE_PYTHON_PATH="$top_srcdir/python"
+# The sanitizer build: CPython's own allocations at exit are not our leaks (see the file).
+export LSAN_OPTIONS="suppressions=$top_srcdir/tests/lsan-python.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 export SERVE_REPLICA_BIN="$top_builddir/serve-replica"
 export SERVE_DASHBOARD_DIR=${SERVE_DASHBOARD_DIR:-$top_srcdir/dashboard}
 
