@@ -355,17 +355,22 @@ def _stream(resp, items, where):
 
 
 def _async_items(agen):
-    """An async generator's items, pulled from the loop one at a time by this thread."""
-    loop = _context.loop()
-    import asyncio
+    """An async generator's items, pulled from the loop one at a time by this thread (each
+    step in this thread's context: calls made meanwhile belong to the request)."""
+    async def step():
+        return await agen.__anext__()
+
+    async def close():
+        await agen.aclose()
+
     try:
         while True:
             try:
-                yield asyncio.run_coroutine_threadsafe(agen.__anext__(), loop).result()
+                yield _context.run_coroutine(step())
             except StopAsyncIteration:
                 return
     finally:
-        asyncio.run_coroutine_threadsafe(agen.aclose(), loop).result()
+        _context.run_coroutine(close())
 
 
 def _argument(req):

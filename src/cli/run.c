@@ -59,7 +59,12 @@ static void usage(FILE *f) {
                 "keeps serving); SIGINT/SIGTERM stop accepting, finish in-flight requests and exit 0.\n"
                 "\n"
                 "Environment:\n"
-                "  SERVE_APP_PATH      Colon-separated directories searched for MODULE.so\n"
+                "  SERVE_APP_PATH      Colon-separated directories searched for MODULE.so or\n"
+                "                      MODULE.py (a Python deployment)\n"
+                "  SERVE_PYTHON_BRIDGE serve_python.so, which runs Python deployments (default\n"
+                "                      " PKGLIBDIR "/python/serve_python.so)\n"
+                "  SERVE_PYTHON_PATH   Where the serve Python package is (default\n"
+                "                      " PKGDATADIR "/python)\n"
                 "  SERVE_REPLICA_BIN   The serve-replica program (default: next to serve, then\n"
                 "                      " LIBEXECDIR "/serve-replica)\n"
                 "  SERVE_LOG_LEVEL     debug, info (default), warning or error\n");

@@ -99,7 +99,8 @@ static void usage(FILE *f) {
                 "Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests, stop the replicas\n"
                 "and exit 0. If serve-head is unreachable the worker keeps serving what it has.\n"
                 "\n"
-                "Environment: SERVE_APP_PATH (where MODULE.so is searched), SERVE_REPLICA_BIN,\n"
+                "Environment: SERVE_APP_PATH (where MODULE.so or MODULE.py is searched),\n"
+                "SERVE_PYTHON_BRIDGE, SERVE_PYTHON_PATH (Python deployments), SERVE_REPLICA_BIN,\n"
                 "SERVE_LOG_LEVEL (debug, info, warning, error).\n");
 }
 
