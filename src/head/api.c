@@ -148,8 +148,14 @@ static cJSON *applications_json(struct head *h) {
                                 status = "UPDATING";
                         app_running &= streq(status, "HEALTHY");
                         cJSON_AddStringToObject(dj, "status", status);
-                        cJSON_AddStringToObject(dj, "message",
-                                                as2 && as2->pending ? as2->pending_reason ?: "" : "");
+                        /* Why it is not healthy: pending replicas, else its latest replica failure. */
+                        _cleanup_free_ char *key = dep_key(d->app, d->name);
+                        const char *failure = key && !streq(status, "HEALTHY")
+                                                      ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(h->dep_failures, key))
+                                                      : NULL;
+                        cJSON_AddStringToObject(dj, "message", as2 && as2->pending ? as2->pending_reason ?: ""
+                                                               : failure               ? failure
+                                                                                       : "");
                         cJSON_AddNumberToObject(dj, "running_replicas", running);
                 }
                 cJSON_AddStringToObject(a, "status", app_running ? "RUNNING" : "DEPLOYING");

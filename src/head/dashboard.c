@@ -59,6 +59,8 @@ void dashboard_free(struct head *h) {
         free(h->dash);
         h->dash = NULL;
         event_log_free(&h->events);
+        cJSON_Delete(h->dep_failures);
+        h->dep_failures = NULL;
 }
 
 bool replica_is_running(const cJSON *rep, const char *version) {
@@ -454,6 +456,30 @@ bool dashboard_handle(struct head *h, const struct httpd_request *rq, struct htt
 
 /* ---- what the workers report ---- */
 
+/* A deployment's replica failed (to start, crashed, unhealthy) or became ready: what its
+ * status message says until one is ready again (`serve status`, the dashboard). */
+static void note_failure(struct head *h, const char *kind, const char *subject, const char *node, const char *message) {
+        bool failed = streq(kind, "replica_failed") || streq(kind, "replica_crashed") || streq(kind, "health_check_failed") ||
+                      streq(kind, "replica_unresponsive");
+
+        if (!failed && !streq(kind, "replica_ready"))
+                return;
+        if (!h->dep_failures && !(h->dep_failures = cJSON_CreateObject()))
+                return;
+        cJSON_DeleteItemFromObjectCaseSensitive(h->dep_failures, subject);
+        /* Bounded by the deployments: a subject that names none is not kept. */
+        const char *slash = strchr(subject, '/');
+        if (!failed || !slash || !h->spec)
+                return;
+        char app[EVENT_SUBJECT_MAX];
+        snprintf(app, sizeof app, "%.*s", (int)(slash - subject), subject);
+        if (!spec_find(h->spec, app, slash + 1))
+                return;
+        char msg[EVENT_MESSAGE_MAX + EVENT_NODE_MAX + 8];
+        snprintf(msg, sizeof msg, "%s (on %s)", message, node);
+        cJSON_AddStringToObject(h->dep_failures, subject, msg);
+}
+
 void dashboard_take_events(struct head *h, struct node *n, const cJSON *report) {
         const cJSON *it;
         double now = wall_now();
@@ -464,5 +490,6 @@ void dashboard_take_events(struct head *h, struct node *n, const cJSON *report) 
                 if (!(fabs(t - now) < 60))
                         t = now;
                 event_log_add_at(&h->events, t, str(it, "kind"), str(it, "subject"), n->name, str(it, "message"));
+                note_failure(h, str(it, "kind"), str(it, "subject"), n->name, str(it, "message"));
         }
 }

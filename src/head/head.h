@@ -154,6 +154,7 @@ struct head {
         size_t n_assign;
 
         struct event_log events;       /* what the controller did and why (and the workers' replicas) */
+        cJSON *dep_failures;           /* "app/Dep" -> the latest replica failure since one was ready */
         struct dashboard *dash;
         double history_interval_s;
 

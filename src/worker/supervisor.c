@@ -221,7 +221,7 @@ static void on_ctl(struct loop_op *op, int res, unsigned flags) {
                 }
         } else if (streq(type, "error")) {
                 const char *m = cJSON_GetStringValue(cJSON_GetObjectItem(j, "message"));
-                log_error("replica %s: %s", rep->id, m ? m : "failed");
+                rep_event(rep, LOG_ERR, "replica_failed", "replica %s: %s", rep->id, m ? m : "failed");
         } else if (streq(type, "unhealthy")) {
                 const char *m = cJSON_GetStringValue(cJSON_GetObjectItem(j, "message"));
                 rep_event(rep, LOG_WARNING, "health_check_failed", "replica %s failed its health check (%s), replacing it",

@@ -124,4 +124,25 @@ check "shutting it down with the token" "$(http_code -X DELETE -H "Authorization
 check "it is gone, the other stays" "$(apps_json | jq -r '.applications | keys | join(",")')" echo
 check "the config is the API's now" "$(apps_json | jq -r .config_source)" api
 
+# ---- a deployment whose replicas fail to start: why, in its status message ----
+if [ -f "$SERVE_PYTHON_BRIDGE" ]; then
+        cat >"$WORK/broken.yaml" <<EOC
+applications:
+  - name: broken
+    route_prefix: /broken
+    import_path: $top_srcdir/tests/apps/pybridge.py:failing
+    deployments:
+      - name: PyBridge
+        ray_actor_options: {num_cpus: 0.1}
+EOC
+        check "a deployment whose __init__ raises deploys" \
+                "$(http_code -X PUT -H "Authorization: Bearer $TOKEN" --data-binary @"$WORK/broken.yaml" "$API/api/serve/applications/")" 200
+        wait_until 30 bash -c "curl -fsS -m 5 '$API/api/serve/applications/' | jq -r '.applications.broken.deployments.PyBridge.message' | grep -q 'init refused'" &&
+                pass "its status message says why its replicas fail" || fail "its status message says why its replicas fail"
+        check_contains "and so does serve status" "$("$CLI" status --address "$API" 2>&1)" "init refused: fail_init was set"
+        check "the failure is an event" "$(events | jq '[.events[] | select(.kind == "replica_failed")] | length > 0')" true
+else
+        echo "# (no Python support built: the start-failure message is checked by python.sh only)"
+fi
+
 finish
