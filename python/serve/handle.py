@@ -170,8 +170,8 @@ class _Method:
         try:
             if self._handle._stream:
                 return DeploymentResponseGenerator(
-                    mod.call_stream(req, self._handle.deployment_name, self._name, data))
-            return DeploymentResponse(mod.call(req, self._handle.deployment_name, self._name, data))
+                    mod.call_stream(req, self._handle._target, self._name, data))
+            return DeploymentResponse(mod.call(req, self._handle._target, self._name, data))
         except mod.CallError as e:
             # Not started (no such deployment or method, a full queue): raised when awaited,
             # as Ray does.
@@ -183,14 +183,20 @@ class _Method:
 
 class DeploymentHandle:
     """Calls the deployment deployment_name: handle.method.remote(x), handle.remote(x) for
-    __call__, handle.options(stream=True) for a streaming answer."""
+    __call__, handle.options(stream=True) for a streaming answer. With app_name, that
+    application's deployment (serve.get_deployment_handle); app_name with an empty
+    deployment_name: that application's ingress (serve.get_app_handle)."""
 
-    def __init__(self, deployment_name, stream=False):
+    def __init__(self, deployment_name, stream=False, app_name=None):
         self.deployment_name = deployment_name
+        self.app_name = app_name
         self._stream = stream
+        # What the runtime calls: "Deployment" (bound, in our application) or "APP/Deployment".
+        self._target = deployment_name if app_name is None else "%s/%s" % (app_name, deployment_name)
 
     def options(self, *, stream=None):
-        return DeploymentHandle(self.deployment_name, self._stream if stream is None else bool(stream))
+        return DeploymentHandle(self.deployment_name, self._stream if stream is None else bool(stream),
+                                self.app_name)
 
     def remote(self, *args):
         return _Method(self, "__call__").remote(*args)
@@ -201,4 +207,34 @@ class DeploymentHandle:
         return _Method(self, name)
 
     def __repr__(self):
-        return "DeploymentHandle(%r)" % self.deployment_name
+        if self.app_name is None:
+            return "DeploymentHandle(%r)" % self.deployment_name
+        if not self.deployment_name:
+            return "DeploymentHandle(app_name=%r)" % self.app_name
+        return "DeploymentHandle(%r, app_name=%r)" % (self.deployment_name, self.app_name)
+
+
+def _check_name(what, name):
+    if not isinstance(name, str) or not name or "/" in name or ">" in name or any(
+            c <= " " or c > "~" for c in name):
+        raise ValueError("%s must be a non-empty name of printable characters without spaces, '/' or '>': %r"
+                         % (what, name))
+
+
+def get_deployment_handle(deployment_name, app_name=None):
+    """A handle to deployment_name of application app_name (Ray's serve.get_deployment_handle):
+    any application of the config, C or Python, without binding it (app_name None: this
+    replica's application). A missing application or deployment raises RayServeException 404
+    when the call's answer is awaited."""
+    _check_name("deployment_name", deployment_name)
+    if app_name is None:
+        app_name = _serve().app()
+    _check_name("app_name", app_name)
+    return DeploymentHandle(deployment_name, app_name=app_name)
+
+
+def get_app_handle(app_name):
+    """A handle to the ingress deployment of application app_name (Ray's serve.get_app_handle):
+    handle.remote(x) calls its __call__ with x (not an HTTP request)."""
+    _check_name("app_name", app_name)
+    return DeploymentHandle("", app_name=app_name)

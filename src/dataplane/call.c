@@ -256,13 +256,34 @@ static const struct sink_ops call_sink_ops = {
 
 /* ---- routing ---- */
 
+/* Splits a call's target, "Deployment" or "APP/Deployment" ("APP/": APP's ingress), into the
+ * application (`app` when unqualified) and the deployment. Returns false for a malformed one. */
+static bool split_target(const char *v, size_t len, const char **app, size_t *app_len, const char **name,
+                         size_t *name_len) {
+        const char *slash = memchr(v, '/', len);
+
+        if (!slash) {
+                *name = v;
+                *name_len = len;
+                return true;
+        }
+        *app = v;
+        *app_len = (size_t)(slash - v);
+        *name = slash + 1;
+        *name_len = len - *app_len - 1;
+        return proto_name_valid(*app, *app_len, PROTO_MAX_NAME) && !memchr(*name, '/', *name_len) &&
+               (*name_len == 0 || proto_name_valid(*name, *name_len, PROTO_MAX_NAME));
+}
+
 int call_route(struct router *r, struct request *q, const char *app, size_t app_len) {
         const struct http_header *h = http_request_header(&q->req, CALL_HDR_DEPLOYMENT);
+        const char *name;
+        size_t name_len;
         struct deployment *d;
 
-        if (!h || !r->find)
+        if (!h || !r->find || !split_target(h->value, h->value_len, &app, &app_len, &name, &name_len))
                 return -ENOENT;
-        d = r->find(r->find_userdata, app, app_len, h->value, h->value_len);
+        d = r->find(r->find_userdata, app, app_len, name, name_len);
         if (!d)
                 return -ENOENT;
         q->dep = d;
@@ -293,9 +314,21 @@ static void submit(struct call *c) {
         }
         q->body_sent = 0;
         if (call_route(r, q, rep->dep->app, strlen(rep->dep->app)) < 0) {
-                /* The SDK checks the graph first: only a caller that skipped it gets here. */
+                /* Within its application the SDK checks the graph first: only a caller that
+                 * skipped it gets here. Another application's deployment is looked up here. */
+                const struct http_header *h = http_request_header(&q->req, CALL_HDR_DEPLOYMENT);
+                const char *app = rep->dep->app, *name = "";
+                size_t app_len = strlen(app), name_len = 0;
+                char why[160];
+                if (h)
+                        (void)split_target(h->value, h->value_len, &app, &app_len, &name, &name_len);
+                if (name_len)
+                        snprintf(why, sizeof why, "application '%.*s' has no deployment '%.*s' (or no such application)",
+                                 (int)MIN(app_len, (size_t)48), app, (int)MIN(name_len, (size_t)48), name);
+                else
+                        snprintf(why, sizeof why, "no application '%.*s' (for its ingress)", (int)MIN(app_len, (size_t)96), app);
                 q->dep = NULL;
-                request_fail(q, 404, "the application has no such deployment");
+                request_fail(q, 404, why); /* copies why */
                 return;
         }
         q->start_ns = loop_now(request_loop());
@@ -330,13 +363,24 @@ static int on_call_start(struct replica *rep, const uint8_t *p, uint32_t len) {
         if (t->assembling || t->n >= PROTO_MAX_CALLS || call_find(rep, s.call_id))
                 return -EBADMSG;
 
-        /* The head: what routes it here and at a peer, and what the callee reads. */
+        /* A target "APP/Deployment" (another application's) is routed by the worker: the part
+         * before the '/' must be a name too. */
+        const char *tapp = rep->dep->app, *tname;
+        size_t tapp_len = strlen(tapp), tname_len;
+        if (!split_target((const char *)p, s.deployment_len, &tapp, &tapp_len, &tname, &tname_len))
+                return -EBADMSG;
+        bool other_app = tapp_len != strlen(rep->dep->app) || memcmp(tapp, rep->dep->app, tapp_len) != 0;
+
+        /* The head: what routes it here and at a peer, and what the callee reads. The caller is
+         * named with its application when the callee's is another one; the call path always
+         * ("app/Deployment": the same name in two applications is not a cycle). */
         if (buf_printf(&head, SIZE_MAX,
                        "POST / HTTP/1.1\r\nhost: serve\r\n" CALL_HDR_DEPLOYMENT ": %.*s\r\n" CALL_HDR_METHOD
-                       ": %.*s\r\n" CALL_HDR_CALLER ": %s\r\n" CALL_HDR_PATH ": %.*s%s%s\r\n\r\n",
+                       ": %.*s\r\n" CALL_HDR_CALLER ": %s%s%s\r\n" CALL_HDR_PATH ": %.*s%s%s/%s\r\n\r\n",
                        (int)s.deployment_len, (const char *)p, (int)s.method_len, (const char *)p + s.deployment_len,
-                       rep->dep->name, (int)s.path_len, (const char *)p + s.deployment_len + s.method_len,
-                       s.path_len ? ">" : "", rep->dep->name) < 0)
+                       other_app ? rep->dep->app : "", other_app ? "/" : "", rep->dep->name, (int)s.path_len,
+                       (const char *)p + s.deployment_len + s.method_len, s.path_len ? ">" : "", rep->dep->app,
+                       rep->dep->name) < 0)
                 return -ENOMEM;
 
         c = calloc(1, sizeof *c);

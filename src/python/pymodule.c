@@ -319,6 +319,7 @@ static PyObject *call_common(PyObject *args, bool stream) {
         const char *dep, *method;
         const serve_request *parent = NULL;
         serve_future *f = NULL;
+        struct serve_result err = {};
         PyObject *req;
         PyFuture *o;
         Py_buffer b;
@@ -337,11 +338,16 @@ static PyObject *call_common(PyObject *args, bool stream) {
         /* The request stays valid while we run: its handler is waiting for this thread (or is
          * this thread). */
         Py_BEGIN_ALLOW_THREADS
-        r = serve_call_start_for(bridge_ctx, parent, dep, method, b.buf, (size_t) b.len, stream, &f);
+        r = serve_call_start_for(bridge_ctx, parent, dep, method, b.buf, (size_t) b.len, stream, &f, &err);
         Py_END_ALLOW_THREADS
         PyBuffer_Release(&b);
-        if (r < 0)
-                return raise_start_error(r, dep, method);
+        if (r < 0) {
+                /* The runtime's own message names what is wrong (deployments, the cycle). */
+                PyObject *e = err.data && err.status && r != -ENOMEM ? raise_call_error(err.status, err.data)
+                                                                     : raise_start_error(r, dep, method);
+                serve_result_free(&err);
+                return e;
+        }
         o = PyObject_New(PyFuture, &PyFuture_Type);
         if (!o) {
                 Py_BEGIN_ALLOW_THREADS

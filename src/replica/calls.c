@@ -196,13 +196,14 @@ static int op_call(serve_ctx *ctx, const serve_request *for_req, const char *dep
                    const void *arg, size_t len, bool stream, serve_future **ret_future,
                    struct serve_result *ret_error) {
         struct replica *rep = calls.rep;
-        const struct serve_deployment *self = rep->dep, *target;
+        const struct serve_deployment *self = rep->dep, *target = NULL;
         const struct serve_request *parent = for_req ? for_req : current;
         const char *path = parent && parent->call_path ? parent->call_path : "";
-        char binds[512];
+        const char *slash = strchr(dep, '/');
+        char binds[512], self_q[2 * PROTO_MAX_NAME + 2], target_q[2 * PROTO_MAX_NAME + 2];
 
         (void)ctx;
-        if (!name_ok(dep) || !name_ok(method))
+        if (!name_ok(dep) || !name_ok(method) || (slash && (slash == dep || strchr(slash + 1, '/'))))
                 return set_error(ret_error, 400, -EINVAL, "handle call from '%s': invalid deployment or method name",
                                  self->name);
         /* Its name travels in the call path: the worker refuses (and kills) a path it cannot
@@ -211,21 +212,41 @@ static int op_call(serve_ctx *ctx, const serve_request *for_req, const char *dep
                 return set_error(ret_error, 400, -EINVAL,
                                  "deployment '%s' cannot make handle calls: names in a call need printable characters without spaces or '>'",
                                  self->name);
-        if (!graph_binds(self, dep)) {
-                graph_binds_list(self, binds, sizeof binds);
-                return set_error(ret_error, 404, -ENOENT,
-                                 "deployment '%s' does not bind '%s' (it binds: %s): add it to its .binds to call it",
-                                 self->name, dep, binds);
+        /* The call path names deployments with their application ("app/Deployment"): the same
+         * name in two applications is two deployments. */
+        snprintf(self_q, sizeof self_q, "%s/%s", rep->ctx.app, self->name);
+        if (slash) {
+                /* "APP/DEPLOYMENT": another application's deployment (or "APP/", its ingress).
+                 * Applications are not known to each other when they load: no bind needed, and
+                 * the worker answers 404 when there is no such application or deployment. Within
+                 * our own application the graph knows the answer now. */
+                size_t al = (size_t)(slash - dep);
+                snprintf(target_q, sizeof target_q, "%s", dep);
+                if (strlen(rep->ctx.app) == al && memcmp(rep->ctx.app, dep, al) == 0 && slash[1]) {
+                        target = graph_find(rep->app, slash + 1);
+                        if (!target)
+                                return set_error(ret_error, 404, -ENOENT, "application '%s' has no deployment '%s'",
+                                                 rep->ctx.app, slash + 1);
+                }
+        } else {
+                if (!graph_binds(self, dep)) {
+                        graph_binds_list(self, binds, sizeof binds);
+                        return set_error(ret_error, 404, -ENOENT,
+                                         "deployment '%s' does not bind '%s' (it binds: %s): add it to its .binds to call it",
+                                         self->name, dep, binds);
+                }
+                target = graph_find(rep->app, dep);
+                if (!target)
+                        return set_error(ret_error, 404, -ENOENT, "application '%s' has no deployment '%s'", rep->ctx.app,
+                                         dep);
+                snprintf(target_q, sizeof target_q, "%s/%s", rep->ctx.app, dep);
         }
-        target = graph_find(rep->app, dep);
-        if (!target)
-                return set_error(ret_error, 404, -ENOENT, "application '%s' has no deployment '%s'", rep->ctx.app, dep);
-        if (deployment_handler_index(target, method) < 0)
+        if (target && deployment_handler_index(target, method) < 0)
                 return set_error(ret_error, 404, -ENOENT, "deployment '%s' has no method '%s'", dep, method);
-        if (path_has(path, dep) || streq(dep, self->name))
-                return set_error(ret_error, 508, -EDEADLK, "calling '%s' from '%s' would close a call cycle: %s%s%s > %s", dep,
-                                 self->name, path, *path ? " > " : "", self->name, dep);
-        if (strlen(path) + 1 + strlen(self->name) > PROTO_MAX_CALL_PATH)
+        if (path_has(path, target_q) || streq(target_q, self_q))
+                return set_error(ret_error, 508, -EDEADLK, "calling '%s' from '%s' would close a call cycle: %s%s%s > %s",
+                                 target_q, self_q, path, *path ? " > " : "", self_q, target_q);
+        if (strlen(path) + 1 + strlen(self_q) > PROTO_MAX_CALL_PATH)
                 return set_error(ret_error, 508, -ELOOP, "handle call from '%s': the call chain is too deep", self->name);
         if (parent && serve_request_cancelled(parent))
                 return set_error(ret_error, 499, -ECANCELED, "the request calling '%s.%s' was cancelled", dep, method);
@@ -260,6 +281,8 @@ static int status_errno(int status) {
         if (status >= 200 && status < 300)
                 return 0;
         switch (status) {
+        case 404:
+                return -ENOENT; /* no such deployment or method (also a callee that answers 404) */
         case 499:
                 return -ECANCELED;
         case 503:

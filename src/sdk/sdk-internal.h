@@ -47,15 +47,16 @@ struct serve_ctx {
 /* serve_call_async()/serve_call_stream() on behalf of `parent` (a request being served, NULL as
  * they do): for code that runs a request's work on another thread than its handler's (the
  * Python bridge's asyncio loop), so that the call still belongs to that request. Returns as
- * serve_call_async(). */
+ * serve_call_async(); when the call does not start, *ret_error (if not NULL) may get its status
+ * and message (free it with serve_result_free(); untouched when the runtime had none). */
 static inline int serve_call_start_for(serve_ctx *ctx, const serve_request *parent, const char *deployment,
                                        const char *method, const void *arg, size_t len, bool stream,
-                                       serve_future **ret_future) {
+                                       serve_future **ret_future, struct serve_result *ret_error) {
         if (!ctx || !deployment || !method || (!arg && len > 0) || !ret_future)
                 return -EINVAL;
         if (!ctx->ops || !ctx->ops->call)
                 return -ENOTSUP;
-        return ctx->ops->call(ctx, parent, deployment, method, arg, len, stream, ret_future, NULL);
+        return ctx->ops->call(ctx, parent, deployment, method, arg, len, stream, ret_future, ret_error);
 }
 
 struct serve_req_header {

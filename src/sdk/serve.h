@@ -194,13 +194,18 @@ void serve_result_free(struct serve_result *res);
 typedef struct serve_future serve_future;
 
 /* Calls `method` of `deployment` (a deployment this one binds) with arg bytes and waits for the
- * result. Routed by this node's worker over shared memory (or to a peer node), never through
- * HTTP; max_ongoing_requests and max_queued_requests of the callee apply. Called from inside a
- * handler, the call belongs to that request: when it is cancelled (client gone, timeout), so is
- * the call. Returns 0 when the callee answered 2xx, or:
- *   -ENOENT     the deployment is not bound by this one (or not in the application), or has no
- *               such method (status 404)
- *   -EDEADLK    calling it would close a cycle of calls (status 508)
+ * result. `deployment` may also be "APP/DEPLOYMENT": that deployment of application APP (any
+ * application of the config, C or Python; Ray's serve.get_deployment_handle()), or "APP/" for
+ * APP's ingress (serve.get_app_handle()). Such a call needs no bind — applications do not know
+ * each other when they load — and a missing application or deployment is found at call time
+ * (-ENOENT, 404, naming both); the whole name is at most 255 bytes. Routed by this node's
+ * worker over shared memory (or to a peer node), never through HTTP; max_ongoing_requests and
+ * max_queued_requests of the callee apply. Called from inside a handler, the call belongs to
+ * that request: when it is cancelled (client gone, timeout), so is the call. Returns 0 when the
+ * callee answered 2xx, or:
+ *   -ENOENT     the deployment is not bound by this one (or not in the application, or no such
+ *               APP/DEPLOYMENT), or has no such method (status 404; also a callee's own 404)
+ *   -EDEADLK    calling it would close a cycle of calls, across applications too (status 508)
  *   -EBUSY      the callee's queue is full (status 503: Ray's BackPressureError)
  *   -ECANCELED  the calling request (or the call) was cancelled (499)
  *   -ETIMEDOUT  request_timeout_s passed (504)

@@ -35,8 +35,39 @@ struct supervisor {
         struct list deployments;
         struct event_log events;   /* what happened to replicas, for the head (reports) */
         unsigned n_from_zero;      /* deployments that scale from zero (some may, once retired) */
+        char **ingress;            /* "app\0Ingress" of every application (handle calls to "APP/") */
+        size_t n_ingress;
         bool stopping;
 };
+
+static void ingress_free(struct supervisor *s) {
+        for (size_t i = 0; i < s->n_ingress; i++)
+                free(s->ingress[i]);
+        free(s->ingress);
+        s->ingress = NULL;
+        s->n_ingress = 0;
+}
+
+/* Remembers each application's ingress (kept as it was when out of memory). */
+static void ingress_set(struct supervisor *s, const struct serve_spec *spec) {
+        char **t = calloc(spec->n_apps + 1, sizeof *t);
+        size_t n = 0;
+
+        if (!t)
+                return;
+        for (size_t i = 0; i < spec->n_apps; i++) {
+                const struct app_spec *a = &spec->apps[i];
+                size_t al = strlen(a->name), il = a->ingress ? strlen(a->ingress) : 0;
+                if (!il || !(t[n] = malloc(al + il + 2)))
+                        continue;
+                memcpy(t[n], a->name, al + 1);
+                memcpy(t[n] + al + 1, a->ingress, il + 1);
+                n++;
+        }
+        ingress_free(s);
+        s->ingress = t;
+        s->n_ingress = n;
+}
 
 /* An event about replica rep: logged once, and sent to the head in the next report. */
 _printf_(4, 5) static void rep_event(const struct replica *rep, int level, const char *kind, const char *fmt, ...) {
@@ -630,6 +661,7 @@ int supervisor_apply_spec(struct supervisor *s, const struct serve_spec *spec) {
                                 routes[k].ingress = serving;
         }
         router_set_routes(s->router, routes, n_routes);
+        ingress_set(s, spec);
         free(pend);
         s->n_from_zero = 0;
         for (struct list *p = s->deployments.next; p != &s->deployments; p = p->next)
@@ -864,14 +896,25 @@ bool supervisor_all_exited(const struct supervisor *s) {
         return true;
 }
 
-/* The deployment that serves handle calls to (app, name) here: the newest version (a retiring
- * one only while it has no successor). */
+/* The deployment that serves handle calls to (app, name) here (an empty name: app's ingress):
+ * the newest version (a retiring one only while it has no successor). */
 static struct deployment *find_deployment(void *userdata, const char *app, size_t app_len, const char *name,
                                           size_t name_len) {
         struct supervisor *s = userdata;
         struct deployment *found = NULL;
         struct list *pos;
 
+        if (name_len == 0) {
+                /* "APP/": the application's ingress. */
+                for (size_t i = 0; i < s->n_ingress; i++)
+                        if (strlen(s->ingress[i]) == app_len && memcmp(s->ingress[i], app, app_len) == 0) {
+                                name = s->ingress[i] + app_len + 1;
+                                name_len = strlen(name);
+                                break;
+                        }
+                if (name_len == 0)
+                        return NULL;
+        }
         for (pos = s->deployments.next; pos != &s->deployments; pos = pos->next) {
                 struct deployment *d = list_entry(pos, struct deployment, link);
                 if (strlen(d->app) != app_len || memcmp(d->app, app, app_len) != 0 || strlen(d->name) != name_len ||
@@ -910,6 +953,7 @@ void supervisor_free(struct supervisor *s) {
         list_for_each_safe(pos, tmp, &s->deployments)
                 deployment_free(list_entry(pos, struct deployment, link));
         event_log_free(&s->events);
+        ingress_free(s);
         free(s->replica_bin);
         free(s->node);
         free(s);

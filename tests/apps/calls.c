@@ -13,6 +13,8 @@
  *     /pieces?n=N      a streaming call to Leaf.pieces: "pieces=K bytes=B first=..."
  *     /loop?n=N&w=W    N calls to Leaf.echo, W in flight at once, timed (tests/bench/handles):
  *                      "calls=N seconds=S p50_us=X p99_us=Y"
+ *     /x?t=APP/DEP&m=M serve_call(APP/DEP.M, body) — another application's deployment, no bind
+ *                      (tests/integration/xapp.sh): "status=S rc=R msg=..."
  *   Leaf: echo, fail, wait (writes DIR/cancelled-leaf when it sees its cancellation), where,
  *         pieces (N flushed pieces), and the batched handler size.
  *   Mid: relay (calls Leaf.wait, notes DIR/cancelled-mid when its own request is cancelled).
@@ -296,6 +298,14 @@ static int front(serve_ctx *ctx, const serve_request *req, serve_response *resp)
                 }
                 serve_future_free(f);
                 return serve_response_printf(resp, "rc=%d pieces>0=%d bytes=%zu first=%s", r, pieces > 0, bytes, first);
+        }
+        if (strcmp(path, "/x") == 0) {
+                char t[300];
+                if (serve_request_query_param(req, "t", t, sizeof t) < 0)
+                        return serve_response_set_status(resp, 400), 0;
+                if (serve_request_query_param(req, "m", m, sizeof m) < 0)
+                        snprintf(m, sizeof m, "__call__");
+                return r = serve_call(ctx, t, m, body, len, &res), answer(resp, r, &res);
         }
         if (strcmp(path, "/loop") == 0)
                 return timed_loop(ctx, qlong(req, "n", 10000), qlong(req, "w", 1), resp);

@@ -409,9 +409,12 @@ struct router *router_get(void) { return &G.router; }
 static struct deployment *find_dep(void *userdata, const char *app, size_t app_len, const char *name,
                                    size_t name_len) {
         check(userdata == &W);
-        check(app_len == 3 && memcmp(app, "app", 3) == 0);
-        check(name_len > 0);
-        /* Deployments whose name starts with A..M exist. */
+        /* The caller's application, or the one a target "APP/Deployment" names. */
+        check(proto_name_valid(app, app_len, PROTO_MAX_NAME) && !memchr(app, '/', app_len));
+        check(!memchr(name, '/', name_len));
+        if (name_len == 0)
+                return NULL; /* "APP/": no ingress known here */
+        /* Deployments whose name starts with A..M exist (in every application). */
         return name[0] >= 'A' && name[0] <= 'M' ? &W.target : NULL;
 }
 
@@ -436,13 +439,18 @@ int router_submit(struct router *r, struct request *q, double timeout_s) {
         check(q->start_ns == G.loop.now);
         check(q->raw != NULL && q->head_len > 0);
         check(q->req.method_len == 4 && memcmp(q->req.method, "POST", 4) == 0);
-        check(header_is(header(q, CALL_HDR_CALLER), W.caller_name, strlen(W.caller_name)));
         if (in->expect_head) {
                 const char *dep = in->expect_head, *method = dep + strlen(dep) + 1, *path = method + strlen(method) + 1;
+                const char *slash = strchr(dep, '/');
+                bool other = slash && !((size_t)(slash - dep) == 3 && memcmp(dep, "app", 3) == 0);
                 char want[PROTO_MAX_CALL_PATH + 300];
                 check(header_is(header(q, CALL_HDR_DEPLOYMENT), dep, strlen(dep)));
                 check(header_is(header(q, CALL_HDR_METHOD), method, strlen(method)));
-                int n = snprintf(want, sizeof want, "%s%s%s", path, *path ? ">" : "", W.caller_name);
+                /* The caller: with its application when the callee's is another one. */
+                int n = snprintf(want, sizeof want, "%s%s", other ? "app/" : "", W.caller_name);
+                check(header_is(header(q, CALL_HDR_CALLER), want, (size_t)n));
+                /* The call path names deployments with their application. */
+                n = snprintf(want, sizeof want, "%s%sapp/%s", path, *path ? ">" : "", W.caller_name);
                 check(header_is(header(q, CALL_HDR_PATH), want, (size_t)n));
         }
         /* The argument, whole. */
@@ -939,6 +947,10 @@ static int predict(uint16_t type, const uint8_t *p, uint32_t len) {
                     !name_ok(v + s.deployment_len, s.method_len, PROTO_MAX_NAME) ||
                     (s.path_len && !name_ok(v + s.deployment_len + s.method_len, s.path_len, PROTO_MAX_CALL_PATH)))
                         return -EBADMSG;
+                /* "APP/Deployment" (or "APP/"): a non-empty APP, one '/'. */
+                const uint8_t *slash = memchr(v, '/', s.deployment_len);
+                if (slash && (slash == v || memchr(slash + 1, '/', s.deployment_len - (size_t)(slash - v) - 1)))
+                        return -EBADMSG;
                 if (W.assembling || call_link_count(&W.rep) >= PROTO_MAX_CALLS)
                         return -EBADMSG;
                 struct inst *prev = inst_newest(s.call_id);
@@ -1098,11 +1110,11 @@ static uint64_t pick_id(struct input *in, uint8_t mode) {
 
 /* A name: one of a few, or bytes from the input. */
 static uint32_t put_name(struct input *in, uint8_t sel, uint8_t *dst, bool deployment) {
-        static const char *const deps[] = { "Ab", "Zed", "M.x-y_z" };
+        static const char *const deps[] = { "Ab", "Zed", "M.x-y_z", "other/Ab", "app/Zed", "other/", "/Ab", "a/b/C" };
         switch (sel & 3) {
         case 0:
         case 1: {
-                const char *n = deployment ? deps[get8(in) % 3] : "method";
+                const char *n = deployment ? deps[get8(in) % ELEMENTSOF(deps)] : "method";
                 memcpy(dst, n, strlen(n));
                 return (uint32_t)strlen(n);
         }

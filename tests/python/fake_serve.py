@@ -1,6 +1,9 @@
 """A pure-Python stand-in for the bridge's serve._serve (the contract's functions), so that
 the package is tested without the C side. Calls through handles are answered by a routing
-table the test fills: deployment name -> function(method, body) -> (status, body)."""
+table the test fills: deployment name -> function(method, body) -> (status, body). A target
+"APP/DEPLOYMENT" (another application's, serve.get_deployment_handle) is routed by that whole
+name, "APP/" (serve.get_app_handle) too; a missing one answers 404 naming both, as the worker
+does."""
 
 import sys
 import types
@@ -79,13 +82,21 @@ def make():
     m.resp_set_status, m.resp_add_header = resp_set_status, resp_add_header
     m.resp_write, m.resp_flush = resp_write, resp_flush
 
+    def check_target(deployment):
+        # As the replica's runtime: "APP/DEPLOYMENT" or "APP/" needs a non-empty APP and one '/'.
+        app, slash, name = deployment.partition("/")
+        if not deployment or (slash and (not app or "/" in name)):
+            raise CallError(400, "invalid deployment or method name")
+
     def call(req, deployment, method, data):
         assert isinstance(data, bytes)
+        check_target(deployment)
         f = Future(req, deployment, method, data, False)
         m.calls.append(f)
         return f
 
     def call_stream(req, deployment, method, data):
+        check_target(deployment)
         f = Future(req, deployment, method, data, True)
         m.calls.append(f)
         return f
@@ -93,6 +104,12 @@ def make():
     def answer(f):
         route = m.routes.get(f.deployment)
         if route is None:
+            app, slash, name = f.deployment.partition("/")
+            if slash and name:
+                return 404, ("application '%s' has no deployment '%s' (or no such application)"
+                             % (app, name)).encode()
+            if slash:
+                return 404, ("no application '%s' (for its ingress)" % app).encode()
             return 404, b"no deployment " + f.deployment.encode()
         return route(f.method, f.data)
 

@@ -576,6 +576,53 @@ class HandleTest(Base):
             h.method.remote(1, 2)
 
 
+class OtherAppHandleTest(Base):
+    """serve.get_deployment_handle / serve.get_app_handle: "APP/DEPLOYMENT" and "APP/"."""
+
+    def test_deployment_handle_of_another_app(self):
+        FAKE.routes["echo/Echo"] = lambda m, d: (200, b"echo:" + d)
+        h = serve.get_deployment_handle("Echo", "echo")
+        self.assertEqual((h.deployment_name, h.app_name), ("Echo", "echo"))
+        self.assertEqual(h.remote(b"hi").result(timeout_s=5), b"echo:hi")
+        f = FAKE.calls[-1]
+        self.assertEqual((f.deployment, f.method, f.data), ("echo/Echo", "__call__", b"hi"))
+        self.assertEqual(repr(h), "DeploymentHandle('Echo', app_name='echo')")
+
+    def test_default_app_is_ours_and_options_keep_the_app(self):
+        FAKE.routes["app1/Dep"] = lambda m, d: [b"x", b"y"]
+        h = serve.get_deployment_handle("Dep")
+        self.assertEqual(h.app_name, FAKE.ids[0])
+        self.assertEqual(list(h.options(stream=True).gen.remote()), [b"x", b"y"])
+        self.assertEqual(FAKE.calls[-1].deployment, "app1/Dep")
+        self.assertTrue(FAKE.calls[-1].stream)
+
+    def test_app_handle_calls_the_ingress(self):
+        FAKE.routes["pyapp/"] = lambda m, d: (200, b'{"m": "%s"}' % m.encode())
+        h = serve.get_app_handle("pyapp")
+        self.assertEqual(h.remote().result(), {"m": "__call__"})
+        self.assertEqual(FAKE.calls[-1].deployment, "pyapp/")
+        self.assertEqual(repr(h), "DeploymentHandle(app_name='pyapp')")
+
+    def test_missing_app_or_deployment_is_404_naming_both(self):
+        with self.assertRaises(RayServeException) as e:
+            serve.get_deployment_handle("Nope", "noapp").remote().result()
+        self.assertEqual(e.exception.status, 404)
+        self.assertIn("'noapp'", str(e.exception))
+        self.assertIn("'Nope'", str(e.exception))
+        with self.assertRaises(RayServeException) as e:
+            serve.get_app_handle("noapp").remote().result()
+        self.assertEqual(e.exception.status, 404)
+
+    def test_invalid_names(self):
+        for bad in ("", "a/b", "a b", "a>b", None):
+            with self.assertRaises(ValueError):
+                serve.get_deployment_handle(bad, "app")
+            with self.assertRaises(ValueError):
+                serve.get_deployment_handle("Dep", bad if bad is not None else "")
+            with self.assertRaises(ValueError):
+                serve.get_app_handle(bad)
+
+
 class CodecTest(unittest.TestCase):
     def test_rules(self):
         from serve import _codec
