@@ -19,7 +19,8 @@ R=$top_builddir/serve-replica
 
 # ---- --describe ----
 out=$("$R" --describe pybridge:app 2>&1)
-check_contains "--describe finds pybridge.py along SERVE_APP_PATH" "$out" '"module":"'"$top_srcdir"'/tests/apps/pybridge.py"'
+# The module is named by its resolved path (make check's top_srcdir may be "build/..").
+check_contains "--describe finds pybridge.py along SERVE_APP_PATH" "$out" '"module":"'"$(cd "$top_srcdir" && pwd -P)"'/tests/apps/pybridge.py"'
 check_contains "--describe: the class's handlers" "$out" '"handlers":["__call__"]'
 check_contains "--describe: max_ongoing_requests from the decorator" "$out" '"max_ongoing_requests":2'
 check_contains "--describe: user_config default from code" "$out" '"user_config":"{\"greeting\": \"hi\"}"'

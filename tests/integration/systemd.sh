@@ -24,7 +24,7 @@ for t in systemd-nspawn debootstrap nsenter ip dpkg-buildpackage jq; do command 
 CACHE=${SERVE_TEST_CACHE:-/var/cache/serve-test}
 NET=10.231.0
 PREFIX=serve$$
-DEPS=systemd,systemd-sysv,dbus,curl,iproute2,procps,libcjson1,libyaml-0-2,liburing2,libhwloc15,libjs-dygraphs
+DEPS=systemd,systemd-sysv,dbus,curl,iproute2,procps,libcjson1,libyaml-0-2,liburing2,libhwloc15,libjs-dygraphs,libpython3.11
 # One cached root per package list: a root made for an older list lacks what the package needs.
 ROOT=$CACHE/bookworm-$(echo "$DEPS" | md5sum | cut -c1-8)
 
