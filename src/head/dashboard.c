@@ -466,6 +466,9 @@ static void note_failure(struct head *h, const char *kind, const char *subject, 
                 return;
         if (!h->dep_failures && !(h->dep_failures = cJSON_CreateObject()))
                 return;
+        /* A replica that failed to start then exits: its exit says less than why it failed. */
+        if (streq(kind, "replica_crashed") && cJSON_GetObjectItemCaseSensitive(h->dep_failures, subject))
+                return;
         cJSON_DeleteItemFromObjectCaseSensitive(h->dep_failures, subject);
         /* Bounded by the deployments: a subject that names none is not kept. */
         const char *slash = strchr(subject, '/');
