@@ -18,6 +18,7 @@
 #include "common/nodecfg.h"
 #include "common/yamltree.h"
 #include "macros.h"
+#include "util.h"
 
 #define NODECFG_MAX_FILE_SIZE (1u << 20)
 #define NODECFG_MAX_LABELS 256
@@ -802,18 +803,6 @@ void cluster_config_free(struct cluster_config *c) {
 
 /* ---- tokens ----------------------------------------------------------------------------------- */
 
-_printf_(3, 4) static int token_fail(char **ret_error, int r, const char *fmt, ...) {
-        va_list ap;
-
-        if (ret_error) {
-                va_start(ap, fmt);
-                if (vasprintf(ret_error, fmt, ap) < 0)
-                        *ret_error = NULL;
-                va_end(ap);
-        }
-        return r;
-}
-
 int read_token_file(const char *path, char **ret_token, char **ret_error) {
         _cleanup_close_ int fd = -1;
         char buf[TOKEN_MAX + 2];
@@ -825,13 +814,13 @@ int read_token_file(const char *path, char **ret_token, char **ret_error) {
         if (fd < 0 || fstat(fd, &st) < 0) {
                 r = negative_errno();
                 errno = -r;
-                return token_fail(ret_error, r, "%s: %m", path);
+                return error_set(r, ret_error, "%s: %m", path);
         }
         if (!S_ISREG(st.st_mode))
-                return token_fail(ret_error, -EINVAL, "%s: not a regular file", path);
+                return error_set(-EINVAL, ret_error, "%s: not a regular file", path);
         /* Checked on the open file, so a chmod between check and read cannot slip past. */
         if (st.st_mode & 077)
-                return token_fail(ret_error, -EPERM,
+                return error_set(-EPERM, ret_error,
                                   "%s: token file is accessible by group or others (mode %04o); "
                                   "run chmod 600 %s",
                                   path, (unsigned) (st.st_mode & 07777), path);
@@ -842,13 +831,13 @@ int read_token_file(const char *path, char **ret_token, char **ret_error) {
                         if (errno == EINTR)
                                 continue;
                         r = negative_errno();
-                        return token_fail(ret_error, r, "%s: %m", path);
+                        return error_set(r, ret_error, "%s: %m", path);
                 }
                 if (k == 0)
                         break;
                 len += (size_t) k;
                 if (len > TOKEN_MAX)
-                        return token_fail(ret_error, -EFBIG, "%s: too large for a token (limit %d bytes)",
+                        return error_set(-EFBIG, ret_error, "%s: too large for a token (limit %d bytes)",
                                           path, TOKEN_MAX);
         }
         buf[len] = 0;
@@ -860,19 +849,19 @@ int read_token_file(const char *path, char **ret_token, char **ret_error) {
                 end--;
         *end = 0;
         if (start == end)
-                return token_fail(ret_error, -EINVAL, "%s: token file is empty", path);
+                return error_set(-EINVAL, ret_error, "%s: token file is empty", path);
         if (memchr(start, 0, (size_t) (end - start)))
-                return token_fail(ret_error, -EINVAL, "%s: token contains a NUL byte", path);
+                return error_set(-EINVAL, ret_error, "%s: token contains a NUL byte", path);
         for (const char *c = start; c < end; c++)
                 if ((unsigned char) *c <= 0x20 || *c == 0x7f)
-                        return token_fail(ret_error, -EINVAL,
+                        return error_set(-EINVAL, ret_error,
                                           "%s: the token must be one word, without spaces or "
                                           "control characters",
                                           path);
 
         char *token = strdup(start);
         if (!token)
-                return token_fail(ret_error, -ENOMEM, "%s: out of memory", path);
+                return error_set(-ENOMEM, ret_error, "%s: out of memory", path);
         *ret_token = token;
         return 0;
 }
