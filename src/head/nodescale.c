@@ -499,8 +499,10 @@ static bool batch_ready(const struct ns_input *in, struct ns_memory *m) {
         m->demand_sig = sig;
         if (in->opt.mode == NS_AGGRESSIVE)
                 return true;
-        return in->now_ns - m->demand_changed_ns >= in->opt.batch_idle_ns ||
-               in->now_ns - m->demand_since_ns >= in->opt.batch_max_ns;
+        /* A clock that went back (now before the window) counts as no time passed. */
+        uint64_t quiet = in->now_ns > m->demand_changed_ns ? in->now_ns - m->demand_changed_ns : 0;
+        uint64_t age = in->now_ns > m->demand_since_ns ? in->now_ns - m->demand_since_ns : 0;
+        return quiet >= in->opt.batch_idle_ns || age >= in->opt.batch_max_ns;
 }
 
 /* Rules 1, and the counts every later rule reads. */
@@ -564,7 +566,8 @@ static int pack_demand(struct ctx *c) {
         for (size_t i = 0; i < in->n_nodes; i++) {
                 const struct ns_node *n = &in->nodes[i];
                 c->bin_of[i] = -1;
-                if (n->state != NS_ALIVE || n->cordoned)
+                /* A node with a replacement is on its way out: what it has free would be lost. */
+                if (n->state != NS_ALIVE || n->cordoned || c->repl[i] >= 0)
                         continue;
                 long b = add_bin(c, BIN_FREE, (int)i, n->group, &n->free);
                 if (b < 0)
@@ -824,7 +827,8 @@ static int decide(struct ctx *c, struct ns_memory *mem, bool *ret_ready) {
         r = drain_replaced(c);
         if (r < 0)
                 return r;
-        qsort(c->acts + first_drain, c->n_acts - first_drain, sizeof(*c->acts), cmp_action);
+        if (c->n_acts > first_drain)
+                qsort(c->acts + first_drain, c->n_acts - first_drain, sizeof(*c->acts), cmp_action);
 
         bool ready = batch_ready(in, mem);
         r = launch_bins(c, BIN_MIN);

@@ -16,8 +16,8 @@
  *      no longer counts toward its group, nor as a launch in flight.
  *   2. Demand bin packing, first-fit decreasing: the demand is sorted largest first (gpus, then
  *      cpus, then memory; input order on ties) and each replica goes to the first of
- *      (a) the free capacity of an ALIVE, non-cordoned node (any group, managed or not), in input
- *          order;
+ *      (a) the free capacity of an ALIVE, non-cordoned node (any group, managed or not) that has
+ *          no live replacement, in input order;
  *      (b) a managed LAUNCHING/JOINING node (its group's shape less what this pass packed onto
  *          it), in input order, and the nodes rule 5 opens for min_nodes; replacement nodes in
  *          flight (rule 7) are kept for the replicas of the node they replace and take no demand;

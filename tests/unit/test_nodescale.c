@@ -225,6 +225,14 @@ static void test_unschedulable(void) {
         is_int(p.sum.unschedulable, 5, "the 5 replicas beyond it are unschedulable");
         done(&p);
 
+        /* A fitting group without a provider cannot help. */
+        g[0].launchable = false;
+        p = run(g, 1, NULL, 0, one, 1, opts(), 100 * SEC);
+        ok(launches(&p, -1) == 0 && p.sum.unschedulable == 1 && strstr(p.sum.unschedulable_reason, "no provider"),
+           "a group without a provider launches nothing: %s", p.sum.unschedulable_reason);
+        done(&p);
+        g[0].launchable = true;
+
         /* Backoff: pending, not unschedulable, no launch. */
         g[0].backoff_until_ns = 200 * SEC;
         p = run(g, 1, NULL, 0, one, 1, opts(), 100 * SEC);
@@ -465,6 +473,19 @@ static void test_replacement(void) {
         ok(p.n == 1 && p.acts[0].kind == NS_DRAIN && p.acts[0].node == 1 &&
            reason_has(&p.acts[0], "replaced by r1 (group cpu's config changed)"), "the replacement alive: b drains");
         done(&p);
+
+        /* Demand does not land on b, which is about to drain, though it has room. */
+        struct ns_demand d[] = { demand("app/A", 1, 0, 2) };
+        n[1].free.cpus = 4;
+        n[3].free.cpus = 0;
+        g[0].max_nodes = 4;
+        p = run(g, 1, n, 4, d, 1, opts(), 100 * SEC);
+        ok(launches(&p, 0) == 1 && count_kind(&p, NS_DRAIN) == 1 && action_on(&p, 1) != NULL,
+           "the replaced node's free room is not counted on (a launch), and it still drains");
+        done(&p);
+        g[0].max_nodes = 3;
+        n[1].free.cpus = 0;
+        n[3].free.cpus = 4;
 
         /* b draining: still in flight. */
         n[1].state = NS_DRAINING;
