@@ -539,6 +539,18 @@ static void test_order(void) {
         done(&p);
 }
 
+/* A burst larger than one pass may open: the excess is reported, not launched or looped over. */
+static void test_huge_burst(void) {
+        struct ns_group g[] = { group("cpu", 1, 0, 0, NS_MAX_GROUP_NODES, 1) };
+        struct ns_demand d[] = { demand("app/A", 1, 0, 1000000) };
+        struct pass p = run(g, 1, NULL, 0, d, 1, opts(), 100 * SEC);
+        ok(p.r == 0 && launches(&p, -1) == 10 && p.sum.wanted[0] == NS_MAX_NEW_NODES,
+           "a million one-CPU replicas: 10 launches (the concurrency limit), %u nodes wanted", NS_MAX_NEW_NODES);
+        ok(p.sum.unschedulable == 1000000 - NS_MAX_NEW_NODES && strstr(p.sum.unschedulable_reason, "new nodes"),
+           "the rest is unschedulable for now: %s", p.sum.unschedulable_reason);
+        done(&p);
+}
+
 static void test_invalid(void) {
         struct ns_group g[] = { group("cpu", 4, 0, 0, 10, 1) };
         struct ns_node n[] = { alive("w1", 0, 4, 0) };
@@ -590,6 +602,7 @@ int main(void) {
         test_boot_timeout();
         test_replacement();
         test_order();
+        test_huge_burst();
         test_invalid();
         return tap_done();
 }
