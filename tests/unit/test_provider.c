@@ -293,6 +293,21 @@ static void test_list(void) {
            o.error ?: "");
         outcome_free(&o);
 
+        write_hook(etc_dir, "longline", "list", 0755,
+                   "awk 'BEGIN { printf \"{\\\"name\\\":\\\"n1\\\",\\\"group\\\":\\\"g\\\",\\\"id\\\":\\\"\"; "
+                   "for (i = 0; i < 5000; i++) printf \"x\"; print \"\\\"}\" }'\n");
+        call("longline", PROVIDER_LIST, NULL, NULL, 10, &o);
+        ok(o.r == -EBADMSG && streq_ptr(o.error, "provider longline: list line 1: longer than 4096 bytes"),
+           "a list line over 4 KiB fails (%s)", o.error ?: "");
+        outcome_free(&o);
+
+        write_hook(etc_dir, "many", "list", 0755,
+                   "awk 'BEGIN { for (i = 0; i <= 10000; i++) printf \"{\\\"name\\\":\\\"n%d\\\",\\\"group\\\":\\\"g\\\"}\\n\", i }'\n");
+        call("many", PROVIDER_LIST, NULL, NULL, 10, &o);
+        ok(o.r == -EBADMSG && streq_ptr(o.error, "provider many: list printed more than 10000 nodes"),
+           "a list of more than 10000 nodes fails (%s)", o.error ?: "");
+        outcome_free(&o);
+
         write_hook(etc_dir, "badname", "list", 0755, "echo '{\"name\":\"../../x\",\"group\":\"cpu\"}'\n");
         call("badname", PROVIDER_LIST, NULL, NULL, 10, &o);
         ok(o.r == -EBADMSG && streq_ptr(o.error, "provider badname: list line 1: name is not 1 to 200 letters, "
@@ -392,7 +407,7 @@ static void test_background_keeps_pipe(void) {
 struct cp_outcome {
         int calls, r, status;
         bool timed_out, truncated;
-        char out[64];
+        char out[64], err[64];
         size_t out_len, err_len;
 };
 
@@ -407,6 +422,7 @@ static void on_cp_done(void *userdata, int r, const struct childproc_result *res
         o->out_len = res->out_len;
         o->err_len = res->err_len;
         snprintf(o->out, sizeof o->out, "%s", res->out);
+        snprintf(o->err, sizeof o->err, "%s", res->err);
 }
 
 static void test_childproc(void) {
@@ -423,7 +439,7 @@ static void test_childproc(void) {
         ok(RUN_UNTIL(o.calls > 0), "and reports");
         ok(o.r == 0 && WIFEXITED(o.status) && WEXITSTATUS(o.status) == 7, "with its exit status (r %d)", o.r);
         ok(streq(o.out, "1234567890") && !o.truncated, "stdout at its limit is whole (%s)", o.out);
-        is_int(o.err_len, 3, "stderr keeps its last err_max bytes");
+        ok(o.err_len == 3 && streq(o.err, "ne\n"), "stderr keeps its last err_max bytes (%zu)", o.err_len);
 
         /* A child ignoring SIGTERM gets SIGKILL after the grace period. */
         snprintf(pidfile, sizeof pidfile, "%s/term.pid", tmp);
