@@ -56,20 +56,6 @@ static const char *label(const struct worker_config *w, const char *key) {
         return NULL;
 }
 
-static bool node_address_auto_parses(void) {
-        static const char probe[] = "head_address: \"h:1\"\nnode_address: auto\n";
-        static int known = -1;
-        struct worker_config *w = NULL;
-
-        if (known < 0) {
-                known = worker_config_parse("probe", probe, strlen(probe), &w, NULL) == 0;
-                worker_config_free(w);
-                if (!known)
-                        printf("# worker.yaml does not take node_address: auto yet; checking the rest with ::1\n");
-        }
-        return known;
-}
-
 struct rendered {
         char *text;
         struct yt_node *root;
@@ -121,17 +107,8 @@ static bool render(const struct cluster_config *c, const struct worker_group *g,
         const struct yt_node *content = get(w, "content");
         if (!ok(content && content->type == YT_SCALAR, "worker.yaml is a block scalar"))
                 return false;
-        ok(strstr(content->text, "\nnode_address: auto\n") != NULL, "node_address: auto");
-        _cleanup_free_ char *worker_yaml = strndup(content->text, content->len);
-        if (!worker_yaml)
-                abort();
-        if (!node_address_auto_parses()) {
-                /* Until worker.yaml learns "auto" (done apart from this change), check the rest. */
-                char *a = strstr(worker_yaml, "\nnode_address: auto\n");
-                if (a)
-                        memcpy(a, "\nnode_address: ::1 \n", 20);
-        }
-        int r = worker_config_parse("worker.yaml", worker_yaml, strlen(worker_yaml), &out->worker, &error);
+        ok(strstr(content->text, "\nnode_address: auto\n") != NULL, "node_address: auto (the worker finds its address)");
+        int r = worker_config_parse("worker.yaml", content->text, content->len, &out->worker, &error);
         if (!ok(r == 0, "the worker.yaml in it is valid for serve-worker"))
                 printf("#   %s\n%s", error ?: strerror(-r), content->text);
         free(error);
@@ -167,6 +144,7 @@ static void test_plain_group(void) {
         const struct worker_config *w = u.worker;
         ok(streq(w->head_address, "10.232.0.1:8266") && streq(w->node_name, "cpu-3f9a2c"),
            "the node dials 10.232.0.1:8266 as cpu-3f9a2c");
+        ok(streq(w->node_address, "auto"), "worker.yaml reads node_address auto");
         ok(w->transport == TRANSPORT_TLS && streq(w->join_token_file, "/etc/serve/join-token") &&
                    streq(w->state_dir, "/var/lib/serve/worker"),
            "TLS, the default token file and state dir");
