@@ -379,7 +379,7 @@ int main(int argc, char **argv) {
         scaler_set_observer(h.scaler, on_autoscale, &h);
         scaler_set_min_sample_interval(h.scaler, 2 * h.ccfg->worker_heartbeat_interval_s);
         recover(&h);
-        if (trust_start(&h) < 0)
+        if (trust_start(&h) < 0 || groups_init(&h) < 0)
                 return 1;
         if (!h.spec || !streq_ptr(h.cfg_source, "api")) {
                 r = load_apps_file(&h, &err);
@@ -457,6 +457,7 @@ int main(int argc, char **argv) {
                         h.routing_next_ns = now + MAX(ROUTING_MIN_INTERVAL_NS, 3 * (now_ns() - t0));
                 }
                 save_state_flush(&h, false);
+                groups_tick(&h, now);
                 dashboard_tick(&h, now);
                 r = loop_run_once(&h.loop, MIN(wd_next, h.routing_dirty || h.dirty || h.state_dirty ? 10 * NSEC_PER_MSEC
                                                                                                    : 100 * NSEC_PER_MSEC));
@@ -471,6 +472,7 @@ int main(int argc, char **argv) {
         log_info("stopping; workers keep serving");
         sd_notify(0, "STOPPING=1");
         deploy_cancel(&h);
+        groups_free(&h);
         httpd_close(&h.api);
         netlistener_close(&h.ctl);
         nodes_free_all(&h);

@@ -352,13 +352,19 @@ void build_routing(struct head *h) {
         netblob_unref(full);
 }
 
+void node_resync_assign(struct node *n) {
+        if (n->alive && !n->hold_assign)
+                send_assign(n->h, n);
+        n->h->routing_dirty = true;
+}
+
 void node_resync(struct node *n) {
         n->sent_config_epoch = -1;
         free(n->sent_assign);
         n->sent_assign = NULL;
         n->routing_version = ROUTING_NONE;
         n->h->routing_dirty = true;
-        if (n->alive)
+        if (n->alive && !n->hold_assign)
                 send_assign(n->h, n);
 }
 
@@ -383,7 +389,8 @@ void reconcile(struct head *h) {
         list_for_each_safe(pos, tmp, &h->nodes) {
                 struct node *n = list_entry(pos, struct node, link);
                 nodes[nn] = n;
-                pn[nn++] = (struct placement_node){ .name = n->name, .alive = n->alive && n->cpus > 0, .cpus = n->cpus,
+                /* A cordoned node takes nothing: its replicas are placed again elsewhere. */
+                pn[nn++] = (struct placement_node){ .name = n->name, .alive = n->alive && n->cpus > 0 && !n->cordoned, .cpus = n->cpus,
                                                     .memory = n->memory, .n_gpus = n->n_gpus, .custom = n->custom,
                                                     .n_custom = n->n_custom };
         }
@@ -399,8 +406,10 @@ void reconcile(struct head *h) {
          * share (the rest is placed again, on the new nodes if they fit). A balanced placement
          * is left exactly as it is. */
         unsigned n_alive = 0;
-        list_for_each_safe(pos, tmp, &h->nodes)
-                n_alive += list_entry(pos, struct node, link)->alive;
+        list_for_each_safe(pos, tmp, &h->nodes) {
+                const struct node *n = list_entry(pos, struct node, link);
+                n_alive += n->alive && !n->cordoned;
+        }
         for (size_t i = 0; i < h->n_assign; i++) {
                 unsigned total = 0, share;
                 for (size_t k = 0; k < h->assign[i].n_slots; k++)
@@ -474,7 +483,9 @@ void reconcile(struct head *h) {
         save_state_soon(h);
         list_for_each_safe(pos, tmp, &h->nodes) {
                 struct node *n = list_entry(pos, struct node, link);
-                if (n->nc && n->alive)
+                /* A draining node holding its replicas keeps its last assign: they serve until
+                 * their replacements are ready (groups.c ends the hold). */
+                if (n->nc && n->alive && !n->hold_assign)
                         send_assign(h, n);
         }
         h->routing_dirty = true;
