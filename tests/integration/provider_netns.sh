@@ -168,10 +168,15 @@ hook delete tn-2
 check "delete tn-2 exits 0" "$?" 0
 hook list cpu
 check "list cpu after the deletes: nothing" "$(cat "$WORK/out")" ""
+# As installed: the hooks beside cloud-files, found there without SERVE_CLOUD_FILES.
+mkdir -p "$WORK/installed"
+cp "$HOOKS/create" "$HOOKS/delete" "$HOOKS/list" "$SERVE_CLOUD_FILES" "$WORK/installed/"
 T3=$(mint tn-3)
-hook create tn-3 "$(user_data tn-3 cpu "$T3")"
+HOOKS=$WORK/installed SERVE_CLOUD_FILES='' hook create tn-3 "$(user_data tn-3 cpu "$T3")"
+check "installed layout: create finds cloud-files beside itself" "$?:$(cat "$WORK/err")" "0:"
 check "a node created after the deletes gets the lowest free address again" "$(jq -r .address "$WORK/out")" "10.232.0.100"
-hook delete tn-3
+wait_until 30 alive tn-3 && pass "tn-3 joins" || fail "tn-3 joins"
+HOOKS=$WORK/installed hook delete tn-3
 
 # ---- refusals leave nothing behind ----
 hook create "../x" "$UD1"
@@ -203,7 +208,7 @@ live_workers() { # workers started by the provider that still run (zombies are n
 }
 check "... no worker process" "$(live_workers)" 0
 check "... no veth in the bridge's namespace but the head's" "$(ip -n "$SW" -o link show master br0 | awk -F': ' '{print $2}' | cut -d@ -f1 | tr '\n' ' ')" "head-port "
-check "... no record in state_dir" "$(ls -A "$PSTATE" | grep -v '^\.lock$' | wc -l)" 0
+check "... no record in state_dir" "$(find "$PSTATE" -mindepth 1 ! -name .lock | wc -l)" 0
 
 # ---- secrets ----
 check "no hook printed the join token's secret" "$(grep -c -- "$SECRET" "$WORK/hooks.log" "$WORK/out" | awk -F: '{s += $2} END {print s}')" 0
