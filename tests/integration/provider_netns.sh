@@ -51,6 +51,48 @@ ip -n "$HNS" link set lo up
 ip -n "$HNS" addr add "$SUBNET.1/24" dev eth0
 ip -n "$HNS" link set eth0 up
 
+# ---- cloud-files alone: what it writes, what it refuses ----
+CF=$SERVE_CLOUD_FILES
+cat >"$WORK/cf.yaml" <<'EOF'
+#cloud-config
+write_files:
+  - path: /etc/serve/secret
+    permissions: "0600"
+    content: "s3cret-content"
+  - path: /./opt//data/blob
+    encoding: b64
+    content: aGVsbG8gd29ybGQ=
+  - path: /opt/data/blob
+    append: true
+    content: "!"
+EOF
+"$CF" "$WORK/cf.yaml" "$WORK/cf-root" 2>"$WORK/cf.err"
+check "cloud-files writes every entry: modes, b64, append" \
+        "$?:$(stat -c %a "$WORK/cf-root/etc/serve/secret"):$(cat "$WORK/cf-root/opt/data/blob")" "0:600:hello world!"
+refused() { # refused DESCRIPTION WANT_IN_STDERR: the user-data in $WORK/cf-bad is refused, nothing written
+        rm -rf "$WORK/cf-bad-root"
+        "$CF" "$WORK/cf-bad" "$WORK/cf-bad-root" 2>"$WORK/cf.err"
+        check_contains "cloud-files refuses $1" "$? $(cat "$WORK/cf.err")" "1 cloud-files: $WORK/cf-bad:$2"
+        [ -z "$(ls -A "$WORK/cf-bad-root" 2>/dev/null)" ] || fail "... and writes nothing ($1)"
+}
+printf '#cloud-config\nwrite_files:\n  - {path: /ok}\n  - {path: /etc/../../escape, content: x}\n' >"$WORK/cf-bad"
+refused "a path with .. (and writes no entry)" '4:12: write_files[1].path: must not contain ".."'
+printf '#cloud-config\nwrite_files:\n  - {path: etc/x}\n' >"$WORK/cf-bad"
+refused "a relative path" "3:12: write_files[0].path: must be an absolute path"
+printf '#cloud-config\nwrite_files:\n  - {path: /x, encoding: gzip, content: abc}\n' >"$WORK/cf-bad"
+refused "gzip content, clearly" "3:26: write_files[0].encoding: gzip is not supported here"
+{ printf '#cloud-config\nwrite_files:\n'; for i in $(seq 65); do printf '  - {path: /f%d}\n' "$i"; done; } >"$WORK/cf-bad"
+refused "more than 64 files" "3:3: write_files: too many files (65, limit 64)"
+printf '#cloud-config\nwrite_files:\n  - path: /big\n    content: "%s"\n' "$(head -c 1048577 /dev/zero | tr '\0' a)" >"$WORK/cf-bad"
+refused "over 1 MiB of content" "4:14: write_files[0]: the files' content is over 1048576 bytes in all"
+printf '#cloud-config\nwrite_files:\n  - path: /x\n    encoding: b64\n    content: "s3cret-content!"\n' >"$WORK/cf-bad"
+refused "bad base64, without quoting the content" "5:14: write_files[0].content: is not valid base64"
+check "... (the content is never in a message)" "$(grep -c s3cret "$WORK/cf.err")" 0
+mkdir -p "$WORK/cf-link-root" "$WORK/cf-outside"
+ln -s "$WORK/cf-outside" "$WORK/cf-link-root/etc"
+"$CF" "$WORK/cf.yaml" "$WORK/cf-link-root" 2>"$WORK/cf.err"
+check "cloud-files does not follow a symlink out of the root" "$?:$(ls -A "$WORK/cf-outside")" "1:"
+
 # ---- the head, in its namespace ----
 cluster_init "$SUBNET" 2
 echo "applications: []" >"$CONF/apps.yaml"
