@@ -393,10 +393,13 @@ static void launch(struct groups *gs, size_t gi, const char *replaces, const cha
                 cJSON_AddStringToObject(in, "group", g->name);
                 cJSON_AddItemToObject(in, "shape", shape_json(g));
                 labels = cJSON_AddObjectToObject(in, "labels");
-                cJSON_AddStringToObject(labels, "group", g->name);
+                cJSON_AddStringToObject(labels, NODECFG_LABEL_GROUP, g->name);
                 for (size_t i = 0; labels && i < g->n_labels; i++)
-                        if (!streq(g->labels[i].key, "group"))
+                        if (!streq(g->labels[i].key, NODECFG_LABEL_GROUP))
                                 cJSON_AddStringToObject(labels, g->labels[i].key, g->labels[i].value);
+                char hex[17];
+                snprintf(hex, sizeof hex, "%016llx", (unsigned long long)m->config_hash);
+                cJSON_AddStringToObject(labels, NODECFG_LABEL_CONFIG, hex);
                 cJSON_AddStringToObject(in, "user_data", m->user_data_path);
                 cJSON_AddItemToObject(in, "options", options_json(g));
                 text = cJSON_PrintUnformatted(in);

@@ -390,7 +390,8 @@ int provider_run(struct loop *loop, const char *provider, enum provider_op op, c
         if (r < 0)
                 return r;
 
-        char *argv[] = { path, (char *)opname, op == PROVIDER_LIST ? NULL : (char *)node_name, NULL };
+        /* The hook is the op's own executable: `create NODE`, `delete NODE`, `list`. */
+        char *argv[] = { path, op == PROVIDER_LIST ? NULL : (char *)node_name, NULL };
         const struct childproc_options o = {
                 .path = path,
                 .argv = argv,

@@ -18,7 +18,7 @@ EX=$top_srcdir/examples/autoscaling
 RUN=$WORK/run
 export SERVE_EXAMPLE_NET=10.241.0 SERVE_EXAMPLE_PREFIX=sca$$
 export BUILD=$top_builddir
-export SERVE_PROVIDER_PATH=$top_builddir/providers:$top_srcdir/providers
+export SERVE_PROVIDER_PATH=$top_srcdir/providers SERVE_CLOUD_FILES=$top_builddir/providers/netns/cloud-files
 NET=$SERVE_EXAMPLE_NET P=$SERVE_EXAMPLE_PREFIX
 
 # A second group whose nodes never join (their "worker" is /bin/false): min_nodes 1 makes the
@@ -36,6 +36,7 @@ cat >"$SERVE_EXAMPLE_EXTRA_GROUPS" <<EOF
     provider_options:
       state_dir: $RUN/netns-broken
       bridge_netns: $P-sw
+      netns_prefix: $P
       subnet: $NET
       first_host: 200
       last_host: 210
@@ -135,43 +136,44 @@ ev=$(api "/api/dashboard/events?limit=1000")
 check_contains "the drain was logged with its reason" "$(jq -r --arg n "$node" '.events[] | select(.kind == "node_draining" and .node == $n) | .message' <<<"$ev")" "idle for"
 check "the deletion was logged" "$(jq -r --arg n "$node" '[.events[] | select(.kind == "node_deleted" and .node == $n)] | length' <<<"$ev")" 1
 check "the provider holds no cpu node any more" "$(ls "$RUN/netns" 2>/dev/null | grep -c '^cpu-')" 0
-check "no namespace of a cpu node is left" "$(ip netns list | grep -c "cpu-")" 0
+check "no namespace of a cpu node is left" "$(ip netns list | grep -c "^$P-cpu-")" 0
 check "traffic still succeeds on node-1" "$(in_client curl -s -o /dev/null -w '%{http_code}' -m 10 "http://$NET.2:8000/work?ms=1")" 200
 
 # ---- join tokens: single use, short-lived ----
-worker_with() { # worker_with NAME TOKEN: a worker in the client namespace; prints its log after it stops
+# worker_conf NAME TOKEN PORT: a worker.yaml for the client namespace in $WORK/w-NAME
+worker_conf() {
         local d=$WORK/w-$1
         mkdir -p "$d"
         (umask 077; echo "$2" >"$d/token")
-        printf 'head_address: %s.1:8266\nnode_name: %s\nnode_address: auto\njoin_token_file: token\nstate_dir: state\nhttp_port: 18000\ndata_port: 18267\nmetrics_port: 0\n' \
-                "$NET" "$1" >"$d/worker.yaml"
-        in_client timeout 10 "$top_builddir/serve-worker" -c "$d/worker.yaml" >"$d/log" 2>&1 &
-        echo $!
+        printf 'head_address: %s.1:8266\nnode_name: %s\nnode_address: auto\njoin_token_file: token\nstate_dir: state\nhttp_port: %s\ndata_port: %s\nmetrics_port: 0\n' \
+                "$NET" "$1" "$3" "$(($3 + 1))" >"$d/worker.yaml"
 }
+# refused NAME: runs the worker (bounded); prints its log
+refused() { in_client timeout 20 "$top_builddir/serve-worker" -c "$WORK/w-$1/worker.yaml" >"$WORK/w-$1/log" 2>&1; cat "$WORK/w-$1/log"; }
 HEAD_STATE=$RUN/state
 tok=$(ip netns exec "$P-head" "$top_builddir/serve-head" -c "$RUN" --state-dir "$HEAD_STATE" --join-token create --ttl 10m --uses 1 --name tok-a 2>/dev/null)
-pid=$(worker_with tok-a "$tok")
+worker_conf tok-a "$tok" 18000
+# ip netns exec execs the worker: $! is the worker's pid.
+ip netns exec "$P-client" "$top_builddir/serve-worker" -c "$WORK/w-tok-a/worker.yaml" >"$WORK/w-tok-a/log.1" 2>&1 &
+pid=$!
 for _ in $(seq 100); do api /api/cluster/nodes | jq -e '.nodes[] | select(.node_id == "tok-a" and .state == "ALIVE")' >/dev/null && break; sleep 0.1; done
 check "a node joins with a fresh single-use token" "$(api /api/cluster/nodes | jq -r '.nodes[] | select(.node_id == "tok-a") | .state')" ALIVE
 kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
 rm -rf "$WORK/w-tok-a/state"
-pid=$(worker_with tok-a "$tok")
-wait "$pid" 2>/dev/null
-check_contains "the same token is refused the second time" "$(cat "$WORK/w-tok-a/log")" "token used up"
+check_contains "the same token is refused the second time" "$(refused tok-a)" "token used up"
 tok=$(ip netns exec "$P-head" "$top_builddir/serve-head" -c "$RUN" --state-dir "$HEAD_STATE" --join-token create --ttl 1 --uses 1 --name tok-b 2>/dev/null)
 for _ in $(seq 50); do
         ip netns exec "$P-head" "$top_builddir/serve-head" -c "$RUN" --state-dir "$HEAD_STATE" --join-token list 2>/dev/null |
                 grep tok-b | grep -q expired && break
         sleep 0.1
 done
-pid=$(worker_with tok-b "$tok")
-wait "$pid" 2>/dev/null
-check_contains "an expired token is refused" "$(cat "$WORK/w-tok-b/log")" "token expired"
+worker_conf tok-b "$tok" 18100
+check_contains "an expired token is refused" "$(refused tok-b)" "token expired"
 cli nodes remove tok-a >/dev/null 2>&1
 
 # ---- nothing left behind ----
 stop_example
-check "stop leaves no namespace of the example" "$(ip netns list | grep -c "^$P-\|cpu-\|broken-")" 0
+check "stop leaves no namespace of the example" "$(ip netns list | grep -c "^$P-")" 0
 check "no serve-worker of the example runs" "$(pgrep -f "$RUN" | grep -c .)" 0
 check "no provider record is left" "$(find "$RUN/netns" "$RUN/netns-broken" -name record.json 2>/dev/null | grep -c .)" 0
 check "the blackhole route is gone" "$(ip route show | grep -c "blackhole $NET.0/24")" 0

@@ -16,7 +16,7 @@ EX=$top_srcdir/examples/autoscaling
 RUN=$WORK/run
 export SERVE_EXAMPLE_NET=10.242.0 SERVE_EXAMPLE_PREFIX=scu$$
 export BUILD=$top_builddir
-export SERVE_PROVIDER_PATH=$top_builddir/providers:$top_srcdir/providers
+export SERVE_PROVIDER_PATH=$top_srcdir/providers SERVE_CLOUD_FILES=$top_builddir/providers/netns/cloud-files
 NET=$SERVE_EXAMPLE_NET P=$SERVE_EXAMPLE_PREFIX
 export SERVE_EXAMPLE_APPS=$WORK/apps.yaml
 cat >"$SERVE_EXAMPLE_APPS" <<EOF
@@ -90,5 +90,5 @@ ev=$(api "/api/dashboard/events?limit=1000")
 check "each old node was drained as replaced" "$(jq -r '[.events[] | select(.kind == "node_draining" and (.message | contains("replaced by")))] | length' <<<"$ev")" 2
 check "and deleted" "$(for o in $old; do jq -r --arg n "$o" '.events[] | select(.kind == "node_deleted" and .node == $n) | .node' <<<"$ev"; done | grep -c .)" 2
 stop_example
-check "nothing of the example is left" "$(ip netns list | grep -c "^$P-\|cpu-")" 0
+check "nothing of the example is left" "$(ip netns list | grep -c "^$P-")" 0
 finish

@@ -167,7 +167,7 @@ static void test_create(void) {
         strcpy(input + n, "\"}\n");
         write_hook(etc_dir, "ok", "create", 0755,
                    "cat >@T@/stdin.copy\n"
-                   "echo \"$1 $2 $#\" >@T@/args\n"
+                   "echo \"$1 $#\" >@T@/args\n"
                    "pwd >@T@/cwd\n"
                    "printf '  {\"id\": \"i-0abc\", \"address\": \"10.200.0.7\", \"token\": \"s3cret\"}  \\n'\n");
         is_int(call("ok", PROVIDER_CREATE, "cpu-3f9a2c", input, 10, &o), 0, "create starts");
@@ -178,16 +178,16 @@ static void test_create(void) {
         ok(o.n == 1 && streq_ptr(o.nodes[0].name, "cpu-3f9a2c"), "the node's name is the one asked for");
         _cleanup_free_ char *copy = file_text("stdin.copy"), *args = file_text("args"), *cwd = file_text("cwd");
         ok(copy && streq(copy, input), "the hook read its input intact (%zu bytes)", strlen(input));
-        ok(args && streq(args, "create cpu-3f9a2c 2"), "the hook ran as `create NODE` (%s)", args ?: "?");
+        ok(args && streq(args, "cpu-3f9a2c 1"), "the hook ran as `create NODE` (%s)", args ?: "?");
         ok(cwd && streq(cwd, "/"), "the hook runs in / (%s)", cwd ?: "?");
         outcome_free(&o);
 
-        write_hook(etc_dir, "ok", "delete", 0755, "cat >/dev/null; echo \"$1 $2\" >@T@/args; echo '{\"whatever\":1}'\n");
+        write_hook(etc_dir, "ok", "delete", 0755, "cat >/dev/null; echo \"$1 $#\" >@T@/args; echo '{\"whatever\":1}'\n");
         call("ok", PROVIDER_DELETE, "cpu-3f9a2c", "{}", 10, &o);
         ok(o.calls == 1 && o.r == 0 && o.n == 0, "delete succeeds with no nodes (%s)", o.error ?: "");
         free(args);
         args = file_text("args");
-        ok(args && streq(args, "delete cpu-3f9a2c"), "the hook ran as `delete NODE` (%s)", args ?: "?");
+        ok(args && streq(args, "cpu-3f9a2c 1"), "the hook ran as `delete NODE` (%s)", args ?: "?");
         outcome_free(&o);
 
         is_int(call("ok", PROVIDER_CREATE, "bad/name", NULL, 10, &o), -EINVAL, "an invalid node name is refused");
@@ -269,7 +269,7 @@ static void test_list(void) {
         char body[1024];
         struct outcome o;
 
-        snprintf(body, sizeof body, "echo \"$# $1\" >@T@/args\ncat <<'EOF'\n%sEOF\n", lines);
+        snprintf(body, sizeof body, "echo \"$#\" >@T@/args\ncat <<'EOF'\n%sEOF\n", lines);
         write_hook(etc_dir, "lister", "list", 0755, body);
         call("lister", PROVIDER_LIST, NULL, NULL, 10, &o);
         is_int(o.r, 0, "list succeeds (%s)", o.error ?: "");
@@ -282,7 +282,7 @@ static void test_list(void) {
         ok(o.n == 3 && streq(o.nodes[2].group, "gpu") && streq_ptr(o.nodes[2].address, "fd00::3"),
            "an IPv6 address is kept");
         _cleanup_free_ char *args = file_text("args");
-        ok(args && streq(args, "1 list"), "the hook ran as `list` (%s)", args ?: "?");
+        ok(args && streq(args, "0"), "the hook ran as `list` (%s)", args ?: "?");
         outcome_free(&o);
 
         snprintf(body, sizeof body, "cat <<'EOF'\n%s[\"not\", \"an object\"]\nEOF\n", lines);
