@@ -196,14 +196,15 @@ static cJSON *nodes_json(struct head *h) {
                 cJSON_AddStringToObject(o, "node_id", n->name);
                 cJSON_AddStringToObject(o, "node_ip", n->address);
                 double age_s = 0;
-                const char *life = groups_node_state(h, n->name, &age_s);
+                const char *group = node_group(n);
+                const char *life = groups_node_state(h, n->name, &age_s, &group);
                 /* A group's node says where it is in its life (ALIVE, DRAINING, ...) while alive. */
                 cJSON_AddStringToObject(o, "state", !n->alive ? "DEAD" : life ? life : "ALIVE");
                 if (life)
                         cJSON_AddNumberToObject(o, "age_s", age_s);
                 cJSON_AddBoolToObject(o, "connected", n->nc != NULL);
                 cJSON_AddBoolToObject(o, "is_head_node", n->head_node);
-                cJSON_AddStringToObject(o, "group", node_group(n));
+                cJSON_AddStringToObject(o, "group", group);
                 cJSON_AddItemToObject(o, "labels", cJSON_Duplicate(n->labels, true));
                 tot = cJSON_AddObjectToObject(o, "resources_total");
                 cJSON_AddNumberToObject(tot, "CPU", n->cpus);

@@ -53,6 +53,7 @@ struct mnode {
         enum ns_state state;
         char *provider_id, *address;
         uint64_t launched_ns, state_ns;  /* monotonic: create started; entered this state */
+        uint64_t seen_ns;                /* ALIVE: when it was last alive */
         double launched_wall;
         char *replaces;                  /* the outdated node it was launched to replace */
         char token_id[JOINTOKEN_ID_HEX + 1];
@@ -287,12 +288,13 @@ static void on_create_done(void *userdata, int r, const char *error, const struc
                 set_state(m, NS_JOINING);
                 m->state_ns = m->launched_ns; /* the boot timeout counts from the launch */
         }
-        event_log_add(&gs->h->events, LOG_INFO, "node_created", m->name, m->name,
-                      "node %s of group %s created in %.1f s (provider id %s%s%s); waiting for it to join", m->name,
-                      m->group, (double)(now_ns() - m->launched_ns) / 1e9, m->provider_id ? m->provider_id : "",
-                      m->address ? ", address " : "", m->address ? m->address : "");
         /* It may have joined before create returned (a fast provider). */
         struct node *n = node_find(gs->h, m->name);
+        event_log_add(&gs->h->events, LOG_INFO, "node_created", m->name, m->name,
+                      "node %s of group %s created in %.1f s (provider id %s%s%s)%s", m->name, m->group,
+                      (double)(now_ns() - m->launched_ns) / 1e9, m->provider_id ? m->provider_id : "",
+                      m->address ? ", address " : "", m->address ? m->address : "",
+                      n && n->alive ? "; it has joined already" : "; waiting for it to join");
         if (n && n->alive)
                 groups_on_join(gs->h, n);
 }
@@ -465,21 +467,23 @@ static void on_list_done(void *userdata, int r, const char *error, const struct 
                 const struct provider_node *pn = &nodes[i];
                 if (!streq_ptr(pn->group, g->name) || mnode_find(gs, pn->name))
                         continue;
+                /* One the head knows (its state file) is ALIVE, even if it has not reconnected
+                 * yet: it has until its group's boot timeout to come back. */
                 struct node *n = node_find(h, pn->name);
-                struct mnode *m = mnode_new(gs, pn->name, g->name, n && n->alive ? NS_ALIVE : NS_JOINING);
+                struct mnode *m = mnode_new(gs, pn->name, g->name, n ? NS_ALIVE : NS_JOINING);
                 if (!m)
                         continue;
                 m->provider_id = pn->id ? strdup(pn->id) : NULL;
                 m->address = pn->address ? strdup(pn->address) : NULL;
-                if (pn->created > 0 && pn->created <= now_w) {
+                if (pn->created > 0 && pn->created <= now_w && !n) {
                         uint64_t age = sec_to_ns(now_w - pn->created);
                         m->launched_ns = m->state_ns = age < now ? now - age : 0;
                         m->launched_wall = pn->created;
                 }
                 event_log_add(&h->events, LOG_INFO, "node_adopted", m->name, m->name,
                               "group %s: adopted node %s from its provider's list (%s)", g->name, m->name,
-                              m->state == NS_ALIVE ? "alive" : n ? "known, not alive: waiting for it" : "never joined: "
-                                                                                                      "waiting for it until its boot timeout");
+                              n && n->alive ? "alive" : n ? "known, not connected yet: waiting for it"
+                                                          : "never joined: waiting for it until its boot timeout");
         }
         /* A node the head launched and saw but the provider lost is gone. Not one whose create
          * returned after this list started (the list could not know it). */
@@ -487,7 +491,7 @@ static void on_list_done(void *userdata, int r, const char *error, const struct 
                 struct mnode *m = list_entry(pos, struct mnode, link);
                 bool listed = false;
                 if (!streq(m->group, g->name) || m->call || m->state == NS_LAUNCHING || m->state == NS_DELETING ||
-                    m->state_ns > run->list_started_ns || m->launched_ns > run->list_started_ns)
+                    m->launched_ns > run->list_started_ns)
                         continue;
                 for (size_t i = 0; i < n_nodes && !listed; i++)
                         listed = streq(nodes[i].name, m->name);
@@ -605,6 +609,9 @@ static void advance(struct groups *gs, uint64_t now) {
                                 break;
                         }
                         n->cordoned = true;
+                        /* Nothing is known of a node that has not reported since it connected. */
+                        if (!n->report)
+                                break;
                         if (m->holding && (replacements_ready(h, n) || now - m->state_ns > DRAIN_HOLD_MAX_NS)) {
                                 if (now - m->state_ns > DRAIN_HOLD_MAX_NS)
                                         log_warning("node %s: its replicas' replacements are not all ready after %llu s; "
@@ -627,13 +634,15 @@ static void advance(struct groups *gs, uint64_t now) {
                         break;
                 case NS_ALIVE:
                         if (n && n->alive) {
-                                m->state_ns = now;
+                                m->seen_ns = now;
                                 break;
                         }
-                        if (g && now - m->state_ns > MAX(LOST_NODE_MIN_NS, sec_to_ns(g->boot_timeout_s))) {
+                        if (!m->seen_ns)
+                                m->seen_ns = now;
+                        if (g && now - m->seen_ns > MAX(LOST_NODE_MIN_NS, sec_to_ns(g->boot_timeout_s))) {
                                 event_log_add(&h->events, LOG_WARNING, "node_unreachable", m->name, m->name,
                                               "node %s of group %s has been unreachable for %.0f s; deleting it", m->name,
-                                              m->group, (double)(now - m->state_ns) / 1e9);
+                                              m->group, (double)(now - m->seen_ns) / 1e9);
                                 start_delete(m);
                         }
                         break;
@@ -693,10 +702,10 @@ static void decide(struct groups *gs, uint64_t now) {
                 uint64_t hash = m->config_hash;
                 if (!group_of(gs, m->group, &gi))
                         continue;
-                if (n)
-                        (void)node_config_hash(n, &hash);
-                else if (!m->hash_known)
-                        hash = groups[gi].config_hash; /* not joined yet: nothing says otherwise */
+                /* Its label says; else what it was launched with; else (adopted, not heard from
+                 * yet) nothing says it is outdated. */
+                if (!(n && node_config_hash(n, &hash)) && !m->hash_known)
+                        hash = groups[gi].config_hash;
                 nodes[nn] = (struct ns_node){ .name = m->name, .group = (int)gi, .state = m->state,
                                               .launched_ns = m->launched_ns, .config_hash = hash, .replaces = -1,
                                               .cordoned = n && n->cordoned };
@@ -951,12 +960,13 @@ void groups_on_join(struct head *h, struct node *n) {
         struct mnode *m = gs ? mnode_find(gs, n->name) : NULL;
         if (!m)
                 return;
-        if (m->state == NS_LAUNCHING || m->state == NS_JOINING) {
+        /* A node that joins before its create returned is taken in when it returns. */
+        if (m->state == NS_JOINING) {
                 event_log_add(&h->events, LOG_INFO, "node_ready", m->name, m->name,
                               "node %s of group %s joined %.1f s after its launch", m->name, m->group,
                               (double)(now_ns() - m->launched_ns) / 1e9);
-                if (m->state == NS_JOINING)
-                        set_state(m, NS_ALIVE);
+                set_state(m, NS_ALIVE);
+                m->seen_ns = m->state_ns;
                 if (m->user_data_path) {
                         /* It holds a join token, used now: no reason to keep it. */
                         (void)unlink(m->user_data_path);
@@ -975,12 +985,14 @@ void groups_on_join(struct head *h, struct node *n) {
 }
 
 /* The lifecycle state of node `name` for the API ("LAUNCHING", ...), or NULL: not managed. */
-const char *groups_node_state(const struct head *h, const char *name, double *ret_age_s) {
+const char *groups_node_state(const struct head *h, const char *name, double *ret_age_s, const char **ret_group) {
         const struct mnode *m = h->groups ? mnode_find(h->groups, name) : NULL;
         if (!m)
                 return NULL;
         if (ret_age_s)
                 *ret_age_s = wall_now() - m->launched_wall;
+        if (ret_group)
+                *ret_group = m->group;
         return state_names[m->state];
 }
 

@@ -224,8 +224,8 @@ int groups_reload(struct head *h);
 void groups_tick(struct head *h, uint64_t now);
 /* Node n said hello: a node a group launched is ALIVE now. */
 void groups_on_join(struct head *h, struct node *n);
-/* The lifecycle state of a managed node ("LAUNCHING" ... "DELETING") and its age, or NULL. */
-const char *groups_node_state(const struct head *h, const char *name, double *ret_age_s);
+/* The lifecycle state of a managed node ("LAUNCHING" ... "DELETING"), its age and group, or NULL. */
+const char *groups_node_state(const struct head *h, const char *name, double *ret_age_s, const char **ret_group);
 /* Adds the managed nodes that have not joined yet to a nodes list (API). */
 void groups_add_unjoined(const struct head *h, cJSON *arr);
 /* GET /api/cluster/groups. */

@@ -74,7 +74,8 @@ max_n=0
 for _ in $(seq 1800); do
         read -r n v2 <<<"$(cpu_state v2)"
         [ "${n:-0}" -gt "$max_n" ] && max_n=$n
-        [ "$v2" = 2 ] && [ "$n" = 2 ] && [ "$(ready_replicas)" = 4 ] && break
+        [ "$v2" = 2 ] && [ "$n" = 2 ] && [ "$(ready_replicas)" = 4 ] &&
+                [ "$(api /api/cluster/nodes | jq '[.nodes[] | select(.group == "cpu")] | length')" = 2 ] && break
         sleep 0.1
 done
 touch "$STOP"
@@ -89,6 +90,37 @@ check "the four replicas run after the upgrade" "$(ready_replicas)" 4
 ev=$(api "/api/dashboard/events?limit=1000")
 check "each old node was drained as replaced" "$(jq -r '[.events[] | select(.kind == "node_draining" and (.message | contains("replaced by")))] | length' <<<"$ev")" 2
 check "and deleted" "$(for o in $old; do jq -r --arg n "$o" '.events[] | select(.kind == "node_deleted" and .node == $n) | .node' <<<"$ev"; done | grep -c .)" 2
+
+# ---- a restarted head adopts the group's nodes from the provider's list ----
+kill -TERM "$(cat "$RUN/head.pid")"
+for _ in $(seq 100); do kill -0 "$(cat "$RUN/head.pid")" 2>/dev/null || break; sleep 0.1; done
+ip netns exec "$P-head" "$top_builddir/serve-head" -c "$RUN" --state-dir "$RUN/state" >>"$RUN/head.log" 2>&1 &
+echo $! >"$RUN/head.pid"
+for _ in $(seq 300); do
+        [ "$(api "/api/dashboard/events?limit=1000" | jq '[.events[] | select(.kind == "node_adopted")] | length')" = 2 ] && break
+        sleep 0.1
+done
+ev=$(api "/api/dashboard/events?limit=1000")
+check "the restarted head adopts both nodes from the provider's list" "$(jq '[.events[] | select(.kind == "node_adopted")] | length' <<<"$ev")" 2
+check "and launches none" "$(jq '[.events[] | select(.kind == "node_launching")] | length' <<<"$ev")" 0
+check "they are the same nodes" "$(api /api/cluster/nodes | jq -r '[.nodes[] | select(.group == "cpu") | .node_id] | sort | join(" ")')" "$new"
+
+# ---- a node the provider lost is marked gone (and min_nodes brings another) ----
+lost=${new%% *}
+jq -nc --arg n "$lost" --arg d "$RUN/netns" --arg p "$P" --arg net "$NET" \
+        '{name:$n, group:"cpu", id:"", options:{state_dir:$d, bridge_netns:($p + "-sw"), subnet:$net, netns_prefix:$p}}' |
+        "$top_srcdir/providers/netns/delete" "$lost" >/dev/null
+for _ in $(seq 600); do
+        read -r n v2 <<<"$(cpu_state v2)"
+        api "/api/dashboard/events?limit=1000" | jq -e --arg n "$lost" '.events[] | select(.kind == "node_lost" and .node == $n)' >/dev/null &&
+                [ "$v2" = 2 ] && break
+        sleep 0.1
+done
+check_contains "a node deleted behind the head's back is marked gone at the next reconcile" \
+        "$(api "/api/dashboard/events?limit=1000" | jq -r --arg n "$lost" '.events[] | select(.kind == "node_lost" and .node == $n) | .message')" "no longer has"
+check "min_nodes brings the group back to two nodes" "${v2:-0}" 2
+check "the lost node is no longer in the nodes list" "$(api /api/cluster/nodes | jq --arg n "$lost" '[.nodes[] | select(.node_id == $n)] | length')" 0
+
 stop_example
 check "nothing of the example is left" "$(ip netns list | grep -c "^$P-")" 0
 finish
