@@ -291,7 +291,10 @@ static void put_document(struct out *o, const struct cluster_config *c, const st
                  "    defer: true\n"
                  "    content: |\n");
         put_worker_yaml(o, c, g, node_name ?: "", config_hash);
+        /* serve-worker runs as the package's user serve (made when the package was installed,
+         * before deferred files are written): only it may read the token. */
         puts_(o, "  - path: /etc/serve/join-token\n"
+                 "    owner: \"serve:serve\"\n"
                  "    permissions: \"0600\"\n"
                  "    defer: true\n"
                  "    content: ");

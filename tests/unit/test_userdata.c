@@ -94,8 +94,9 @@ static bool render(const struct cluster_config *c, const struct worker_group *g,
         ok(wf && wf->n_items == 2 && streq_ptr(text(get(w, "path")), "/etc/serve/worker.yaml") &&
                    streq_ptr(text(get(w, "permissions")), "0644") && streq_ptr(text(get(w, "defer")), "true") &&
                    streq_ptr(text(get(t, "path")), "/etc/serve/join-token") &&
-                   streq_ptr(text(get(t, "permissions")), "0600") && streq_ptr(text(get(t, "defer")), "true"),
-           "write_files: worker.yaml 0644 and join-token 0600, both deferred");
+                   streq_ptr(text(get(t, "permissions")), "0600") && streq_ptr(text(get(t, "defer")), "true") &&
+                   streq_ptr(text(get(t, "owner")), "serve:serve"),
+           "write_files: worker.yaml 0644 and join-token 0600 owned by serve (the worker's user), both deferred");
         ok(streq_ptr(text(get(t, "content")), token ?: "REDACTED"), "the join token file holds %s",
            token ? "the token" : "REDACTED");
         ok(run && run->n_items == 2 && streq_ptr(text(item(item(run, 0), 0)), "systemctl") &&
