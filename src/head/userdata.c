@@ -301,6 +301,7 @@ static void put_document(struct out *o, const struct cluster_config *c, const st
         put_quoted(o, join_token ?: "REDACTED");
         puts_(o, "\n"
                  "runcmd:\n"
+                 "  - [systemctl, disable, --now, serve-head]\n" /* the package starts one: a node needs none */
                  "  - [systemctl, enable, serve-worker]\n"
                  "  - [systemctl, restart, serve-worker]\n");
 }

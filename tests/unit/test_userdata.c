@@ -99,11 +99,13 @@ static bool render(const struct cluster_config *c, const struct worker_group *g,
            "write_files: worker.yaml 0644 and join-token 0600 owned by serve (the worker's user), both deferred");
         ok(streq_ptr(text(get(t, "content")), token ?: "REDACTED"), "the join token file holds %s",
            token ? "the token" : "REDACTED");
-        ok(run && run->n_items == 2 && streq_ptr(text(item(item(run, 0), 0)), "systemctl") &&
-                   streq_ptr(text(item(item(run, 0), 1)), "enable") &&
-                   streq_ptr(text(item(item(run, 1), 1)), "restart") &&
-                   streq_ptr(text(item(item(run, 1), 2)), "serve-worker"),
-           "runcmd enables and restarts serve-worker");
+        ok(run && run->n_items == 3 && streq_ptr(text(item(item(run, 0), 0)), "systemctl") &&
+                   streq_ptr(text(item(item(run, 0), 1)), "disable") &&
+                   streq_ptr(text(item(item(run, 0), 3)), "serve-head") &&
+                   streq_ptr(text(item(item(run, 1), 1)), "enable") &&
+                   streq_ptr(text(item(item(run, 2), 1)), "restart") &&
+                   streq_ptr(text(item(item(run, 2), 2)), "serve-worker"),
+           "runcmd stops the head the package started, enables and restarts serve-worker");
 
         const struct yt_node *content = get(w, "content");
         if (!ok(content && content->type == YT_SCALAR, "worker.yaml is a block scalar"))
