@@ -947,6 +947,14 @@ void groups_tick(struct head *h, uint64_t now) {
         if (!gs || h->ccfg->n_groups == 0 || now < gs->next_pass_ns)
                 return;
         gs->next_pass_ns = now + PASS_INTERVAL_NS;
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &gs->mnodes) {
+                struct node *n = node_find(h, list_entry(pos, struct mnode, link)->name);
+                if (n && !n->elastic) {
+                        n->elastic = true;
+                        h->dirty = true;
+                }
+        }
         for (size_t i = 0; i < h->ccfg->n_groups; i++)
                 if (h->ccfg->groups[i].provider && !gs->g[i].list_call && now >= gs->g[i].list_next_ns)
                         start_list(gs, i);
@@ -960,6 +968,7 @@ void groups_on_join(struct head *h, struct node *n) {
         struct mnode *m = gs ? mnode_find(gs, n->name) : NULL;
         if (!m)
                 return;
+        n->elastic = true;
         /* A node that joins before its create returned is taken in when it returns. */
         if (m->state == NS_JOINING) {
                 event_log_add(&h->events, LOG_INFO, "node_ready", m->name, m->name,

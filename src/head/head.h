@@ -94,6 +94,7 @@ struct node {
         uint64_t sent_share_sig;       /* share_signature() of the assign last sent */
         struct dash_snapshot *dash_prev; /* its counters at the dashboard's last sample */
         bool cordoned;                 /* draining: placement puts nothing on it */
+        bool elastic;                  /* a worker group's node: placed on last, emptied first */
         bool hold_assign;              /* draining: it keeps its last assign until its replicas'
                                         * replacements are ready elsewhere */
         uint64_t idle_since_ns;        /* nothing placed or running there since; 0: busy */

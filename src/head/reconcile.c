@@ -392,7 +392,7 @@ void reconcile(struct head *h) {
                 /* A cordoned node takes nothing: its replicas are placed again elsewhere. */
                 pn[nn++] = (struct placement_node){ .name = n->name, .alive = n->alive && n->cpus > 0 && !n->cordoned, .cpus = n->cpus,
                                                     .memory = n->memory, .n_gpus = n->n_gpus, .custom = n->custom,
-                                                    .n_custom = n->n_custom };
+                                                    .n_custom = n->n_custom, .elastic = n->elastic };
         }
         for (size_t i = 0; i < n_deps; i++) {
                 const struct dep_spec *d = &h->spec->deps[i];
@@ -404,12 +404,16 @@ void reconcile(struct head *h) {
         }
         /* Spread: when nodes joined since a deployment was placed, no node keeps more than its
          * share (the rest is placed again, on the new nodes if they fit). A balanced placement
-         * is left exactly as it is. */
-        unsigned n_alive = 0;
+         * is left exactly as it is. Elastic nodes do not attract replicas this way (they would
+         * never empty): they count only in a cluster made of them. */
+        unsigned n_alive = 0, n_alive_elastic = 0;
         list_for_each_safe(pos, tmp, &h->nodes) {
                 const struct node *n = list_entry(pos, struct node, link);
-                n_alive += n->alive && !n->cordoned;
+                if (n->alive && !n->cordoned)
+                        n->elastic ? n_alive_elastic++ : n_alive++;
         }
+        if (n_alive == 0)
+                n_alive = n_alive_elastic;
         for (size_t i = 0; i < h->n_assign; i++) {
                 unsigned total = 0, share;
                 for (size_t k = 0; k < h->assign[i].n_slots; k++)
