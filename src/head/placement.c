@@ -550,6 +550,8 @@ static int keep_previous(struct ctx *c, size_t di, const struct cand *cands, siz
                 for (size_t k = 0; k < n_nodes; k++) {
                         size_t i = nodes_scratch[k];
                         bool ei = c->in->nodes[i].elastic, eb = best != SIZE_MAX && c->in->nodes[best].elastic;
+                        if (c->count[i] == 0)
+                                continue; /* emptied already */
                         if (best == SIZE_MAX || (ei && !eb) ||
                             (ei == eb && (c->count[i] > c->count[best] || (c->count[i] == c->count[best] && i > best))))
                                 best = i;

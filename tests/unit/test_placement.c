@@ -421,6 +421,16 @@ static void test_elastic(void) {
         ok(count_on(res, 0, 0) == 2 && count_on(res, 0, 1) == 0 && count_on(res, 0, 2) == 0,
            "a shrinking deployment leaves the elastic nodes first (%u/%u/%u)", count_on(res, 0, 0), count_on(res, 0, 1),
            count_on(res, 0, 2));
+        ok(res->deployments[0].placed == 2 && res->deployments[0].pending == 0, "and keeps exactly 2, none pending");
+        placement_result_free(res);
+
+        /* Past the elastic nodes, the fixed one gives up its replicas too. */
+        d[0].replicas = 1;
+        res = compute(nodes, 3, d, 1, &p);
+        ok(count_on(res, 0, 0) == 1 && count_on(res, 0, 1) == 0 && count_on(res, 0, 2) == 0 &&
+                   res->deployments[0].placed == 1 && res->deployments[0].pending == 0,
+           "shrinking from 4 to 1 keeps one on the fixed node (%u/%u/%u, pending %u)", count_on(res, 0, 0),
+           count_on(res, 0, 1), count_on(res, 0, 2), res->deployments[0].pending);
         placement_result_free(res);
 }
 
