@@ -882,6 +882,32 @@ int netlistener_open(struct netlistener *l, struct loop *loop, const char *host,
         return 0;
 }
 
+int net_local_address_towards(const char *host, int port, char **ret) {
+        struct addrinfo hints = { .ai_socktype = SOCK_DGRAM, .ai_flags = AI_NUMERICSERV }, *ai = NULL;
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        char portstr[16], text[INET6_ADDRSTRLEN];
+        _cleanup_close_ int fd = -1;
+        const void *a;
+
+        snprintf(portstr, sizeof portstr, "%d", port);
+        if (getaddrinfo(host, portstr, &hints, &ai) != 0)
+                return -EADDRNOTAVAIL;
+        fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+                int r = errno == ENETUNREACH || errno == EHOSTUNREACH ? -EADDRNOTAVAIL : -errno;
+                freeaddrinfo(ai);
+                return r;
+        }
+        freeaddrinfo(ai);
+        a = ss.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+                                     : (const void *)&((struct sockaddr_in *)&ss)->sin_addr;
+        if (!inet_ntop(ss.ss_family, a, text, sizeof text))
+                return -errno;
+        *ret = strdup(text);
+        return *ret ? 0 : -ENOMEM;
+}
+
 int netlistener_port(const struct netlistener *l) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;

@@ -162,3 +162,8 @@ void netlistener_close(struct netlistener *l);
 
 /* Splits "HOST:PORT" or "[V6]:PORT" into ret_host (malloc'd) and ret_port. Returns 0 or -EINVAL. */
 int net_split_hostport(const char *s, char **ret_host, int *ret_port);
+
+/* The local address the kernel would send from to reach host:port (a UDP connect: no packet is
+ * sent), as text (malloc'd): what a node on an unknown network advertises. Returns 0, or
+ * -EADDRNOTAVAIL (host does not resolve, or no route to it) or another negative errno. */
+int net_local_address_towards(const char *host, int port, char **ret);

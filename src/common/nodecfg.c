@@ -374,6 +374,13 @@ static int worker_field(struct yt_parser *p, unsigned idx, const struct yt_node 
                                              "certificate), got %s", YT_DESCRIBE(v));
                 return 0;
         case 3:
+                /* "auto": the worker takes the local address of its route to the head at start
+                 * (a node made from a template does not know its address in advance). */
+                if (v->type == YT_SCALAR && streq(v->text, "auto")) {
+                        free(c->node_address);
+                        c->node_address = strdup("auto");
+                        return c->node_address ? 0 : -ENOMEM;
+                }
                 return get_ip(p, v, &c->node_address);
         case 4:
                 return get_ip(p, v, &c->http_host);

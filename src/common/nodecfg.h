@@ -54,7 +54,8 @@ struct worker_config {
         int head_port;          /* 1..65535 */
         char *join_token_file;  /* default NODECFG_DEFAULT_JOIN_TOKEN_FILE */
         char *node_name;        /* default gethostname() */
-        char *node_address;     /* IP address; default "127.0.0.1"; data and metrics bind it */
+        char *node_address;     /* IP address; default "127.0.0.1"; data and metrics bind it;
+                                 * "auto": the worker resolves it at start (net_local_address_towards) */
         char *http_host;        /* IP address the proxy binds; default "0.0.0.0" */
         int http_port;          /* default 8000 */
         int data_port;          /* default 8267 */

@@ -94,7 +94,8 @@ static void usage(FILE *f) {
                 "      --version       Show the version\n"
                 "\n"
                 "worker.yaml keys: head_address (HOST:PORT, required), join_token_file, node_name,\n"
-                "node_address, http_host, http_port, data_port, metrics_port, labels, resources.\n"
+                "node_address (an IP, or auto: the local address of the route to the head), http_host,\n"
+                "http_port, data_port, metrics_port, labels, resources.\n"
                 "\n"
                 "Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests, stop the replicas\n"
                 "and exit 0. If serve-head is unreachable the worker keeps serving what it has.\n"
@@ -649,6 +650,16 @@ static int setup(struct worker *w) {
                 return r;
         }
         log_set_node(w->cfg->node_name);
+        if (streq(w->cfg->node_address, "auto")) {
+                char *a = NULL;
+                r = net_local_address_towards(w->cfg->head_host, w->cfg->head_port, &a);
+                if (r < 0)
+                        return log_error_errno(r, "%s: node_address: auto: no route to the head %s: %m", w->cfg_path,
+                                               w->cfg->head_address);
+                log_info("node_address auto: %s (the local address of the route to %s)", a, w->cfg->head_address);
+                free(w->cfg->node_address);
+                w->cfg->node_address = a;
+        }
         char **paths[] = { &w->cfg->join_token_file, &w->cfg->state_dir, &w->cfg->ca_file };
         for (size_t i = 0; i < ELEMENTSOF(paths); i++) {
                 if (!*paths[i])

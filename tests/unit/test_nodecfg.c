@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/netconn.h"
 #include "common/nodecfg.h"
 #include "macros.h"
 #include "tap.h"
@@ -121,6 +122,21 @@ static void test_worker_full(void) {
                    near(s->custom[1].amount, 0.5),
            "custom resources");
         worker_config_free(c);
+}
+
+static void test_worker_node_address_auto(void) {
+        struct worker_config *c = worker_ok("head_address: 10.0.0.1:8266\nnode_address: auto\n");
+        if (!c)
+                return;
+        ok(strcmp(c->node_address, "auto") == 0, "node_address: auto is kept for the worker to resolve");
+        worker_config_free(c);
+        char *a = NULL;
+        ok(net_local_address_towards("127.0.0.7", 8266, &a) == 0 && a && strcmp(a, "127.0.0.1") == 0,
+           "the local address towards 127.0.0.7 is 127.0.0.1 (%s)", a ? a : "none");
+        free(a);
+        a = NULL;
+        ok(net_local_address_towards("no-such-host.invalid", 8266, &a) == -EADDRNOTAVAIL && !a,
+           "a name that does not resolve is -EADDRNOTAVAIL");
 }
 
 static void test_worker_defaults(void) {
@@ -556,6 +572,7 @@ static void test_resources(void) {
 
 int main(void) {
         test_worker_full();
+        test_worker_node_address_auto();
         test_worker_defaults();
         test_memory_sizes();
         test_worker_errors();
