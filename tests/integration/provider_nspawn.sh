@@ -63,6 +63,7 @@ cleanup_all() {
         # The node, even when the test failed half-way (delete is idempotent).
         [ -f "$WORK/delete.json" ] && "$PROV/delete" "$NODE" <"$WORK/delete.json" >/dev/null 2>&1
         for p in "${SERVE_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+        wait 2>/dev/null
         for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null; done
         ip route del blackhole $NET.0/24 2>/dev/null
         cleanup
@@ -109,7 +110,15 @@ applications:
         ray_actor_options: {num_cpus: 0.1}
 EOC
 in_head() { ip netns exec "$P-head" "$@"; }
-in_head "$HEAD_BIN" -c "$CONF" --state-dir "$STATE" >"$WORK/head.log" 2>&1 &
+# The head resolves import paths to files in its own file system (serve-replica --describe) and
+# nodes load them at the same path: the head sees the package's applications where the node has
+# them, through a read-only overlay over the multiarch library directory in a mount namespace of
+# its own (nothing changes on the machine).
+dpkg-deb -x "$DEB" "$WORK/pkg"
+LIBDIR=$(dirname "$(dirname "$(ls -d "$WORK"/pkg/usr/lib/*/serve/apps)")")
+HOST_LIBDIR=${LIBDIR#"$WORK/pkg"}
+in_head unshare -m --propagation private sh -c 'mount -t overlay overlay -o "lowerdir=$1:$2" "$2" && shift 2 && exec "$@"' _ \
+        "$LIBDIR" "$HOST_LIBDIR" env SERVE_APP_PATH="$HOST_LIBDIR/serve/apps" "$HEAD_BIN" -c "$CONF" --state-dir "$STATE" >"$WORK/head.log" 2>&1 &
 SERVE_PIDS+=($!)
 wait_until 20 in_head curl -fs -o /dev/null -m 2 "$API/-/healthz"
 check "serve-head answers in its namespace" "$(in_head curl -s -o /dev/null -w '%{http_code}' -m 5 "$API/-/healthz")" 200
@@ -117,6 +126,8 @@ nodes_json() { in_head curl -fsS -m 5 "$API/api/cluster/nodes"; }
 node_state() { nodes_json | jq -r --arg n "$NODE" '.nodes[] | select(.node_id == $n) | .state'; }
 
 # ---- the user-data serve-head renders for the node, with a token bound to its name ----
+# The token file is the serve user's (write_files writes root's files otherwise, and the worker
+# runs as serve: it could not read it).
 TOKEN=$("$HEAD_BIN" -c "$CONF" --state-dir "$STATE" --join-token create --ttl 10m --uses 1 --name "$NODE" 2>>"$WORK/mint.log")
 check_contains "a single-use token bound to $NODE" "$TOKEN" "SRV1."
 SECRET=${TOKEN##*.}
@@ -146,6 +157,7 @@ write_files:
         memory: 4294967296
   - path: /etc/serve/join-token
     permissions: "0600"
+    owner: "serve:serve"
     defer: true
     content: "$TOKEN"
 runcmd:
@@ -179,18 +191,25 @@ PID=$(jq -r .pid "$PSTATE/$NODE/record.json" 2>/dev/null)
 leader() { pgrep -P "$PID" -x systemd; }
 booted() { L=$(leader) && nsenter -t "$L" -a systemctl is-system-running 2>/dev/null | grep -qE 'running|degraded'; }
 in_ct() { nsenter -t "$(leader)" -a "$@"; }
-wait_until 60 booted && pass "the container boots (systemd running)" || { fail "the container boots"; sed 's/^/#   /' "$PSTATE/$NODE/console.log" | tail -n 20; finish; exit 1; }
+wait_until 30 leader >/dev/null && pass "the container runs (its systemd started)" || { fail "the container runs"; sed 's/^/#   /' "$PSTATE/$NODE/console.log" | tail -n 20; finish; exit 1; }
 T_RUN=$(ms)
 check_contains "systemd-nspawn is in the node's own cgroup, not the caller's" "$(cat "/proc/$PID/cgroup")" "serve-nspawn-$NODE"
 [ "$(ps -o sid= -p "$PID" | tr -d ' ')" != "$(ps -o sid= -p $$ | tr -d ' ')" ] && pass "... and in a session of its own" || fail "systemd-nspawn is in a session of its own"
 
 wait_until 120 bash -c "nsenter -t $(leader) -a cloud-init status 2>/dev/null | grep -qE 'status: (done|error)'"
 T_CI=$(ms)
-check "cloud-init status is done" "$(in_ct cloud-init status 2>&1 | head -n 1)" "status: done"
+v=$(in_ct cloud-init status 2>&1 | head -n 1)
+check "cloud-init status is done" "$v" "status: done"
+[ "$v" = "status: done" ] ||
+        { in_ct cloud-init status --long; in_ct grep -iE 'warn|error|fail' /var/log/cloud-init.log | tail -n 15; } 2>&1 | sed 's/^/#   /'
+wait_until 60 booted && pass "the container boots (systemd running)" || { fail "the container boots"; sed 's/^/#   /' "$PSTATE/$NODE/console.log" | tail -n 20; }
 check_contains "cloud-init found the NoCloud seed" "$(in_ct cat /run/cloud-init/result.json 2>&1)" "NoCloud"
 check "dpkg -s serve: installed" "$(in_ct dpkg-query -W -f '${Status}' serve 2>&1)" "install ok installed"
 wait_until 30 bash -c "[ \"\$(nsenter -t $(leader) -a systemctl is-active serve-worker)\" = active ]"
-check "serve-worker is active" "$(in_ct systemctl is-active serve-worker 2>&1)" active
+v=$(in_ct systemctl is-active serve-worker 2>&1)
+check "serve-worker is active" "$v" active
+[ "$v" = active ] ||
+        in_ct journalctl -u serve-worker --no-pager 2>&1 | tail -n 15 | sed 's/^/#   /'
 check "serve-worker is enabled" "$(in_ct systemctl is-enabled serve-worker 2>&1)" enabled
 wait_until 60 bash -c "[ \"\$(in_head() { ip netns exec $P-head \"\$@\"; }; in_head curl -fsS -m 5 $API/api/cluster/nodes | jq -r '.nodes[] | select(.node_id == \"$NODE\") | .state')\" = ALIVE ]"
 T_JOIN=$(ms)
@@ -198,7 +217,10 @@ check "the worker joined the head (ALIVE)" "$(node_state)" ALIVE
 check "with the group's labels" "$(nodes_json | jq -r --arg n "$NODE" '.nodes[] | select(.node_id == $n) | .labels.group' 2>&1)" "$GROUP"
 check_contains "the head logs the join over TLS" "$(cat "$WORK/head.log")" "node $NODE joined from $NET.100"
 wait_until 60 bash -c "[ \"\$(ip netns exec $P-cl curl -s -m 5 -o /dev/null -w '%{http_code}' -d x http://$NET.100:8000/echo)\" = 200 ]"
-check "echo answers through the node's :8000 to a client on the bridge" "$(ip netns exec "$P-cl" curl -s -m 5 -d hello "http://$NET.100:8000/echo")" hello
+v=$(ip netns exec "$P-cl" curl -s -m 5 -d hello "http://$NET.100:8000/echo")
+check "echo answers through the node's :8000 to a client on the bridge" "$v" hello
+[ "$v" = hello ] || { in_head curl -fsS -m 5 "$API/api/serve/applications/" | jq -c '.applications.echo' | cut -c1-600
+        in_ct journalctl -u serve-worker --no-pager | tail -n 15; } 2>&1 | sed 's/^/#   /'
 if grep -rqF "$SECRET" "$PSTATE/$NODE/console.log" "$WORK/head.log" "$WORK/create.err"; then fail "no log holds the token's secret"; else pass "no log holds the token's secret"; fi
 
 # When each step finished, from create's start (the benchmark's breakdown). Package installed:
@@ -215,10 +237,10 @@ MERGED=$PSTATE/$NODE/merged
 check "delete exits 0" "$?" 0
 check "no systemd-nspawn left" "$(kill -0 "$PID" 2>/dev/null && echo running)" ""
 check "no mount left" "$(grep -c "$MERGED" /proc/mounts)" 0
-check "no network namespace left" "$(ip netns list | grep -c "serve-nspawn-$NODE")" 0
+check "no network namespace left" "$(ip netns list 2>/dev/null | grep -c "serve-nspawn-$NODE")" 0
 check "no cgroup left" "$(ls -d /sys/fs/cgroup/*/serve-nspawn-"$NODE" /sys/fs/cgroup/serve-nspawn-"$NODE" 2>/dev/null)" ""
 check "no state left" "$(ls -A "$PSTATE" | grep -v '^\.lock$')" ""
-check "no veth left on the bridge" "$(ip -n "$P-sw" -o link show master br0 | grep -c vn)" 0
+check "no veth left on the bridge" "$(ip -n "$P-sw" -o link show master br0 2>/dev/null | grep -c vn)" 0 2>/dev/null
 (cd / && "$PROV/delete" "$NODE" <"$WORK/delete.json" 2>>"$WORK/delete.err")
 check "delete again (the node is gone) exits 0" "$?" 0
 check "list is empty" "$("$PROV/list" <"$WORK/list.json")" ""
