@@ -206,6 +206,8 @@ wait_until 60 booted && pass "the container boots (systemd running)" || { fail "
 check_contains "cloud-init found the NoCloud seed" "$(in_ct cat /run/cloud-init/result.json 2>&1)" "NoCloud"
 check "dpkg -s serve: installed" "$(in_ct dpkg-query -W -f '${Status}' serve 2>&1)" "install ok installed"
 wait_until 30 bash -c "[ \"\$(nsenter -t $(leader) -a systemctl is-active serve-worker)\" = active ]"
+# The package enables serve-head too: on a node it is started by the install (the head's business).
+echo "# serve-head on the node after cloud-init: $(in_ct systemctl is-active serve-head 2>&1)"
 v=$(in_ct systemctl is-active serve-worker 2>&1)
 check "serve-worker is active" "$v" active
 [ "$v" = active ] ||
