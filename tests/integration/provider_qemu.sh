@@ -60,6 +60,7 @@ delete_node() { jq -n --arg n "$1" --argjson o "$OPTS" '{name: $n, group: "vm", 
 cleanup_all() {
         for n in "${NODES[@]}"; do timeout 60 bash -c "$(declare -f delete_node); PROV='$PROV' OPTS='$OPTS' delete_node '$n'" >/dev/null 2>&1; done
         for p in "${SERVE_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+        wait 2>/dev/null
         for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null; done
         ip route del blackhole $NET.0/24 2>/dev/null
         cleanup
