@@ -306,6 +306,49 @@ static int render_deployments(const cJSON *apps, FILE *f) {
         return r;
 }
 
+/* Worker groups: nodes by state, bounds, and whether launches keep failing. */
+static int render_groups(const cJSON *groups, FILE *f) {
+        struct table t = { .ncols = 6 };
+        const cJSON *g;
+        int r = table_row(&t, "GROUP", "PROVIDER", "NODES", "MIN-MAX", "WANTED", "STATUS");
+
+        cJSON_ArrayForEach(g, groups) {
+                const cJSON *st = cJSON_GetObjectItemCaseSensitive(g, "nodes"), *s;
+                char nodes[160] = "", bounds[48], wanted[24] = "-", status[600];
+                double mn = 0, mx = 0, w, fails = 0, backoff = 0;
+                size_t len = 0;
+                cJSON_ArrayForEach(s, st)
+                        if (cJSON_IsNumber(s) && s->valuedouble > 0 && len < sizeof nodes)
+                                len += (size_t)snprintf(nodes + len, sizeof nodes - len, "%s%.0f %s", len ? ", " : "",
+                                                        s->valuedouble, s->string);
+                for (char *p = nodes; *p; p++)
+                        if (*p >= 'A' && *p <= 'Z')
+                                *p = (char)(*p | 0x20);
+                (void)jnum(g, "min_nodes", &mn);
+                (void)jnum(g, "max_nodes", &mx);
+                snprintf(bounds, sizeof bounds, "%.0f-%.0f", mn, mx);
+                if (jnum(g, "wanted", &w))
+                        snprintf(wanted, sizeof wanted, "%.0f", w);
+                (void)jnum(g, "consecutive_failures", &fails);
+                (void)jnum(g, "backoff_s", &backoff);
+                if (fails > 0)
+                        snprintf(status, sizeof status, "FAILING (%.0f launch(es) in a row): %s; next launch in %.0f s", fails,
+                                 jstr(g, "last_error") ?: "", backoff);
+                else
+                        snprintf(status, sizeof status, "ok");
+                if (r >= 0)
+                        r = table_row(&t, jstr(g, "name"), jstr(g, "provider") && *jstr(g, "provider") ? jstr(g, "provider") : "-",
+                                      nodes[0] ? nodes : "none", bounds, wanted, status);
+        }
+        if (r >= 0) {
+                fputs("Worker groups:\n", f);
+                table_print(&t, f);
+                fputs("\n", f);
+        }
+        table_free(&t);
+        return r;
+}
+
 int cli_render_status(const cJSON *st, FILE *f) {
         const cJSON *apps, *http;
         const char *proxy;
@@ -328,6 +371,12 @@ int cli_render_status(const cJSON *st, FILE *f) {
                 if (proxy)
                         fprintf(f, " (%s)", proxy);
                 fputs("\n\n", f);
+        }
+        const cJSON *groups = cJSON_GetObjectItemCaseSensitive(st, "worker_groups");
+        if (cJSON_IsArray(groups) && groups->child) {
+                int r = render_groups(groups, f);
+                if (r < 0)
+                        return r;
         }
 
         if (!cJSON_IsObject(apps) || !apps->child) {
@@ -399,7 +448,7 @@ static int fmt_labels(struct buf *b, const cJSON *node) {
 }
 
 int cli_render_nodes(const cJSON *j, FILE *f) {
-        struct table t = { .ncols = 10 };
+        struct table t = { .ncols = 12 };
         const cJSON *nodes = cJSON_GetObjectItemCaseSensitive(j, "nodes"), *n;
         bool any_custom = false, any_labels = false;
         int r;
@@ -411,9 +460,10 @@ int cli_render_nodes(const cJSON *j, FILE *f) {
                 return 0;
         }
 
-        r = table_row(&t, "NODE", "IP", "STATE", "CPU", "MEMORY", "GPU", "REPLICAS", "HEARTBEAT", "CUSTOM", "LABELS");
+        r = table_row(&t, "NODE", "IP", "GROUP", "STATE", "AGE", "CPU", "MEMORY", "GPU", "REPLICAS", "HEARTBEAT", "CUSTOM",
+                      "LABELS");
         cJSON_ArrayForEach(n, nodes) {
-                char cpu[80], mem[80], gpu[80], reps[24] = "-", hb[32] = "-";
+                char cpu[80], mem[80], gpu[80], reps[24] = "-", hb[32] = "-", age[32] = "-";
                 struct buf custom = {}, labels = {};
                 double d;
 
@@ -422,8 +472,10 @@ int cli_render_nodes(const cJSON *j, FILE *f) {
                 fmt_usage(gpu, sizeof(gpu), n, "GPU", false);
                 if (jnum(n, "replicas", &d))
                         snprintf(reps, sizeof(reps), "%.0f", d);
-                if (jnum(n, "last_heartbeat_s_ago", &d))
+                if (jnum(n, "last_heartbeat_s_ago", &d) && d >= 0)
                         fmt_ago(hb, sizeof(hb), d);
+                if (jnum(n, "age_s", &d))
+                        fmt_ago(age, sizeof(age), d);
                 if (r >= 0)
                         r = fmt_custom(&custom, n);
                 if (r >= 0)
@@ -431,18 +483,19 @@ int cli_render_nodes(const cJSON *j, FILE *f) {
                 any_custom |= custom.len > 0;
                 any_labels |= labels.len > 0;
                 if (r >= 0)
-                        r = table_row(&t, jstr(n, "node_id"), jstr(n, "node_ip"), jstr(n, "state"), cpu, mem, gpu,
-                                      reps, hb, custom.len ? custom.data : "-", labels.len ? labels.data : "-");
+                        r = table_row(&t, jstr(n, "node_id"), jstr(n, "node_ip"), jstr(n, "group") ?: "-", jstr(n, "state"),
+                                      age, cpu, mem, gpu, reps, hb, custom.len ? custom.data : "-",
+                                      labels.len ? labels.data : "-");
                 buf_free(&custom);
                 buf_free(&labels);
         }
         /* Columns nobody uses are dropped (they are the last two). */
         if (r >= 0 && !any_labels) {
                 for (size_t i = 0; i < t.nrows; i++)
-                        t.cells[i * t.ncols + 9][0] = 0;
+                        t.cells[i * t.ncols + 11][0] = 0;
                 if (!any_custom)
                         for (size_t i = 0; i < t.nrows; i++)
-                                t.cells[i * t.ncols + 8][0] = 0;
+                                t.cells[i * t.ncols + 10][0] = 0;
         }
         if (r >= 0)
                 table_print(&t, f);

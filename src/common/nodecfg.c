@@ -528,12 +528,63 @@ static int head_field(struct yt_parser *p, unsigned idx, const struct yt_node *v
 
 static const char *const group_keys[] = {
         "name", "min_nodes", "max_nodes", "resources", "labels", "provider", "idle_timeout_s",
+        "provider_options", "cost", "boot_timeout_s", "max_surge", "apt_source", "package_version",
 };
 
 struct group_state {
         struct worker_group *g;
-        const struct yt_node *name, *max;
+        const struct yt_node *name, *max, *labels;
 };
+
+#define NODECFG_MAX_OPTION_VALUE 1024
+#define NODECFG_MAX_APT_SOURCE 1024
+
+/* provider_options: name -> scalar, kept as written (providers get every value as a string). */
+static int parse_provider_option(struct yt_parser *p, const struct yt_node *key, const struct yt_node *val,
+                                 void *item, void *userdata) {
+        struct node_label *o = item;
+
+        if (strspn(key->text, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") != key->len)
+                return yt_fail(p, key, "option names are letters, digits and '_', got %s", YT_DESCRIBE(key));
+        if (val->type != YT_SCALAR || yt_is_null(val))
+                return yt_fail(p, val, "must be a string, number or bool, got %s", YT_DESCRIBE(val));
+        if (val->len > NODECFG_MAX_OPTION_VALUE || strlen(val->text) != val->len)
+                return yt_fail(p, val, "must be at most %d characters without NUL", NODECFG_MAX_OPTION_VALUE);
+        o->key = strdup(key->text);
+        o->value = strdup(val->text);
+        return o->key && o->value ? 0 : -ENOMEM;
+}
+
+/* One sources.list line, written into the node's apt configuration. */
+static int get_apt_source(struct yt_parser *p, const struct yt_node *v, char **ret) {
+        _cleanup_free_ char *s = NULL;
+        int r = yt_get_string(p, v, false, &s);
+
+        if (r < 0)
+                return r;
+        if (strncmp(s, "deb ", 4) != 0 || has_control(s) || v->len > NODECFG_MAX_APT_SOURCE)
+                return yt_fail(p, v, "must be one sources.list line starting with \"deb \" (at most %d characters, "
+                               "no control characters), got %s",
+                               NODECFG_MAX_APT_SOURCE, YT_DESCRIBE(v));
+        free(*ret);
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+static int get_package_version(struct yt_parser *p, const struct yt_node *v, char **ret) {
+        _cleanup_free_ char *s = NULL;
+        int r = yt_get_string(p, v, false, &s);
+
+        if (r < 0)
+                return r;
+        if (v->len > NODECFG_MAX_PACKAGE_VERSION ||
+            strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.+~:-") != v->len)
+                return yt_fail(p, v, "must be a Debian version (at most %d of A-Z a-z 0-9 . + ~ : -), got %s",
+                               NODECFG_MAX_PACKAGE_VERSION, YT_DESCRIBE(v));
+        free(*ret);
+        *ret = TAKE_PTR(s);
+        return 0;
+}
 
 static int group_field(struct yt_parser *p, unsigned idx, const struct yt_node *v, void *userdata) {
         struct group_state *s = userdata;
@@ -552,6 +603,7 @@ static int group_field(struct yt_parser *p, unsigned idx, const struct yt_node *
         case 3:
                 return parse_resource_spec(p, v, &g->resources);
         case 4:
+                s->labels = v;
                 return parse_labels(p, v, &g->labels, &g->n_labels);
         case 5:
                 /* Names a file under /etc/serve/providers/. */
@@ -561,6 +613,44 @@ static int group_field(struct yt_parser *p, unsigned idx, const struct yt_node *
                 return r;
         case 6:
                 return yt_get_double(p, v, true, &g->idle_timeout_s);
+        case 7:
+                return yt_parse_map(p, v, "option", "provider options", NODECFG_MAX_PROVIDER_OPTIONS,
+                                    sizeof *g->provider_options, (void **)&g->provider_options,
+                                    &g->n_provider_options, parse_provider_option, NULL);
+        case 8:
+                return yt_get_double(p, v, true, &g->cost);
+        case 9:
+                return yt_get_double(p, v, false, &g->boot_timeout_s);
+        case 10:
+                return yt_get_int(p, v, 1, INT_MAX, "an integer of at least 1", &g->max_surge);
+        case 11:
+                return get_apt_source(p, v, &g->apt_source);
+        case 12:
+                return get_package_version(p, v, &g->package_version);
+        }
+        return 0;
+}
+
+/* The labels the renderer adds to every node must not be contradicted by the group's own. */
+static int check_group_labels(struct yt_parser *p, const struct group_state *s) {
+        const struct worker_group *g = s->g;
+
+        for (size_t i = 0; i < g->n_labels; i++) {
+                const struct node_label *l = &g->labels[i];
+                if (streq(l->key, NODECFG_LABEL_CONFIG) ||
+                    (streq(l->key, NODECFG_LABEL_GROUP) && !streq(l->value, g->name))) {
+                        const struct yt_node *at = s->labels;
+                        for (size_t k = 0; k + 1 < s->labels->n_items; k += 2)
+                                if (yt_scalar_is(s->labels->items[k], l->key))
+                                        at = s->labels->items[k + 1];
+                        size_t saved = yt_path_push(p, ".labels.%s", l->key);
+                        int r = streq(l->key, NODECFG_LABEL_CONFIG)
+                                ? yt_fail(p, at, "is set by serve-head on every node (the hash of the group's "
+                                                 "node config); remove it")
+                                : yt_fail(p, at, "is the group's name (\"%s\") on its nodes; remove it", g->name);
+                        yt_path_pop(p, saved);
+                        return r;
+                }
         }
         return 0;
 }
@@ -575,7 +665,10 @@ static int parse_group(struct yt_parser *p, const struct yt_node *v, size_t i, v
         g->line = v->line;
         g->column = v->column;
         g->max_nodes = -1;
-        g->idle_timeout_s = 300;
+        g->idle_timeout_s = 60;
+        g->boot_timeout_s = 600;
+        g->cost = -1;
+        g->max_surge = 1;
         r = yt_expect_mapping(p, v);
         if (r >= 0)
                 r = yt_parse_fields(p, v, group_keys, ELEMENTSOF(group_keys), group_field, &s);
@@ -591,6 +684,10 @@ static int parse_group(struct yt_parser *p, const struct yt_node *v, size_t i, v
                 saved = yt_path_push(p, ".max_nodes");
                 r = yt_fail(p, s.max, "must be at least min_nodes (%d), got %d", g->min_nodes,
                             g->max_nodes);
+        } else if (g->provider && !g->resources.has_num_cpus) {
+                saved = yt_path_push(p, ".resources.num_cpus");
+                r = yt_fail(p, v, "required when the group has a provider (the autoscaler packs replicas into "
+                                  "the shape of the nodes it would launch)");
         } else
                 for (size_t k = 0; k < i; k++)
                         if (streq(c->groups[k].name, g->name)) {
@@ -600,9 +697,11 @@ static int parse_group(struct yt_parser *p, const struct yt_node *v, size_t i, v
                                             g->name, c->groups[k].line);
                                 break;
                         }
-        if (r < 0)
+        if (r < 0) {
                 yt_path_pop(p, saved);
-        return r;
+                return r;
+        }
+        return check_group_labels(p, &s);
 }
 
 static int parse_groups(struct yt_parser *p, const struct yt_node *v, struct cluster_config *c) {
@@ -610,12 +709,94 @@ static int parse_groups(struct yt_parser *p, const struct yt_node *v, struct clu
                              &c->n_groups, parse_group, c);
 }
 
-static const char *const autoscaler_keys[] = { "interval_s" };
+static const char *const autoscaler_keys[] = {
+        "interval_s", "upscaling_mode", "max_concurrent_launches", "head_address", "batch_idle_s", "batch_max_s",
+        "reconcile_interval_s",
+};
+
+struct autoscaler_state {
+        struct cluster_config *c;
+        const struct yt_node *map, *batch_idle, *batch_max;
+};
 
 static int autoscaler_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
                             void *userdata) {
-        struct cluster_config *c = userdata;
-        return yt_get_double(p, v, false, &c->autoscaler_interval_s);
+        struct autoscaler_state *s = userdata;
+        struct cluster_config *c = s->c;
+
+        switch (idx) {
+        case 0:
+                return yt_get_double(p, v, false, &c->autoscaler_interval_s);
+        case 1:
+                if (yt_scalar_is(v, "conservative"))
+                        c->autoscaler_upscaling_mode = UPSCALING_CONSERVATIVE;
+                else if (yt_scalar_is(v, "default"))
+                        c->autoscaler_upscaling_mode = UPSCALING_DEFAULT;
+                else if (yt_scalar_is(v, "aggressive"))
+                        c->autoscaler_upscaling_mode = UPSCALING_AGGRESSIVE;
+                else
+                        return yt_fail(p, v, "must be conservative, default or aggressive, got %s", YT_DESCRIBE(v));
+                return 0;
+        case 2:
+                return yt_get_int(p, v, 1, INT_MAX, "an integer of at least 1", &c->autoscaler_max_concurrent_launches);
+        case 3:
+                return get_host_port(p, v, &c->autoscaler_head_address, &c->autoscaler_head_host,
+                                     &c->autoscaler_head_port);
+        case 4:
+                s->batch_idle = v;
+                return yt_get_double(p, v, true, &c->autoscaler_batch_idle_s);
+        case 5:
+                s->batch_max = v;
+                return yt_get_double(p, v, true, &c->autoscaler_batch_max_s);
+        case 6:
+                return yt_get_double(p, v, false, &c->autoscaler_reconcile_interval_s);
+        }
+        return 0;
+}
+
+static int parse_autoscaler(struct yt_parser *p, const struct yt_node *v, struct autoscaler_state *s) {
+        int r;
+
+        if (yt_is_null(v))
+                return 0;
+        r = yt_expect_mapping(p, v);
+        if (r >= 0)
+                r = yt_parse_fields(p, v, autoscaler_keys, ELEMENTSOF(autoscaler_keys), autoscaler_field, s);
+        if (r < 0)
+                return r;
+        s->map = v;
+        struct cluster_config *c = s->c;
+        if (c->autoscaler_batch_max_s < c->autoscaler_batch_idle_s) {
+                size_t saved = yt_path_push(p, s->batch_max ? ".batch_max_s" : ".batch_idle_s");
+                r = s->batch_max ? yt_fail(p, s->batch_max, "must be at least batch_idle_s (%g), got %g",
+                                           c->autoscaler_batch_idle_s, c->autoscaler_batch_max_s)
+                                 : yt_fail(p, s->batch_idle, "must be at most batch_max_s (%g, the default), got %g",
+                                           c->autoscaler_batch_max_s, c->autoscaler_batch_idle_s);
+                yt_path_pop(p, saved);
+        }
+        return r;
+}
+
+/* New nodes must be told where the head is: its control_host is usually 0.0.0.0. */
+static int check_head_address(struct yt_parser *p, const struct yt_node *root, const struct autoscaler_state *s) {
+        const struct cluster_config *c = s->c;
+
+        if (c->autoscaler_head_address)
+                return 0;
+        for (size_t i = 0; i < c->n_groups; i++) {
+                const struct worker_group *g = &c->groups[i];
+                if (!g->provider)
+                        continue;
+                size_t saved = yt_path_push(p, "autoscaler.head_address");
+                int r = s->map ? yt_fail(p, s->map, "required when a worker group has a provider (%s at line %d)",
+                                         g->name, g->line)
+                               : yt_fail_at(p, root ? root->line : 1, root ? root->column : 1,
+                                            "required when a worker group has a provider (%s at line %d)", g->name,
+                                            g->line);
+                yt_path_pop(p, saved);
+                return r;
+        }
+        return 0;
 }
 
 static const char *const tls_keys[] = { "ca_cert_file", "ca_key_file", "node_cert_validity_s" };
@@ -671,6 +852,7 @@ static const char *const cluster_keys[] = {
 struct cluster_state {
         struct cluster_config *c;
         const struct yt_node *heartbeat, *timeout;
+        struct autoscaler_state autoscaler;
 };
 
 static int cluster_field(struct yt_parser *p, unsigned idx, const struct yt_node *v,
@@ -696,13 +878,7 @@ static int cluster_field(struct yt_parser *p, unsigned idx, const struct yt_node
         case 3:
                 return parse_groups(p, v, c);
         case 4:
-                if (yt_is_null(v))
-                        return 0;
-                r = yt_expect_mapping(p, v);
-                if (r < 0)
-                        return r;
-                return yt_parse_fields(p, v, autoscaler_keys, ELEMENTSOF(autoscaler_keys),
-                                       autoscaler_field, c);
+                return parse_autoscaler(p, v, &s->autoscaler);
         case 5:
                 return get_transport(p, v, &c->transport);
         case 6:
@@ -735,6 +911,11 @@ int cluster_config_parse(const char *name, const char *text, size_t len,
                 .worker_heartbeat_interval_s = 1,
                 .worker_timeout_s = 10,
                 .autoscaler_interval_s = 5,
+                .autoscaler_upscaling_mode = UPSCALING_DEFAULT,
+                .autoscaler_max_concurrent_launches = 10,
+                .autoscaler_batch_idle_s = 1,
+                .autoscaler_batch_max_s = 10,
+                .autoscaler_reconcile_interval_s = 60,
                 .node_cert_validity_s = NODECFG_DEFAULT_NODE_CERT_VALIDITY_S,
         };
         if (!c->path || !c->head.api_host || !c->head.control_host || !c->head.api_token_file ||
@@ -743,6 +924,7 @@ int cluster_config_parse(const char *name, const char *text, size_t len,
                 goto out;
         }
         s.c = c;
+        s.autoscaler.c = c;
 
         r = load_document(&p, text, len, "head, worker_timeout_s, worker_groups, ...", &root);
         if (r >= 0 && root)
@@ -765,6 +947,8 @@ int cluster_config_parse(const char *name, const char *text, size_t len,
                 }
                 yt_path_pop(&p, saved);
         }
+        if (r >= 0)
+                r = check_head_address(&p, root, &s.autoscaler);
 
 out:
         yt_node_free(root);
@@ -797,10 +981,15 @@ void cluster_config_free(struct cluster_config *c) {
         free(c->head.join_token_file);
         free(c->ca_cert_file);
         free(c->ca_key_file);
+        free(c->autoscaler_head_address);
+        free(c->autoscaler_head_host);
         for (size_t i = 0; i < c->n_groups; i++) {
                 struct worker_group *g = &c->groups[i];
                 free(g->name);
                 free(g->provider);
+                labels_free(g->provider_options, g->n_provider_options);
+                free(g->apt_source);
+                free(g->package_version);
                 labels_free(g->labels, g->n_labels);
                 resource_spec_done(&g->resources);
         }

@@ -78,17 +78,35 @@ struct head_config {
         char *join_token_file;  /* default NODECFG_DEFAULT_JOIN_TOKEN_FILE */
 };
 
+/* Labels every node of a group carries in its worker.yaml (the renderer, userdata.h, writes
+ * them): "group" is the group's name, "serve.config" the hash of the group's node config. A
+ * group's own labels may not set serve.config, and "group" only to the group's name. */
+#define NODECFG_LABEL_GROUP "group"
+#define NODECFG_LABEL_CONFIG "serve.config"
+#define NODECFG_MAX_PROVIDER_OPTIONS 64
+#define NODECFG_MAX_PACKAGE_VERSION 64
+
 struct worker_group {
         char *name;             /* required, unique */
         int min_nodes;          /* default 0 */
         int max_nodes;          /* >= min_nodes; default min_nodes */
-        struct resource_spec resources;
+        struct resource_spec resources; /* with a provider, has_num_cpus is always true */
         struct node_label *labels;
         size_t n_labels;
         char *provider;         /* NULL when absent: the autoscaler cannot launch this group */
-        double idle_timeout_s;  /* >= 0; default 300 */
+        struct node_label *provider_options; /* name ([A-Za-z0-9_]+) -> the scalar's text */
+        size_t n_provider_options;           /* <= NODECFG_MAX_PROVIDER_OPTIONS */
+        double idle_timeout_s;  /* >= 0; default 60 */
+        double boot_timeout_s;  /* > 0; default 600: create to registration */
+        double cost;            /* per node-hour, >= 0; -1 when not given */
+        int max_surge;          /* >= 1; default 1: nodes of this group launched at once */
+        char *apt_source;       /* a sources.list line ("deb ..."); NULL: the image's own sources */
+        char *package_version;  /* Debian version of the serve package; NULL: the newest */
         int line, column;       /* where the entry starts, for later error messages */
 };
+
+/* How eagerly the cluster autoscaler adds nodes for pending replicas. */
+enum upscaling_mode { UPSCALING_DEFAULT, UPSCALING_CONSERVATIVE, UPSCALING_AGGRESSIVE };
 
 struct cluster_config {
         char *path;
@@ -98,6 +116,15 @@ struct cluster_config {
         struct worker_group *groups;
         size_t n_groups;
         double autoscaler_interval_s;       /* > 0; default 5 */
+        enum upscaling_mode autoscaler_upscaling_mode; /* default UPSCALING_DEFAULT */
+        int autoscaler_max_concurrent_launches;        /* >= 1; default 10 */
+        char *autoscaler_head_address;      /* "HOST:PORT" new nodes dial; required when a group
+                                             * has a provider, NULL otherwise when absent */
+        char *autoscaler_head_host;         /* its HOST, IPv6 without brackets */
+        int autoscaler_head_port;
+        double autoscaler_batch_idle_s;     /* >= 0; default 1 */
+        double autoscaler_batch_max_s;      /* >= autoscaler_batch_idle_s; default 10 */
+        double autoscaler_reconcile_interval_s; /* > 0; default 60 */
         enum transport transport;           /* default TRANSPORT_TLS */
         char *ca_cert_file, *ca_key_file;   /* tls: an operator's CA; NULL: made in <state-dir>/pki */
         double node_cert_validity_s;        /* tls: >= 10; default NODECFG_DEFAULT_NODE_CERT_VALIDITY_S */

@@ -64,6 +64,14 @@ static cJSON *applications_json(struct head *h) {
         } else
                 cJSON_AddNullToObject(j, "config_error");
         cJSON_AddStringToObject(j, "config_source", h->cfg_source ?: "file");
+        if (h->ccfg->n_groups > 0) {
+                /* Worker groups, for `serve status`: a group that keeps failing shows there. */
+                cJSON *g = groups_json(h);
+                cJSON *arr = g ? cJSON_DetachItemFromObject(g, "groups") : NULL;
+                if (arr)
+                        cJSON_AddItemToObject(j, "worker_groups", arr);
+                cJSON_Delete(g);
+        }
         apps = cJSON_AddObjectToObject(j, "applications");
         for (size_t ai = 0; h->spec && ai < h->spec->n_apps; ai++) {
                 const struct app_spec *as = &h->spec->apps[ai];
@@ -187,10 +195,16 @@ static cJSON *nodes_json(struct head *h) {
                 }
                 cJSON_AddStringToObject(o, "node_id", n->name);
                 cJSON_AddStringToObject(o, "node_ip", n->address);
-                cJSON_AddStringToObject(o, "state", n->alive ? "ALIVE" : "DEAD");
+                double age_s = 0;
+                const char *group = node_group(n);
+                const char *life = groups_node_state(h, n->name, &age_s, &group);
+                /* A group's node says where it is in its life (ALIVE, DRAINING, ...) while alive. */
+                cJSON_AddStringToObject(o, "state", !n->alive ? "DEAD" : life ? life : "ALIVE");
+                if (life)
+                        cJSON_AddNumberToObject(o, "age_s", age_s);
                 cJSON_AddBoolToObject(o, "connected", n->nc != NULL);
                 cJSON_AddBoolToObject(o, "is_head_node", n->head_node);
-                cJSON_AddStringToObject(o, "group", node_group(n));
+                cJSON_AddStringToObject(o, "group", group);
                 cJSON_AddItemToObject(o, "labels", cJSON_Duplicate(n->labels, true));
                 tot = cJSON_AddObjectToObject(o, "resources_total");
                 cJSON_AddNumberToObject(tot, "CPU", n->cpus);
@@ -209,6 +223,7 @@ static cJSON *nodes_json(struct head *h) {
                 cJSON_AddNumberToObject(o, "last_heartbeat_s_ago", n->last_seen_ns ? (double)(now - n->last_seen_ns) / 1e9 : -1);
                 cJSON_AddItemToArray(arr, o);
         }
+        groups_add_unjoined(h, arr);
         return j;
 }
 
@@ -236,6 +251,7 @@ static void render_metrics(struct head *h, struct httpd_response *resp) {
         metrics_family(&resp->body, "serve_pending_replicas", METRICS_GAUGE, "Replicas that fit on no node");
         metrics_sample(&resp->body, "serve_pending_replicas", NULL, pending);
         trust_render_metrics(h, &resp->body);
+        groups_render_metrics(h, &resp->body);
         (void)scaler_render_metrics(h->scaler, &resp->body);
         free(names);
         free(reports);
@@ -321,6 +337,10 @@ void on_api(void *userdata, const struct httpd_request *rq, struct httpd_respons
                 cJSON_Delete(j);
         } else if (httpd_is(rq, "GET", "/api/cluster/nodes")) {
                 cJSON *j = nodes_json(h);
+                httpd_respond_json(resp, 200, j);
+                cJSON_Delete(j);
+        } else if (httpd_is(rq, "GET", "/api/cluster/groups")) {
+                cJSON *j = groups_json(h);
                 httpd_respond_json(resp, 200, j);
                 cJSON_Delete(j);
         } else if (httpd_is(rq, "GET", "/api/serve/config")) {

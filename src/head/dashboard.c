@@ -139,6 +139,17 @@ static void set(struct history *hist, const char *scope, const char *name, const
                 (void)history_set(hist, scope, name, metric, v);
 }
 
+/* A worker group's nodes in one lifecycle state: "nodes_launching", ... (the page charts each). */
+static void sample_group_state(void *userdata, const char *group, const char *state, unsigned n) {
+        char metric[32] = "nodes_";
+        size_t k = strlen(metric);
+        for (size_t i = 0; state[i] && k < sizeof metric - 1; i++)
+                metric[k++] = (char)(state[i] | 0x20);
+        metric[k] = 0;
+        if (!streq(metric, "nodes_alive")) /* counted above, for every group */
+                set(userdata, "groups", group, metric, n);
+}
+
 /* The deployments of the spec by name_hash(app, name): an open-addressing table of indexes + 1. */
 struct dep_index {
         uint32_t *slots;
@@ -293,6 +304,7 @@ static void sample(struct head *h, double t) {
         }
         const cJSON *g;
         cJSON_ArrayForEach(g, groups) set(db->hist, "groups", g->string, "nodes_alive", g->valuedouble);
+        groups_sample(h, sample_group_state, db->hist);
         db->last_t = t;
         cJSON_Delete(groups);
         free(ix.slots);

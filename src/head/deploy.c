@@ -302,6 +302,7 @@ void deploy_reload(struct head *h) {
 
         sd_notify(0, "RELOADING=1");
         event_log_add(&h->events, LOG_INFO, "reload", "config", "", "reloading %s", h->apps_path);
+        (void)groups_reload(h);
         r = read_apps_file(h, &cfg, &text, &err);
         if (r >= 0 && asprintf(&what, "reload of %s", h->apps_path) < 0)
                 r = -ENOMEM;

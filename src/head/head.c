@@ -14,6 +14,7 @@
 
 #include "daemon.h"
 #include "head.h"
+#include "head/userdata.h"
 #include "log.h"
 #include "macros.h"
 
@@ -86,6 +87,12 @@ static void usage(FILE *f) {
                 "      --join-token show  Print join_token_file's token with the CA hash, for nodes\n"
                 "                         that join with it\n"
                 "\n"
+                "Cluster autoscaler:\n"
+                "      --render-user-data GROUP [--node-name NAME]\n"
+                "                         Print the cloud-init user-data a provider's create hook gets for\n"
+                "                         a new node of worker group GROUP (cluster.yaml), the join token\n"
+                "                         shown as REDACTED; NAME defaults to GROUP-example\n"
+                "\n"
                 "  -h, --help             Show this help\n"
                 "      --version          Show the version\n"
                 "\n"
@@ -98,6 +105,56 @@ static void usage(FILE *f) {
                 "reloads once the current one is done.\n",
                 SPEC_DESCRIBE_TIMEOUT_S, HTTPD_MAX_CONNECTIONS, HTTPD_HEADER_TIMEOUT_S, HTTPD_IDLE_TIMEOUT_S,
                 HISTORY_INTERVAL_S);
+}
+
+/* --render-user-data: what a provider's create would get, from cluster.yaml alone (no token
+ * files, no state). Returns the exit status. */
+static int render_user_data_command(const char *cluster_path, const char *group, const char *node_name) {
+        _cleanup_free_ char *err = NULL, *default_name = NULL, *text = NULL;
+        struct cluster_config *c = NULL;
+        const struct worker_group *g = NULL;
+        int r;
+
+        r = cluster_config_load_file(cluster_path, &c, &err);
+        if (r < 0) {
+                fprintf(stderr, "serve-head: %s\n", err ?: strerror(-r));
+                return 1;
+        }
+        for (size_t i = 0; i < c->n_groups && !g; i++)
+                if (streq(c->groups[i].name, group))
+                        g = &c->groups[i];
+        if (!g) {
+                fprintf(stderr, "serve-head: %s has no worker group \"%s\"; its groups: ", cluster_path, group);
+                for (size_t i = 0; i < c->n_groups; i++)
+                        fprintf(stderr, "%s%s", i ? ", " : "", c->groups[i].name);
+                fprintf(stderr, "%s\n", c->n_groups ? "" : "none");
+                cluster_config_free(c);
+                return 1;
+        }
+        if (!node_name) {
+                if (asprintf(&default_name, "%s-example", group) < 0) {
+                        cluster_config_free(c);
+                        return 1;
+                }
+                node_name = default_name;
+        }
+        if (!node_name_valid(node_name)) {
+                fprintf(stderr, "serve-head: \"%s\" is no node name: 1 to 200 letters, digits, '.', '_' or '-'%s\n",
+                        node_name, default_name ? " (pass --node-name)" : "");
+                cluster_config_free(c);
+                return 1;
+        }
+        r = userdata_render(c, g, node_name, NULL, &text);
+        if (r == -EINVAL)
+                fprintf(stderr, "serve-head: %s: autoscaler.head_address is not set: new nodes would not know where "
+                                "to connect\n",
+                        cluster_path);
+        else if (r < 0)
+                fprintf(stderr, "serve-head: %s\n", strerror(-r));
+        else
+                fputs(text, stdout);
+        cluster_config_free(c);
+        return r < 0 || fflush(stdout) != 0 ? 1 : 0;
 }
 
 static int load_files(struct head *h, bool check_only) {
@@ -168,6 +225,8 @@ int main(int argc, char **argv) {
                 { "ttl", required_argument, NULL, 't' },
                 { "uses", required_argument, NULL, 'u' },
                 { "name", required_argument, NULL, 'n' },
+                { "render-user-data", required_argument, NULL, 'R' },
+                { "node-name", required_argument, NULL, 'N' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },
                 {},
@@ -177,6 +236,7 @@ int main(int argc, char **argv) {
                           .api_opts = { .max_body = MAX_API_BODY, .what = "the REST API" } };
         bool check_only = false;
         const char *jt_action = NULL, *jt_ttl = NULL, *jt_uses = NULL, *jt_name = NULL, *jt_id = NULL;
+        const char *render_group = NULL, *render_node = NULL;
         char *err = NULL;
         int c, r;
 
@@ -246,6 +306,12 @@ int main(int argc, char **argv) {
                 case 'n':
                         jt_name = optarg;
                         break;
+                case 'R':
+                        render_group = optarg;
+                        break;
+                case 'N':
+                        render_node = optarg;
+                        break;
                 case 'h':
                         usage(stdout);
                         return 0;
@@ -267,10 +333,20 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "serve-head: --ttl, --uses and --name go with --join-token create\n");
                 return 2;
         }
+        if (render_node && !render_group) {
+                fprintf(stderr, "serve-head: --node-name goes with --render-user-data\n");
+                return 2;
+        }
         list_init(&h.nodes);
         list_init(&h.pending);
         if (asprintf(&h.apps_path, "%s/apps.yaml", h.conf_dir) < 0 || asprintf(&h.cluster_path, "%s/cluster.yaml", h.conf_dir) < 0)
                 return 1;
+        if (render_group) {
+                r = render_user_data_command(h.cluster_path, render_group, render_node);
+                free(h.apps_path);
+                free(h.cluster_path);
+                return r;
+        }
         h.replica_bin = spec_find_replica_bin();
         r = load_files(&h, check_only);
         if (check_only || r < 0)
@@ -303,7 +379,7 @@ int main(int argc, char **argv) {
         scaler_set_observer(h.scaler, on_autoscale, &h);
         scaler_set_min_sample_interval(h.scaler, 2 * h.ccfg->worker_heartbeat_interval_s);
         recover(&h);
-        if (trust_start(&h) < 0)
+        if (trust_start(&h) < 0 || groups_init(&h) < 0)
                 return 1;
         if (!h.spec || !streq_ptr(h.cfg_source, "api")) {
                 r = load_apps_file(&h, &err);
@@ -381,6 +457,7 @@ int main(int argc, char **argv) {
                         h.routing_next_ns = now + MAX(ROUTING_MIN_INTERVAL_NS, 3 * (now_ns() - t0));
                 }
                 save_state_flush(&h, false);
+                groups_tick(&h, now);
                 dashboard_tick(&h, now);
                 r = loop_run_once(&h.loop, MIN(wd_next, h.routing_dirty || h.dirty || h.state_dirty ? 10 * NSEC_PER_MSEC
                                                                                                    : 100 * NSEC_PER_MSEC));
@@ -395,6 +472,7 @@ int main(int argc, char **argv) {
         log_info("stopping; workers keep serving");
         sd_notify(0, "STOPPING=1");
         deploy_cancel(&h);
+        groups_free(&h);
         httpd_close(&h.api);
         netlistener_close(&h.ctl);
         nodes_free_all(&h);

@@ -9,6 +9,9 @@
  *   trust.c      the cluster CA: joins, certificates, revocation, `--join-token`
  *   dashboard.c  the web UI's files, the time-series history and the events view
  *   history.c    the bounded time-series store the dashboard plots (pure data)
+ *   groups.c     the cluster autoscaler: worker groups' nodes launched, drained and deleted
+ *                through provider hooks (nodescale.c decides, provider.c runs the hooks,
+ *                userdata.c renders the cloud-init user-data)
  *
  * Everything runs on one thread, from one io_uring loop. */
 #pragma once
@@ -23,6 +26,7 @@
 #include "events.h"
 #include "history.h"
 #include "httpd.h"
+#include "jointoken.h"
 #include "loop.h"
 #include "netconn.h"
 #include "nodecfg.h"
@@ -89,6 +93,11 @@ struct node {
         uint64_t routing_version;      /* the routing table version it holds; ROUTING_NONE: none */
         uint64_t sent_share_sig;       /* share_signature() of the assign last sent */
         struct dash_snapshot *dash_prev; /* its counters at the dashboard's last sample */
+        bool cordoned;                 /* draining: placement puts nothing on it */
+        bool elastic;                  /* a worker group's node: placed on last, emptied first */
+        bool hold_assign;              /* draining: it keeps its last assign until its replicas'
+                                        * replacements are ready elsewhere */
+        uint64_t idle_since_ns;        /* nothing placed or running there since; 0: busy */
         struct node *hash_next;        /* in h->node_index's chain */
         struct list link;
 };
@@ -120,6 +129,7 @@ struct assignment {
 
 struct deploy;
 struct dashboard;
+struct groups;
 struct dash_snapshot;
 
 struct head {
@@ -157,6 +167,7 @@ struct head {
         cJSON *dep_failures;           /* "app/Dep" -> the latest replica failure since one was ready */
         struct dashboard *dash;
         double history_interval_s;
+        struct groups *groups;         /* the cluster autoscaler (groups.c) */
 
         struct list nodes, pending;
         size_t n_nodes;
@@ -201,7 +212,33 @@ const char *node_group(const struct node *n);
  * revokes its certificates. Returns 0 or -ENOENT. */
 int nodes_remove(struct head *h, const char *name);
 
+/* groups.c */
+/* Returns 0 or -ENOMEM (logged). */
+int groups_init(struct head *h);
+/* Cancels provider calls in flight; the nodes keep running (the next head adopts them). */
+void groups_free(struct head *h);
+/* SIGHUP: re-reads cluster.yaml; its worker_groups and autoscaler settings take effect now (a
+ * group whose config changed has its nodes replaced). Returns 0 or a negative errno (logged,
+ * recorded as the config error; the groups stay). */
+int groups_reload(struct head *h);
+/* Lists, launches, drains and deletes as due. */
+void groups_tick(struct head *h, uint64_t now);
+/* Node n said hello: a node a group launched is ALIVE now. */
+void groups_on_join(struct head *h, struct node *n);
+/* The lifecycle state of a managed node ("LAUNCHING" ... "DELETING"), its age and group, or NULL. */
+const char *groups_node_state(const struct head *h, const char *name, double *ret_age_s, const char **ret_group);
+/* Adds the managed nodes that have not joined yet to a nodes list (API). */
+void groups_add_unjoined(const struct head *h, cJSON *arr);
+/* GET /api/cluster/groups. */
+cJSON *groups_json(const struct head *h);
+void groups_render_metrics(const struct head *h, struct buf *b);
+/* Calls cb with the node count of every group and state (the dashboard's history). */
+void groups_sample(const struct head *h, void (*cb)(void *userdata, const char *group, const char *state, unsigned n),
+                   void *userdata);
+
 /* reconcile.c */
+/* Sends node n its assign again now (a draining node's hold ended). */
+void node_resync_assign(struct node *n);
 void assignments_free(struct assignment *a, size_t n);
 const struct slot *slot_for(const struct assignment *a, const char *node);
 char *dep_key(const char *app, const char *name);
@@ -275,6 +312,11 @@ void trust_on_renew(struct head *h, struct node *n, const cJSON *m);
 uint64_t trust_min_serial(const struct head *h, const char *name);
 /* Revokes every certificate of node `name` issued so far. */
 int trust_revoke(struct head *h, const char *name);
+/* Mints a single-use join token bound to node `name`, expiring in ttl_s: its text (malloc'd)
+ * and id. Returns 0 or a negative errno. TLS only. */
+int trust_mint_token(struct head *h, const char *name, uint64_t ttl_s, char **ret_text, char ret_id[JOINTOKEN_ID_HEX + 1]);
+/* Revokes join token `id` (a node deleted before it joined). */
+int trust_revoke_token(struct head *h, const char *id);
 void trust_save(const struct head *h, cJSON *state);
 void trust_recover(struct head *h, const cJSON *state);
 void trust_render_metrics(const struct head *h, struct buf *b);

@@ -330,6 +330,7 @@ static void on_hello(struct pending_conn *pc, cJSON *m) {
         cJSON_AddNumberToObject(w, "heartbeat_interval_s", h->ccfg->worker_heartbeat_interval_s);
         node_send(n, w);
         adopt_replicas(h, n, replicas);
+        groups_on_join(h, n);
         h->dirty = true;
 }
 

@@ -543,13 +543,17 @@ static int keep_previous(struct ctx *c, size_t di, const struct cand *cands, siz
                         *a = (unsigned)d->max_per_node;
                 total += *a;
         }
-        /* Shrinking: take from the node holding the most; on a tie the later node, so the
-         * earlier nodes keep theirs. */
+        /* Shrinking: take from an elastic node first (rule 6), then from the node holding the
+         * most; on a tie the later node, so the earlier nodes keep theirs. */
         while (total > (size_t)d->replicas) {
                 size_t best = SIZE_MAX;
                 for (size_t k = 0; k < n_nodes; k++) {
                         size_t i = nodes_scratch[k];
-                        if (best == SIZE_MAX || c->count[i] > c->count[best] || (c->count[i] == c->count[best] && i > best))
+                        bool ei = c->in->nodes[i].elastic, eb = best != SIZE_MAX && c->in->nodes[best].elastic;
+                        if (c->count[i] == 0)
+                                continue; /* emptied already */
+                        if (best == SIZE_MAX || (ei && !eb) ||
+                            (ei == eb && (c->count[i] > c->count[best] || (c->count[i] == c->count[best] && i > best))))
                                 best = i;
                 }
                 c->count[best]--;
@@ -570,9 +574,11 @@ static int keep_previous(struct ctx *c, size_t di, const struct cand *cands, siz
         return r;
 }
 
-/* Is node a a better home than node b for the next replica: fewer replicas of the deployment,
- * then more free CPU, then earlier in the input (the order rule 2 states). */
+/* Is node a a better home than node b for the next replica: not elastic (rule 6), then fewer
+ * replicas of the deployment, then more free CPU, then earlier in the input (rule 2's order). */
 static bool node_better(const struct ctx *c, size_t a, size_t b) {
+        if (c->in->nodes[a].elastic != c->in->nodes[b].elastic)
+                return !c->in->nodes[a].elastic; /* rule 6: a fixed node first */
         if (c->count[a] != c->count[b])
                 return c->count[a] < c->count[b];
         if (c->ns[a].free_cpus > c->ns[b].free_cpus + EPS)

@@ -16,6 +16,9 @@
  *      custom resources are ever oversubscribed (float sums compare with a small epsilon).
  *   5. Deployments are served in input order, so when the cluster is short, earlier deployments
  *      win. Replicas that fit nowhere are counted as pending with one operator-readable reason.
+ *   6. Elastic nodes (those the cluster autoscaler adds and deletes) come last: a new replica
+ *      goes to one only when no other node can take it (before rule 2's order applies), and a
+ *      deployment that shrinks takes from them first, so they empty and can go.
  */
 #pragma once
 
@@ -40,6 +43,7 @@ struct placement_node {
         unsigned n_gpus;                           /* whole GPUs, each with capacity 1.0 */
         const struct placement_resource *custom;   /* totals; names unique within the node */
         size_t n_custom;
+        bool elastic;                              /* rule 6 */
 };
 
 struct placement_deployment {

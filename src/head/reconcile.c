@@ -352,13 +352,19 @@ void build_routing(struct head *h) {
         netblob_unref(full);
 }
 
+void node_resync_assign(struct node *n) {
+        if (n->alive && !n->hold_assign)
+                send_assign(n->h, n);
+        n->h->routing_dirty = true;
+}
+
 void node_resync(struct node *n) {
         n->sent_config_epoch = -1;
         free(n->sent_assign);
         n->sent_assign = NULL;
         n->routing_version = ROUTING_NONE;
         n->h->routing_dirty = true;
-        if (n->alive)
+        if (n->alive && !n->hold_assign)
                 send_assign(n->h, n);
 }
 
@@ -383,9 +389,10 @@ void reconcile(struct head *h) {
         list_for_each_safe(pos, tmp, &h->nodes) {
                 struct node *n = list_entry(pos, struct node, link);
                 nodes[nn] = n;
-                pn[nn++] = (struct placement_node){ .name = n->name, .alive = n->alive && n->cpus > 0, .cpus = n->cpus,
+                /* A cordoned node takes nothing: its replicas are placed again elsewhere. */
+                pn[nn++] = (struct placement_node){ .name = n->name, .alive = n->alive && n->cpus > 0 && !n->cordoned, .cpus = n->cpus,
                                                     .memory = n->memory, .n_gpus = n->n_gpus, .custom = n->custom,
-                                                    .n_custom = n->n_custom };
+                                                    .n_custom = n->n_custom, .elastic = n->elastic };
         }
         for (size_t i = 0; i < n_deps; i++) {
                 const struct dep_spec *d = &h->spec->deps[i];
@@ -397,10 +404,16 @@ void reconcile(struct head *h) {
         }
         /* Spread: when nodes joined since a deployment was placed, no node keeps more than its
          * share (the rest is placed again, on the new nodes if they fit). A balanced placement
-         * is left exactly as it is. */
-        unsigned n_alive = 0;
-        list_for_each_safe(pos, tmp, &h->nodes)
-                n_alive += list_entry(pos, struct node, link)->alive;
+         * is left exactly as it is. Elastic nodes do not attract replicas this way (they would
+         * never empty): they count only in a cluster made of them. */
+        unsigned n_alive = 0, n_alive_elastic = 0;
+        list_for_each_safe(pos, tmp, &h->nodes) {
+                const struct node *n = list_entry(pos, struct node, link);
+                if (n->alive && !n->cordoned)
+                        n->elastic ? n_alive_elastic++ : n_alive++;
+        }
+        if (n_alive == 0)
+                n_alive = n_alive_elastic;
         for (size_t i = 0; i < h->n_assign; i++) {
                 unsigned total = 0, share;
                 for (size_t k = 0; k < h->assign[i].n_slots; k++)
@@ -474,7 +487,9 @@ void reconcile(struct head *h) {
         save_state_soon(h);
         list_for_each_safe(pos, tmp, &h->nodes) {
                 struct node *n = list_entry(pos, struct node, link);
-                if (n->nc && n->alive)
+                /* A draining node holding its replicas keeps its last assign: they serve until
+                 * their replacements are ready (groups.c ends the hold). */
+                if (n->nc && n->alive && !n->hold_assign)
                         send_assign(h, n);
         }
         h->routing_dirty = true;

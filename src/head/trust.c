@@ -348,6 +348,18 @@ int trust_revoke(struct head *h, const char *name) {
 
 /* ---- the state file ---- */
 
+int trust_mint_token(struct head *h, const char *name, uint64_t ttl_s, char **ret_text, char ret_id[JOINTOKEN_ID_HEX + 1]) {
+        if (!h->trust)
+                return -EOPNOTSUPP;
+        return jointoken_create(h->trust->pki_dir, pki_ca_hash(h->trust->ca), ttl_s, 1, name, ret_text, ret_id);
+}
+
+int trust_revoke_token(struct head *h, const char *id) {
+        if (!h->trust)
+                return -EOPNOTSUPP;
+        return jointoken_revoke(h->trust->pki_dir, id, h->join_token);
+}
+
 void trust_save(const struct head *h, cJSON *state) {
         const struct trust *t = h->trust;
         if (!t)

@@ -131,12 +131,19 @@ static void check_cluster(const struct cluster_config *c) {
         check(c->worker_heartbeat_interval_s > 0);
         check(c->worker_timeout_s > c->worker_heartbeat_interval_s);
         check(c->autoscaler_interval_s > 0);
+        check(c->autoscaler_max_concurrent_launches >= 1 && c->autoscaler_reconcile_interval_s > 0);
+        check(c->autoscaler_batch_idle_s >= 0 && c->autoscaler_batch_max_s >= c->autoscaler_batch_idle_s);
+        check(!c->autoscaler_head_address || (c->autoscaler_head_host && c->autoscaler_head_port > 0));
         for (size_t i = 0; i < c->n_groups; i++) {
                 const struct worker_group *g = &c->groups[i];
                 check(g->name && g->name[0]);
                 check(g->min_nodes >= 0 && g->max_nodes >= g->min_nodes);
-                check(g->idle_timeout_s >= 0);
+                check(g->idle_timeout_s >= 0 && g->boot_timeout_s > 0 && g->max_surge >= 1);
+                check(g->cost == -1 || g->cost >= 0);
                 check(!g->provider || (g->provider[0] && !strchr(g->provider, '/')));
+                check(!g->provider || (g->resources.has_num_cpus && c->autoscaler_head_address));
+                check(!g->apt_source || strncmp(g->apt_source, "deb ", 4) == 0);
+                check(g->n_provider_options <= NODECFG_MAX_PROVIDER_OPTIONS);
                 check_labels(g->labels, g->n_labels);
                 check_resources(&g->resources);
                 for (size_t k = 0; k < i; k++)

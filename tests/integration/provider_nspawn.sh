@@ -126,8 +126,6 @@ nodes_json() { in_head curl -fsS -m 5 "$API/api/cluster/nodes"; }
 node_state() { nodes_json | jq -r --arg n "$NODE" '.nodes[] | select(.node_id == $n) | .state'; }
 
 # ---- the user-data serve-head renders for the node, with a token bound to its name ----
-# The token file is the serve user's (write_files writes root's files otherwise, and the worker
-# runs as serve: it could not read it).
 TOKEN=$("$HEAD_BIN" -c "$CONF" --state-dir "$STATE" --join-token create --ttl 10m --uses 1 --name "$NODE" 2>>"$WORK/mint.log")
 check_contains "a single-use token bound to $NODE" "$TOKEN" "SRV1."
 SECRET=${TOKEN##*.}
@@ -156,11 +154,12 @@ write_files:
         num_cpus: 2
         memory: 4294967296
   - path: /etc/serve/join-token
-    permissions: "0600"
     owner: "serve:serve"
+    permissions: "0600"
     defer: true
     content: "$TOKEN"
 runcmd:
+  - [systemctl, disable, --now, serve-head]
   - [systemctl, enable, serve-worker]
   - [systemctl, restart, serve-worker]
 EOU
@@ -206,8 +205,7 @@ wait_until 60 booted && pass "the container boots (systemd running)" || { fail "
 check_contains "cloud-init found the NoCloud seed" "$(in_ct cat /run/cloud-init/result.json 2>&1)" "NoCloud"
 check "dpkg -s serve: installed" "$(in_ct dpkg-query -W -f '${Status}' serve 2>&1)" "install ok installed"
 wait_until 30 bash -c "[ \"\$(nsenter -t $(leader) -a systemctl is-active serve-worker)\" = active ]"
-# The package enables serve-head too: on a node it is started by the install (the head's business).
-echo "# serve-head on the node after cloud-init: $(in_ct systemctl is-active serve-head 2>&1)"
+check "the serve-head the package started is stopped (a node needs none)" "$(in_ct systemctl is-active serve-head 2>&1)" inactive
 v=$(in_ct systemctl is-active serve-worker 2>&1)
 check "serve-worker is active" "$v" active
 [ "$v" = active ] ||

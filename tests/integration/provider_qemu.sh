@@ -154,11 +154,12 @@ write_files:
         num_cpus: 1
         memory: 1073741824
   - path: /etc/serve/join-token
-    permissions: "0600"
     owner: "serve:serve"
+    permissions: "0600"
     defer: true
     content: "$TOKEN"
 runcmd:
+  - [systemctl, disable, --now, serve-head]
   - [systemctl, enable, serve-worker]
   - [systemctl, restart, serve-worker]
 EOU

@@ -307,11 +307,23 @@ static const char *const cluster_full =
         "    labels: {group: cpu}\n"
         "    provider: local\n"
         "    idle_timeout_s: 300\n"
+        "    provider_options: {subnet: 10.232.0.0/24, spot: true, disk_gb: 20, image: \"debian-12\"}\n"
+        "    cost: 0.12\n"
+        "    boot_timeout_s: 120\n"
+        "    max_surge: 3\n"
+        "    apt_source: \"deb [trusted=yes] file:/srv/serve-repo ./\"\n"
+        "    package_version: \"1:1.2.3-1~bpo12+1\"\n"
         "  - name: gpu\n"
         "    min_nodes: 1\n"
         "    resources: {num_gpus: 8, gpu_memory: 80Gi}\n"
         "autoscaler:\n"
-        "  interval_s: 2\n";
+        "  interval_s: 2\n"
+        "  upscaling_mode: aggressive\n"
+        "  max_concurrent_launches: 4\n"
+        "  head_address: \"10.232.0.1:8266\"\n"
+        "  batch_idle_s: 0.5\n"
+        "  batch_max_s: 5\n"
+        "  reconcile_interval_s: 30\n";
 
 static void test_cluster_full(void) {
         struct cluster_config *c = cluster_ok(cluster_full);
@@ -326,6 +338,14 @@ static void test_cluster_full(void) {
         ok(near(c->worker_heartbeat_interval_s, 0.5) && near(c->worker_timeout_s, 5),
            "heartbeat 0.5 s, timeout 5 s");
         ok(near(c->autoscaler_interval_s, 2), "autoscaler every 2 s");
+        ok(c->autoscaler_upscaling_mode == UPSCALING_AGGRESSIVE && c->autoscaler_max_concurrent_launches == 4,
+           "aggressive upscaling, 4 launches at once");
+        ok(streq_ptr(c->autoscaler_head_address, "10.232.0.1:8266") &&
+                   streq_ptr(c->autoscaler_head_host, "10.232.0.1") && c->autoscaler_head_port == 8266,
+           "new nodes dial 10.232.0.1:8266");
+        ok(near(c->autoscaler_batch_idle_s, 0.5) && near(c->autoscaler_batch_max_s, 5) &&
+                   near(c->autoscaler_reconcile_interval_s, 30),
+           "batching 0.5..5 s, provider lists reconciled every 30 s");
         is_int(c->n_groups, 2, "two worker groups");
         if (c->n_groups == 2) {
                 const struct worker_group *g = &c->groups[0], *h = &c->groups[1];
@@ -342,12 +362,25 @@ static void test_cluster_full(void) {
                 ok(streq_ptr(g->provider, "local") && near(g->idle_timeout_s, 300),
                    "cpu: provider local, idle 300 s");
                 is_int(g->line, 11, "cpu group starts on line 11");
+                const struct node_label *o = g->provider_options;
+                ok(g->n_provider_options == 4 && streq(o[0].key, "subnet") && streq(o[0].value, "10.232.0.0/24") &&
+                           streq(o[1].key, "spot") && streq(o[1].value, "true") && streq(o[2].key, "disk_gb") &&
+                           streq(o[2].value, "20") && streq(o[3].key, "image") && streq(o[3].value, "debian-12"),
+                   "cpu: provider options kept as written, in order");
+                ok(near(g->cost, 0.12) && near(g->boot_timeout_s, 120) && g->max_surge == 3,
+                   "cpu: cost 0.12/h, boot timeout 120 s, surge 3");
+                ok(streq_ptr(g->apt_source, "deb [trusted=yes] file:/srv/serve-repo ./") &&
+                           streq_ptr(g->package_version, "1:1.2.3-1~bpo12+1"),
+                   "cpu: apt source and package version");
                 ok(strcmp(h->name, "gpu") == 0 && h->min_nodes == 1 && h->max_nodes == 1,
                    "gpu: max_nodes defaults to min_nodes");
                 ok(h->resources.num_gpus == 8 && h->resources.gpu_memory == 80ULL << 30 &&
                            !h->resources.has_num_cpus,
                    "gpu: 8 GPUs of 80 GiB");
-                ok(!h->provider && near(h->idle_timeout_s, 300), "gpu: no provider, idle 300 s");
+                ok(!h->provider && near(h->idle_timeout_s, 60), "gpu: no provider, idle 60 s by default");
+                ok(h->n_provider_options == 0 && h->cost == -1 && near(h->boot_timeout_s, 600) &&
+                           h->max_surge == 1 && !h->apt_source && !h->package_version,
+                   "gpu: no options, no cost, boot timeout 600 s, surge 1, the image's own apt sources");
         }
         cluster_config_free(c);
 }
@@ -371,6 +404,10 @@ static void test_cluster_defaults(void) {
                 ok(c->transport == TRANSPORT_TLS && !c->ca_cert_file && !c->ca_key_file &&
                            near(c->node_cert_validity_s, 86400),
                    "TLS by default, the head's own CA, node certificates valid one day");
+                ok(c->autoscaler_upscaling_mode == UPSCALING_DEFAULT && c->autoscaler_max_concurrent_launches == 10 &&
+                           !c->autoscaler_head_address && near(c->autoscaler_batch_idle_s, 1) &&
+                           near(c->autoscaler_batch_max_s, 10) && near(c->autoscaler_reconcile_interval_s, 60),
+                   "autoscaler: default mode, 10 launches, no head address, batches 1..10 s, reconcile 60 s");
                 cluster_config_free(c);
         }
         struct cluster_config *c = cluster_ok("transport: plaintext\ntls: {ca_cert_file: ca.crt, ca_key_file: ca.key, "
@@ -379,6 +416,79 @@ static void test_cluster_defaults(void) {
                 ok(c->transport == TRANSPORT_PLAINTEXT && strcmp(c->ca_cert_file, "ca.crt") == 0 &&
                            strcmp(c->ca_key_file, "ca.key") == 0 && near(c->node_cert_validity_s, 3600),
                    "transport, the operator's CA files and the validity are read");
+                cluster_config_free(c);
+        }
+}
+
+/* The autoscaler's group fields and its own section. */
+static void test_cluster_autoscaler_errors(void) {
+#define G "worker_groups:\n  - name: cpu\n"
+        cluster_fails(G "    cost: -1\n",
+                      "cluster.yaml:3:11: worker_groups[0].cost: must be a non-negative number, got \"-1\"");
+        cluster_fails(G "    boot_timeout_s: 0\n",
+                      "cluster.yaml:3:21: worker_groups[0].boot_timeout_s: must be a positive number, got \"0\"");
+        cluster_fails(G "    max_surge: 0\n",
+                      "cluster.yaml:3:16: worker_groups[0].max_surge: must be an integer of at least 1, got \"0\"");
+        cluster_fails(G "    apt_source: \"http://example/ ./\"\n",
+                      "cluster.yaml:3:17: worker_groups[0].apt_source: must be one sources.list line starting with "
+                      "\"deb \" (at most 1024 characters, no control characters), got \"http://example/ ./\"");
+        cluster_fails(G "    apt_source: \"deb file:/x ./\\ndeb http://evil/ ./\"\n",
+                      "cluster.yaml:3:17: worker_groups[0].apt_source: must be one sources.list line starting with "
+                      "\"deb \" (at most 1024 characters, no control characters), got "
+                      "\"deb file:/x ./\\x0adeb http://evil/ ./\"");
+        cluster_fails(G "    package_version: \"1.0; rm -rf /\"\n",
+                      "cluster.yaml:3:22: worker_groups[0].package_version: must be a Debian version (at most 64 of "
+                      "A-Z a-z 0-9 . + ~ : -), got \"1.0; rm -rf /\"");
+        cluster_fails(G "    provider_options: {zone-a: x}\n",
+                      "cluster.yaml:3:24: worker_groups[0].provider_options.zone-a: option names are letters, "
+                      "digits and '_', got \"zone-a\"");
+        cluster_fails(G "    provider_options: {zone: [a, b]}\n",
+                      "cluster.yaml:3:30: worker_groups[0].provider_options.zone: must be a string, number or "
+                      "bool, got a list");
+        cluster_fails(G "    provider_options: {zone: }\n",
+                      "cluster.yaml:3:30: worker_groups[0].provider_options.zone: must be a string, number or "
+                      "bool, got an empty value");
+        cluster_fails(G "    provider: local\n",
+                      "cluster.yaml:2:5: worker_groups[0].resources.num_cpus: required when the group has a "
+                      "provider (the autoscaler packs replicas into the shape of the nodes it would launch)");
+        cluster_fails(G "    labels: {serve.config: x}\n",
+                      "cluster.yaml:3:28: worker_groups[0].labels.serve.config: is set by serve-head on every node "
+                      "(the hash of the group's node config); remove it");
+        cluster_fails(G "    labels: {group: gpu}\n",
+                      "cluster.yaml:3:21: worker_groups[0].labels.group: is the group's name (\"cpu\") on its "
+                      "nodes; remove it");
+        /* head_address: where the error can be fixed, naming the group that needs it. */
+        cluster_fails("worker_groups:\n  - name: gpu\n  - name: cpu\n    provider: local\n    resources: {num_cpus: 2}\n",
+                      "cluster.yaml:1:1: autoscaler.head_address: required when a worker group has a provider "
+                      "(cpu at line 3)");
+        cluster_fails("autoscaler:\n  interval_s: 1\n" G "    provider: local\n    resources: {num_cpus: 2}\n",
+                      "cluster.yaml:2:3: autoscaler.head_address: required when a worker group has a provider "
+                      "(cpu at line 4)");
+        cluster_fails("autoscaler: {head_address: \"fd00::1:8266\"}\n",
+                      "cluster.yaml:1:28: autoscaler.head_address: an IPv6 address needs brackets (e.g. "
+                      "[fd00::1]:8266), got \"fd00::1:8266\"");
+        cluster_fails("autoscaler: {upscaling_mode: fast}\n",
+                      "cluster.yaml:1:30: autoscaler.upscaling_mode: must be conservative, default or aggressive, "
+                      "got \"fast\"");
+        cluster_fails("autoscaler: {max_concurrent_launches: 0}\n",
+                      "cluster.yaml:1:39: autoscaler.max_concurrent_launches: must be an integer of at least 1, "
+                      "got \"0\"");
+        cluster_fails("autoscaler: {reconcile_interval_s: 0}\n",
+                      "cluster.yaml:1:36: autoscaler.reconcile_interval_s: must be a positive number, got \"0\"");
+        cluster_fails("autoscaler: {batch_idle_s: 2, batch_max_s: 1}\n",
+                      "cluster.yaml:1:44: autoscaler.batch_max_s: must be at least batch_idle_s (2), got 1");
+        cluster_fails("autoscaler: {batch_idle_s: 20}\n",
+                      "cluster.yaml:1:28: autoscaler.batch_idle_s: must be at most batch_max_s (10, the default), "
+                      "got 20");
+#undef G
+        /* A group may repeat its own name as its "group" label; a fixed group needs no provider. */
+        struct cluster_config *c = cluster_ok("worker_groups:\n  - name: cpu\n    labels: {group: cpu}\n"
+                                              "autoscaler: {batch_idle_s: 0, batch_max_s: 0, head_address: "
+                                              "\"[fd00::1]:8266\"}\n");
+        if (c) {
+                ok(streq_ptr(c->autoscaler_head_host, "fd00::1") && c->autoscaler_head_port == 8266 &&
+                           c->autoscaler_batch_max_s == 0,
+                   "an IPv6 head address; no batching");
                 cluster_config_free(c);
         }
 }
@@ -423,7 +533,8 @@ static void test_cluster_errors(void) {
                       "\"my-host\"");
         cluster_fails("autoscaler: {interval: 1}\n",
                       "cluster.yaml:1:14: autoscaler.interval: unknown key (did you mean "
-                      "\"interval_s\"?); allowed here: interval_s");
+                      "\"interval_s\"?); allowed here: interval_s, upscaling_mode, max_concurrent_launches, "
+                      "head_address, batch_idle_s, batch_max_s, reconcile_interval_s");
         cluster_fails("worker_group: []\n",
                       "cluster.yaml:1:1: worker_group: unknown key (did you mean "
                       "\"worker_groups\"?); allowed here: head, worker_heartbeat_interval_s, "
@@ -437,6 +548,7 @@ static void test_cluster_errors(void) {
         cluster_fails("tls: {ca_file: x}\n",
                       "cluster.yaml:1:7: tls.ca_file: unknown key; allowed here: "
                       "ca_cert_file, ca_key_file, node_cert_validity_s");
+        test_cluster_autoscaler_errors();
         cluster_fails("a: &x 1\nb: *x\n",
                       "cluster.yaml:2:4: YAML aliases (*x) are not supported; write the value out");
 }

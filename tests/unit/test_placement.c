@@ -394,6 +394,46 @@ static void test_max_per_node(void) {
         placement_result_free(res);
 }
 
+/* Rule 6: elastic nodes take replicas only when the others cannot, and lose them first. */
+static void test_elastic(void) {
+        struct placement_node nodes[] = { node("fixed", 2, 8 * GiB, 0), node("burst-1", 2, 8 * GiB, 0),
+                                          node("burst-2", 2, 8 * GiB, 0) };
+        nodes[1].elastic = nodes[2].elastic = true;
+        struct placement_deployment d[] = { dep("app/D", 2, 1) };
+        struct placement_result *res = compute(nodes, 3, d, 1, NULL);
+        ok(count_on(res, 0, 0) == 2 && count_on(res, 0, 1) == 0 && count_on(res, 0, 2) == 0,
+           "two replicas that fit on the fixed node go there, not to the emptier elastic nodes");
+        placement_result_free(res);
+
+        d[0].replicas = 4;
+        res = compute(nodes, 3, d, 1, NULL);
+        ok(count_on(res, 0, 0) == 2 && count_on(res, 0, 1) + count_on(res, 0, 2) == 2,
+           "the overflow goes to elastic nodes (%u/%u/%u)", count_on(res, 0, 0), count_on(res, 0, 1), count_on(res, 0, 2));
+        placement_result_free(res);
+
+        /* Shrinking from 4 (2 fixed, 1 + 1 elastic) to 2 empties the elastic nodes. */
+        struct placement_prev_entry prev[] = { { .deployment = "app/D", .node = "fixed", .count = 2 },
+                                               { .deployment = "app/D", .node = "burst-1", .count = 1 },
+                                               { .deployment = "app/D", .node = "burst-2", .count = 1 } };
+        struct placement_prev p = { .entries = prev, .n_entries = 3 };
+        d[0].replicas = 2;
+        res = compute(nodes, 3, d, 1, &p);
+        ok(count_on(res, 0, 0) == 2 && count_on(res, 0, 1) == 0 && count_on(res, 0, 2) == 0,
+           "a shrinking deployment leaves the elastic nodes first (%u/%u/%u)", count_on(res, 0, 0), count_on(res, 0, 1),
+           count_on(res, 0, 2));
+        ok(res->deployments[0].placed == 2 && res->deployments[0].pending == 0, "and keeps exactly 2, none pending");
+        placement_result_free(res);
+
+        /* Past the elastic nodes, the fixed one gives up its replicas too. */
+        d[0].replicas = 1;
+        res = compute(nodes, 3, d, 1, &p);
+        ok(count_on(res, 0, 0) == 1 && count_on(res, 0, 1) == 0 && count_on(res, 0, 2) == 0 &&
+                   res->deployments[0].placed == 1 && res->deployments[0].pending == 0,
+           "shrinking from 4 to 1 keeps one on the fixed node (%u/%u/%u, pending %u)", count_on(res, 0, 0),
+           count_on(res, 0, 1), count_on(res, 0, 2), res->deployments[0].pending);
+        placement_result_free(res);
+}
+
 static void test_invalid(void) {
         struct placement_node nodes[] = { node("a", 8, 8 * GiB, 2), node("a", 8, 8 * GiB, 0) };
         struct placement_deployment d[] = { dep("app/D", 1, 1) };
@@ -522,6 +562,7 @@ int main(void) {
         test_fractional_gpus();
         test_whole_gpus();
         test_max_per_node();
+        test_elastic();
         test_invalid();
         test_scale();
         test_large_scale();
