@@ -38,6 +38,7 @@ struct childproc {
         struct __kernel_timespec ts;    /* the timer's; read by the kernel when the SQE is submitted */
         unsigned ops;                   /* operations in flight: freed only once none is */
         bool exited, timer_armed, finished, timed_out, out_truncated;
+        bool detached;                  /* childproc_detach(): finishing kills nothing */
         int status;
         childproc_done done;            /* NULL once cancelled */
         void *userdata;
@@ -92,7 +93,8 @@ static void finish(struct childproc *c, int r) {
 
         c->finished = true;
         c->done = NULL;
-        signal_child(c, SIGKILL);
+        if (!c->detached)
+                signal_child(c, SIGKILL);
         if (c->out.fd >= 0)
                 io_uring_prep_cancel(loop_sqe(c->loop, NULL), &c->out.op, 0);
         if (c->err.fd >= 0)
@@ -428,6 +430,13 @@ int childproc_start(struct loop *loop, const struct childproc_options *o, childp
                 arm_timer(c, o->deadline_ns, IORING_TIMEOUT_ABS);
         *ret = c;
         return 0;
+}
+
+void childproc_detach(struct childproc *c) {
+        if (!c)
+                return;
+        c->detached = true;
+        childproc_cancel(c);
 }
 
 void childproc_cancel(struct childproc *c) {

@@ -61,3 +61,7 @@ int childproc_start(struct loop *loop, const struct childproc_options *o, childp
  * afterwards. The object frees itself once the loop has seen the child exit and its operations
  * end. Accepts NULL. */
 void childproc_cancel(struct childproc *c);
+/* Stops watching the child and leaves it running (what it writes to its closed pipes later
+ * fails); `done` is never called afterwards. A daemon that exits uses it for work that must
+ * not be cut short. Accepts NULL. */
+void childproc_detach(struct childproc *c);

@@ -852,11 +852,14 @@ void groups_free(struct head *h) {
         struct groups *gs = h->groups;
         if (!gs)
                 return;
-        /* The nodes keep running: the next head adopts them from the providers' lists. */
+        /* The nodes keep running: the next head adopts them from the providers' lists. A create
+         * or delete in flight finishes on its own (cut short, it would leave half a node). */
         while (!list_empty(&gs->mnodes)) {
                 struct mnode *m = list_entry(gs->mnodes.next, struct mnode, link);
                 free(m->user_data_path); /* its node may still be booting from it */
                 m->user_data_path = NULL;
+                provider_detach(m->call);
+                m->call = NULL;
                 mnode_free(m);
         }
         for (size_t i = 0; i < h->ccfg->n_groups; i++) {

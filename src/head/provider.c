@@ -429,6 +429,13 @@ int provider_run(struct loop *loop, const char *provider, enum provider_op op, c
         return 0;
 }
 
+void provider_detach(struct provider_call *c) {
+        if (!c)
+                return;
+        childproc_detach(c->child);
+        call_free(c);
+}
+
 void provider_cancel(struct provider_call *c) {
         if (!c)
                 return;

@@ -57,6 +57,9 @@ int provider_run(struct loop *loop, const char *provider, enum provider_op op, c
 
 /* Kills the hook and its process group; `done` is never called afterwards. Accepts NULL. */
 void provider_cancel(struct provider_call *c);
+/* Leaves the hook running unwatched (serve-head exits while a delete runs: cutting it short
+ * would leave half a node). Accepts NULL. */
+void provider_detach(struct provider_call *c);
 
 /* The name of an op ("create", "delete", "list"). */
 const char *provider_op_name(enum provider_op op);

@@ -384,6 +384,23 @@ static void test_cancel(void) {
         loop_drain(&loop, 200 * NSEC_PER_MSEC);
         is_int(o.calls, 0, "and reports nothing");
         provider_cancel(NULL);
+
+        /* Detached (serve-head exits during a delete): the hook runs to its end, unwatched. */
+        write_hook(etc_dir, "slowdel", "delete", 0755,
+                   "echo $$ >@T@/slowdel.pid.tmp\nmv @T@/slowdel.pid.tmp @T@/slowdel.pid\n"
+                   "while [ ! -e @T@/slowdel.go ]; do sleep 0.05; done\ntouch @T@/slowdel.done\n");
+        c = NULL;
+        is_int(provider_run(&loop, "slowdel", PROVIDER_DELETE, "cpu-1", NULL, 60, on_done, &o, &c, &err), 0,
+               "a slow delete starts (%s)", err ?: "");
+        ok(RUN_UNTIL((pid = file_pid("slowdel.pid")) > 0), "and runs");
+        provider_detach(c);
+        _cleanup_free_ char *go = NULL, *done = NULL;
+        ok(asprintf(&go, "%s/slowdel.go", tmp) > 0 && asprintf(&done, "%s/slowdel.done", tmp) > 0, "paths");
+        close(open(go, O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
+        ok(RUN_UNTIL(access(done, F_OK) == 0), "a detached delete's hook is not killed: it finishes");
+        loop_drain(&loop, 200 * NSEC_PER_MSEC);
+        is_int(o.calls, 0, "and reports nothing");
+        provider_detach(NULL);
 }
 
 /* The hook exits but leaves a process holding its stdout open: the call ends at the hook's exit,
