@@ -21,6 +21,10 @@ export BUILD=$top_builddir
 export SERVE_PROVIDER_PATH=$top_srcdir/providers SERVE_CLOUD_FILES=$top_builddir/providers/netns/cloud-files
 NET=$SERVE_EXAMPLE_NET P=$SERVE_EXAMPLE_PREFIX
 
+# The example's deployment, allowed more replicas than max_nodes can hold: the cap is reached.
+export SERVE_EXAMPLE_APPS=$WORK/apps.yaml
+sed 's/max_replicas: 6/max_replicas: 10/' "$EX/apps.yaml" >"$SERVE_EXAMPLE_APPS"
+
 # A second group whose nodes never join (their "worker" is /bin/false): min_nodes 1 makes the
 # head launch one at once, and its boot timeout is short. Dearer than cpu, so demand never
 # goes there.
@@ -89,7 +93,7 @@ load() {
                 in_client curl -s -o /dev/null -w '%{http_code}\n' -m 30 "http://$NET.2:8000/work?ms=300" >>"$CODES"
         done
 }
-for _ in $(seq 8); do load & done
+for _ in $(seq 12); do load & done
 max_seen=0
 node=""
 for _ in $(seq 900); do
@@ -113,15 +117,29 @@ for ip in $NET.2 $addr; do
 done
 out=$(cli nodes 2>&1)
 check_contains "serve nodes shows the node's group and state" "$(grep "$node" <<<"$out")" "cpu"
-# Keep the load a while: more nodes may come, never more than max_nodes.
-for _ in $(seq 100); do
+# 10 replicas want 4 more nodes than node-1's 2 CPUs: the group stops at max_nodes (3), and the
+# rest stays PENDING with the reason.
+unsched=""
+for _ in $(seq 600); do
+        n=$(cpu_nodes)
+        [ "${n:-0}" -gt "$max_seen" ] && max_seen=$n
+        unsched=$(api /api/cluster/groups | jq -r '.unschedulable_reason')
+        [ "$max_seen" -ge 3 ] && [[ $unsched == *max_nodes* ]] && break
+        sleep 0.1
+done
+for _ in $(seq 30); do # and it stays there
         n=$(cpu_nodes)
         [ "${n:-0}" -gt "$max_seen" ] && max_seen=$n
         sleep 0.1
 done
 touch "$STOP"
 wait
-check "the cpu group never had more than max_nodes (3) nodes (saw $max_seen)" "$([ "$max_seen" -le 3 ] && echo yes)" yes
+check "the cpu group grew to max_nodes (3) and no further" "$max_seen" 3
+check_contains "the replicas beyond it are reported as held back by max_nodes" "$unsched" "at max_nodes (3)"
+check_contains "serve status shows the group's nodes" "$(cli status 2>&1 | grep '^cpu')" "3 alive"
+hist=$(api /api/dashboard/history)
+check "the dashboard's history has the group's nodes by state" \
+        "$(jq -r '[.series.groups.cpu | has("nodes_launching", "nodes_joining", "nodes_draining")] | all' <<<"$hist")" true
 total=$(wc -l <"$CODES")
 bad=$(grep -cv '^200$' "$CODES")
 check "every request under load succeeded ($total requests)" "$bad" 0
