@@ -60,6 +60,8 @@ struct conn {
         struct buf out, pending;    /* out: being sent (never moved meanwhile); pending: next */
 
         uint64_t deadline_ns;
+        uint64_t linger_end_ns;         /* lingering: read and drop until then at most ... */
+        size_t linger_bytes;            /* ... and at most LINGER_MAX_BYTES */
         struct list tlink;          /* on *tlist: p->idle_list or p->active_list */
         struct list *tlist;
         struct list link;           /* p->conns */
@@ -160,18 +162,24 @@ static void on_send(struct loop_op *op, int res, unsigned flags) {
 }
 
 /* After the last response on a connection we are closing: half-close and read what the client
- * still sends until it closes too (or a short timeout), so that unread request bytes do not turn
- * our close into a reset that destroys the response before the client reads it. */
+ * still sends until it closes too, so that unread request bytes do not turn our close into a
+ * reset that destroys the response before the client reads it. A client still uploading (a
+ * large body answered early with 413 or 503) keeps the connection while it sends (2 s of
+ * silence ends it), for LINGER_MAX_S and LINGER_MAX_BYTES at most (nginx's lingering_close). */
+#define LINGER_IDLE_S 2.0
+#define LINGER_MAX_S 30
+#define LINGER_MAX_BYTES (64u << 20)
 static void conn_linger(struct conn *c) {
         if (c->lingering)
                 return;
         c->lingering = true;
+        c->linger_end_ns = loop_now(c->p->loop) + (uint64_t)LINGER_MAX_S * NSEC_PER_SEC;
         /* A plain syscall, not an untracked io_uring operation: one still in flight when the
          * connection is closed (the client closes at once) could run after the close, on the fd
          * number the next accepted connection got, and shut down that client's responses. */
         if (shutdown(c->fd, SHUT_WR) < 0 && errno != ENOTCONN)
                 log_full_errno(LOG_DEBUG, errno, __FILE__, __LINE__, "shutdown() of a lingering connection failed: %m");
-        timer_set(c, &c->p->active_list, 2.0);
+        timer_set(c, &c->p->active_list, LINGER_IDLE_S);
         arm_recv(c);
 }
 
@@ -296,6 +304,14 @@ static void on_recv(struct loop_op *op, int res, unsigned flags) {
         if (c->lingering && !c->closing) {
                 if (res > 0 && (flags & IORING_CQE_F_BUFFER))
                         return_buffer(p, flags >> IORING_CQE_BUFFER_SHIFT);
+                if (res > 0) {
+                        c->linger_bytes += (size_t)res;
+                        if (c->linger_bytes > LINGER_MAX_BYTES || loop_now(p->loop) >= c->linger_end_ns) {
+                                conn_close(c);
+                                return;
+                        }
+                        timer_set(c, &p->active_list, LINGER_IDLE_S); /* still sending: more time */
+                }
                 if (res <= 0 && res != -ENOBUFS)
                         conn_close(c);
                 else if (!c->recv_armed)
