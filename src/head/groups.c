@@ -15,6 +15,7 @@
  * Nothing here is persisted: at start (and every reconcile_interval_s) each group's provider
  * lists its nodes, and the head adopts them (a node it knows from its state file is ALIVE,
  * others are JOINING since their creation time). No group launches before its first list. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -268,6 +269,12 @@ static void on_create_done(void *userdata, int r, const char *error, const struc
         const struct worker_group *g = group_of(gs, m->group, &gi);
 
         m->call = NULL;
+        /* The hook has what it needed from the user-data (the contract): its token goes now. */
+        if (m->user_data_path) {
+                (void)unlink(m->user_data_path);
+                free(m->user_data_path);
+                m->user_data_path = NULL;
+        }
         if (r < 0 || n_nodes < 1) {
                 if (g) {
                         gs->g[gi].launches_failed++;
@@ -809,6 +816,22 @@ static void track_idle(struct head *h, uint64_t now) {
 
 /* ---- what head.c, nodes.c and api.c call ---- */
 
+/* User-data files a previous head left (it exited while a create ran, which still reads it):
+ * past any create's timeout nobody needs them, and each holds a token. */
+static void remove_stale_user_data(const char *dir) {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        struct stat st;
+
+        if (!d)
+                return;
+        while ((e = readdir(d)))
+                if (e->d_name[0] != '.' && fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                    S_ISREG(st.st_mode) && time(NULL) - st.st_mtime > 2 * (time_t)CREATE_TIMEOUT_S)
+                        (void)unlinkat(dirfd(d), e->d_name, 0);
+        closedir(d);
+}
+
 int groups_init(struct head *h) {
         struct groups *gs = calloc(1, sizeof *gs);
         if (!gs)
@@ -822,6 +845,7 @@ int groups_init(struct head *h) {
                 return log_error_errno(-ENOMEM, "Cannot set up the worker groups: %m");
         }
         h->groups = gs;
+        remove_stale_user_data(gs->dir);
         for (size_t i = 0; i < h->ccfg->n_groups; i++) {
                 const struct worker_group *g = &h->ccfg->groups[i];
                 gs->g[i].gs = gs;
@@ -979,12 +1003,6 @@ void groups_on_join(struct head *h, struct node *n) {
                               (double)(now_ns() - m->launched_ns) / 1e9);
                 set_state(m, NS_ALIVE);
                 m->seen_ns = m->state_ns;
-                if (m->user_data_path) {
-                        /* It holds a join token, used now: no reason to keep it. */
-                        (void)unlink(m->user_data_path);
-                        free(m->user_data_path);
-                        m->user_data_path = NULL;
-                }
                 size_t gi;
                 if (group_of(gs, m->group, &gi)) {
                         gs->g[gi].launches_ok++;
