@@ -15,16 +15,9 @@
 # instead of building them (to iterate on the provider).
 . "$(dirname "$0")/lib.sh"
 
-[ "${SERVE_TEST_PACKAGES:-1}" = 0 ] && { echo "1..0 # SKIP packages are tested in the main make check"; exit 77; }
-skip() { echo "1..0 # SKIP $*"; exit 77; }
-[ "$(id -u)" = 0 ] || skip "needs root"
-for t in systemd-nspawn debootstrap nsenter ip dpkg-buildpackage dpkg-scanpackages jq curl; do
-        command -v "$t" >/dev/null || skip "$t is not installed (scripts/install-deps test)"
-done
-[ -d /sys/fs/cgroup/unified ] && [ -d /sys/fs/cgroup/systemd ] || [ -f /sys/fs/cgroup/cgroup.procs ] || skip "no cgroup hierarchy for containers"
+. "$(dirname "$0")/nspawn-lib.sh"
+nspawn_skip_unless_able
 
-PROV=$top_srcdir/providers/nspawn
-CACHE=${SERVE_TEST_CACHE:-/var/cache/serve-test}
 NET=10.233.0
 P=snsp$$
 NODE=cpu-$(printf '%04x%02x' $((RANDOM % 65536)) $((RANDOM % 256)))
@@ -35,30 +28,11 @@ STATE=$WORK/state
 PSTATE=$WORK/nodes # the provider's state_dir
 mkdir -p "$CONF" "$STATE" "$PSTATE"
 
-# ---- the package and its repository ----
-if [ -n "${SERVE_TEST_DEBS:-}" ]; then
-        cp "$SERVE_TEST_DEBS"/*.deb "$WORK/" 2>/dev/null
-else
-        "$top_srcdir/packaging/build-deb" "$WORK" >"$WORK/build-deb.log" 2>&1
-        check "packaging/build-deb builds the packages" "$?" 0
-fi
-DEB=$(ls "$WORK"/serve_*.deb 2>/dev/null | head -n 1)
-[ -n "$DEB" ] || { sed 's/^/#   /' "$WORK/build-deb.log" | tail -n 30; fail "a serve .deb was built"; finish; exit 1; }
-REPO=$("$PROV/make-repo" "$DEB" "$WORK/repo" 2>"$WORK/make-repo.log")
-check "make-repo makes a flat apt repository" "$(grep -c '^Package: serve$' "$REPO/Packages" 2>/dev/null)" 1
-
-# ---- the root (once per machine and package list: about 2 minutes) ----
-ROOT=$CACHE/nspawn-bookworm
-t0=$SECONDS
-"$PROV/build-root" "$ROOT" --repo-deps "$REPO" >"$WORK/build-root.log" 2>&1 || {
-        tail -n 5 "$WORK/build-root.log" | sed 's/^/# /'
-        [ -f "$ROOT/.serve-root" ] || skip "build-root failed (no Debian mirror?)"
-        fail "build-root rebuilds the cached root"; finish; exit 1
-}
-echo "# build-root: $((SECONDS - t0)) s"
+# ---- the package and its repository; the root (once per machine and package list) ----
+nspawn_package
+nspawn_root
 
 # ---- network: a bridge in its own namespace, the head and a client on it ----
-NS=()
 cleanup_all() {
         # The node, even when the test failed half-way (delete is idempotent).
         [ -f "$WORK/delete.json" ] && "$PROV/delete" "$NODE" <"$WORK/delete.json" >/dev/null 2>&1
@@ -69,18 +43,7 @@ cleanup_all() {
         cleanup
 }
 trap cleanup_all EXIT
-ip route add blackhole $NET.0/24
-ip netns add "$P-sw"; NS+=("$P-sw")
-ip -n "$P-sw" link add br0 type bridge && ip -n "$P-sw" link set br0 up
-add_host() { # add_host NAME I: namespace $P-NAME with $NET.I on the bridge
-        local h=$P-$1
-        ip netns add "$h"; NS+=("$h")
-        ip -n "$P-sw" link add "$1-$$" type veth peer name eth0 netns "$h"
-        ip -n "$P-sw" link set "$1-$$" master br0 up
-        ip -n "$h" link set lo up
-        ip -n "$h" addr add "$NET.$2/24" dev eth0
-        ip -n "$h" link set eth0 up
-}
+nspawn_bridge "$NET" "$P"
 add_host head 1
 add_host cl 2
 
@@ -110,15 +73,10 @@ applications:
         ray_actor_options: {num_cpus: 0.1}
 EOC
 in_head() { ip netns exec "$P-head" "$@"; }
-# The head resolves import paths to files in its own file system (serve-replica --describe) and
-# nodes load them at the same path: the head sees the package's applications where the node has
-# them, through a read-only overlay over the multiarch library directory in a mount namespace of
-# its own (nothing changes on the machine).
-dpkg-deb -x "$DEB" "$WORK/pkg"
-LIBDIR=$(dirname "$(dirname "$(ls -d "$WORK"/pkg/usr/lib/*/serve/apps)")")
-HOST_LIBDIR=${LIBDIR#"$WORK/pkg"}
-in_head unshare -m --propagation private sh -c 'mount -t overlay overlay -o "lowerdir=$1:$2" "$2" && shift 2 && exec "$@"' _ \
-        "$LIBDIR" "$HOST_LIBDIR" env SERVE_APP_PATH="$HOST_LIBDIR/serve/apps" "$HEAD_BIN" -c "$CONF" --state-dir "$STATE" >"$WORK/head.log" 2>&1 &
+# The head sees the package's applications where the node has them (nspawn-lib.sh). Not through
+# in_head: a function in the background is a subshell, and $! must be the head to kill it.
+nspawn_package_view
+ip netns exec "$P-head" "${PKG_VIEW[@]}" env SERVE_APP_PATH="$HOST_LIBDIR/serve/apps" "$HEAD_BIN" -c "$CONF" --state-dir "$STATE" >"$WORK/head.log" 2>&1 &
 SERVE_PIDS+=($!)
 wait_until 20 in_head curl -fs -o /dev/null -m 2 "$API/-/healthz"
 check "serve-head answers in its namespace" "$(in_head curl -s -o /dev/null -w '%{http_code}' -m 5 "$API/-/healthz")" 200
