@@ -80,11 +80,12 @@ wait "$bpid"
 echo "# run-queue delay of $A: alone $(awk -v s="$s1" -v t="$s0" 'BEGIN{print s-t}') s in $((c1 - c0)) waits for $(awk -v a="$u1" -v b="$u0" 'BEGIN{print a-b}') s of CPU; shared $(awk -v s="$s2" -v t="$s1" 'BEGIN{print s-t}') s in $((c2 - c1)) waits for $(awk -v a="$u2" -v b="$u1" 'BEGIN{print a-b}') s of CPU"
 check "the run-queue delay is counted (waits alone and shared)" "$([ $((c1 - c0)) -gt 0 ] && [ $((c2 - c1)) -gt 0 ] && echo yes)" yes
 # Waiting per second of CPU: with k other busy tasks on its CPU (whatever else this machine
-# runs) a task waits about k s per s it runs; the second replica adds about 1 to that.
+# runs) a task waits about k s per s it runs; the second replica adds about 1 to that (asked:
+# a quarter of it, since what else runs may change between the two phases).
 check "the run-queue delay rises when a second busy replica shares the CPU" "$(awk -v s0="$s0" -v s1="$s1" -v s2="$s2" \
         -v u0="$u0" -v u1="$u1" -v u2="$u2" 'BEGIN {
         alone = (s1 - s0) / (u1 - u0); shared = (s2 - s1) / (u2 - u1)
-        print (shared > alone + 0.5) ? "yes" : "no" }')" yes
+        print (shared > alone + 0.25) ? "yes" : "no" }')" yes
 h=$(wmetrics 1 | grep -F 'serve_replica_runqueue_delay_seconds_bucket{node="node-1",application="burn",' | grep -c 'le=')
 check "the run-queue delay is a histogram with 20 buckets" "$h" 20
 
