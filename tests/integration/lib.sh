@@ -14,6 +14,26 @@ export LSAN_OPTIONS="suppressions=$top_srcdir/tests/lsan-python.supp${LSAN_OPTIO
 export SERVE_REPLICA_BIN="$top_builddir/serve-replica"
 export SERVE_DASHBOARD_DIR=${SERVE_DASHBOARD_DIR:-$top_srcdir/dashboard}
 
+# build_debs DIR: copies this source tree's .debs (packaging/build-deb) into DIR. They are built
+# once per state of the tree and shared by the tests that install them (systemd.sh and the
+# nspawn tests; make -j runs them side by side, hence the lock). Returns 1 when the build
+# fails, with its log in $top_builddir/tests/debs/build-deb.log.
+build_debs() {
+        local out=$1 cache=$top_builddir/tests/debs key
+        key=$(cd "$top_srcdir" && { git rev-parse HEAD && git status --porcelain --untracked-files=no && git diff; } 2>/dev/null |
+                md5sum | cut -c1-16)
+        mkdir -p "$cache" "$out" || return 1
+        (
+                flock 9
+                if [ "$(cat "$cache/key" 2>/dev/null)" != "$key" ] || ! ls "$cache"/serve_*.deb >/dev/null 2>&1; then
+                        rm -f "$cache"/*.deb "$cache/key"
+                        "$top_srcdir/packaging/build-deb" "$cache" >"$cache/build-deb.log" 2>&1 || exit 1
+                        echo "$key" >"$cache/key"
+                fi
+        ) 9>"$cache/.lock" || return 1
+        cp "$cache"/*.deb "$out/"
+}
+
 PASS=0
 FAIL=0
 WORK=$(mktemp -d /tmp/serve-test.XXXXXX)

@@ -28,8 +28,9 @@ nspawn_package() {
         if [ -n "${SERVE_TEST_DEBS:-}" ]; then
                 cp "$SERVE_TEST_DEBS"/*.deb "$WORK/" 2>/dev/null
         else
-                "$top_srcdir/packaging/build-deb" "$WORK" >"$WORK/build-deb.log" 2>&1
+                build_debs "$WORK"
                 check "packaging/build-deb builds the packages" "$?" 0
+                cp "$top_builddir/tests/debs/build-deb.log" "$WORK/" 2>/dev/null
         fi
         DEB=$(ls "$WORK"/serve_*.deb 2>/dev/null | head -n 1)
         [ -n "$DEB" ] || { sed 's/^/#   /' "$WORK/build-deb.log" | tail -n 30; fail "a serve .deb was built"; finish; exit 1; }

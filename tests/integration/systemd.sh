@@ -38,8 +38,9 @@ if [ ! -f "$ROOT/.serve-test-complete" ]; then
 fi
 
 # ---- the package ----
-"$top_srcdir/packaging/build-deb" "$WORK/debs" >"$WORK/build-deb.log" 2>&1
+build_debs "$WORK/debs"
 check "packaging/build-deb builds the packages" "$?" 0
+cp "$top_builddir/tests/debs/build-deb.log" "$WORK/" 2>/dev/null
 DEB=$(ls "$WORK"/debs/serve_*.deb 2>/dev/null | head -n 1)
 [ -n "$DEB" ] || { sed 's/^/#   /' "$WORK/build-deb.log" | tail -n 30; finish; exit 1; }
 
