@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "groups-internal.h"
 #include "head.h"
 #include "log.h"
 #include "macros.h"
@@ -48,54 +49,8 @@
  * after this long, at least its group's boot timeout. */
 #define LOST_NODE_MIN_NS (120 * NSEC_PER_SEC)
 
-struct mnode {
-        struct groups *gs;
-        char *name, *group;
-        enum ns_state state;
-        char *provider_id, *address;
-        uint64_t launched_ns, state_ns;  /* monotonic: create started; entered this state */
-        uint64_t seen_ns;                /* ALIVE: when it was last alive */
-        double launched_wall;
-        char *replaces;                  /* the outdated node it was launched to replace */
-        char token_id[JOINTOKEN_ID_HEX + 1];
-        char *user_data_path;
-        uint64_t config_hash;
-        bool hash_known;
-        struct provider_call *call;      /* create or delete in flight */
-        uint64_t retry_ns;               /* DELETING: when to run delete again */
-        bool holding;                    /* DRAINING: its replicas keep serving meanwhile */
-        bool failed_launch;              /* DELETING because its launch failed */
-        struct list link;
-};
 
-struct group_run {
-        struct groups *gs;
-        size_t gi;                       /* its index in gs->g (and h->ccfg->groups) */
-        unsigned failures;               /* consecutive failed launches */
-        uint64_t backoff_until_ns;
-        char *last_error;
-        uint64_t launches_ok, launches_failed, launches_timeout;
-        bool listed;                     /* its provider's first list came back */
-        struct provider_call *list_call;
-        uint64_t list_started_ns, list_next_ns;
-        unsigned wanted;
-};
-
-struct groups {
-        struct head *h;
-        struct list mnodes;
-        size_t n_mnodes;
-        struct group_run *g;             /* parallel to h->ccfg->groups */
-        struct ns_memory mem;
-        uint64_t next_pass_ns;
-        unsigned pending, unschedulable;
-        char unschedulable_reason[256];
-        char *dir;                       /* <state_dir>/user-data */
-};
-
-static const char *const state_names[] = { "LAUNCHING", "JOINING", "ALIVE", "DRAINING", "DELETING" };
-
-static const struct worker_group *group_of_config(const struct cluster_config *c, const char *name) {
+const struct worker_group *group_of_config(const struct cluster_config *c, const char *name) {
         for (size_t i = 0; i < c->n_groups; i++)
                 if (streq(c->groups[i].name, name))
                         return &c->groups[i];
@@ -109,7 +64,7 @@ static const struct worker_group *group_of(const struct groups *gs, const char *
         return g;
 }
 
-static struct mnode *mnode_find(const struct groups *gs, const char *name) {
+struct mnode *mnode_find(const struct groups *gs, const char *name) {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, (struct list *)&gs->mnodes) {
                 struct mnode *m = list_entry(pos, struct mnode, link);
@@ -1012,147 +967,4 @@ void groups_on_join(struct head *h, struct node *n) {
         }
         if (m->state == NS_DRAINING)
                 n->cordoned = true;
-}
-
-/* The lifecycle state of node `name` for the API ("LAUNCHING", ...), or NULL: not managed. */
-const char *groups_node_state(const struct head *h, const char *name, double *ret_age_s, const char **ret_group) {
-        const struct mnode *m = h->groups ? mnode_find(h->groups, name) : NULL;
-        if (!m)
-                return NULL;
-        if (ret_age_s)
-                *ret_age_s = wall_now() - m->launched_wall;
-        if (ret_group)
-                *ret_group = m->group;
-        return state_names[m->state];
-}
-
-/* Managed nodes that have not joined (the nodes list shows them too). */
-void groups_add_unjoined(const struct head *h, cJSON *arr) {
-        struct list *pos, *tmp;
-        if (!h->groups)
-                return;
-        list_for_each_safe(pos, tmp, (struct list *)&h->groups->mnodes) {
-                const struct mnode *m = list_entry(pos, struct mnode, link);
-                cJSON *o;
-                if (node_find((struct head *)h, m->name) || !(o = cJSON_CreateObject()))
-                        continue;
-                cJSON_AddStringToObject(o, "node_id", m->name);
-                cJSON_AddStringToObject(o, "node_ip", m->address ? m->address : "");
-                cJSON_AddStringToObject(o, "state", state_names[m->state]);
-                cJSON_AddBoolToObject(o, "connected", false);
-                cJSON_AddStringToObject(o, "group", m->group);
-                cJSON_AddNumberToObject(o, "age_s", wall_now() - m->launched_wall);
-                cJSON_AddStringToObject(o, "provider_id", m->provider_id ? m->provider_id : "");
-                cJSON_AddNumberToObject(o, "replicas", 0);
-                cJSON_AddItemToArray(arr, o);
-        }
-}
-
-cJSON *groups_json(const struct head *h) {
-        const struct groups *gs = h->groups;
-        cJSON *j = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(j, "groups");
-        uint64_t now = now_ns();
-
-        if (!gs || !arr)
-                return j;
-        cJSON_AddNumberToObject(j, "pending_replicas", gs->pending);
-        cJSON_AddNumberToObject(j, "unschedulable_replicas", gs->unschedulable);
-        cJSON_AddStringToObject(j, "unschedulable_reason", gs->unschedulable_reason);
-        for (size_t i = 0; i < h->ccfg->n_groups; i++) {
-                const struct worker_group *g = &h->ccfg->groups[i];
-                const struct group_run *run = &gs->g[i];
-                cJSON *o = cJSON_CreateObject(), *st = o ? cJSON_AddObjectToObject(o, "nodes") : NULL;
-                unsigned counts[ELEMENTSOF(state_names)] = {};
-                struct list *pos, *tmp;
-                if (!st)
-                        break;
-                list_for_each_safe(pos, tmp, (struct list *)&gs->mnodes) {
-                        const struct mnode *m = list_entry(pos, struct mnode, link);
-                        if (streq(m->group, g->name))
-                                counts[m->state]++;
-                }
-                cJSON_AddStringToObject(o, "name", g->name);
-                cJSON_AddStringToObject(o, "provider", g->provider ? g->provider : "");
-                cJSON_AddNumberToObject(o, "min_nodes", g->min_nodes);
-                cJSON_AddNumberToObject(o, "max_nodes", g->max_nodes);
-                for (size_t s = 0; s < ELEMENTSOF(state_names); s++)
-                        cJSON_AddNumberToObject(st, state_names[s], counts[s]);
-                cJSON_AddNumberToObject(o, "wanted", run->wanted);
-                cJSON_AddNumberToObject(o, "launches_ok", (double)run->launches_ok);
-                cJSON_AddNumberToObject(o, "launches_failed", (double)run->launches_failed);
-                cJSON_AddNumberToObject(o, "launches_timeout", (double)run->launches_timeout);
-                cJSON_AddNumberToObject(o, "consecutive_failures", run->failures);
-                cJSON_AddStringToObject(o, "last_error", run->failures && run->last_error ? run->last_error : "");
-                cJSON_AddNumberToObject(o, "backoff_s", run->backoff_until_ns > now ? (double)(run->backoff_until_ns - now) / 1e9 : 0);
-                char hex[17];
-                snprintf(hex, sizeof hex, "%016llx", (unsigned long long)userdata_config_hash(h->ccfg, g));
-                cJSON_AddStringToObject(o, "config_hash", hex);
-                cJSON_AddItemToArray(arr, o);
-        }
-        return j;
-}
-
-void groups_render_metrics(const struct head *h, struct buf *b) {
-        const struct groups *gs = h->groups;
-        if (!gs || h->ccfg->n_groups == 0)
-                return;
-        metrics_family(b, "serve_cluster_nodes", METRICS_GAUGE, "Nodes of worker groups by lifecycle state");
-        for (size_t i = 0; i < h->ccfg->n_groups; i++) {
-                const char *gname = h->ccfg->groups[i].name;
-                unsigned counts[ELEMENTSOF(state_names)] = {};
-                struct list *pos, *tmp;
-                list_for_each_safe(pos, tmp, (struct list *)&gs->mnodes) {
-                        const struct mnode *m = list_entry(pos, struct mnode, link);
-                        if (streq(m->group, gname))
-                                counts[m->state]++;
-                }
-                for (size_t s = 0; s < ELEMENTSOF(state_names); s++) {
-                        char lower[16];
-                        size_t k;
-                        for (k = 0; state_names[s][k] && k < sizeof lower - 1; k++)
-                                lower[k] = (char)(state_names[s][k] | 0x20);
-                        lower[k] = 0;
-                        const char *l[] = { "group", gname, "state", lower, NULL };
-                        metrics_sample(b, "serve_cluster_nodes", l, counts[s]);
-                }
-        }
-        metrics_family(b, "serve_cluster_launches_total", METRICS_COUNTER, "Node launches by outcome");
-        for (size_t i = 0; i < h->ccfg->n_groups; i++) {
-                const char *gname = h->ccfg->groups[i].name;
-                const char *lo[] = { "group", gname, "result", "ok", NULL }, *lf[] = { "group", gname, "result", "failed", NULL },
-                           *lt[] = { "group", gname, "result", "timeout", NULL };
-                metrics_sample(b, "serve_cluster_launches_total", lo, (double)gs->g[i].launches_ok);
-                metrics_sample(b, "serve_cluster_launches_total", lf, (double)gs->g[i].launches_failed);
-                metrics_sample(b, "serve_cluster_launches_total", lt, (double)gs->g[i].launches_timeout);
-        }
-        metrics_family(b, "serve_cluster_group_failing", METRICS_GAUGE,
-                       "Consecutive failed launches of a worker group (0: healthy)");
-        for (size_t i = 0; i < h->ccfg->n_groups; i++) {
-                const char *l[] = { "group", h->ccfg->groups[i].name, NULL };
-                metrics_sample(b, "serve_cluster_group_failing", l, gs->g[i].failures);
-        }
-        metrics_family(b, "serve_cluster_pending_demand", METRICS_GAUGE, "Pending replicas the cluster autoscaler sees");
-        metrics_sample(b, "serve_cluster_pending_demand", NULL, gs->pending);
-        metrics_family(b, "serve_cluster_unschedulable_demand", METRICS_GAUGE,
-                       "Pending replicas that fit no worker group's node");
-        metrics_sample(b, "serve_cluster_unschedulable_demand", NULL, gs->unschedulable);
-}
-
-/* Node counts per group and state, for the dashboard's history. */
-void groups_sample(const struct head *h, void (*cb)(void *userdata, const char *group, const char *state, unsigned n),
-                   void *userdata) {
-        const struct groups *gs = h->groups;
-        if (!gs)
-                return;
-        for (size_t i = 0; i < h->ccfg->n_groups; i++) {
-                unsigned counts[ELEMENTSOF(state_names)] = {};
-                struct list *pos, *tmp;
-                list_for_each_safe(pos, tmp, (struct list *)&gs->mnodes) {
-                        const struct mnode *m = list_entry(pos, struct mnode, link);
-                        if (streq(m->group, h->ccfg->groups[i].name))
-                                counts[m->state]++;
-                }
-                for (size_t s = 0; s < ELEMENTSOF(state_names); s++)
-                        cb(userdata, h->ccfg->groups[i].name, state_names[s], counts[s]);
-        }
 }

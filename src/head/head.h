@@ -11,7 +11,8 @@
  *   history.c    the bounded time-series store the dashboard plots (pure data)
  *   groups.c     the cluster autoscaler: worker groups' nodes launched, drained and deleted
  *                through provider hooks (nodescale.c decides, provider.c runs the hooks,
- *                userdata.c renders the cloud-init user-data)
+ *                userdata.c renders the cloud-init user-data); groups_view.c: its API,
+ *                metrics and history views
  *
  * Everything runs on one thread, from one io_uring loop. */
 #pragma once
