@@ -107,6 +107,30 @@ static long column_of(const char *text, const char *row, const char *word) {
         return c;
 }
 
+static void test_status_worker_groups(void) {
+        int r;
+        char *s = render(cli_render_status,
+                         "{\"applications\":{},\"worker_groups\":["
+                         "{\"name\":\"cpu\",\"provider\":\"netns\",\"min_nodes\":0,\"max_nodes\":3,"
+                         "\"nodes\":{\"LAUNCHING\":1,\"JOINING\":0,\"ALIVE\":2,\"DRAINING\":0,\"DELETING\":0},"
+                         "\"wanted\":1,\"consecutive_failures\":0,\"last_error\":\"\",\"backoff_s\":0},"
+                         "{\"name\":\"gpu\",\"provider\":\"aws\",\"min_nodes\":1,\"max_nodes\":1,"
+                         "\"nodes\":{\"LAUNCHING\":0,\"JOINING\":0,\"ALIVE\":0,\"DRAINING\":0,\"DELETING\":1},"
+                         "\"wanted\":0,\"consecutive_failures\":3,\"last_error\":\"quota exceeded\",\"backoff_s\":40}]}",
+                         &r);
+
+        is_int(r, 0, "status with worker groups renders");
+        comment(s);
+        ok(row_has(s, "GROUP", "PROVIDER", "NODES", "MIN-MAX", "WANTED", "STATUS", NULL), "the groups table has a header");
+        ok(row_has(s, "cpu ", "netns", "1 launching, 2 alive", "0-3", " 1 ", "ok", NULL),
+           "cpu: its nodes by state, bounds, wanted, ok");
+        ok(row_has(s, "gpu ", "aws", "1 deleting", "1-1", "FAILING (3 launch(es) in a row): quota exceeded; next launch in 40 s",
+                   NULL),
+           "gpu: failing, with its last error and the backoff");
+        ok(strstr(s, "No applications are deployed.") != NULL, "the applications part follows");
+        free(s);
+}
+
 static void test_status_table(void) {
         int r;
         char *s = render(cli_render_status, status_json, &r);
@@ -548,6 +572,7 @@ static void test_end_to_end(void) {
 }
 
 int main(void) {
+        test_status_worker_groups();
         signal(SIGPIPE, SIG_IGN);
         test_status_table();
         test_nodes_table();
