@@ -9,17 +9,8 @@
 # Everything lives in network namespaces on a bridge (10.241.0.0/24), clients included; the main
 # namespace routes the subnet to a blackhole while the test runs.
 . "$(dirname "$0")/lib.sh"
-
-skip() { echo "1..0 # SKIP $*"; exit 77; }
-[ "$(id -u)" = 0 ] || skip "needs root (network namespaces)"
-for t in ip jq curl; do command -v "$t" >/dev/null || skip "$t is not installed (scripts/install-deps test)"; done
-
-EX=$top_srcdir/examples/autoscaling
-RUN=$WORK/run
-export SERVE_EXAMPLE_NET=10.241.0 SERVE_EXAMPLE_PREFIX=sca$$
-export BUILD=$top_builddir
-export SERVE_PROVIDER_PATH=$top_srcdir/providers SERVE_CLOUD_FILES=$top_builddir/providers/netns/cloud-files
-NET=$SERVE_EXAMPLE_NET P=$SERVE_EXAMPLE_PREFIX
+NET=10.241.0 P=sca$$
+. "$(dirname "$0")/autoscaling-lib.sh"
 
 # The example's deployment, allowed more replicas than max_nodes can hold: the cap is reached.
 export SERVE_EXAMPLE_APPS=$WORK/apps.yaml
@@ -47,18 +38,9 @@ cat >"$SERVE_EXAMPLE_EXTRA_GROUPS" <<EOF
       worker_bin: /bin/false
 EOF
 
-stopped=0
-stop_example() { [ "$stopped" = 1 ] || { stopped=1; "$EX/stop" "$RUN" >"$WORK/stop.log" 2>&1; }; }
-trap 'stop_example; cleanup' EXIT
-
-api() { ip netns exec "$P-head" curl -s -m 5 "http://127.0.0.1:8265$1"; }
-in_client() { ip netns exec "$P-client" "$@"; }
-cli() { "$EX/serve" "$RUN" "$@"; }
 cpu_nodes() { api /api/cluster/nodes | jq -r '[.nodes[] | select(.group == "cpu")] | length'; }
 
-"$EX/start" "$RUN" >"$WORK/start.log" 2>&1
-check "examples/autoscaling/start brings up the head and node-1" "$?" 0
-[ -f "$RUN/head.pid" ] || { sed 's/^/#   /' "$WORK/start.log"; finish; exit 1; }
+start_example
 
 st=$(cli status 2>&1)
 check_contains "serve status lists the cpu group (netns, 0-3 nodes)" "$st" "cpu"
@@ -71,7 +53,7 @@ for _ in $(seq 300); do
         sleep 0.1
 done
 check "a node of group broken that never joined is deleted at its boot timeout" "$([ "${t:-0}" -ge 1 ] && echo yes)" yes
-ev=$(api "/api/dashboard/events?limit=1000")
+ev=$(events)
 check_contains "the event log says why it was deleted" "$(jq -r '.events[] | select(.kind == "node_boot_timeout") | .message' <<<"$ev")" "did not join within 3"
 st=$(cli status 2>&1)
 check_contains "serve status shows group broken failing" "$(grep broken <<<"$st")" "FAILING"
@@ -108,7 +90,7 @@ check_contains "under load a replica runs on a new node of the cpu group" "$node
 nodes=$(api /api/cluster/nodes)
 check "the new node is ALIVE" "$(jq -r --arg n "$node" '.nodes[] | select(.node_id == $n) | .state' <<<"$nodes")" ALIVE
 check "its labels carry the group's (tier=burst)" "$(jq -r --arg n "$node" '.nodes[] | select(.node_id == $n) | .labels.tier' <<<"$nodes")" burst
-ev=$(api "/api/dashboard/events?limit=1000")
+ev=$(events)
 check_contains "the launch was logged with its reason" "$(jq -r --arg n "$node" '.events[] | select(.kind == "node_launching" and .node == $n) | .message' <<<"$ev")" "pending"
 addr=$(jq -r --arg n "$node" '.nodes[] | select(.node_id == $n) | .node_ip' <<<"$nodes")
 check_contains "the node advertises its own address (node_address: auto)" "$addr" "$NET."
@@ -150,7 +132,7 @@ for _ in $(seq 1200); do
         sleep 0.1
 done
 check "after the load the cpu group's nodes are drained and deleted" "$(cpu_nodes)" 0
-ev=$(api "/api/dashboard/events?limit=1000")
+ev=$(events)
 check_contains "the drain was logged with its reason" "$(jq -r --arg n "$node" '.events[] | select(.kind == "node_draining" and .node == $n) | .message' <<<"$ev")" "idle for"
 check "the deletion was logged" "$(jq -r --arg n "$node" '[.events[] | select(.kind == "node_deleted" and .node == $n)] | length' <<<"$ev")" 1
 check "the provider holds no cpu node any more" "$(ls "$RUN/netns" 2>/dev/null | grep -c '^cpu-')" 0

@@ -7,17 +7,8 @@
 # Namespaces on a bridge (10.242.0.0/24) through examples/autoscaling and the netns provider;
 # the main namespace routes the subnet to a blackhole while the test runs.
 . "$(dirname "$0")/lib.sh"
-
-skip() { echo "1..0 # SKIP $*"; exit 77; }
-[ "$(id -u)" = 0 ] || skip "needs root (network namespaces)"
-for t in ip jq curl; do command -v "$t" >/dev/null || skip "$t is not installed (scripts/install-deps test)"; done
-
-EX=$top_srcdir/examples/autoscaling
-RUN=$WORK/run
-export SERVE_EXAMPLE_NET=10.242.0 SERVE_EXAMPLE_PREFIX=scu$$
-export BUILD=$top_builddir
-export SERVE_PROVIDER_PATH=$top_srcdir/providers SERVE_CLOUD_FILES=$top_builddir/providers/netns/cloud-files
-NET=$SERVE_EXAMPLE_NET P=$SERVE_EXAMPLE_PREFIX
+NET=10.242.0 P=scu$$
+. "$(dirname "$0")/autoscaling-lib.sh"
 export SERVE_EXAMPLE_APPS=$WORK/apps.yaml
 cat >"$SERVE_EXAMPLE_APPS" <<EOF
 applications:
@@ -32,20 +23,13 @@ applications:
         ray_actor_options: {num_cpus: 1}
 EOF
 
-stopped=0
-stop_example() { [ "$stopped" = 1 ] || { stopped=1; "$EX/stop" "$RUN" >"$WORK/stop.log" 2>&1; }; }
-trap 'stop_example; cleanup' EXIT
-api() { ip netns exec "$P-head" curl -s -m 5 "http://127.0.0.1:8265$1"; }
-in_client() { ip netns exec "$P-client" "$@"; }
 reload() { kill -HUP "$(cat "$RUN/head.pid")"; }
 # cpu nodes that are not being deleted, and how many have label tier=$1
 cpu_state() { api /api/cluster/nodes | jq -r --arg t "$1" '[.nodes[] | select(.group == "cpu" and .state != "DELETING")] |
         "\(length) \([.[] | select(.labels.tier == $t and .state == "ALIVE")] | length)"'; }
 ready_replicas() { api /api/serve/applications/ | jq '[.applications.work.deployments.Slow.replicas[] | select(.state == "RUNNING")] | length'; }
 
-"$EX/start" "$RUN" >"$WORK/start.log" 2>&1
-check "examples/autoscaling/start brings up the head and node-1" "$?" 0
-[ -f "$RUN/head.pid" ] || { sed 's/^/#   /' "$WORK/start.log"; finish; exit 1; }
+start_example
 
 # Two nodes of the cpu group (min_nodes 2) and the four replicas spread over three nodes.
 sed -i 's/^    min_nodes: 0/    min_nodes: 2/' "$RUN/cluster.yaml"
@@ -87,7 +71,7 @@ check "never more than max_surge (1) extra node (saw $max_n at once)" "$([ "$max
 total=$(wc -l <"$CODES")
 check "every request during the upgrade succeeded ($total requests)" "$(grep -cv '^200$' "$CODES")" 0
 check "the four replicas run after the upgrade" "$(ready_replicas)" 4
-ev=$(api "/api/dashboard/events?limit=1000")
+ev=$(events)
 check "each old node was drained as replaced" "$(jq -r '[.events[] | select(.kind == "node_draining" and (.message | contains("replaced by")))] | length' <<<"$ev")" 2
 check "and deleted" "$(for o in $old; do jq -r --arg n "$o" '.events[] | select(.kind == "node_deleted" and .node == $n) | .node' <<<"$ev"; done | grep -c .)" 2
 
@@ -97,10 +81,10 @@ for _ in $(seq 100); do kill -0 "$(cat "$RUN/head.pid")" 2>/dev/null || break; s
 ip netns exec "$P-head" "$top_builddir/serve-head" -c "$RUN" --state-dir "$RUN/state" >>"$RUN/head.log" 2>&1 &
 echo $! >"$RUN/head.pid"
 for _ in $(seq 300); do
-        [ "$(api "/api/dashboard/events?limit=1000" | jq '[.events[] | select(.kind == "node_adopted")] | length')" = 2 ] && break
+        [ "$(events | jq '[.events[] | select(.kind == "node_adopted")] | length')" = 2 ] && break
         sleep 0.1
 done
-ev=$(api "/api/dashboard/events?limit=1000")
+ev=$(events)
 check "the restarted head adopts both nodes from the provider's list" "$(jq '[.events[] | select(.kind == "node_adopted")] | length' <<<"$ev")" 2
 check "and launches none" "$(jq '[.events[] | select(.kind == "node_launching")] | length' <<<"$ev")" 0
 check "they are the same nodes" "$(api /api/cluster/nodes | jq -r '[.nodes[] | select(.group == "cpu") | .node_id] | sort | join(" ")')" "$new"
@@ -112,12 +96,12 @@ jq -nc --arg n "$lost" --arg d "$RUN/netns" --arg p "$P" --arg net "$NET" \
         "$top_srcdir/providers/netns/delete" "$lost" >/dev/null
 for _ in $(seq 600); do
         read -r n v2 <<<"$(cpu_state v2)"
-        api "/api/dashboard/events?limit=1000" | jq -e --arg n "$lost" '.events[] | select(.kind == "node_lost" and .node == $n)' >/dev/null &&
+        events | jq -e --arg n "$lost" '.events[] | select(.kind == "node_lost" and .node == $n)' >/dev/null &&
                 [ "$v2" = 2 ] && break
         sleep 0.1
 done
 check_contains "a node deleted behind the head's back is marked gone at the next reconcile" \
-        "$(api "/api/dashboard/events?limit=1000" | jq -r --arg n "$lost" '.events[] | select(.kind == "node_lost" and .node == $n) | .message')" "no longer has"
+        "$(events | jq -r --arg n "$lost" '.events[] | select(.kind == "node_lost" and .node == $n) | .message')" "no longer has"
 check "min_nodes brings the group back to two nodes" "${v2:-0}" 2
 check "the lost node is no longer in the nodes list" "$(api /api/cluster/nodes | jq --arg n "$lost" '[.nodes[] | select(.node_id == $n)] | length')" 0
 
