@@ -34,6 +34,16 @@ build_debs() {
         cp "$cache"/*.deb "$out/"
 }
 
+# render_user_data CONF_DIR GROUP NODE TOKEN FILE: the user-data serve-head would give a
+# provider's create for NODE of GROUP (CONF_DIR/cluster.yaml defines the group and
+# autoscaler.head_address), with TOKEN in place of REDACTED, into FILE (mode 0600).
+render_user_data() {
+        local text
+        text=$("$top_builddir/serve-head" -c "$1" --render-user-data "$2" --node-name "$3") || return 1
+        [[ $4 =~ ^[A-Za-z0-9.]+$ ]] || return 1 # a join token: nothing sed would read
+        (umask 077; sed "s/REDACTED/$4/" <<<"$text" >"$5")
+}
+
 PASS=0
 FAIL=0
 WORK=$(mktemp -d /tmp/serve-test.XXXXXX)

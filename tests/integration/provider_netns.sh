@@ -95,6 +95,15 @@ check "cloud-files does not follow a symlink out of the root" "$?:$(ls -A "$WORK
 
 # ---- the head, in its namespace ----
 cluster_init "$SUBNET" 2
+# The group the nodes belong to, for --render-user-data (no provider: this head launches
+# nothing; the test runs the hooks itself).
+cat >>"$CONF/cluster.yaml" <<EOC
+autoscaler:
+  head_address: "$SUBNET.1:$CTL_PORT"
+worker_groups:
+  - name: cpu
+    resources: {num_cpus: 2, memory: 4294967296}
+EOC
 echo "applications: []" >"$CONF/apps.yaml"
 in_head() { ip netns exec "$HNS" "$@"; }
 in_head "$HEAD_BIN" -c "$CONF" --state-dir "$STATE" >>"$WORK/head.log" 2>&1 &
@@ -109,39 +118,10 @@ gone() { ! alive "$1"; }
 # mint NODE: a single-use token bound to NODE, valid 10 minutes.
 mint() { in_head "$HEAD_BIN" -c "$CONF" --state-dir "$STATE" --join-token create --ttl 10m --uses 1 --name "$1" 2>>"$WORK/mint.log"; }
 
-# user_data NODE GROUP TOKEN: a user-data as serve-head renders it (the file, mode 0600).
+# user_data NODE GROUP TOKEN: the user-data serve-head renders (the file, mode 0600).
 user_data() {
         local f=$WORK/user-data-$1
-        (umask 077; cat >"$f" <<EOF
-#cloud-config
-# serve worker node $1 of group $2 (written by hand for this test)
-package_update: true
-packages:
-  - serve
-write_files:
-  - path: /etc/serve/worker.yaml
-    permissions: "0644"
-    defer: true
-    content: |
-      head_address: "$SUBNET.1:$CTL_PORT"
-      transport: ${TRANSPORT:-tls}
-      node_name: $1
-      node_address: auto
-      labels:
-        group: $2
-        serve.config: 0123456789abcdef
-      resources:
-        num_cpus: 2
-        memory: 4294967296
-  - path: /etc/serve/join-token
-    permissions: "0600"
-    defer: true
-    content: "$3"
-runcmd:
-  - [systemctl, enable, serve-worker]
-  - [systemctl, restart, serve-worker]
-EOF
-        )
+        render_user_data "$CONF" "$2" "$1" "$3" "$f" || fail "serve-head --render-user-data $2 --node-name $1"
         echo "$f"
 }
 OPTIONS=$(jq -cn --arg s "$PSTATE" --arg b "$SW" --arg w "$WORKER_BIN" --arg p "$PREFIX" --arg n "$SUBNET" \

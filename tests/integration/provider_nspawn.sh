@@ -61,6 +61,14 @@ head:
 worker_heartbeat_interval_s: 0.5
 worker_timeout_s: 5
 transport: tls
+# The group the node belongs to, for --render-user-data (no provider: this head launches nothing;
+# the test runs the hooks itself).
+autoscaler:
+  head_address: "$NET.1:8266"
+worker_groups:
+  - name: $GROUP
+    resources: {num_cpus: 2, memory: 4294967296}
+    apt_source: "deb [trusted=yes] file:/srv/serve-repo ./"
 EOC
 cat >"$CONF/apps.yaml" <<EOC
 applications:
@@ -87,41 +95,8 @@ node_state() { nodes_json | jq -r --arg n "$NODE" '.nodes[] | select(.node_id ==
 TOKEN=$("$HEAD_BIN" -c "$CONF" --state-dir "$STATE" --join-token create --ttl 10m --uses 1 --name "$NODE" 2>>"$WORK/mint.log")
 check_contains "a single-use token bound to $NODE" "$TOKEN" "SRV1."
 SECRET=${TOKEN##*.}
-( umask 077; cat >"$WORK/user-data" <<EOU
-#cloud-config
-# serve worker node $NODE of group $GROUP (rendered by serve-head)
-apt:
-  sources:
-    serve.list:
-      source: "deb [trusted=yes] file:/srv/serve-repo ./"
-package_update: true
-packages:
-  - serve
-write_files:
-  - path: /etc/serve/worker.yaml
-    permissions: "0644"
-    defer: true
-    content: |
-      head_address: "$NET.1:8266"
-      node_name: $NODE
-      node_address: auto
-      labels:
-        group: $GROUP
-        serve.config: 0123456789abcdef
-      resources:
-        num_cpus: 2
-        memory: 4294967296
-  - path: /etc/serve/join-token
-    owner: "serve:serve"
-    permissions: "0600"
-    defer: true
-    content: "$TOKEN"
-runcmd:
-  - [systemctl, disable, --now, serve-head]
-  - [systemctl, enable, serve-worker]
-  - [systemctl, restart, serve-worker]
-EOU
-)
+render_user_data "$CONF" "$GROUP" "$NODE" "$TOKEN" "$WORK/user-data"
+check "serve-head --render-user-data renders the node's user-data" "$?" 0
 OPTS=$(jq -n --arg root "$ROOT" --arg state "$PSTATE" --arg brns "$P-sw" --arg net "$NET" --arg repo "$REPO" \
         '{root: $root, state_dir: $state, bridge_netns: $brns, bridge: "br0", subnet: $net, repo: $repo}')
 jq -n --arg n "$NODE" --arg g "$GROUP" --arg ud "$WORK/user-data" --argjson o "$OPTS" \

@@ -119,6 +119,9 @@ API=http://$NET.1:8265
 ( umask 077; echo "api-$RANDOM$RANDOM" >"$CONF/api-token"; echo "join-$RANDOM$RANDOM" >"$CONF/join-token" )
 printf 'head:\n  api_host: %s\n  api_port: 8265\n  control_host: %s\n  control_port: 8266\n  api_token_file: api-token\n  join_token_file: join-token\nworker_heartbeat_interval_s: 0.5\nworker_timeout_s: 5\ntransport: tls\n' \
         "$NET.1" "$NET.1" >"$CONF/cluster.yaml"
+# The VM's group, for --render-user-data (no provider: this head launches nothing).
+printf 'autoscaler:\n  head_address: "%s:8266"\nworker_groups:\n  - name: vm\n    resources: {num_cpus: 1, memory: 1073741824}\n    apt_source: "deb [trusted=yes] file:/srv/serve-repo ./"\n' \
+        "$NET.1" >>"$CONF/cluster.yaml"
 printf 'applications:\n  - name: echo\n    route_prefix: /echo\n    import_path: echo:app\n    deployments:\n      - name: Echo\n        num_replicas: 1\n        ray_actor_options: {num_cpus: 0.1}\n' >"$CONF/apps.yaml"
 # The head resolves import paths in its own file system and the node loads them at the same path:
 # it sees the package's applications where the node has them (see provider_nspawn.sh).
@@ -130,40 +133,8 @@ ip netns exec "$P-head" unshare -m --propagation private sh -c 'mount -t overlay
 SERVE_PIDS+=($!)
 wait_until 20 ip netns exec "$P-head" curl -fs -o /dev/null -m 2 "$API/-/healthz"
 TOKEN=$("$HEAD_BIN" -c "$CONF" --state-dir "$STATE" --join-token create --ttl 10m --uses 1 --name "$NODE" 2>>"$WORK/mint.log")
-( umask 077; cat >"$WORK/user-data" <<EOU
-#cloud-config
-# serve worker node $NODE of group vm (rendered by serve-head)
-apt:
-  sources:
-    serve.list:
-      source: "deb [trusted=yes] file:/srv/serve-repo ./"
-package_update: true
-packages:
-  - serve
-write_files:
-  - path: /etc/serve/worker.yaml
-    permissions: "0644"
-    defer: true
-    content: |
-      head_address: "$NET.1:8266"
-      node_name: $NODE
-      node_address: auto
-      labels:
-        group: vm
-      resources:
-        num_cpus: 1
-        memory: 1073741824
-  - path: /etc/serve/join-token
-    owner: "serve:serve"
-    permissions: "0600"
-    defer: true
-    content: "$TOKEN"
-runcmd:
-  - [systemctl, disable, --now, serve-head]
-  - [systemctl, enable, serve-worker]
-  - [systemctl, restart, serve-worker]
-EOU
-)
+render_user_data "$CONF" vm "$NODE" "$TOKEN" "$WORK/user-data"
+check "serve-head --render-user-data renders the node's user-data" "$?" 0
 NODES+=("$NODE")
 T0=$SECONDS
 out=$(req "$NODE" "$WORK/user-data" | (cd / && timeout 60 "$PROV/create" "$NODE") 2>"$WORK/create.err")
