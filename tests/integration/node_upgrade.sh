@@ -107,4 +107,6 @@ check "the lost node is no longer in the nodes list" "$(api /api/cluster/nodes |
 
 stop_example
 check "nothing of the example is left" "$(ip netns list | grep -c "^$P-")" 0
+# Deleted from outside the head's mount namespace (where create made them): every worker goes.
+check "no serve-worker of the example runs" "$(pgrep -f "$RUN" | grep -c .)" 0
 finish
