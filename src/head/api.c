@@ -180,19 +180,7 @@ static cJSON *nodes_json(struct head *h) {
         list_for_each_safe(pos, tmp, &h->nodes) {
                 struct node *n = list_entry(pos, struct node, link);
                 cJSON *o = cJSON_CreateObject(), *tot, *avail;
-                double used_cpu = 0, used_gpu = 0;
-                double used_mem = 0;
-                unsigned replicas = 0;
-                for (size_t k = 0; k < n->n_shares && h->spec; k++) {
-                        size_t i = n->shares[k].dep;
-                        if (i >= h->n_assign || n->shares[k].slot >= h->assign[i].n_slots)
-                                continue;
-                        const struct slot *s = &h->assign[i].slots[n->shares[k].slot];
-                        used_cpu += s->count * h->spec->deps[i].num_cpus;
-                        used_gpu += s->count * h->spec->deps[i].num_gpus;
-                        used_mem += (double)s->count * (double)h->spec->deps[i].memory;
-                        replicas += s->count;
-                }
+                struct node_usage u = node_usage_of(h, n);
                 cJSON_AddStringToObject(o, "node_id", n->name);
                 cJSON_AddStringToObject(o, "node_ip", n->address);
                 double age_s = 0;
@@ -213,10 +201,10 @@ static cJSON *nodes_json(struct head *h) {
                 for (size_t i = 0; i < n->n_custom; i++)
                         cJSON_AddNumberToObject(tot, n->custom[i].name, n->custom[i].amount);
                 avail = cJSON_AddObjectToObject(o, "resources_available");
-                cJSON_AddNumberToObject(avail, "CPU", n->cpus - used_cpu);
-                cJSON_AddNumberToObject(avail, "memory", (double)n->memory - used_mem);
-                cJSON_AddNumberToObject(avail, "GPU", n->n_gpus - used_gpu);
-                cJSON_AddNumberToObject(o, "replicas", replicas);
+                cJSON_AddNumberToObject(avail, "CPU", n->cpus - u.cpus);
+                cJSON_AddNumberToObject(avail, "memory", (double)n->memory - u.memory);
+                cJSON_AddNumberToObject(avail, "GPU", n->n_gpus - u.gpus);
+                cJSON_AddNumberToObject(o, "replicas", u.replicas);
                 cJSON_AddNumberToObject(o, "http_port", n->http_port);
                 cJSON_AddNumberToObject(o, "reports", (double)n->n_reports);
                 cJSON_AddNumberToObject(o, "metrics_port", n->metrics_port);

@@ -475,34 +475,17 @@ static void on_list_done(void *userdata, int r, const char *error, const struct 
 /* ---- the pass ---- */
 
 /* What placement leaves free on node n (ALIVE nodes): its totals minus its shares. */
+/* What placement leaves free on node n (ALIVE nodes): its totals minus its shares. */
 static struct ns_shape node_free_shape(const struct head *h, const struct node *n) {
-        struct ns_shape s = { .cpus = n->cpus, .memory = n->memory, .gpus = n->n_gpus };
-        for (size_t k = 0; k < n->n_shares && h->spec; k++) {
-                size_t i = n->shares[k].dep;
-                if (i >= h->n_assign || n->shares[k].slot >= h->assign[i].n_slots)
-                        continue;
-                const struct slot *sl = &h->assign[i].slots[n->shares[k].slot];
-                s.cpus -= sl->count * h->spec->deps[i].num_cpus;
-                s.gpus -= sl->count * h->spec->deps[i].num_gpus;
-                uint64_t mem = (uint64_t)sl->count * h->spec->deps[i].memory;
-                s.memory = s.memory > mem ? s.memory - mem : 0;
-        }
-        if (s.cpus < 0)
-                s.cpus = 0;
-        if (s.gpus < 0)
-                s.gpus = 0;
-        return s;
+        struct node_usage u = node_usage_of(h, n);
+        return (struct ns_shape){ .cpus = MAX(n->cpus - u.cpus, 0.0), .gpus = MAX(n->n_gpus - u.gpus, 0.0),
+                                  .memory = (double)n->memory > u.memory ? n->memory - (uint64_t)u.memory : 0 };
 }
 
 /* Replicas on node n: placed there, or still running there (stopping ones too). */
 static unsigned node_replicas(const struct head *h, const struct node *n) {
-        unsigned placed = 0, running = (unsigned)cJSON_GetArraySize(cJSON_GetObjectItem(n->report, "replicas"));
-        for (size_t k = 0; k < n->n_shares; k++) {
-                size_t i = n->shares[k].dep;
-                if (i < h->n_assign && n->shares[k].slot < h->assign[i].n_slots)
-                        placed += h->assign[i].slots[n->shares[k].slot].count;
-        }
-        return MAX(placed, running);
+        unsigned running = (unsigned)cJSON_GetArraySize(cJSON_GetObjectItem(n->report, "replicas"));
+        return MAX(node_usage_of(h, n).replicas, running);
 }
 
 /* Whether the replicas of draining node n run ready elsewhere now: for each deployment it

@@ -238,6 +238,12 @@ void groups_sample(const struct head *h, void (*cb)(void *userdata, const char *
                    void *userdata);
 
 /* reconcile.c */
+/* What placement put on node n (its shares): resources and replicas. */
+struct node_usage {
+        double cpus, gpus, memory;
+        unsigned replicas;
+};
+struct node_usage node_usage_of(const struct head *h, const struct node *n);
 /* Sends node n its assign again now (a draining node's hold ended). */
 void node_resync_assign(struct node *n);
 void assignments_free(struct assignment *a, size_t n);

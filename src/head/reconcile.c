@@ -352,6 +352,21 @@ void build_routing(struct head *h) {
         netblob_unref(full);
 }
 
+struct node_usage node_usage_of(const struct head *h, const struct node *n) {
+        struct node_usage u = {};
+        for (size_t k = 0; k < n->n_shares && h->spec; k++) {
+                size_t i = n->shares[k].dep;
+                if (i >= h->n_assign || n->shares[k].slot >= h->assign[i].n_slots)
+                        continue;
+                const struct slot *s = &h->assign[i].slots[n->shares[k].slot];
+                u.cpus += s->count * h->spec->deps[i].num_cpus;
+                u.gpus += s->count * h->spec->deps[i].num_gpus;
+                u.memory += (double)s->count * (double)h->spec->deps[i].memory;
+                u.replicas += s->count;
+        }
+        return u;
+}
+
 void node_resync_assign(struct node *n) {
         if (n->alive && !n->hold_assign)
                 send_assign(n->h, n);

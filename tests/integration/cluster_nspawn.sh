@@ -61,19 +61,8 @@ add_host cl 3
 mount --bind "$PSTATE" "$PSTATE" && mount --make-shared "$PSTATE"
 
 # ---- the head (from the build tree, TLS) with the cpu group of the nspawn provider ----
-API=http://$NET.1:8265
-( umask 077; echo "api-$RANDOM$RANDOM" >"$CONF/api-token"; echo "join-$RANDOM$RANDOM" >"$CONF/join-token" )
-cat >"$CONF/cluster.yaml" <<EOC
-head:
-  api_host: $NET.1
-  api_port: 8265
-  control_host: $NET.1
-  control_port: 8266
-  api_token_file: api-token
-  join_token_file: join-token
-worker_heartbeat_interval_s: 0.5
-worker_timeout_s: 5
-transport: tls
+nspawn_head_config
+cat >>"$CONF/cluster.yaml" <<EOC
 autoscaler:
   head_address: $NET.1:8266
   batch_idle_s: 0.2

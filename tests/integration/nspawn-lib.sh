@@ -68,6 +68,25 @@ nspawn_package_view() {
                 mount -t overlay overlay -o "lowerdir=$1:$2" "$2" && shift 2 && exec "$@"' _ "$LIBDIR" "$HOST_LIBDIR")
 }
 
+# nspawn_head_config: in $CONF, fresh API and join tokens and the head part of cluster.yaml (the
+# head at $NET.1, API :8265, control :8266, TLS); the caller appends the rest. Sets API.
+nspawn_head_config() {
+        API=http://$NET.1:8265
+        ( umask 077; echo "api-$RANDOM$RANDOM" >"$CONF/api-token"; echo "join-$RANDOM$RANDOM" >"$CONF/join-token" )
+        cat >"$CONF/cluster.yaml" <<EOC
+head:
+  api_host: $NET.1
+  api_port: 8265
+  control_host: $NET.1
+  control_port: 8266
+  api_token_file: api-token
+  join_token_file: join-token
+worker_heartbeat_interval_s: 0.5
+worker_timeout_s: 5
+transport: tls
+EOC
+}
+
 # nspawn_bridge NET PREFIX: namespace PREFIX-sw with bridge br0, for add_host and the nodes.
 # The caller's trap deletes the namespaces in NS and the blackhole route to NET.0/24.
 NS=()

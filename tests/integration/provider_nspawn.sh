@@ -48,19 +48,8 @@ add_host head 1
 add_host cl 2
 
 # ---- the head (from the build tree, TLS), serving echo from the package's examples ----
-API=http://$NET.1:8265
-( umask 077; echo "api-$RANDOM$RANDOM" >"$CONF/api-token"; echo "join-$RANDOM$RANDOM" >"$CONF/join-token" )
-cat >"$CONF/cluster.yaml" <<EOC
-head:
-  api_host: $NET.1
-  api_port: 8265
-  control_host: $NET.1
-  control_port: 8266
-  api_token_file: api-token
-  join_token_file: join-token
-worker_heartbeat_interval_s: 0.5
-worker_timeout_s: 5
-transport: tls
+nspawn_head_config
+cat >>"$CONF/cluster.yaml" <<EOC
 # The group the node belongs to, for --render-user-data (no provider: this head launches nothing;
 # the test runs the hooks itself).
 autoscaler:
